@@ -1,0 +1,84 @@
+"""The ``ambient`` command.  The only entry point; each stage module parses its own
+arguments in a ``cli(argv) -> int`` function."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ambient_rlhf import AmbientError, __version__
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("ambient_rlhf.data.cli", "build a data directory from dumps/tables (build), or simulate a community (simulate)"),
+    "sft": ("ambient_rlhf.train.sft", "behaviour cloning: fine-tune a causal LM on prompt -> response"),
+    "generate": ("ambient_rlhf.train.generate", "sample completions from a model"),
+    "rm": ("ambient_rlhf.train.reward", "train (default), evaluate (eval) or combine (combine) reward models"),
+    "rl": ("ambient_rlhf.train.rl", "policy optimisation against a reward model: ppo, rloo, reinforce"),
+    "eval": ("ambient_rlhf.eval.policy_eval", "compare a policy with its reference on held-out prompts"),
+    "report": ("ambient_rlhf.eval.report", "write report.html for a run directory"),
+    "run": ("ambient_rlhf.run", "the whole pipeline in one command"),
+}
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every command accepts: ``-v``, ``--config``, ``--help-config``."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument("--config", default=None, help="YAML file with config keys (overridden by key=value arguments)")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
+    return p
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate ``key=value`` overrides from the other arguments.
+
+    An override is a token that does not start with ``-`` and whose part before the first
+    ``=`` is a dotted identifier (``labels.min_score_ratio=3``)."""
+    import re
+
+    pat = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
+    rest, overrides = [], []
+    after_dashdash = False
+    for tok in argv:
+        if tok == "--":
+            after_dashdash = True
+            continue
+        if not after_dashdash and pat.match(tok):
+            overrides.append(tok)
+        else:
+            rest.append(tok)
+    return rest, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"ambient {__version__}: train language models from community feedback\n")
+        print("usage: ambient COMMAND [options] [key=value ...]\n\ncommands:")
+        for name, (_, h) in COMMANDS.items():
+            print(f"  {name:<9} {h}")
+        print("\n`ambient COMMAND --help` for a command's options; `--help-config` for its config keys.")
+        return 0
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    cmd = argv[0]
+    if cmd not in COMMANDS:
+        print(f"error: unknown command '{cmd}'; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[cmd][0])
+    try:
+        return int(module.cli(argv[1:]) or 0)
+    except AmbientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Logging, progress bars and metric files shared by every stage.
+
+* Logging is quiet by default (warnings only); ``-v`` gives INFO, ``-vv`` DEBUG.
+* :func:`progress` wraps tqdm (items/s and ETA); ``AMBIENT_PROGRESS=0`` turns bars off.
+* :class:`MetricsWriter` appends one JSON object per step to ``metrics.jsonl`` and, when
+  TensorBoard is installed, writes the same scalars as events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm.auto import tqdm
+
+_ROOT = "ambient_rlhf"
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Configure the package logger: 0 = warnings, 1 = info, 2+ = debug."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logger = logging.getLogger(_ROOT)
+    logger.setLevel(level)
+    if not any(getattr(h, "_ambient", False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S"))
+        h._ambient = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+    logger.propagate = False
+    if verbosity < 2:
+        # third-party chatter (transformers' own warnings, datasets' progress) stays quiet
+        for name in ("transformers", "datasets", "accelerate", "peft", "urllib3", "filelock"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            import transformers
+
+            transformers.utils.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+        except Exception:  # pragma: no cover - transformers missing or changed
+            pass
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Logger under the package namespace (``ambient_rlhf.<name>``)."""
+    if not name.startswith(_ROOT):
+        name = f"{_ROOT}.{name}"
+    return logging.getLogger(name)
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("AMBIENT_PROGRESS", "1") not in ("0", "false", "no")
+
+
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it", **kw: Any):
+    """A tqdm progress bar (rate and ETA) on stderr; disabled by ``AMBIENT_PROGRESS=0``."""
+    kw.setdefault("mininterval", 0.5 if sys.stderr.isatty() else 5.0)
+    kw.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not progress_enabled(), file=sys.stderr, **kw)
+
+
+def _jsonable(v: Any) -> Any:
+    try:
+        import torch
+
+        if isinstance(v, torch.Tensor):
+            v = v.item() if v.numel() == 1 else v.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(v, "item") and callable(v.item):
+        try:
+            v = v.item()
+        except Exception:
+            pass
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricsWriter:
+    """Append-only metrics: ``metrics.jsonl`` (+ TensorBoard events when installed).
+
+    On resume, pass ``resume_step``: lines with ``step > resume_step`` (written after the
+    checkpoint that is being resumed) are dropped, so the file reads as one clean run.
+    """
+
+    def __init__(self, out_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True, enabled: bool = True):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue
+            self.path.write_text("".join(k + "\n" for k in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+                self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            except Exception:
+                self._tb = None
+
+    def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        row = {"step": int(step), "time": round(time.time(), 3)}
+        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        if not self.enabled:
+            return row
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        return row
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file (skipping a torn last line)."""
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for line in p.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -1,0 +1,1 @@
+"""Models: loading (real GGUF default, any HF dir, tiny random), tokenisation, reward heads."""

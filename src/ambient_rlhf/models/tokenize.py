@@ -1,0 +1,161 @@
+"""Prompt templates and tokenisation with left-truncated prompts.
+
+Every stage builds model input the same way, so that SFT, the reward model and the
+policy see identical text:
+
+    prompt_text = render_prompt(tok, prompt, template, goal)   # ends where the answer starts
+    full        = prompt_text + response + eos
+
+* ``template="auto"``: the tokenizer's chat template when it has one (ChatML for SmolLM2),
+  else ``plain``.  ``chat`` forces the chat template, ``plain`` the
+  ``Prompt: ...\\nResponse: `` form.
+* ``goal``: a quality tier; its control token (``<|tier:good|>``...) is placed right after
+  the template's answer header, inside the prompt part, so it is conditioned on and
+  never predicted.
+* Prompts are truncated from the left (the end of a question is nearest the answer),
+  responses from the right; :func:`encode_pair` reports whether either was cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TIERS = ("good", "ok", "bad")
+PLAIN_TEMPLATE = "Prompt: {prompt}\nResponse: "
+
+
+def goal_token(tier: str) -> str:
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; expected one of {TIERS}")
+    return f"<|tier:{tier}|>"
+
+
+GOAL_TOKENS = tuple(goal_token(t) for t in TIERS)
+
+
+def add_goal_tokens(tokenizer, model=None) -> int:
+    """Add the tier control tokens to the tokenizer (and grow the model's embeddings).
+
+    Returns the number of tokens added (0 when they already exist)."""
+    added = tokenizer.add_special_tokens({"additional_special_tokens": list(GOAL_TOKENS)}, replace_extra_special_tokens=False) if _supports_replace(tokenizer) else tokenizer.add_special_tokens({"additional_special_tokens": list(GOAL_TOKENS)})
+    if model is not None and added:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return added
+
+
+def _supports_replace(tokenizer) -> bool:
+    import inspect
+
+    try:
+        return "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def has_goal_tokens(tokenizer) -> bool:
+    vocab = tokenizer.get_vocab()
+    return all(t in vocab for t in GOAL_TOKENS)
+
+
+def resolve_template(tokenizer, template: str = "auto") -> str:
+    if template not in ("auto", "chat", "plain"):
+        raise ValueError(f"template must be auto, chat or plain, not {template!r}")
+    if template == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    if template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("template=chat but the tokenizer has no chat template")
+    return template
+
+
+def render_prompt(tokenizer, prompt: str, template: str = "auto", goal: str | None = None) -> str:
+    """The text that precedes the answer (the answer is appended directly after it)."""
+    kind = resolve_template(tokenizer, template)
+    if kind == "chat":
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = PLAIN_TEMPLATE.format(prompt=prompt)
+    if goal is not None:
+        text += goal_token(goal)
+    return text
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_prompt(tokenizer, prompt: str, max_tokens: int, template: str = "auto", goal: str | None = None) -> tuple[list[int], bool]:
+    """Token ids of the rendered prompt, the prompt text cut from the left to fit.
+
+    Returns ``(ids, truncated)``.  The template's own tokens (system header, answer
+    header, goal token) are kept; only the user's text is shortened."""
+    ids = _ids(tokenizer, render_prompt(tokenizer, prompt, template, goal))
+    if len(ids) <= max_tokens:
+        return ids, False
+    overhead = len(_ids(tokenizer, render_prompt(tokenizer, "", template, goal)))
+    budget = max(max_tokens - overhead, 1)
+    text_ids = _ids(tokenizer, prompt)[-budget:]
+    cut = tokenizer.decode(text_ids, skip_special_tokens=False)
+    ids = _ids(tokenizer, render_prompt(tokenizer, cut, template, goal))
+    if len(ids) > max_tokens:  # re-tokenisation drift, or a template longer than the budget
+        ids = ids[-max_tokens:]
+    return ids, True
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    """prompt ids followed by response ids (EOS included when it fits)"""
+    prompt_len: int
+    """number of leading prompt tokens (masked out of the loss)"""
+    prompt_truncated: bool
+    response_truncated: bool
+
+
+def encode_pair(
+    tokenizer,
+    prompt: str,
+    response: str,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    template: str = "auto",
+    goal: str | None = None,
+    add_eos: bool = True,
+) -> Encoded:
+    """Prompt (left-truncated) + response (right-truncated) + EOS.
+
+    A response cut short gets no EOS, so the model is not taught to stop mid-answer."""
+    p_ids, p_cut = encode_prompt(tokenizer, prompt, max_prompt_tokens, template, goal)
+    r_ids = _ids(tokenizer, response)
+    eos = [tokenizer.eos_token_id] if add_eos else []
+    r_cut = len(r_ids) + len(eos) > max_response_tokens
+    r_ids = r_ids[:max_response_tokens] if r_cut else r_ids + eos
+    return Encoded(p_ids + r_ids, len(p_ids), p_cut, r_cut)
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right", label_masks: list[list[int]] | None = None):
+    """Pad lists of ids into ``(input_ids, attention_mask)`` LongTensors, (B, T).
+
+    With ``label_masks`` (1 = token counts in the loss) also returns ``labels``: the ids
+    where the mask is 1 and -100 elsewhere (padding included)."""
+    import torch
+
+    T = max(len(s) for s in seqs)
+    B = len(seqs)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    att = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long) if label_masks is not None else None
+    for i, s in enumerate(seqs):
+        n = len(s)
+        sl = slice(0, n) if side == "right" else slice(T - n, T)
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        att[i, sl] = 1
+        if labels is not None:
+            m = torch.tensor(label_masks[i], dtype=torch.bool)
+            lab = torch.tensor(s, dtype=torch.long)
+            lab[~m] = -100
+            labels[i, sl] = lab
+    if labels is not None:
+        return ids, att, labels
+    return ids, att

@@ -1,0 +1,37 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# model caches: keep tests from writing into the user's home when CI sets nothing
+os.environ.setdefault("AMBIENT_PROGRESS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = SHARED / "data"
+    if not d.is_dir():
+        pytest.skip(f"real data not available: {d} is absent (CI places ../shared beside the repo)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> str:
+    from ambient_rlhf.models.load import resolve_model
+
+    return resolve_model("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> str:
+    from ambient_rlhf.models.load import resolve_model
+
+    return resolve_model("default")
