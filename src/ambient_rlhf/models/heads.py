@@ -83,7 +83,10 @@ class ScalarHeadModel(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, T, d) last hidden states of the body."""
         body = body_of(self.lm)
-        out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        # positions counted over real tokens only, so left and right padding give the same
+        # hidden states (also for models with absolute position embeddings)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def forward_all(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -156,3 +159,81 @@ class ScalarHeadModel(nn.Module):
 
 def is_reward_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
+
+
+# ---- loading any reward model: single or composite -------------------------------------
+COMPOSITE_KIND = "composite"
+
+
+def _vocab_fingerprint(tokenizer) -> tuple:
+    """What must agree for two models to read the same token ids: vocabulary, EOS, pad."""
+    return (tuple(sorted(tokenizer.get_vocab().items())), tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+class CompositeReward(nn.Module):
+    """Weighted sum of the normalised rewards of several reward models.
+
+    Same reward API as :class:`ScalarHeadModel`: ``.reward(input_ids, attention_mask) -> (B,)``
+    and ``.tokenizer``.  Members must share a tokenizer (checked at construction), so a
+    policy's token ids can be scored directly."""
+
+    def __init__(self, members: list[nn.Module], weights: list[float], paths: list[str] | None = None):
+        super().__init__()
+        if len(members) != len(weights) or not members:
+            raise AmbientError(f"composite reward: {len(members)} members but {len(weights)} weights")
+        fp = [_vocab_fingerprint(m.tokenizer) for m in members]
+        for i, f in enumerate(fp[1:], 1):
+            if f != fp[0]:
+                where = f" ({paths[0]} vs {paths[i]})" if paths else ""
+                raise AmbientError(f"composite reward: members 0 and {i} have different tokenizers{where}; "
+                                   "combine reward models trained from the same base model")
+        templates = {m.meta.get("template") for m in members}
+        if len(templates) > 1:
+            raise AmbientError(f"composite reward: members use different prompt templates {sorted(map(str, templates))}")
+        self.members = nn.ModuleList(members)
+        self.weights = [float(w) for w in weights]
+        self.paths = list(paths or [])
+        self.tokenizer = members[0].tokenizer
+        self.meta = {"kind": COMPOSITE_KIND, "template": members[0].meta.get("template", "auto"),
+                     "max_prompt_tokens": min(m.meta.get("max_prompt_tokens", 10**9) for m in members),
+                     "max_response_tokens": min(m.meta.get("max_response_tokens", 10**9) for m in members)}
+
+    def reward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B,) ``sum_i w_i * reward_i``."""
+        return sum(w * m.reward(input_ids, attention_mask) for w, m in zip(self.weights, self.members))
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """A directory holding the tokenizer and ``reward_config.json`` naming the members."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(out)
+        cfg = {**self.meta, "members": [str(Path(p).resolve()) for p in self.paths], "weights": self.weights}
+        (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def load_reward_model(path: str | Path, dtype=None) -> "ScalarHeadModel | CompositeReward":
+    """Load a reward model directory written by ``ambient rm`` or ``ambient rm combine``.
+
+    Returns a :class:`ScalarHeadModel` (in eval mode) or a :class:`CompositeReward`; both
+    have ``.reward(input_ids, attention_mask) -> (B,)`` and ``.tokenizer``."""
+    from ambient_rlhf.models.load import load_tokenizer
+
+    p = Path(path)
+    cfg_path = p / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise AmbientError(f"{p}: not a reward model directory (no {CONFIG_FILE}); train one with `ambient rm`")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("kind") == COMPOSITE_KIND:
+        paths = []
+        for m in cfg["members"]:
+            mp = Path(m)
+            if not mp.is_absolute():
+                mp = p / mp
+            if not is_reward_dir(mp):
+                raise AmbientError(f"{cfg_path}: member {m} is not a reward model directory (moved or deleted?)")
+            paths.append(str(mp))
+        members = [load_reward_model(mp, dtype=dtype) for mp in paths]
+        return CompositeReward(members, cfg["weights"], paths).eval()
+    m = ScalarHeadModel.from_pretrained(p, dtype=dtype)
+    m.tokenizer = load_tokenizer(str(p))
+    return m.eval()

@@ -94,12 +94,21 @@ def encode_prompt(tokenizer, prompt: str, max_tokens: int, template: str = "auto
     if len(ids) <= max_tokens:
         return ids, False
     overhead = len(_ids(tokenizer, render_prompt(tokenizer, "", template, goal)))
-    budget = max(max_tokens - overhead, 1)
-    text_ids = _ids(tokenizer, prompt)[-budget:]
-    cut = tokenizer.decode(text_ids, skip_special_tokens=False)
-    ids = _ids(tokenizer, render_prompt(tokenizer, cut, template, goal))
-    if len(ids) > max_tokens:  # re-tokenisation drift, or a template longer than the budget
-        ids = ids[-max_tokens:]
+    if overhead >= max_tokens:
+        raise ValueError(f"max_prompt_tokens={max_tokens} leaves no room for the prompt: the template alone "
+                         f"takes {overhead} tokens; raise max_prompt_tokens")
+    text_ids = _ids(tokenizer, prompt)
+    budget = max_tokens - overhead
+    while True:
+        cut = tokenizer.decode(text_ids[-budget:], skip_special_tokens=False)
+        ids = _ids(tokenizer, render_prompt(tokenizer, cut, template, goal))
+        # re-tokenising at the seam can add a token or two; shrink the text, never the template
+        if len(ids) <= max_tokens or budget <= 1:
+            break
+        budget -= len(ids) - max_tokens
+        budget = max(budget, 1)
+    if len(ids) > max_tokens:
+        raise ValueError(f"max_prompt_tokens={max_tokens} cannot hold the template and one token of text")
     return ids, True
 
 

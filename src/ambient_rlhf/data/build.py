@@ -1,0 +1,450 @@
+"""``ambient data build``: community dumps/tables -> a labelled data directory.
+
+Flow (each thread is handled once, then forgotten):
+
+1. discover the inputs (dumps, tables, SHP files)            -> sources.discover
+2. stream records, filter them, assemble threads              -> threads.read_input
+3. per thread: min-responses filter, split by hash, labels, SHP pairs, ranking
+   -> appended to parquet files in chunks                      -> labels, pairs, splits
+4. bad-record check against ``max_bad_fraction``
+5. tiers: quantiles of ``adjusted`` over the train split; responses rewritten with them
+6. report.md + plots, manifest.json; the temp dir is renamed to ``out``
+"""
+
+from __future__ import annotations
+
+import array
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.config import to_dict
+from ambient_rlhf.data import labels as L
+from ambient_rlhf.data.pairs import PairRule, is_pair, thread_pairs
+from ambient_rlhf.data.schema import PAIRS_FILE, RANKINGS_FILE, RESPONSES_FILE, SPLITS, TIERS
+from ambient_rlhf.data.sources import BadRecords, discover
+from ambient_rlhf.data.splits import split_of
+from ambient_rlhf.data.threads import Counts, Thread, read_input
+from ambient_rlhf.io import atomic_dir, write_manifest
+from ambient_rlhf.logging import get_logger
+
+log = get_logger("data.build")
+
+SHOW_BAD = 5  # bad records printed (all are counted)
+CHUNK_ROWS = 4096  # rows buffered before a parquet row group is written
+
+
+# ---------------------------------------------------------------- configuration
+
+@dataclass
+class ColumnMap:
+    """Column names of a responses table (defaults: the reddit_writing_prompts CSV)."""
+
+    prompt_id: str = "prompt_id"
+    """Thread id column; rows of one thread must be adjacent (as in the public CSV)."""
+    prompt: str = "prompt"
+    """Prompt text column."""
+    prompt_score: str = "prompt_score"
+    """Prompt score column (integer)."""
+    prompt_created_utc: str = "prompt_created_utc"
+    """Prompt creation time column (unix seconds)."""
+    response_id: str = "response_id"
+    """Response id column."""
+    response: str = "response"
+    """Response text column."""
+    response_score: str = "response_score"
+    """Response score column (integer)."""
+    response_created_utc: str = "response_created_utc"
+    """Response creation time column (unix seconds)."""
+    response_children: str = "response_children"
+    """Optional: JSON list of the direct replies (texts, or objects with body/text) used for
+    reply_sentiment; ignored when the table has no such column."""
+    prompt_author: str = "prompt_author"
+    """Optional: prompt author column (enables the prompt-author filter)."""
+    response_author: str = "response_author"
+    """Optional: response author column (enables the deleted-author, bot and prompt-author
+    filters; without it those filters cannot apply)."""
+    retrieved_utc: str = "retrieved_utc"
+    """Optional: when the row's scores were retrieved (unix seconds), for score maturity."""
+
+
+@dataclass
+class SourceConfig:
+    format: Literal["auto", "reddit", "table", "shp"] = "auto"
+    """Input format; auto detects from file names (*_submissions/*_comments, .csv/.jsonl/
+    .parquet) and content (SHP columns, comment/submission fields)."""
+    window_days: float = 183.0
+    """A dump thread is closed (labelled, written, forgotten) once the comment stream is this
+    many days past its submission; later comments are counted as comments.late.  183: Reddit
+    archives threads after six months, so nothing arrives later there.  0 = keep every
+    thread open until the end (memory then grows with the dump)."""
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    """Column mapping for responses tables."""
+
+
+def _default_bots() -> list[str]:
+    return ["AutoModerator", "RemindMeBot", "WikiTextBot", "sneakpeekbot", "RepostSleuthBot",
+            "LinkifyBot", "GifReversingBot", "timezone_bot", "converter-bot", "B0tRank"]
+
+
+@dataclass
+class FilterConfig:
+    subreddit: str | None = None
+    """Keep only records of this subreddit (case-insensitive); None keeps all."""
+    bots: list[str] = field(default_factory=_default_bots)
+    """Bot accounts whose comments and replies are dropped (case-insensitive); AutoModerator
+    and a few bots that post in every subreddit."""
+    drop_nsfw: bool = True
+    """Drop threads whose submission is marked over_18 (on by default: training text)."""
+    min_prompt_score: int = 0
+    """Drop threads whose prompt scored below this.  0 keeps every Reddit thread (scores there
+    are >= 0) and drops only downvoted Stack Exchange questions; pairs have their own,
+    stricter threshold (labels.min_prompt_score)."""
+    max_prompt_chars: int = 10000
+    """Drop threads whose prompt (title + body) is longer than this many characters (walls of
+    text are rarely questions; 10k chars is ~2.5k tokens)."""
+    max_chars: int = 5000
+    """Drop responses longer than this many characters (~1.2k tokens: longer than any response
+    a small model is trained to write)."""
+    min_responses: int = 2
+    """Drop threads with fewer kept responses (a ranking needs two)."""
+    min_age_days: float = 7.0
+    """Score maturity: a record counts only when its thread was at least this old when the
+    record's score was retrieved (retrieved_on - thread created_utc).  Reddit votes mostly
+    arrive in the first days; 7 days is the SHP convention."""
+    allow_missing_retrieved_on: bool = False
+    """Keep records without a retrieval time (their maturity is unknown; they are counted as
+    kept_without_retrieved_on).  Needed for tables and SHP files, which carry no retrieval
+    time, when their scores are known to be final (e.g. a Stack Exchange data dump)."""
+
+
+@dataclass
+class LabelConfig:
+    rank_weight: float = 1.0
+    """Weight of -rank_z in adjusted (higher rank_z = worse rank)."""
+    delay_weight: float = 0.5
+    """Weight of delay_z in adjusted: a late answer that still ranks well overcame the early-
+    answer advantage.  0.5 is about the pooled within-thread correlation of rank and delay on
+    AskAcademia (0.35-0.5); the build reports that correlation for your data in the manifest
+    (labels.rank_delay_correlation) so you can set this to it."""
+    tier_quantiles: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
+    """Quantiles of adjusted (over the train split) that separate bad | ok | good; terciles."""
+    reply_sentiment: bool = True
+    """Compute reply_sentiment (VADER over direct replies).  It is most of the build's CPU
+    time; false leaves the column null."""
+    min_score: int = 2
+    """Pairs: both responses need at least this score (SHP: 2)."""
+    min_prompt_score: int = 10
+    """Pairs: the prompt needs at least this score (SHP: 10); unknown prompt scores pass."""
+    min_score_ratio: float = 2.0
+    """Pairs: chosen score >= this times the rejected score (SHP: 2)."""
+    max_pairs_per_thread: int = 5
+    """Pairs: at most this many per thread in train (those with the largest score ratio;
+    SteamSHP used 5); valid and test keep all."""
+    time_rule: bool = True
+    """Pairs: the chosen response was written no earlier than the rejected one (SHP).  false
+    builds pairs without it, for the "earlier answer wins" baseline; pairs.parquet then
+    breaks the SHP rule on purpose (manifest records it)."""
+
+
+@dataclass
+class SplitConfig:
+    train: float = 0.9
+    """Fraction of threads in train (by a hash of the thread id)."""
+    valid: float = 0.05
+    """Fraction of threads in valid."""
+    test: float = 0.05
+    """Fraction of threads in test; the three must sum to 1."""
+    salt: str = ""
+    """Mixed into the hash; change it for a different (still deterministic) split."""
+
+
+@dataclass
+class DataConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    """Input format, dump windowing, table column mapping."""
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    """What is dropped before labelling (each filter has a counter in the manifest)."""
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    """Adjusted-rank weights, tiers, reply sentiment, and the SHP pair rule."""
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    """Train/valid/test fractions."""
+    max_bad_fraction: float = 0.01
+    """Fail when more than this fraction of the records read is malformed (1%: a few bad
+    lines are normal in scraped dumps, many mean a wrong file or format)."""
+
+    def validate(self) -> None:
+        s = self.splits
+        fr = (s.train, s.valid, s.test)
+        if min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
+            raise AmbientError(f"splits.train/valid/test must be >= 0 and sum to 1, got {fr}")
+        q = self.labels.tier_quantiles
+        if len(q) != 2 or not (0 < q[0] <= q[1] < 1):
+            raise AmbientError(f"labels.tier_quantiles must be two numbers 0 < lo <= hi < 1, got {q}")
+        if self.labels.min_score < 1:
+            raise AmbientError("labels.min_score must be >= 1 (score ratios need positive scores)")
+        if self.labels.min_score_ratio < 1:
+            raise AmbientError("labels.min_score_ratio must be >= 1")
+        if self.labels.max_pairs_per_thread < 1:
+            raise AmbientError("labels.max_pairs_per_thread must be >= 1")
+        if self.filters.min_responses < 1:
+            raise AmbientError("filters.min_responses must be >= 1")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise AmbientError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
+# ---------------------------------------------------------------- output schemas
+
+RESPONSES_SCHEMA = pa.schema([
+    ("thread_id", pa.string()), ("response_id", pa.string()), ("prompt", pa.string()),
+    ("response", pa.string()), ("score", pa.int64()), ("created_utc", pa.int64()),
+    ("prompt_score", pa.int64()), ("prompt_created_utc", pa.int64()), ("rank", pa.int64()),
+    ("rank_z", pa.float64()), ("delay_z", pa.float64()), ("adjusted", pa.float64()),
+    ("tier", pa.string()), ("reply_sentiment", pa.float64()), ("split", pa.string()),
+    # extras
+    ("delay", pa.float64()), ("num_replies", pa.int64()), ("thread_size", pa.int64()),
+    ("community", pa.string()), ("source", pa.string()),
+])
+PAIRS_SCHEMA = pa.schema([
+    ("thread_id", pa.string()), ("prompt", pa.string()), ("chosen", pa.string()),
+    ("rejected", pa.string()), ("chosen_score", pa.int64()), ("rejected_score", pa.int64()),
+    ("chosen_created_utc", pa.int64()), ("rejected_created_utc", pa.int64()),
+    ("score_ratio", pa.float64()), ("seconds_difference", pa.int64()), ("split", pa.string()),
+    # extras
+    ("chosen_id", pa.string()), ("rejected_id", pa.string()), ("prompt_score", pa.int64()),
+    ("source", pa.string()),
+])
+RANKINGS_SCHEMA = pa.schema([
+    ("thread_id", pa.string()), ("prompt", pa.string()), ("responses", pa.list_(pa.string())),
+    ("scores", pa.list_(pa.int64())), ("adjusted", pa.list_(pa.float64())), ("split", pa.string()),
+    # extras
+    ("response_ids", pa.list_(pa.string())), ("ranks", pa.list_(pa.int64())),
+    ("created_utc", pa.list_(pa.int64())), ("prompt_score", pa.int64()),
+])
+
+
+class ChunkWriter:
+    """Buffered rows -> parquet row groups with a fixed schema (so all-null columns keep
+    their type and every file loads with ``datasets``)."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.schema = path, schema
+        self.rows: list[dict] = []
+        self.n = 0
+        self.w = pq.ParquetWriter(str(path), schema)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.w.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.n += len(self.rows)
+            self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self.w.close()
+
+
+def _int(x: float | None) -> int | None:
+    return None if x is None else int(round(x))
+
+
+# ---------------------------------------------------------------- per-thread work
+
+class Sink:
+    """Labels each thread as it arrives and appends its rows to the output files."""
+
+    def __init__(self, tmp: Path, cfg: DataConfig, counts: Counts):
+        self.cfg, self.counts = cfg, counts
+        self.tmp_responses = tmp / ".responses.untiered.parquet"
+        self.responses = ChunkWriter(self.tmp_responses, RESPONSES_SCHEMA)
+        self.pairs = ChunkWriter(tmp / PAIRS_FILE, PAIRS_SCHEMA)
+        self.rankings = ChunkWriter(tmp / RANKINGS_FILE, RANKINGS_SCHEMA)
+        lab = cfg.labels
+        self.rule = PairRule(lab.min_score, lab.min_prompt_score, lab.min_score_ratio, lab.time_rule,
+                             lab.max_pairs_per_thread)
+        self.fractions = (cfg.splits.train, cfg.splits.valid, cfg.splits.test)
+        self.train_adjusted = array.array("d")  # for the tier quantiles
+        self.all_adjusted = array.array("d")  # fallback when train is empty
+        self.rz_dz = [0.0, 0]  # sum of rank_z*delay_z over train threads with spread, n
+        self.seen_threads: set[str] = set()
+
+    def add(self, th: Thread) -> None:
+        c, lab = self.counts, self.cfg.labels
+        c.inc("threads", "assembled")
+        if th.thread_id in self.seen_threads:
+            c.inc("threads", "duplicate_id")
+            c.inc("responses", "in_duplicate_thread", len(th.responses))
+            return
+        self.seen_threads.add(th.thread_id)
+        k = len(th.responses)
+        if k < self.cfg.filters.min_responses:
+            c.inc("threads", "too_few_responses")
+            c.inc("responses", "in_too_small_thread", k)
+            return
+        split = split_of(th.thread_id, self.fractions, self.cfg.splits.salt)
+        c.inc("threads", "kept")
+        c.inc("threads_per_split", split)
+        c.inc("responses_per_split", split, k)
+        c.inc("responses", "written", k)
+
+        # step 1. within-thread labels
+        rs = th.responses
+        scores = [r.score for r in rs]
+        created = [r.created_utc for r in rs]
+        lb = L.thread_labels(scores, created, th.prompt_created_utc, lab.rank_weight, lab.delay_weight)
+        adj = lb["adjusted"]
+        if split == "train":
+            self.train_adjusted.extend(adj.tolist())
+        self.all_adjusted.extend(adj.tolist())
+        if split == "train" and k >= 2:
+            self.rz_dz[0] += float((lb["rank_z"] * lb["delay_z"]).sum())
+            self.rz_dz[1] += k
+        p_created = _int(th.prompt_created_utc)
+        for i, r in enumerate(rs):
+            self.responses.add({
+                "thread_id": th.thread_id, "response_id": r.response_id, "prompt": th.prompt,
+                "response": r.text, "score": r.score, "created_utc": _int(r.created_utc),
+                "prompt_score": th.prompt_score, "prompt_created_utc": p_created,
+                "rank": int(lb["rank"][i]), "rank_z": float(lb["rank_z"][i]),
+                "delay_z": float(lb["delay_z"][i]), "adjusted": float(adj[i]), "tier": None,
+                "reply_sentiment": r.reply_sentiment, "split": split, "delay": float(lb["delay"][i]),
+                "num_replies": r.n_replies, "thread_size": k, "community": th.community, "source": th.source,
+            })
+
+        # step 2. ranking (best first by adjusted; ties by score then time)
+        order = sorted(range(k), key=lambda i: (-adj[i], -scores[i], created[i]))
+        self.rankings.add({
+            "thread_id": th.thread_id, "prompt": th.prompt, "responses": [rs[i].text for i in order],
+            "scores": [scores[i] for i in order], "adjusted": [float(adj[i]) for i in order], "split": split,
+            "response_ids": [rs[i].response_id for i in order], "ranks": [int(lb["rank"][i]) for i in order],
+            "created_utc": [_int(created[i]) for i in order], "prompt_score": th.prompt_score,
+        })
+
+        # step 3. SHP pairs (given by the source, or derived)
+        cap = split == "train"
+        if th.given_pairs is None:
+            pairs, pc = thread_pairs(scores, created, th.prompt_score, self.rule, cap)
+            for key, n in pc.items():
+                if n:
+                    c.inc("pairs", key, n)
+        else:
+            pairs = [(a, b) for a, b in th.given_pairs
+                     if is_pair(scores[a], scores[b], created[a], created[b], th.prompt_score, self.rule)]
+            c.inc("pairs", "candidates", len(th.given_pairs))
+            c.inc("pairs", "given_but_break_rule", len(th.given_pairs) - len(pairs))
+            if cap and len(pairs) > self.rule.max_pairs:
+                kept = sorted(pairs, key=lambda ab: (-scores[ab[0]] / scores[ab[1]], ab))[: self.rule.max_pairs]
+                c.inc("pairs", "cap", len(pairs) - len(kept))
+                pairs = sorted(kept)
+            c.inc("pairs", "kept", len(pairs))
+        c.inc("pairs_per_split", split, len(pairs))
+        for a, b in pairs:
+            ra, rb = rs[a], rs[b]
+            self.pairs.add({
+                "thread_id": th.thread_id, "prompt": th.prompt, "chosen": ra.text, "rejected": rb.text,
+                "chosen_score": ra.score, "rejected_score": rb.score,
+                "chosen_created_utc": _int(ra.created_utc), "rejected_created_utc": _int(rb.created_utc),
+                "score_ratio": ra.score / rb.score if rb.score > 0 else math.inf,
+                "seconds_difference": _int(ra.created_utc - rb.created_utc), "split": split,
+                "chosen_id": ra.response_id, "rejected_id": rb.response_id,
+                "prompt_score": th.prompt_score, "source": th.source,
+            })
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        """Close the files; compute tier thresholds; rewrite responses with tiers."""
+        for w in (self.responses, self.pairs, self.rankings):
+            w.close()
+        q = self.cfg.labels.tier_quantiles
+        basis = "train"
+        values = self.train_adjusted
+        if len(values) == 0:
+            basis, values = "all splits (train is empty)", self.all_adjusted
+        info: dict[str, Any] = {"tier_basis": basis}
+        if len(values) == 0:
+            lo = hi = None
+        else:
+            lo, hi = L.tier_thresholds(np.frombuffer(values, dtype=np.float64), q)
+        info["tier_thresholds"] = {"bad_below": lo, "good_above": hi}
+        n_rz = self.rz_dz[1]
+        info["rank_delay_correlation"] = round(self.rz_dz[0] / n_rz, 4) if n_rz else None
+        pf = pq.ParquetFile(str(self.tmp_responses))
+        w = pq.ParquetWriter(str(out / RESPONSES_FILE), RESPONSES_SCHEMA)
+        for batch in pf.iter_batches(batch_size=CHUNK_ROWS):
+            t = pa.Table.from_batches([batch], schema=RESPONSES_SCHEMA)
+            if lo is not None:
+                adj = t.column("adjusted").to_numpy()
+                tiers = L.assign_tiers(adj, lo, hi)
+                splits = t.column("split").to_pylist()
+                for s, tier in zip(splits, tiers):
+                    self.counts.inc(f"tiers_{s}", tier)
+                t = t.set_column(t.schema.get_field_index("tier"), "tier", pa.array(tiers.tolist(), pa.string()))
+            w.write_table(t)
+        w.close()
+        self.tmp_responses.unlink()
+        return info
+
+
+# ---------------------------------------------------------------- entry point
+
+def build(sources: list[str], out: str, cfg: DataConfig, overwrite: bool = False) -> dict:
+    """Build the data directory ``out`` from ``sources``; return the manifest."""
+    cfg.validate()
+    t0 = time.time()
+    inputs = discover(list(sources), cfg.source.format)
+    counts = Counts()
+    bad = BadRecords(show=SHOW_BAD)
+    with atomic_dir(out, overwrite) as tmp:
+        sink = Sink(tmp, cfg, counts)
+        for inp in inputs:
+            log.info("reading %s: %s", inp.kind, ", ".join(map(str, inp.paths)))
+            for th in read_input(inp, cfg, counts, bad):
+                sink.add(th)
+        if bad.total and bad.fraction > cfg.max_bad_fraction:
+            raise AmbientError(
+                f"{bad.total} of {bad.seen} records are bad ({bad.fraction:.2%} > max_bad_fraction "
+                f"{cfg.max_bad_fraction:.2%}); first: {bad.examples[0] if bad.examples else '?'}. "
+                f"Check the input and --format, or raise --max-bad-fraction")
+        if sink.responses.n + len(sink.responses.rows) == 0:
+            raise AmbientError(_nothing_kept(sources, counts))
+        info = sink.finish(tmp)
+        from ambient_rlhf.data.report import write_report
+
+        c = counts.as_dict()
+        plots = write_report(tmp, cfg, c, bad.as_dict(), info)
+        manifest = write_manifest(
+            tmp, "data", config=to_dict(cfg),
+            inputs=[p for inp in inputs for p in inp.paths],
+            counts=c, bad_records=bad.as_dict(), labels=info,
+            inputs_by_kind=[{"kind": i.kind, "paths": [str(p) for p in i.paths]} for i in inputs],
+            files=[RESPONSES_FILE, PAIRS_FILE, RANKINGS_FILE, "report.md", *plots],
+            seconds=round(time.time() - t0, 2),
+        )
+    return manifest
+
+
+def _nothing_kept(sources: list[str], counts: Counts) -> str:
+    c = counts.as_dict()
+    drops = []
+    for g in ("submissions", "prompts", "responses", "shp_rows", "threads"):
+        for k, v in c.get(g, {}).items():
+            if k not in ("read", "kept", "assembled", "written", "kept_without_retrieved_on") and v:
+                drops.append((v, f"{g}.{k}={v}"))
+    drops.sort(reverse=True)
+    hint = ""
+    if any("no_retrieved_on" in d for _, d in drops):
+        hint = ("; records without retrieved_on are dropped for score maturity: pass "
+                "filters.allow_missing_retrieved_on=true when their scores are final")
+    top = ", ".join(d for _, d in drops[:4]) or "no records read"
+    return f"{', '.join(sources)}: no thread survived the filters ({top}){hint}"

@@ -1,0 +1,100 @@
+"""``ambient data build|simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.cli import common_parser, split_overrides
+from ambient_rlhf.config import config_help, load_config
+from ambient_rlhf.logging import setup_logging
+
+USAGE = """usage: ambient data build SOURCE... --out DIR [options] [key=value ...]
+       ambient data simulate [options]
+
+  build     read dumps / tables / SHP files and write responses, pairs, rankings
+  simulate  write a synthetic community with a known preference (ambient_rlhf.simulate)"""
+
+
+def cli(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    sub, rest = argv[0], argv[1:]
+    if sub == "build":
+        return build_cli(rest)
+    if sub == "simulate":
+        return _simulate(rest)
+    raise AmbientError(f"unknown data subcommand '{sub}'; valid: build, simulate")
+
+
+SIMULATE_MODULES = ("ambient_rlhf.data.simulate", "ambient_rlhf.simulate")
+
+
+def _simulate(argv: list[str]) -> int:
+    """Dispatch to the simulator's ``cli(argv)``, imported lazily (another module owns it)."""
+    for name in SIMULATE_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):
+                continue  # this module does not exist; try the next
+            raise
+        if hasattr(mod, "cli"):
+            return int(mod.cli(argv) or 0)
+    raise AmbientError("`ambient data simulate` is not available in this installation: no module "
+                       f"{' or '.join(SIMULATE_MODULES)} with a cli(argv) function")
+
+
+def _setup_logging(verbosity: int) -> None:
+    """``setup_logging`` without its side import of transformers (~2 s; the data stage never
+    uses it, and data/ must not import it): the import is made to fail for that one call."""
+    if "transformers" in sys.modules:
+        setup_logging(verbosity)
+        return
+    sys.modules["transformers"] = None  # type: ignore[assignment]  # import -> ImportError, caught there
+    try:
+        setup_logging(verbosity)
+    finally:
+        sys.modules.pop("transformers", None)
+
+
+def build_cli(argv: list[str]) -> int:
+    from ambient_rlhf.data.build import DataConfig, build
+
+    rest, overrides = split_overrides(argv)
+    p = argparse.ArgumentParser(prog="ambient data build", parents=[common_parser()],
+                                description="Build a data directory from community dumps or tables.")
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="a directory (dump pair or table inside) or files: *_submissions + *_comments "
+                        "NDJSON (.zst ok), a .csv/.jsonl/.parquet responses table, or SHP pair files")
+    p.add_argument("--out", help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--format", choices=["auto", "reddit", "table", "shp"], help="source.format (default: auto)")
+    p.add_argument("--subreddit", help="filters.subreddit: keep only this subreddit")
+    p.add_argument("--max-bad-fraction", type=float, help="max_bad_fraction (default 0.01)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = p.parse_args(rest)
+    _setup_logging(args.verbose)
+    if args.help_config:
+        print(config_help(DataConfig))
+        return 0
+    if not args.sources:
+        p.error("at least one SOURCE is required")
+    if not args.out:
+        p.error("--out DIR is required")
+    flags = []
+    if args.format:
+        flags.append(f"source.format={args.format}")
+    if args.subreddit:
+        flags.append(f"filters.subreddit={args.subreddit}")
+    if args.max_bad_fraction is not None:
+        flags.append(f"max_bad_fraction={args.max_bad_fraction}")
+    cfg = load_config(DataConfig, args.config, flags + overrides)
+    m = build(args.sources, args.out, cfg, overwrite=args.overwrite)
+    c = m["counts"]
+    summary = {k: c.get(k, {}) for k in ("threads_per_split", "responses_per_split", "pairs_per_split")}
+    print(f"wrote {args.out}: " + json.dumps(summary), file=sys.stdout)
+    return 0

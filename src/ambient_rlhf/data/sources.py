@@ -1,0 +1,386 @@
+"""Streaming readers for the three input formats, and input discovery.
+
+* Pushshift / Arctic Shift NDJSON dumps, plain or ``.zst`` (2 GiB window, multi-frame);
+* a responses table: CSV, JSONL or Parquet (``.csv``/``.jsonl`` may also be ``.zst``);
+* SHP pair files (JSONL, CSV or Parquet).
+
+Readers yield ``(line, record)`` one at a time and never hold a file in memory.  Every
+malformed record goes to :class:`BadRecords` as ``file:line: reason`` (the first few
+are printed, all are counted) and reading goes on; a truncated ``.zst`` stream is one
+bad record at the line where it stops.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.logging import get_logger
+
+log = get_logger("data.sources")
+
+ZSTD_WINDOW = 2**31  # real dumps are written with `zstd --long=31`
+CHUNK = 1 << 20
+TABLE_EXTS = (".csv", ".jsonl", ".json", ".ndjson", ".parquet", ".pq")
+SHP_COLUMNS = ("post_id", "history", "human_ref_A", "human_ref_B", "score_A", "score_B")
+
+
+class BadRecords:
+    """Counts bad records per file and reason; prints the first ``show`` of them."""
+
+    def __init__(self, show: int = 5):
+        self.show = show
+        self.total = 0
+        self.seen = 0  # records (lines, rows) looked at, good or bad: the fraction's denominator
+        self.by_file: dict[str, int] = {}
+        self.by_reason: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def add(self, path: str | Path, line: int | None, reason: str, kind: str | None = None) -> None:
+        """Record one bad record; ``kind`` is the short reason used for counting."""
+        self.total += 1
+        p = str(path)
+        self.by_file[p] = self.by_file.get(p, 0) + 1
+        k = kind or reason.split(":")[0].split("(")[0].strip()
+        self.by_reason[k] = self.by_reason.get(k, 0) + 1
+        msg = f"{p}:{line}: {reason}" if line is not None else f"{p}: {reason}"
+        if len(self.examples) < self.show:
+            self.examples.append(msg)
+            print(f"warning: {msg}", file=sys.stderr)
+        elif len(self.examples) == self.show and self.total == self.show + 1:
+            print("warning: more bad records follow; all are counted in manifest.json", file=sys.stderr)
+
+    @property
+    def fraction(self) -> float:
+        return self.total / max(self.seen, 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "records_seen": self.seen, "fraction": round(self.fraction, 6), "by_file": self.by_file, "by_reason": self.by_reason, "examples": self.examples}
+
+
+# ---------------------------------------------------------------- raw line access
+
+def check_file(path: str | Path) -> Path:
+    """A readable, non-empty file, else a one-line AmbientError naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise AmbientError(f"{p}: no such file or directory")
+    if p.is_dir():
+        raise AmbientError(f"{p}: is a directory (expected a file)")
+    if p.stat().st_size == 0:
+        raise AmbientError(f"{p}: file is empty")
+    return p
+
+
+def is_zst(path: str | Path) -> bool:
+    return str(path).endswith(".zst")
+
+
+def base_name(path: str | Path) -> str:
+    """File name without a compression suffix (``x.ndjson.zst`` -> ``x.ndjson``)."""
+    name = Path(path).name
+    return name[:-4] if name.endswith(".zst") else name
+
+
+def iter_lines(path: str | Path, bad: BadRecords | None = None) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, raw_line)`` for every non-blank line of a plain or ``.zst`` file.
+
+    ``.zst`` is decompressed chunk by chunk (any number of frames, 2 GiB window).  A
+    stream that ends inside a frame, or a corrupt frame, is reported to ``bad`` once as
+    ``file:line: truncated or corrupt zstd stream`` and ends the file (a partial last
+    line is not parsed).
+    """
+    p = check_file(path)
+    lineno = 0
+    buf = b""
+    if not is_zst(p):
+        with open(p, "rb") as f:
+            for raw in f:
+                lineno += 1
+                if raw.strip():
+                    yield lineno, raw.rstrip(b"\r\n")
+        return
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW)
+    dobj = dctx.decompressobj()
+    in_frame = False
+    with open(p, "rb") as f:
+        while True:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                break
+            try:
+                data = b""
+                while chunk:
+                    data += dobj.decompress(chunk)
+                    in_frame = not dobj.eof
+                    chunk = dobj.unused_data if dobj.eof else b""
+                    if dobj.eof:
+                        dobj = dctx.decompressobj()
+                        in_frame = False
+            except zstandard.ZstdError as e:
+                if bad is None:
+                    raise AmbientError(f"{p}:{lineno + 1}: corrupt zstd stream ({e})") from None
+                bad.add(p, lineno + 1, f"corrupt zstd stream ({e}); rest of file skipped", kind="corrupt zstd")
+                return
+            if not data:
+                continue
+            buf += data
+            lines = buf.split(b"\n")
+            buf = lines.pop()
+            for raw in lines:
+                lineno += 1
+                if raw.strip():
+                    yield lineno, raw
+    if in_frame:
+        # the file ended inside a frame: the tail is missing
+        if bad is None:
+            raise AmbientError(f"{p}:{lineno + 1}: truncated zstd stream")
+        bad.add(p, lineno + 1, "truncated zstd stream (file ends inside a frame); partial last line skipped",
+                kind="truncated zstd")
+        return
+    if buf.strip():
+        yield lineno + 1, buf
+
+
+def iter_json_objects(path: str | Path, bad: BadRecords) -> Iterator[tuple[int, dict]]:
+    """``(line, object)`` for every line that parses to a JSON object; the others are bad.
+
+    ``bad.seen`` counts every non-blank line, good or bad."""
+    for lineno, raw in iter_lines(path, bad):
+        bad.seen += 1
+        try:
+            obj = json.loads(raw)
+        except ValueError as e:
+            bad.add(path, lineno, f"malformed JSON ({str(e)[:80]})", kind="malformed JSON")
+            continue
+        if not isinstance(obj, dict):
+            bad.add(path, lineno, f"expected a JSON object, got {type(obj).__name__}", kind="not an object")
+            continue
+        yield lineno, obj
+
+
+def open_text(path: str | Path):
+    """Text stream of a plain or ``.zst`` file (for CSV)."""
+    p = check_file(path)
+    if is_zst(p):
+        import zstandard
+
+        fh = open(p, "rb")
+        reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW).stream_reader(fh, closefd=True)
+        return io.TextIOWrapper(reader, encoding="utf-8", errors="replace", newline="")
+    return open(p, encoding="utf-8", errors="replace", newline="")
+
+
+def iter_table_rows(path: str | Path, bad: BadRecords) -> Iterator[tuple[int, dict]]:
+    """``(line_or_row, row_dict)`` of a CSV, JSONL or Parquet table, streamed.
+
+    CSV: the line where the record starts (header = line 1).  Parquet: the row number
+    (header-less, 1-based)."""
+    name = base_name(path).lower()
+    if name.endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        check_file(path)
+        try:
+            pf = pq.ParquetFile(str(path))
+        except Exception as e:  # pyarrow raises several types for non-parquet input
+            raise AmbientError(f"{path}: not a readable Parquet file ({e})") from None
+        row = 0
+        for batch in pf.iter_batches(batch_size=4096):
+            for rec in batch.to_pylist():
+                row += 1
+                bad.seen += 1
+                yield row, rec
+        return
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        yield from iter_json_objects(path, bad)
+        return
+    if name.endswith(".csv"):
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+        with open_text(path) as f:
+            reader = csv.reader(f)
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise AmbientError(f"{path}: file is empty") from None
+            except csv.Error as e:
+                raise AmbientError(f"{path}:1: unreadable CSV header ({e})") from None
+            start = reader.line_num + 1
+            while True:
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as e:
+                    bad.seen += 1
+                    bad.add(path, start, f"malformed CSV ({e})", kind="malformed CSV")
+                    start = reader.line_num + 1
+                    continue
+                line = start
+                start = reader.line_num + 1
+                if not values or (len(values) == 1 and not values[0].strip()):
+                    continue
+                bad.seen += 1
+                if len(values) != len(header):
+                    bad.add(path, line, f"expected {len(header)} fields, got {len(values)}", kind="wrong field count")
+                    continue
+                yield line, dict(zip(header, values))
+        return
+    raise AmbientError(f"{path}: unknown table extension; use .csv, .jsonl or .parquet (optionally .zst)")
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """Column names of a table file (first record for JSONL)."""
+    name = base_name(path).lower()
+    if name.endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.ParquetFile(str(path)).schema_arrow.names)
+        except Exception as e:
+            raise AmbientError(f"{path}: not a readable Parquet file ({e})") from None
+    if name.endswith(".csv"):
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+        with open_text(path) as f:
+            try:
+                return next(csv.reader(f))
+            except (StopIteration, csv.Error):
+                return []
+    first = first_json_object(path)
+    return list(first) if first else []
+
+
+def first_json_object(path: str | Path, max_lines: int = 20) -> dict | None:
+    """The first line that parses to a JSON object (for format detection)."""
+    for n, (_, raw) in enumerate(iter_lines(path, BadRecords(show=0))):
+        if n >= max_lines:
+            break
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+# ---------------------------------------------------------------- input discovery
+
+@dataclass
+class Input:
+    """One logical input: a dump (submissions + comments), a table or an SHP file."""
+
+    kind: str  # "reddit" | "table" | "shp"
+    paths: list[Path] = field(default_factory=list)
+
+    @property
+    def submissions(self) -> Path | None:
+        return self.paths[0] if self.kind == "reddit" else None
+
+    @property
+    def comments(self) -> Path | None:
+        return self.paths[1] if self.kind == "reddit" else None
+
+
+def _dump_role(path: Path) -> str | None:
+    """``submissions``/``comments`` from the name, else from the first record."""
+    n = base_name(path).lower()
+    if "_submissions" in n or n.startswith("rs_") or n.startswith("submissions"):
+        return "submissions"
+    if "_comments" in n or n.startswith("rc_") or n.startswith("comments"):
+        return "comments"
+    return None
+
+
+def _sniff(path: Path) -> str | None:
+    """Guess a single file's kind from its content: submissions, comments, shp or table."""
+    name = base_name(path).lower()
+    if name.endswith((".parquet", ".pq", ".csv")):
+        cols = set(table_columns(path))
+        if set(SHP_COLUMNS) <= cols:
+            return "shp"
+        return "table" if cols else None
+    obj = first_json_object(path)
+    if obj is None:
+        return None
+    if set(SHP_COLUMNS) <= set(obj):
+        return "shp"
+    if "link_id" in obj and "parent_id" in obj and "body" in obj:
+        return "comments"
+    if "title" in obj and ("selftext" in obj or "num_comments" in obj):
+        return "submissions"
+    return "table"
+
+
+def discover(sources: list[str], fmt: str = "auto") -> list[Input]:
+    """Resolve SOURCE arguments (files or directories) into :class:`Input` s.
+
+    A directory contributes its ``*_submissions*``/``*_comments*`` pairs, else its table
+    and SHP files.  A dump needs both files; they are paired by the name before
+    ``_submissions``/``_comments``.  ``fmt`` forces the kind (``reddit``/``table``/``shp``).
+    """
+    files: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        if not p.exists():
+            raise AmbientError(f"{p}: no such file or directory")
+        if p.is_dir():
+            inside = sorted(x for x in p.iterdir() if x.is_file() and not x.name.startswith("."))
+            usable = [x for x in inside if _dump_role(x) or base_name(x).lower().endswith(TABLE_EXTS)]
+            if not usable:
+                raise AmbientError(
+                    f"{p}: no input files found (expected *_submissions/*_comments dumps or a "
+                    f".csv/.jsonl/.parquet table)")
+            files.extend(usable)
+        else:
+            files.append(p)
+    for f in files:
+        check_file(f)
+
+    roles: dict[Path, str] = {}
+    for f in files:
+        if fmt == "table":
+            roles[f] = "table"
+        elif fmt == "shp":
+            roles[f] = "shp"
+        else:
+            role = _dump_role(f) if fmt in ("auto", "reddit") else None
+            if role is None:
+                role = _sniff(f)
+            if role is None:
+                raise AmbientError(f"{f}: cannot tell the format from its name or content; pass --format reddit|table|shp")
+            if fmt == "reddit" and role not in ("submissions", "comments"):
+                raise AmbientError(f"{f}: --format reddit needs *_submissions / *_comments NDJSON files")
+            roles[f] = role
+
+    def key(f: Path) -> str:
+        n = base_name(f)
+        for tag in ("_submissions", "_comments"):
+            i = n.lower().find(tag)
+            if i >= 0:
+                return str(f.parent / n[:i])
+        return str(f.parent)
+
+    inputs: list[Input] = []
+    subs = {key(f): f for f, r in roles.items() if r == "submissions"}
+    coms = {key(f): f for f, r in roles.items() if r == "comments"}
+    for k in sorted(set(subs) | set(coms)):
+        if k not in subs:
+            raise AmbientError(f"{coms[k]}: comments file without its submissions file; pass both (*_submissions and *_comments)")
+        if k not in coms:
+            raise AmbientError(f"{subs[k]}: submissions file without its comments file; pass both (*_submissions and *_comments)")
+        inputs.append(Input("reddit", [subs[k], coms[k]]))
+    for f, r in roles.items():
+        if r in ("table", "shp"):
+            inputs.append(Input(r, [f]))
+    if not inputs:
+        raise AmbientError(f"{', '.join(sources)}: no input found")
+    return inputs

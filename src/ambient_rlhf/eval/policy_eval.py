@@ -1,0 +1,532 @@
+"""``ambient eval``: a policy against its reference on held-out prompts, judged by a gold
+reward model.
+
+    ambient eval --policy RUN/rl --reference RUN/sft --judge RUN/rm-gold --data RUN/data \\
+                 [--proxy RUN/rm-proxy] [--out DIR] [--goal good]
+
+The judge must not be the reward model that RL optimised (that one is the *proxy*:
+its score rises by construction and says nothing about quality; Gao et al. 2022).
+
+Steps of :func:`evaluate_policy`:
+
+1. take ``n_prompts`` prompts of the ``split`` (one per thread, a seeded choice);
+2. sample ``samples_per_prompt`` answers per prompt from the policy (with the goal token
+   when ``goal`` is set) and from the reference, with ``train.generate.generate``;
+3. sequence KL(policy || reference) per policy sample: the sum over its response tokens
+   of ``logp_policy - logp_ref``, both at the sampling temperature (the k1 estimator, the
+   quantity the RL stage penalises); its mean over samples estimates the KL;
+4. score every answer with the judge (and the proxy, when given);
+5. optionally the simulated community's hidden ``true_utility(prompt, response)``;
+6. win rate of policy over reference (sample i of the policy against sample i of the
+   reference for the same prompt; ties count half), with a percentile bootstrap interval
+   over prompts (samples of one prompt are not independent); length and distinct-n;
+7. write ``eval.json``, ``samples.jsonl``, ``samples.csv`` and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.config import config_help, load_config, to_dict
+from ambient_rlhf.eval import stats
+from ambient_rlhf.io import atomic_dir, write_json, write_manifest
+from ambient_rlhf.logging import get_logger, progress, setup_logging
+
+log = get_logger("eval")
+
+TrueUtility = Callable[[str, str], float]
+
+
+@dataclass
+class EvalConfig:
+    policy: str = ""
+    """The model under test: a model directory (RL output, or the tier-conditioned SFT
+    model with ``goal``) or a model name (``tiny-random``, ``default``). Required."""
+    reference: str = ""
+    """The model it is compared with, usually the plain SFT model (RL's KL anchor). Required."""
+    judge: str = ""
+    """Gold reward model directory that scores both sides. Must not be the reward model
+    RL optimised: that one is ``proxy``. Required."""
+    data: str = ""
+    """Data directory (``responses.parquet``) whose ``split`` prompts are used. Required."""
+    out: str = "eval"
+    """Output directory (eval.json, samples.jsonl, samples.csv, manifest.json)."""
+    overwrite: bool = False
+    """Replace ``out`` if it exists (otherwise an existing ``out`` is an error, so a
+    finished evaluation is never clobbered by accident)."""
+    proxy: str | None = None
+    """Optional: the reward model RL optimised. Both sides are scored with it too, so the
+    report can set the proxy gain beside the gold gain (reward over-optimisation)."""
+    split: str = "test"
+    """Split whose prompts are used: ``test`` is held out from every training stage."""
+    n_prompts: int = 64
+    """Number of prompts (threads). 64 prompts x 2 samples gives a win-rate interval of
+    about +-0.1 at 0.5, and takes a minute or two for the default model on a CPU."""
+    samples_per_prompt: int = 2
+    """Answers sampled per prompt from each side. More than one averages out sampling
+    noise; the bootstrap resamples prompts, not samples, so this does not fake precision."""
+    max_new_tokens: int = 64
+    """Longest answer in tokens. 64 matches the RL stage's default response length, so
+    the policy is judged on answers of the length it was trained to write."""
+    temperature: float = 0.7
+    """Sampling temperature for both sides, and the temperature of the log-probs in the
+    KL. 0.7 matches the RL stage's sampling (lm-human-preferences), so the KL here is the
+    one RL controlled."""
+    goal: str | None = None
+    """Quality tier (``good``, ``ok``, ``bad``) whose control token is added to the
+    *policy's* prompts: for the tier-conditioned SFT model (``--goal good``), compared
+    with plain SFT on the same judge. None for RL policies."""
+    batch_size: int = 8
+    """Sequences per forward pass when sampling, computing log-probs and scoring. 8 keeps
+    the default model's logits under ~200 MB on a CPU."""
+    bootstrap_resamples: int = 1000
+    """Bootstrap resamples for every interval; 1000 makes the 95% ends stable to ~0.01."""
+    seed: int = 0
+    """Seed of the prompt choice, the sampling and the bootstrap (same seed, same numbers)."""
+    template: str = "auto"
+    """Prompt template: ``auto`` uses, for each model, the template recorded when it was
+    trained (``ambient_model.json``; a reward model's ``reward_config.json``), else the
+    tokenizer's chat template, else ``plain``; ``chat`` or ``plain`` force one for all."""
+    max_prompt_tokens: int = 256
+    """Prompt budget in tokens; longer prompts are cut from the left (the end of a
+    question is nearest the answer), as in training."""
+    true_utility: Literal["auto", "on", "off"] = "auto"
+    """Also compute the simulated community's hidden utility of every answer
+    (``ambient_rlhf.data.simulate.true_utility``): ``auto`` when the data directory
+    comes from ``ambient data simulate``, ``on`` always (an error when unavailable),
+    ``off`` never."""
+    n_table: int = 8
+    """Prompts shown in the side-by-side sample table of eval.json (all samples are in
+    samples.jsonl)."""
+
+
+def _validate(cfg: EvalConfig) -> None:
+    for key in ("policy", "reference", "judge", "data"):
+        if not getattr(cfg, key):
+            raise AmbientError(f"eval: config key '{key}' is required (--{key} DIR)")
+    if cfg.goal is not None and cfg.goal not in ("good", "ok", "bad"):
+        raise AmbientError(f"eval: goal={cfg.goal!r}; expected good, ok or bad")
+    if cfg.n_prompts < 1 or cfg.samples_per_prompt < 1 or cfg.max_new_tokens < 1:
+        raise AmbientError("eval: n_prompts, samples_per_prompt and max_new_tokens must be >= 1")
+    if cfg.temperature <= 0:
+        raise AmbientError(f"eval: temperature={cfg.temperature}; must be > 0 (the KL is taken at it)")
+
+
+# ---- step 1: prompts -----------------------------------------------------------------------
+def load_prompts(data_dir: str | Path, split: str, n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` (thread_id, prompt) of ``split``, a seeded choice among its threads."""
+    import pandas as pd
+
+    from ambient_rlhf.data.schema import RESPONSES_FILE
+
+    path = Path(data_dir) / RESPONSES_FILE
+    if not path.is_file():
+        raise AmbientError(f"{path}: not found; --data must be a data directory from `ambient data build`")
+    df = pd.read_parquet(path, columns=["thread_id", "prompt", "split"])
+    sub = df[df["split"] == split].drop_duplicates("thread_id").sort_values("thread_id")
+    if sub.empty:
+        counts = df.drop_duplicates("thread_id")["split"].value_counts().to_dict()
+        raise AmbientError(f"{path}: no threads in split '{split}' (threads per split: {counts}); choose split=...")
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(sub))[:n]
+    sub = sub.iloc[np.sort(idx)]
+    if len(sub) < n:
+        log.warning("split '%s' has %d threads; evaluating on all of them (n_prompts=%d)", split, len(sub), n)
+    return list(zip(sub["thread_id"].astype(str), sub["prompt"].astype(str)))
+
+
+# ---- step 2 helpers: models ----------------------------------------------------------------
+@dataclass
+class Side:
+    """A loaded causal LM with the tokenizer (left padding) and prompt template it was
+    trained with, and the goal token it is prompted with."""
+
+    model: Any
+    tok: Any
+    template: str
+    goal: str | None
+
+
+def _load_side(path: str, cfg: EvalConfig, goal: str | None, device) -> Side:
+    from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
+    from ambient_rlhf.train.generate import model_info
+
+    model = load_causal_lm(path, device=device)
+    model.eval()
+    template = cfg.template
+    if template == "auto" and Path(path).is_dir():
+        # the template recorded at training time, as train.generate resolves it
+        template = model_info(path).get("template", "auto")
+    return Side(model, load_tokenizer(path, padding_side="left"), template, goal)
+
+
+def _sample(side: Side, prompts: list[str], cfg: EvalConfig) -> list[str]:
+    from ambient_rlhf.train.generate import generate
+
+    return generate((side.model, side.tok), prompts, goal=side.goal, max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed, template=side.template,
+                    max_prompt_tokens=cfg.max_prompt_tokens)
+
+
+def _encode(tok, prompt: str, response: str, cfg: EvalConfig, template: str, goal: str | None):
+    """The token sequence a model saw: prompt (+goal) + response (+EOS when the answer
+    stopped before ``max_new_tokens``; an answer that hit the limit has no EOS).
+
+    ``generate`` returns text, so the response is re-tokenised; for the rare text whose
+    re-tokenisation differs from the sampled ids, the log-probs (and the KL) are those of
+    the re-tokenised sequence, the same sequence under both models."""
+    from ambient_rlhf.models.tokenize import encode_pair
+
+    return encode_pair(tok, prompt, response, cfg.max_prompt_tokens, cfg.max_new_tokens, template, goal)
+
+
+def response_lengths(side: Side, prompts: list[str], responses: list[str], cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Response length in tokens (EOS not counted) and whether each answer stopped (ended
+    with EOS before ``max_new_tokens``).  (N,), (N,)."""
+    n, stopped = np.zeros(len(prompts), dtype=int), np.zeros(len(prompts), dtype=bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        e = _encode(side.tok, p, r, cfg, side.template, side.goal)
+        stopped[i] = not e.response_truncated
+        n[i] = len(e.input_ids) - e.prompt_len - int(stopped[i])
+    return n, stopped
+
+
+# ---- step 3: log-probs for the KL ----------------------------------------------------------
+def response_logprobs(side: Side, prompts: list[str], responses: list[str], cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of the response tokens' log-probs at ``cfg.temperature``, and their count.
+
+    Returns ``(logp_sum (N,), n_tokens (N,))``.  Sequences are left-padded with explicit
+    position ids (so padding does not shift positions), and logits are computed only for
+    the last ``max response length + 1`` positions."""
+    import torch
+
+    from ambient_rlhf.rl.logprobs import logprobs_from_logits
+
+    model = side.model
+    device = next(model.parameters()).device
+    sums = np.zeros(len(prompts))
+    counts = np.zeros(len(prompts), dtype=int)
+    pad = side.tok.pad_token_id
+    for start in range(0, len(prompts), cfg.batch_size):
+        enc = [_encode(side.tok, p, r, cfg, side.template, side.goal) for p, r in zip(prompts[start:start + cfg.batch_size],
+                                                                responses[start:start + cfg.batch_size])]
+        T = max(len(e.input_ids) for e in enc)
+        L = max(max(len(e.input_ids) - e.prompt_len for e in enc), 1)  # longest response
+        ids = torch.full((len(enc), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(enc), T), dtype=torch.long)
+        resp = torch.zeros((len(enc), T), dtype=torch.bool)  # True at response tokens
+        for i, e in enumerate(enc):
+            n = len(e.input_ids)
+            ids[i, T - n:] = torch.tensor(e.input_ids)
+            mask[i, T - n:] = 1
+            resp[i, T - n + e.prompt_len:] = True
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                        logits_to_keep=L + 1, use_cache=False)
+        # logits (B, L+1, V) predict positions T-L .. T (the last one predicts nothing)
+        target = ids[:, T - L:].to(device)  # (B, L)
+        tok_logp = logprobs_from_logits(out.logits[:, :-1], target, cfg.temperature)  # (B, L)
+        m = resp[:, T - L:].to(device)
+        sums[start:start + len(enc)] = (tok_logp * m).sum(-1).cpu().numpy()
+        counts[start:start + len(enc)] = m.sum(-1).cpu().numpy()
+    return sums, counts
+
+
+# ---- step 4: reward models -----------------------------------------------------------------
+def load_judge(path: str, device=None):
+    """A reward model and its tokenizer (``models.heads.load_reward_model`` when present)."""
+    from ambient_rlhf.models import heads
+
+    if hasattr(heads, "load_reward_model"):
+        rm = heads.load_reward_model(path)
+        tok = getattr(rm, "tokenizer", None)
+    else:  # pragma: no cover - before the reward-model stage adds its loader
+        rm, tok = heads.ScalarHeadModel.from_pretrained(path), None
+    if tok is None:
+        from ambient_rlhf.models.load import load_tokenizer
+
+        tok = load_tokenizer(path)
+    if device is not None:
+        rm.to(device)
+    rm.eval()
+    return rm, tok
+
+
+def score(rm, tok, prompts: list[str], responses: list[str], cfg: EvalConfig, device=None) -> np.ndarray:
+    """Normalised reward of each (prompt, response), (N,).  No goal token: the judge sees
+    the question and the answer only, in the template it was trained with (its
+    ``meta["template"]`` when it records one, else ``cfg.template``)."""
+    import torch
+
+    from ambient_rlhf.models.tokenize import pad_batch
+
+    template = getattr(rm, "meta", {}).get("template", cfg.template)
+    device = device or next(rm.parameters()).device
+    out = np.zeros(len(prompts))
+    for start in range(0, len(prompts), cfg.batch_size):
+        seqs = [_encode(tok, p, r, cfg, template, None).input_ids for p, r in zip(prompts[start:start + cfg.batch_size],
+                                                                        responses[start:start + cfg.batch_size])]
+        ids, mask = pad_batch(seqs, tok.pad_token_id, side="right")
+        with torch.no_grad():
+            r = rm.reward(ids.to(device), mask.to(device))
+        out[start:start + len(seqs)] = r.float().cpu().numpy()
+    return out
+
+
+# ---- step 5: the simulated community's hidden utility -------------------------------------
+def is_simulated(data_dir: str | Path) -> bool:
+    """Whether a data directory was built from ``ambient data simulate`` output: its
+    manifest says ``"simulated": true``, or one of its inputs (or the input's folder) has
+    the simulator's ``utility.parquet`` or a manifest whose stage is ``simulate``."""
+    m_path = Path(data_dir) / "manifest.json"
+    try:
+        m = json.loads(m_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if m.get("simulated") or m.get("stage") == "simulate":
+        return True
+    from ambient_rlhf.data.simulate import UTILITY_FILE
+
+    for inp in m.get("inputs", []) or []:
+        p = Path(inp.get("path", "")) if isinstance(inp, dict) else Path(str(inp))
+        for d in (p, p.parent):
+            if (d / UTILITY_FILE).is_file():
+                return True
+            try:
+                if json.loads((d / "manifest.json").read_text()).get("stage") == "simulate":
+                    return True
+            except (OSError, json.JSONDecodeError, AttributeError):
+                continue
+    return False
+
+
+def resolve_true_utility(cfg: EvalConfig) -> TrueUtility | None:
+    if cfg.true_utility == "off" or (cfg.true_utility == "auto" and not is_simulated(cfg.data)):
+        return None
+    try:
+        from ambient_rlhf.data.simulate import true_utility
+    except ImportError as e:
+        if cfg.true_utility == "on":
+            raise AmbientError(f"true_utility=on but ambient_rlhf.data.simulate.true_utility is unavailable ({e})") from None
+        log.warning("data looks simulated but true_utility is unavailable (%s); skipping it", e)
+        return None
+    return true_utility
+
+
+# ---- the evaluation ------------------------------------------------------------------------
+def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) -> dict[str, Any]:
+    """Run the evaluation described in the module docstring; return eval.json's content.
+
+    ``true_utility``: a ``(prompt, response) -> float`` to use instead of the simulated
+    community's (tests pass one); otherwise chosen by ``cfg.true_utility``."""
+    from ambient_rlhf.checkpoint import seed_everything
+    from ambient_rlhf.models.load import default_device
+
+    _validate(cfg)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    device = default_device()
+    seed_everything(cfg.seed)
+    utility = true_utility or resolve_true_utility(cfg)
+
+    # step 1. prompts, each repeated once per sample
+    chosen = load_prompts(cfg.data, cfg.split, cfg.n_prompts, cfg.seed)
+    k = cfg.samples_per_prompt
+    tids = [t for t, _ in chosen for _ in range(k)]
+    prompts = [p for _, p in chosen for _ in range(k)]
+    log.info("evaluating on %d prompts x %d samples", len(chosen), k)
+
+    with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
+        # steps 2-3. samples from both sides; KL(policy || reference) on the policy's own
+        # samples.  One language model in memory at a time.
+        t = time.time()
+        pol = _load_side(cfg.policy, cfg, cfg.goal, device)
+        pol_text = _sample(pol, prompts, cfg)
+        timings["generate_s"] = time.time() - t
+        t = time.time()
+        lp_pol, _ = response_logprobs(pol, prompts, pol_text, cfg)
+        n_pol, stop_pol = response_lengths(pol, prompts, pol_text, cfg)
+        timings["logprobs_s"] = time.time() - t
+        del pol
+        gc.collect()
+        t = time.time()
+        ref = _load_side(cfg.reference, cfg, None, device)
+        ref_text = _sample(ref, prompts, cfg)
+        timings["generate_s"] += time.time() - t
+        t = time.time()
+        lp_ref, _ = response_logprobs(ref, prompts, pol_text, cfg)
+        n_ref, stop_ref = response_lengths(ref, prompts, ref_text, cfg)
+        timings["logprobs_s"] += time.time() - t
+        del ref
+        gc.collect()
+        kl = lp_pol - lp_ref  # (N,) sequence k1 estimate per policy sample
+
+        # step 4. judge (and proxy) scores
+        t = time.time()
+        scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, path in (("judge", cfg.judge), ("proxy", cfg.proxy)):
+            if not path:
+                continue
+            rm, rm_tok = load_judge(path, device)
+            scores[name] = (score(rm, rm_tok, prompts, pol_text, cfg, device),
+                            score(rm, rm_tok, prompts, ref_text, cfg, device))
+            del rm
+            gc.collect()
+        timings["score_s"] = time.time() - t
+
+        # step 5. hidden utility of the simulated community
+        util = None
+        if utility is not None:
+            util = (np.array([utility(p, r) for p, r in zip(prompts, pol_text)], dtype=float),
+                    np.array([utility(p, r) for p, r in zip(prompts, ref_text)], dtype=float))
+
+        # step 6. statistics
+        rows = []
+        for i in range(len(prompts)):
+            row = {
+                "thread_id": tids[i], "sample": i % k, "prompt": prompts[i],
+                "reference": ref_text[i], "policy": pol_text[i],
+                "reference_score": float(scores["judge"][1][i]), "policy_score": float(scores["judge"][0][i]),
+                "kl": float(kl[i]), "policy_tokens": int(n_pol[i]), "reference_tokens": int(n_ref[i]),
+                "policy_stopped": bool(stop_pol[i]), "reference_stopped": bool(stop_ref[i]),
+            }
+            if "proxy" in scores:
+                row["reference_proxy"] = float(scores["proxy"][1][i])
+                row["policy_proxy"] = float(scores["proxy"][0][i])
+            if util is not None:
+                row["reference_true_utility"] = float(util[1][i])
+                row["policy_true_utility"] = float(util[0][i])
+            rows.append(row)
+        result = summarize(rows, cfg)
+        result["seconds"] = {**{k_: round(v, 2) for k_, v in timings.items()}, "total_s": round(time.time() - t0, 2)}
+
+        # step 7. files
+        write_json(tmp / "eval.json", result)
+        with (tmp / "samples.jsonl").open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(tmp / "samples.csv", index=False)
+        inputs = [p for p in (cfg.policy, cfg.reference, cfg.judge, cfg.data, cfg.proxy) if p and Path(p).exists()]
+        write_manifest(tmp, "eval", to_dict(cfg), inputs=inputs,
+                       counts={"prompts": len(chosen), "samples": len(rows)}, seconds=result["seconds"])
+    log.info("eval: win rate %.3f [%.3f, %.3f], KL %.2f -> %s", result["win_rate"]["value"],
+             result["win_rate"]["low"], result["win_rate"]["high"], result["kl"]["value"], cfg.out)
+    return result
+
+
+def summarize(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
+    """eval.json from the per-sample rows (pure; the tests call it on hand-made rows).
+
+    Intervals resample prompts (``thread_id``): each prompt's samples form one unit."""
+    B, seed = cfg.bootstrap_resamples, cfg.seed
+    g = [r["thread_id"] for r in rows]
+
+    def col(name: str) -> np.ndarray:
+        return np.array([r[name] for r in rows], dtype=float)
+
+    def side_by_side(pol: str, ref: str) -> dict[str, Any]:
+        p, r = col(pol), col(ref)
+        out = {
+            "policy": stats.describe(p, B, seed, g),
+            "reference": stats.describe(r, B, seed, g),
+            "difference": stats.describe(p - r, B, seed, g),
+            "win_rate": stats.describe(stats.win_outcomes(p, r), B, seed, g),
+        }
+        return out
+
+    outcomes = stats.win_outcomes(col("policy_score"), col("reference_score"))
+    result: dict[str, Any] = {
+        "policy": cfg.policy, "reference": cfg.reference, "judge": cfg.judge, "proxy": cfg.proxy,
+        "data": cfg.data, "split": cfg.split, "goal": cfg.goal, "temperature": cfg.temperature,
+        "max_new_tokens": cfg.max_new_tokens,
+        "n_prompts": len(set(g)), "samples_per_prompt": cfg.samples_per_prompt, "n_pairs": len(rows),
+        "win_rate": stats.describe(outcomes, B, seed, g),
+        "wins": int((outcomes == 1).sum()), "ties": int((outcomes == 0.5).sum()), "losses": int((outcomes == 0).sum()),
+        "judge_score": side_by_side("policy_score", "reference_score"),
+        "kl": stats.describe(col("kl"), B, seed, g),
+    }
+    n_tok = col("policy_tokens") + col("policy_stopped")  # the EOS token is scored too
+    result["kl"]["per_token"] = float(col("kl").sum() / max(n_tok.sum(), 1))
+    result["length"] = {}
+    result["distinct"] = {}
+    for side in ("policy", "reference"):
+        texts = [r[side] for r in rows]
+        toks = col(f"{side}_tokens")
+        result["length"][side] = {
+            "mean_tokens": float(toks.mean()) if len(rows) else float("nan"),
+            "mean_words": float(np.mean([len(stats.words(t)) for t in texts])) if texts else float("nan"),
+            "stopped_rate": float(np.mean([r[f"{side}_stopped"] for r in rows])) if rows else float("nan"),
+        }
+        result["distinct"][side] = {"distinct_1": stats.distinct_n(texts, 1), "distinct_2": stats.distinct_n(texts, 2)}
+    if rows and "policy_proxy" in rows[0]:
+        result["proxy_score"] = side_by_side("policy_proxy", "reference_proxy")
+    if rows and "policy_true_utility" in rows[0]:
+        tu = side_by_side("policy_true_utility", "reference_true_utility")
+        both_u = np.concatenate([col("policy_true_utility"), col("reference_true_utility")])
+        tu["spearman_judge"] = stats.spearman(np.concatenate([col("policy_score"), col("reference_score")]), both_u)
+        if "policy_proxy" in rows[0]:
+            tu["spearman_proxy"] = stats.spearman(np.concatenate([col("policy_proxy"), col("reference_proxy")]), both_u)
+        result["true_utility"] = tu
+    result["verdict"] = verdict(result["win_rate"])
+    # side-by-side table: the first n_table prompts, first sample of each
+    table = [r for r in rows if r["sample"] == 0][: cfg.n_table]
+    result["table"] = [{k: r[k] for k in r if k not in ("thread_id",)} for r in table]
+    return result
+
+
+def verdict(win: dict[str, float]) -> str:
+    """``better`` when the whole interval is above 0.5, ``worse`` when below, else ``unclear``."""
+    if not isinstance(win, dict) or not all(isinstance(win.get(k), (int, float)) for k in ("low", "high")):
+        return "unclear"
+    if not (np.isfinite(win["low"]) and np.isfinite(win["high"])):
+        return "unclear"
+    if win["low"] > 0.5:
+        return "better"
+    if win["high"] < 0.5:
+        return "worse"
+    return "unclear"
+
+
+def cli(argv: list[str]) -> int:
+    from ambient_rlhf.cli import common_parser, split_overrides
+
+    rest, overrides = split_overrides(argv)
+    p = argparse.ArgumentParser(prog="ambient eval", parents=[common_parser()],
+                                description="Compare a policy with its reference on held-out prompts, judged by a gold reward model.")
+    p.add_argument("--policy", help="model under test (RL output, or tier-conditioned SFT with --goal)")
+    p.add_argument("--reference", help="reference model, usually the SFT model")
+    p.add_argument("--judge", help="gold reward model (not the one RL optimised)")
+    p.add_argument("--data", help="data directory")
+    p.add_argument("--proxy", help="optional: the reward model RL optimised, scored alongside")
+    p.add_argument("--out", help="output directory (default: eval)")
+    p.add_argument("--goal", choices=["good", "ok", "bad"], help="goal token for a tier-conditioned policy")
+    p.add_argument("--split", help="split of the prompts (default: test)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = p.parse_args(rest)
+    setup_logging(args.verbose)
+    if args.help_config:
+        print(config_help(EvalConfig))
+        return 0
+    flags = [f"{k}={getattr(args, k)}" for k in ("policy", "reference", "judge", "data", "proxy", "out", "goal", "split")
+             if getattr(args, k) is not None]
+    if args.overwrite:
+        flags.append("overwrite=true")
+    cfg = load_config(EvalConfig, args.config, flags + overrides)
+    r = evaluate_policy(cfg)
+    wr = r["win_rate"]
+    print(f"win rate of policy over reference: {wr['value']:.3f} [{wr['low']:.3f}, {wr['high']:.3f}] "
+          f"({r['n_prompts']} prompts x {r['samples_per_prompt']}; {r['verdict']}); "
+          f"KL {r['kl']['value']:.2f} nats; -> {cfg.out}/eval.json")
+    return 0

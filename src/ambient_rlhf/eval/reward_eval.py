@@ -1,0 +1,419 @@
+"""``ambient rm eval``: how well a reward model orders held-out preference pairs, next to
+the text-only baselines it must beat.
+
+On one split of any data directory (a model trained on one community can be judged on
+another) :func:`evaluate_reward` reports:
+
+* pairwise accuracy on ``pairs.parquet``, with a 95% bootstrap interval that resamples
+  whole threads (pairs of one thread share a prompt and responses, so they are not
+  independent); ties count one half;
+* the baselines on the same pairs: the longer answer wins (characters), and the
+  log-likelihood of the response under a causal LM (summed and per token);
+* the accuracy on the pairs whose preferred answer is the shorter one (where the length
+  shortcut fails);
+* accuracy by score-ratio bucket and by seconds_difference bucket;
+* on pairs built *without* the time rule: "the earlier answer wins" (the exposure
+  confound; 0% on time-rule pairs by construction, so no baseline there), the longer
+  answer, and the reward model.  They come from the data directory when it has them
+  (``schema.PAIRS_NO_TIME_FILE`` or ``pairs_no_time_rule.parquet``), else they are built
+  here from responses.parquet: within a thread, A over B when score_A >= 2 score_B and
+  score_B >= 2, regardless of posting time, at most 10 per thread;
+* calibration of ``sigmoid(r_a - r_b)`` on the model's raw (trained Bradley-Terry) scale:
+  reliability by confidence bin (``max(p, 1-p)`` against the fraction ordered right) and
+  the expected calibration error;
+* the correlation of the reward with response length (Pearson and Spearman);
+* PNG plots next to ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.data import schema
+from ambient_rlhf.io import write_json
+from ambient_rlhf.logging import get_logger, progress
+
+log = get_logger("rm.eval")
+
+RATIO_EDGES = (0.0, 2.0, 3.0, 5.0, 10.0, math.inf)
+HOUR_EDGES = (-math.inf, 0.0, 1.0, 6.0, 24.0, math.inf)
+NO_TIME_FILES = ("pairs_no_time_rule.parquet", "pairs_untimed.parquet")
+UNTIMED_MIN_RATIO, UNTIMED_MIN_SCORE, UNTIMED_PER_THREAD = 2.0, 2, 10
+
+
+# ---- metrics (pure numpy) -----------------------------------------------------------------
+def win(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 where a > b, 0.5 where equal, 0 where a < b."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
+
+
+def bootstrap_ci(values: np.ndarray, clusters: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, float]:
+    """Mean of ``values`` with a percentile interval from resampling whole clusters."""
+    values = np.asarray(values, float)
+    if len(values) == 0:
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    _, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    G = inv.max() + 1
+    sums = np.bincount(inv, weights=values, minlength=G)  # (G,)
+    cnts = np.bincount(inv, minlength=G).astype(float)  # (G,)
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(G, np.full(G, 1.0 / G), size=n_boot)  # (n_boot, G) times each cluster is drawn
+    boot = (w @ sums) / np.maximum(w @ cnts, 1e-12)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"value": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(len(values))}
+
+
+def reliability(p: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+    """Calibration of pairwise probabilities ``p`` = P(first is preferred), the first being
+    the preferred one.  Symmetric form: confidence ``max(p, 1-p)`` in bins over [0.5, 1],
+    against the fraction of those pairs the model orders right (p > 0.5; p = 0.5 counts
+    one half).  ECE = sum_b n_b / N * |accuracy_b - confidence_b|."""
+    p = np.asarray(p, float)
+    conf = np.maximum(p, 1 - p)
+    right = np.where(p > 0.5, 1.0, np.where(p == 0.5, 0.5, 0.0))
+    edges = np.linspace(0.5, 1.0, n_bins + 1)
+    b = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for i in range(n_bins):
+        m = b == i
+        if not m.any():
+            continue
+        c, a = float(conf[m].mean()), float(right[m].mean())
+        ece += m.sum() / len(p) * abs(a - c)
+        bins.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": int(m.sum()), "confidence": c, "accuracy": a})
+    return {"ece": float(ece) if len(p) else float("nan"), "bins": bins}
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    import pandas as pd
+
+    return pd.Series(x).rank().to_numpy()
+
+
+def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return {"pearson": float("nan"), "spearman": float("nan"), "n": int(len(x))}
+    return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]),
+            "n": int(len(x))}
+
+
+def bucket_table(edges, key: np.ndarray, columns: dict[str, np.ndarray], fmt=str) -> list[dict[str, Any]]:
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (key >= lo) & (key < hi)
+        if not m.any():
+            continue
+        rows.append({"bucket": f"[{fmt(lo)}, {fmt(hi)})", "n": int(m.sum()),
+                     **{k: float(v[m].mean()) for k, v in columns.items()}})
+    return rows
+
+
+def build_untimed_pairs(responses, per_thread: int = UNTIMED_PER_THREAD, seed: int = 0):
+    """Pairs ignoring the time rule (module doc), as a DataFrame in the pairs layout."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for tid, g in responses.groupby("thread_id", sort=True):
+        rs = g.to_dict("records")
+        cand = [(a, b) for a in rs for b in rs
+                if b["score"] >= UNTIMED_MIN_SCORE and a["score"] >= UNTIMED_MIN_RATIO * b["score"]]
+        if len(cand) > per_thread:
+            cand = [cand[i] for i in sorted(rng.choice(len(cand), per_thread, replace=False))]
+        for a, b in cand:
+            out.append({"thread_id": tid, "prompt": a["prompt"], "chosen": a["response"], "rejected": b["response"],
+                        "chosen_created_utc": a["created_utc"], "rejected_created_utc": b["created_utc"]})
+    return pd.DataFrame(out, columns=["thread_id", "prompt", "chosen", "rejected", "chosen_created_utc",
+                                      "rejected_created_utc"])
+
+
+# ---- scoring ----------------------------------------------------------------------------
+@torch.no_grad()
+def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = None,
+               store=None) -> dict[str, dict[int, float]]:
+    """Normalised reward, and optionally the response log-likelihood (sum and mean per
+    token) under ``loglik`` (``"self"``: the reward model's own LM, from the same forward
+    pass; a causal LM; or None), for each row of ``table``.
+
+    ``store``: a :class:`~ambient_rlhf.train.reward.FeatureStore` of the backbone of a
+    head-only model: rows found there skip the backbone, new rows are added to it."""
+    from ambient_rlhf.models.heads import ScalarHeadModel, last_token_index
+    from ambient_rlhf.train.reward import _pad, text_key
+
+    dev = next(rm.parameters()).device
+    res: dict[str, dict[int, float]] = {"reward": {}, "loglik_sum": {}, "loglik_mean": {}}
+    rows = sorted(set(rows), key=lambda r: len(table.ids[r]))
+    if store is not None and isinstance(rm, ScalarHeadModel) and loglik in (None, "self"):
+        done, feats = [], []
+        for r in rows:
+            k = text_key(table.ids[r])
+            f, ll = store.features.get(k), store.loglik.get(f"{k}:{table.prompt_len[r]}")
+            if f is not None and (loglik is None or ll is not None):
+                done.append(r)
+                feats.append(f)
+                if ll is not None:
+                    res["loglik_sum"][r], res["loglik_mean"][r] = ll
+        if done:
+            raw = rm.raw_reward(rm.head(torch.stack(feats).to(dev, rm.head.weight.dtype)))
+            res["reward"].update(zip(done, ((raw - rm.norm_mean) / rm.norm_std).float().tolist()))
+        rows = [r for r in rows if r not in res["reward"]]
+    else:
+        store = None
+    bar = progress(total=len(rows), desc="scoring", unit="text")
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        ids, mask = _pad([torch.tensor(table.ids[r]) for r in chunk], dev)
+        h = None
+        if isinstance(rm, ScalarHeadModel):
+            h = rm.hidden_states(ids, mask)  # (n, T, d)
+            last = h[torch.arange(len(chunk), device=dev), last_token_index(mask)]
+            raw = rm.raw_reward(rm.head(last.to(rm.head.weight.dtype)))
+            rew = (raw - rm.norm_mean) / rm.norm_std
+            if store is not None:
+                for r, f in zip(chunk, last.float().cpu()):
+                    store.features[text_key(table.ids[r])] = f.clone()
+        else:
+            rew = rm.reward(ids, mask)
+        res["reward"].update(zip(chunk, rew.float().tolist()))
+        if loglik is not None:
+            labels = ids.clone()
+            for j, r in enumerate(chunk):
+                labels[j, : table.prompt_len[r]] = -100
+            labels[mask == 0] = -100
+            target, keep = labels[:, 1:], labels[:, 1:] != -100  # (n, T-1)
+            if loglik == "self":
+                lm_head = rm.lm.get_output_embeddings()
+                logits = lm_head(h[:, :-1][keep]).float()  # (N, V)
+                nll_tok = torch.nn.functional.cross_entropy(logits, target[keep], reduction="none")
+                nll = torch.zeros(len(chunk), device=dev).index_add(0, keep.nonzero()[:, 0], nll_tok)
+            else:
+                from ambient_rlhf.train.common import token_nll_per_example
+
+                nll, _ = token_nll_per_example(loglik, ids, mask, labels)
+            n = keep.sum(1).clamp(min=1)
+            res["loglik_sum"].update(zip(chunk, (-nll).tolist()))
+            res["loglik_mean"].update(zip(chunk, (-nll / n).tolist()))
+            if store is not None:
+                for r in chunk:
+                    store.loglik[f"{text_key(table.ids[r])}:{table.prompt_len[r]}"] = (
+                        res["loglik_sum"][r], res["loglik_mean"][r])
+        bar.update(len(chunk))
+    bar.close()
+    if store is not None and rows:
+        store.save()
+    return res
+
+
+def _subset(df, max_pairs: int, seed: int):
+    if max_pairs <= 0 or len(df) <= max_pairs:
+        return df
+    threads = np.array(sorted(df["thread_id"].unique()))
+    order = np.random.default_rng(seed).permutation(len(threads))
+    keep, n = [], 0
+    counts = df["thread_id"].value_counts()
+    for i in order:
+        keep.append(threads[i])
+        n += counts[threads[i]]
+        if n >= max_pairs:
+            break
+    return df[df["thread_id"].isin(keep)].head(max_pairs).reset_index(drop=True)
+
+
+def _load_untimed(data_dir: Path, split: str, seed: int):
+    import pandas as pd
+
+    names = [getattr(schema, "PAIRS_NO_TIME_FILE", None), *NO_TIME_FILES]
+    for name in names:
+        if name and (data_dir / name).is_file():
+            df = pd.read_parquet(data_dir / name)
+            if "split" in df.columns:
+                df = df[df["split"] == split]
+            return df.reset_index(drop=True), f"file:{name}"
+    from ambient_rlhf.train.reward import read_table
+
+    resp = read_table(data_dir, schema.RESPONSES_FILE, ("thread_id", "prompt", "response", "score", "created_utc", "split"), split)
+    return build_untimed_pairs(resp, seed=seed), "built from responses.parquet without the time rule"
+
+
+# ---- the evaluation ----------------------------------------------------------------------
+def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "test", out: str | Path | None = None,
+                    loglik_model: str = "auto", max_pairs: int = 0, batch_size: int = 8, n_boot: int = 1000,
+                    seed: int = 0, plots: bool = True, model=None, feature_cache: str | None = None) -> dict[str, Any]:
+    """Evaluate a reward model directory on ``split`` of ``data_dir``; write ``eval.json``
+    (and plots) into ``out`` (default ``model_dir/eval/<community>-<split>``).
+
+    ``loglik_model``: ``auto`` (the model's own backbone when it was trained frozen,
+    i.e. it still is the base LM; else none), ``none``, ``self``, or a model name/dir.
+    ``model``: an already loaded reward model (skips loading ``model_dir``).
+    ``feature_cache``: the ``feature_cache`` directory of a head-only model's training
+    (its backbone features and log-likelihoods are reused and extended)."""
+    from ambient_rlhf.models.heads import ScalarHeadModel, load_reward_model
+    from ambient_rlhf.models.load import load_causal_lm
+    from ambient_rlhf.train.reward import TextTable, community_name, format_prompt, read_table
+
+    data_dir = Path(data_dir)
+    rm = model if model is not None else load_reward_model(model_dir)
+    meta = getattr(rm, "meta", {}) or {}
+    community = community_name(data_dir)
+    prefix = bool(meta.get("community_prefix", False))
+    table = TextTable(rm.tokenizer, int(meta.get("max_prompt_tokens", 128)), int(meta.get("max_response_tokens", 128)),
+                      meta.get("template", "auto"))
+    pairs = _subset(read_table(data_dir, schema.PAIRS_FILE, schema.PAIR_COLUMNS, split), max_pairs, seed)
+    if len(pairs) == 0:
+        raise AmbientError(f"{data_dir / schema.PAIRS_FILE}: no pairs in split {split!r}")
+    untimed, untimed_src = _load_untimed(data_dir, split, seed)
+    untimed = _subset(untimed, max_pairs, seed)
+
+    def rows_of(df):
+        c = [table.add(format_prompt(p, community, prefix), x) for p, x in zip(df["prompt"], df["chosen"])]
+        r = [table.add(format_prompt(p, community, prefix), x) for p, x in zip(df["prompt"], df["rejected"])]
+        return np.array(c, dtype=int), np.array(r, dtype=int)
+
+    pc, pr = rows_of(pairs)
+    uc, ur = rows_of(untimed) if len(untimed) else (np.zeros(0, int), np.zeros(0, int))
+
+    ll: Any = None
+    if loglik_model == "self" or (loglik_model == "auto" and isinstance(rm, ScalarHeadModel) and meta.get("train_layers") == 0):
+        if not isinstance(rm, ScalarHeadModel):
+            raise AmbientError("loglik_model=self needs a single reward model, not a composite")
+        ll = "self"
+    elif loglik_model not in ("auto", "none", "", None):
+        ll = load_causal_lm(loglik_model).to(next(rm.parameters()).device).eval()
+    store = None
+    if feature_cache and isinstance(rm, ScalarHeadModel) and meta.get("train_layers") == 0:
+        from ambient_rlhf.models.load import resolve_model
+        from ambient_rlhf.train.reward import FeatureStore
+
+        store = FeatureStore(feature_cache, resolve_model(meta.get("base_model", model_dir)))
+    scores = score_rows(rm, table, list(pc) + list(pr) + list(uc) + list(ur), batch_size, ll, store)
+    rew = scores["reward"]
+    r_c = np.array([rew[i] for i in pc])
+    r_r = np.array([rew[i] for i in pr])
+    threads = pairs["thread_id"].to_numpy()
+    correct = win(r_c, r_r)
+    len_c = np.array([table.resp_chars[i] for i in pc])
+    len_r = np.array([table.resp_chars[i] for i in pr])
+    longer = win(len_c, len_r)
+    ci = lambda v, cl=threads: bootstrap_ci(v, cl, n_boot, seed)  # noqa: E731
+
+    res: dict[str, Any] = {
+        "model": str(model_dir), "data": str(data_dir), "community": community, "split": split,
+        "n_pairs": int(len(pairs)), "n_threads": int(len(set(threads))),
+        "accuracy": ci(correct),
+        "baselines": {"longer_wins": ci(longer)},
+    }
+    cols = {"accuracy": correct, "longer_wins": longer}
+    if ll is not None:
+        for k in ("loglik_sum", "loglik_mean"):
+            w = win([scores[k][i] for i in pc], [scores[k][i] for i in pr])
+            res["baselines"][k] = ci(w)
+            cols[k] = w
+        res["baselines"]["loglik_model"] = "reward model backbone" if ll == "self" else str(loglik_model)
+    short = len_c < len_r
+    res["preferred_shorter"] = {"n": int(short.sum()), "accuracy": ci(correct[short], threads[short]),
+                                "longer_wins": float(longer[short].mean()) if short.any() else float("nan")}
+    ratio = pairs["score_ratio"].to_numpy(float)
+    hours = pairs["seconds_difference"].to_numpy(float) / 3600.0
+    res["by_score_ratio"] = bucket_table(RATIO_EDGES, ratio, cols, fmt=lambda x: f"{x:g}")
+    res["by_seconds_difference"] = bucket_table(HOUR_EDGES, hours, cols, fmt=lambda x: f"{x:g}h")
+    if len(untimed):
+        u_threads = untimed["thread_id"].to_numpy()
+        earlier = win(-untimed["chosen_created_utc"].to_numpy(float), -untimed["rejected_created_utc"].to_numpy(float))
+        u_len = win([table.resp_chars[i] for i in uc], [table.resp_chars[i] for i in ur])
+        res["untimed_pairs"] = {"source": untimed_src, "n": int(len(untimed)),
+                                "earlier_wins": bootstrap_ci(earlier, u_threads, n_boot, seed),
+                                "longer_wins": bootstrap_ci(u_len, u_threads, n_boot, seed),
+                                "accuracy": bootstrap_ci(win([rew[i] for i in uc], [rew[i] for i in ur]), u_threads, n_boot, seed)}
+    else:
+        res["untimed_pairs"] = {"source": untimed_src, "n": 0}
+    scale = float(rm.norm_std) if isinstance(rm, ScalarHeadModel) else 1.0
+    p = 1.0 / (1.0 + np.exp(-(r_c - r_r) * scale))
+    res["calibration"] = {"scale": "raw" if isinstance(rm, ScalarHeadModel) else "normalised", **reliability(p)}
+    all_rows = sorted(rew)
+    r_all = np.array([rew[i] for i in all_rows])
+    res["length_correlation"] = correlations(r_all, np.array([table.resp_chars[i] for i in all_rows]))
+    res["reward_stats"] = {"mean": float(r_all.mean()), "std": float(r_all.std()), "n_texts": len(all_rows)}
+    res["truncation"] = {"prompt": table.prompt_truncated, "response": table.response_truncated, "texts": len(table)}
+
+    out = Path(out) if out is not None else Path(model_dir) / "eval" / f"{community}-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    if plots:
+        res["plots"] = _plots(res, r_all, np.array([table.resp_chars[i] for i in all_rows]), out)
+    write_json(out / "eval.json", res)
+    return res
+
+
+def _plots(res: dict[str, Any], rewards: np.ndarray, lengths: np.ndarray, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    bins = res["calibration"]["bins"]
+    ax.plot([0.5, 1], [0.5, 1], "k--", lw=1, label="perfect")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label="reward model")
+    ax.set(xlabel="confidence max(p, 1-p)", ylabel="fraction ordered right",
+           title=f"reliability (ECE {res['calibration']['ece']:.3f})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=100)
+    plt.close(fig)
+    files.append("reliability.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, title in ((axes[0], "by_score_ratio", "score ratio"), (axes[1], "by_seconds_difference", "chosen later by")):
+        rows = res[key]
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r["accuracy"] for r in rows], 0.4, label="reward model")
+        ax.bar(x + 0.2, [r["longer_wins"] for r in rows], 0.4, label="longer wins")
+        ax.set_xticks(x, [f"{r['bucket']}\nn={r['n']}" for r in rows], fontsize=7)
+        ax.axhline(0.5, color="k", lw=0.5)
+        ax.set(ylim=(0, 1), title=f"accuracy by {title}")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_buckets.png", dpi=100)
+    plt.close(fig)
+    files.append("accuracy_buckets.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.scatter(lengths, rewards, s=4, alpha=0.4)
+    ax.set(xscale="log", xlabel="response length (characters)", ylabel="reward (normalised)",
+           title=f"reward vs length (Spearman {res['length_correlation']['spearman']:.2f})")
+    fig.tight_layout()
+    fig.savefig(out / "reward_vs_length.png", dpi=100)
+    plt.close(fig)
+    files.append("reward_vs_length.png")
+    return files
+
+
+def _fmt(m: dict[str, float]) -> str:
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def format_summary(res: dict[str, Any]) -> str:
+    """A short text table of an evaluation."""
+    lines = [f"{res['community']} / {res['split']}: {res['n_pairs']} pairs in {res['n_threads']} threads",
+             f"  reward model        {_fmt(res['accuracy'])}"]
+    for k, v in res["baselines"].items():
+        if isinstance(v, dict):
+            lines.append(f"  {k:<19} {_fmt(v)}")
+    ps = res["preferred_shorter"]
+    if ps["n"]:
+        lines.append(f"  preferred shorter   {_fmt(ps['accuracy'])} (n={ps['n']})")
+    u = res.get("untimed_pairs", {})
+    if u.get("n"):
+        lines.append(f"  untimed pairs (n={u['n']}): reward model {_fmt(u['accuracy'])}, earlier wins "
+                     f"{_fmt(u['earlier_wins'])}, longer wins {_fmt(u['longer_wins'])}")
+    lines.append(f"  ECE {res['calibration']['ece']:.3f}; reward~length Spearman {res['length_correlation']['spearman']:.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,419 @@
+"""``ambient run [CONFIG] [key=value ...]``: the whole pipeline in one run directory.
+
+    ambient run                                   # the demo: a simulated community, SmolLM2
+    ambient run configs/askacademia.yaml data.sources=../shared/data/reddit-askacademia
+    ambient run configs/demo.yaml out=runs/x sft.steps=10 rl.steps=5
+
+Stages, each in its own subdirectory of ``out`` with its ``manifest.json``::
+
+    simulate/   the simulated community (only when no data sources are given)
+    data/       ambient data build
+    sft/        behaviour cloning (the reference and RL's starting point)
+    sft-tier/   tier-conditioned SFT (goal tokens; ``goal_model=true``)
+    rm-proxy/   reward model on half ``a`` of the train threads: RL optimises it
+    rm-gold/    reward model on half ``b``: only judges (Gao et al. 2022)
+    rl/         policy optimisation against rm-proxy, KL to sft
+    eval/       rl vs sft on held-out prompts, judged by rm-gold
+    eval-goal/  sft-tier with <|tier:good|> vs sft, same judge
+    report/     report.html
+
+**Idempotent.**  Every stage has a *key*: the sha256 of its resolved config (paths
+relative to the run directory; ``resume``/``overwrite`` left out) and the keys of the
+stages it reads.  After a stage finishes, its key is recorded in its manifest
+(``run_key``); a re-run skips every stage whose manifest carries the current key.
+Changing a stage's config changes its key and the keys of every stage downstream, so
+exactly those re-run.  A stage that was interrupted (the run manifest says it started
+with the same key) is resumed from its newest checkpoint when it has ``resume``;
+otherwise its directory is cleared and it runs again.
+
+**One view.**  A progress bar over the stages (each stage adds its own bar below it);
+``manifest.json`` in the run directory lists every stage with its status, key and
+seconds, and is rewritten after each stage, so an interrupted run shows how far it got.
+
+**Injection point.**  :data:`RUNNERS` maps a stage kind to the function that runs it
+(``runner(stage_config, resume) -> None``); :func:`run_pipeline` takes a replacement
+mapping, which is how the orchestration tests run the real plan with small local
+functions instead of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.cli import common_parser, split_overrides
+from ambient_rlhf.config import config_help, load_config, to_dict
+from ambient_rlhf.data.simulate import SimulateConfig
+from ambient_rlhf.io import write_json, write_manifest
+from ambient_rlhf.logging import get_logger, progress, progress_enabled, setup_logging
+
+log = get_logger("run")
+
+RUN_MANIFEST = "manifest.json"
+KEY_FIELD = "run_key"
+"""Field of a stage's manifest.json holding the key it was produced with."""
+_VOLATILE = ("resume", "overwrite")
+"""Config fields that do not change a stage's result (left out of its key)."""
+
+
+# ---- the stage config classes, imported on first use ---------------------------------------
+def stage_config_types() -> dict[str, type]:
+    """Import the stage config classes (torch and transformers come with them) and make
+    them resolvable for :class:`RunConfig`'s annotations."""
+    from ambient_rlhf.data.build import DataConfig
+    from ambient_rlhf.eval.policy_eval import EvalConfig
+    from ambient_rlhf.train.reward import RewardConfig
+    from ambient_rlhf.train.rl import RLConfig
+    from ambient_rlhf.train.sft import SFTConfig
+
+    types_ = {"DataConfig": DataConfig, "SFTConfig": SFTConfig, "RewardConfig": RewardConfig,
+              "RLConfig": RLConfig, "EvalConfig": EvalConfig}
+    globals().update(types_)
+    return types_
+
+
+def _make(cls_name: str, **demo: Any) -> Callable[[], Any]:
+    """default_factory: the stage's config with the demo's settings."""
+    return lambda: stage_config_types()[cls_name](**demo)
+
+
+# ---- the run configuration -----------------------------------------------------------------
+# The defaults are the demo (configs/demo.yaml states the same values): a simulated
+# community answered by SmolLM2, sized for ~15 minutes on a 2-core CPU.
+@dataclass
+class RunConfig:
+    out: str = "runs/demo"
+    """Run directory; every stage writes a subdirectory of it."""
+    model: str = "default"
+    """Base model of the run (SFT starts from it; the simulated community's answers come
+    from ``simulate.model``): ``default`` (SmolLM2-135M-Instruct, offline),
+    ``tiny-random`` (smoke tests), a model directory or a hub id."""
+    sources: list[str] = field(default_factory=list)
+    """Data to build from: dump files, directories or tables (``ambient data build``'s
+    SOURCE arguments). Empty = simulate a community (``simulate.*``) and build from it.
+    ``data.sources=...`` is accepted as a synonym."""
+    goal_model: bool = True
+    """Also train the tier-conditioned SFT model and evaluate it with ``<|tier:good|>``
+    against plain SFT on the same judge (goal tokens vs RL)."""
+    rm_init: str = "sft"
+    """Reward models start from the ``sft`` model (InstructGPT/Stiennon et al.: the
+    reward model shares the policy's view of the text) or from the ``base`` model
+    (independent of SFT; saves nothing here since SFT runs anyway)."""
+    simulate: SimulateConfig = field(default_factory=lambda: SimulateConfig(threads=48, responses=4, max_new_tokens=64))
+    """The simulated community (used when ``sources`` is empty); see ``ambient data simulate --help-config``."""
+    data: DataConfig = field(default_factory=_make("DataConfig"))  # noqa: F821
+    """``ambient data build`` settings (the sources come from ``sources``)."""
+    sft: SFTConfig = field(default_factory=_make("SFTConfig"))  # noqa: F821
+    """Behaviour cloning; ``data``, ``model``, ``out`` are set by the run. The tier model
+    uses the same settings with ``condition=tier``."""
+    rm: RewardConfig = field(default_factory=_make("RewardConfig"))  # noqa: F821
+    """Reward models (proxy and gold share these settings; the run sets ``train_half``
+    to ``a`` and ``b``, and ``data``, ``model``, ``out``)."""
+    rl: RLConfig = field(default_factory=_make("RLConfig"))  # noqa: F821
+    """Policy optimisation; ``policy``, ``reward``, ``data``, ``out`` are set by the run."""
+    eval: EvalConfig = field(default_factory=_make("EvalConfig"))  # noqa: F821
+    """Policy evaluation (both evaluations); model paths, ``data``, ``out``, ``goal`` are set by the run."""
+
+    def __post_init__(self) -> None:
+        if self.rm_init not in ("sft", "base"):
+            raise ValueError(f"rm_init must be sft or base, not {self.rm_init!r}")
+
+
+def load_run_config(config_file: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults (the demo) <- YAML <- ``key=value``.  Sections start from the run's
+    defaults, so ``sft.lr=1e-4`` changes the learning rate and keeps the demo's schedule."""
+    from ambient_rlhf.config import deep_merge, from_dict, overrides_to_dict, read_yaml
+
+    stage_config_types()
+    data = to_dict(RunConfig())
+    if config_file is not None:
+        data = deep_merge(data, read_yaml(config_file))
+    if overrides:
+        data = deep_merge(data, overrides_to_dict(overrides))
+    sec = data.get("data")
+    if isinstance(sec, dict) and "sources" in sec and "sources" not in _field_names(DataConfig):  # noqa: F821
+        data = dict(data, data={k: v for k, v in sec.items() if k != "sources"}, sources=sec["sources"])
+    return from_dict(RunConfig, data)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+# ---- stages and keys -----------------------------------------------------------------------
+@dataclass
+class Stage:
+    """One step of the plan: ``runner(config, resume)`` writes ``run_dir/name``."""
+
+    name: str
+    kind: str
+    config: Any
+    deps: list[str] = field(default_factory=list)
+    resumable: bool = False
+
+
+def _relative(obj: Any, root: str) -> Any:
+    if isinstance(obj, str):
+        return obj.replace(root, "$RUN") if root and obj.startswith(root) else obj
+    if isinstance(obj, dict):
+        return {k: _relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative(v, root) for v in obj]
+    return obj
+
+
+def _file_identity(path: str) -> Any:
+    """Cheap identity of a source: size and mtime of each file (a dump can be GBs)."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else []
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def stage_key(stage: Stage, run_dir: Path, dep_keys: list[str]) -> str:
+    """sha256 of the stage's config (paths relative to the run, volatile fields dropped),
+    its kind and the keys of the stages it reads."""
+    cfg = to_dict(stage.config)
+    if isinstance(cfg, dict):
+        cfg = {k: v for k, v in cfg.items() if k not in _VOLATILE}
+    cfg = _relative(cfg, str(run_dir))
+    blob = json.dumps({"kind": stage.kind, "config": cfg, "deps": dep_keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def plan(cfg: RunConfig) -> list[Stage]:
+    """The stages of a run, in order, with their configs wired to each other's outputs."""
+    run = Path(cfg.out)
+    d = {n: str(run / n) for n in ("simulate", "data", "sft", "sft-tier", "rm-proxy", "rm-gold", "rl", "eval",
+                                   "eval-goal", "report")}
+    r = dataclasses.replace
+    stages: list[Stage] = []
+    if cfg.sources:
+        sources = list(cfg.sources)
+        data_deps: list[str] = []
+        source_id = {s: _file_identity(s) for s in sources}
+    else:
+        stages.append(Stage("simulate", "simulate", r(cfg.simulate), []))
+        sources = [d["simulate"]]
+        data_deps, source_id = ["simulate"], {}
+    stages.append(Stage("data", "data", {"sources": sources, "config": cfg.data, "source_files": source_id}, data_deps))
+    sft = r(cfg.sft, data=d["data"], model=cfg.model, out=d["sft"], condition="none", resume=False, overwrite=True)
+    stages.append(Stage("sft", "sft", sft, ["data"], resumable=True))
+    if cfg.goal_model:
+        stages.append(Stage("sft-tier", "sft", r(sft, condition="tier", out=d["sft-tier"]), ["data"], resumable=True))
+    rm_model, rm_deps = (d["sft"], ["data", "sft"]) if cfg.rm_init == "sft" else (cfg.model, ["data"])
+    for name, half in (("rm-proxy", "a"), ("rm-gold", "b")):
+        rm = r(cfg.rm, data=d["data"], model=rm_model, out=d[name], train_half=half)
+        stages.append(Stage(name, "rm", _volatile_off(rm), rm_deps, resumable=hasattr(rm, "resume")))
+    rl = r(cfg.rl, policy=d["sft"], reward=d["rm-proxy"], data=d["data"], out=d["rl"])
+    stages.append(Stage("rl", "rl", _volatile_off(rl), ["data", "sft", "rm-proxy"], resumable=hasattr(rl, "resume")))
+    ev = r(cfg.eval, policy=d["rl"], reference=d["sft"], judge=d["rm-gold"], proxy=d["rm-proxy"], data=d["data"],
+           out=d["eval"], goal=None, overwrite=True)
+    stages.append(Stage("eval", "eval", ev, ["data", "sft", "rm-proxy", "rm-gold", "rl"]))
+    if cfg.goal_model:
+        stages.append(Stage("eval-goal", "eval", r(ev, policy=d["sft-tier"], goal="good", out=d["eval-goal"]),
+                            ["data", "sft", "sft-tier", "rm-proxy", "rm-gold"]))
+    stages.append(Stage("report", "report", {"run_dir": str(run)}, [s.name for s in stages]))
+    return stages
+
+
+def _volatile_off(cfg: Any) -> Any:
+    """resume=False, overwrite=True where the config has them (the run decides both)."""
+    kw = {k: v for k, v in (("resume", False), ("overwrite", True)) if hasattr(cfg, k)}
+    return dataclasses.replace(cfg, **kw) if kw else cfg
+
+
+# ---- runners: the stage entry points (imported lazily; replaceable in tests) -----------------
+def _run_simulate(cfg: SimulateConfig, resume: bool, out: str) -> None:
+    from ambient_rlhf.simulate import simulate
+
+    simulate(out, cfg, overwrite=True)
+
+
+def _run_data(spec: dict, resume: bool, out: str) -> None:
+    from ambient_rlhf.data.build import build
+
+    build(list(_dump_files(spec["sources"])), out, spec["config"], overwrite=True)
+
+
+def _dump_files(sources: list[str]):
+    """A simulated community directory is passed as its two dump files (the directory
+    also holds manifest.json and the truth table, which are not inputs)."""
+    for s in sources:
+        p = Path(s)
+        if p.is_dir() and (p / "manifest.json").is_file() and json.loads((p / "manifest.json").read_text()).get("stage") == "simulate":
+            yield from (str(x) for x in sorted(p.glob("*_submissions.ndjson*")) + sorted(p.glob("*_comments.ndjson*")))
+        else:
+            yield s
+
+
+def _run_sft(cfg: Any, resume: bool, out: str) -> None:
+    from ambient_rlhf.train.sft import train_sft
+
+    train_sft(dataclasses.replace(cfg, resume=resume, overwrite=not resume))
+
+
+def _run_rm(cfg: Any, resume: bool, out: str) -> None:
+    from ambient_rlhf.train.reward import train_reward
+
+    train_reward(_with_resume(cfg, resume))
+
+
+def _run_rl(cfg: Any, resume: bool, out: str) -> None:
+    from ambient_rlhf.train.rl import train_rl
+
+    train_rl(_with_resume(cfg, resume))
+
+
+def _run_eval(cfg: Any, resume: bool, out: str) -> None:
+    from ambient_rlhf.eval.policy_eval import evaluate_policy
+
+    evaluate_policy(cfg)
+
+
+def _run_report(spec: dict, resume: bool, out: str) -> None:
+    from ambient_rlhf.eval.report import write_report
+
+    write_report(spec["run_dir"])
+
+
+def _with_resume(cfg: Any, resume: bool) -> Any:
+    kw = {k: v for k, v in (("resume", resume), ("overwrite", not resume)) if hasattr(cfg, k)}
+    return dataclasses.replace(cfg, **kw) if kw else cfg
+
+
+Runner = Callable[[Any, bool, str], None]
+RUNNERS: dict[str, Runner] = {
+    "simulate": _run_simulate, "data": _run_data, "sft": _run_sft, "rm": _run_rm, "rl": _run_rl,
+    "eval": _run_eval, "report": _run_report,
+}
+"""Stage kind -> ``runner(stage_config, resume, out_dir)``.  The injection point of
+:func:`run_pipeline` (tests pass small local functions)."""
+
+
+# ---- the orchestration ---------------------------------------------------------------------
+def _read_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text())
+        return obj if isinstance(obj, dict) else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _has_checkpoint(path: Path) -> bool:
+    from ambient_rlhf.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(path) is not None
+
+
+def run_pipeline(cfg: RunConfig, runners: dict[str, Runner] | None = None) -> dict[str, Any]:
+    """Run (or finish) the pipeline of ``cfg`` in ``cfg.out``; return the run manifest.
+
+    ``runners`` replaces entries of :data:`RUNNERS` (the injection point)."""
+    return execute(Path(cfg.out), plan(cfg), {**RUNNERS, **(runners or {})}, to_dict(cfg))
+
+
+def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], config: dict | None = None) -> dict[str, Any]:
+    """Run ``stages`` in order into ``run_dir``: skip those whose manifest carries their
+    current key, resume an interrupted resumable one, run the rest from scratch.
+    Writes and returns the run manifest (``config`` is recorded in it)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = {s["name"]: s for s in (_read_json(run_dir / RUN_MANIFEST) or {}).get("stages", [])}
+    records: list[dict[str, Any]] = []
+    keys: dict[str, str] = {}
+    t_run = time.time()
+    n = len(stages)
+
+    def save(status: str) -> dict[str, Any]:
+        done = {r["name"] for r in records}
+        pending = [{"name": s.name, "status": "pending"} for s in stages if s.name not in done]
+        return write_manifest(run_dir, "run", config or {}, inputs=[], counts={"stages": n},
+                              status=status, stages=records + pending, seconds=round(time.time() - t_run, 1))
+
+    bar = progress(total=n, desc="ambient run", unit="stage", leave=True)
+    say = bar.write if progress_enabled() else log.info
+    try:
+        for i, st in enumerate(stages, 1):
+            out = run_dir / st.name
+            key = stage_key(st, run_dir, [keys[d] for d in st.deps])
+            keys[st.name] = key
+            prev = previous.get(st.name, {})
+            bar.set_description(f"ambient run [{i}/{n}] {st.name}")
+            m = _read_json(out / "manifest.json")
+            if m is not None and m.get(KEY_FIELD) == key:
+                records.append({"name": st.name, "status": "skipped", "key": key, "seconds": 0.0,
+                                "ran_seconds": prev.get("ran_seconds")})
+                say(f"[{i}/{n}] {st.name}: up to date (key {key}), skipped")
+                bar.update(1)
+                continue
+            # an interrupted stage resumes only with the very config it started with
+            resume = (st.resumable and prev.get("key") == key and prev.get("status") in ("running", "interrupted", "failed")
+                      and out.is_dir() and _has_checkpoint(out))
+            if out.exists() and not resume:
+                shutil.rmtree(out)
+            records.append({"name": st.name, "status": "running", "key": key, "resumed": resume,
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            save("running")
+            say(f"[{i}/{n}] {st.name}: {'resuming from its last checkpoint' if resume else 'running'}")
+            t0 = time.time()
+            try:
+                runners[st.kind](st.config, resume, str(out))
+                m = _read_json(out / "manifest.json")
+                if m is None:
+                    raise AmbientError(f"stage {st.name} finished without writing {out / 'manifest.json'}")
+            except BaseException as e:
+                records[-1].update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                                   seconds=round(time.time() - t0, 1), error=f"{type(e).__name__}: {e}"[:500])
+                save(records[-1]["status"])
+                raise
+            m[KEY_FIELD] = key
+            write_json(out / "manifest.json", m)
+            seconds = round(time.time() - t0, 1)
+            records[-1].update(status="ran", seconds=seconds, ran_seconds=seconds)
+            save("running")
+            say(f"[{i}/{n}] {st.name}: done in {seconds:.0f} s")
+            bar.update(1)
+    finally:
+        bar.close()
+    manifest = save("finished")
+    report = run_dir / "report" / "report.html"
+    if report.is_file():
+        say(f"report: {report}")
+    return manifest
+
+
+# ---- command line --------------------------------------------------------------------------
+def cli(argv: list[str]) -> int:
+    rest, overrides = split_overrides(argv)
+    p = argparse.ArgumentParser(
+        prog="ambient run", parents=[common_parser()],
+        description="The whole pipeline (simulate/data -> sft -> rm -> rl -> eval -> report) in one run directory. "
+                    "Re-running skips finished stages and resumes an interrupted one.")
+    p.add_argument("config_file", nargs="?", metavar="CONFIG", help="preset YAML (configs/*.yaml); default: the demo")
+    args = p.parse_args(rest)
+    setup_logging(args.verbose)
+    if args.help_config:
+        stage_config_types()
+        print(config_help(RunConfig))
+        return 0
+    if args.config_file and args.config:
+        p.error("give the preset either as CONFIG or as --config, not both")
+    cfg = load_run_config(args.config_file or args.config, overrides)
+    m = run_pipeline(cfg)
+    ran = [s for s in m["stages"] if s["status"] == "ran"]
+    print(f"{cfg.out}: {len(ran)} stage(s) ran, {len(m['stages']) - len(ran)} up to date; "
+          f"report: {Path(cfg.out) / 'report' / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli(sys.argv[1:]))

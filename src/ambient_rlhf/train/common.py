@@ -1,0 +1,279 @@
+"""Pieces every trainer shares: LoRA, optimizer, LR schedule, accelerator, token loss.
+
+Small functions, no trainer base class (STYLE.md): each trainer (``sft``, ``reward``,
+``rl``) reads top to bottom and calls these.
+
+* :class:`LoraSettings` + :func:`apply_lora` / :func:`merge_lora`: LoRA through peft.
+* :func:`make_optimizer`: AdamW, no weight decay on biases and norm weights.
+* :func:`make_scheduler`: constant / linear / cosine, each with a linear warmup.
+* :func:`setup_accelerator`: an ``accelerate.Accelerator`` that runs on CPU when there is
+  no GPU, with bf16 autocast when there is one; the same code runs under
+  ``accelerate launch`` / ``torchrun`` with several processes.
+* :func:`on_main` / :func:`main_first`: writes done by the main process only.
+* :class:`CausalLMLoss` / :func:`token_nll`: summed next-token NLL over labelled tokens
+  and their count, so a trainer can normalise by the tokens of a whole (accumulated,
+  multi-process) batch; the output head runs only where there are labels.
+* :class:`TokenMeter`: tokens/s for the logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.logging import get_logger
+
+log = get_logger("train")
+
+
+# ---- LoRA ------------------------------------------------------------------------------
+@dataclass
+class LoraSettings:
+    enabled: bool = False
+    """Train low-rank adapters instead of all weights. Off by default: the default model
+    (135M parameters) fits full fine-tuning on a laptop, and full fine-tuning is the
+    reference behaviour; turn it on for larger models or to keep the base weights."""
+    r: int = 16
+    """Adapter rank. 16 is the common choice for instruction tuning of small models
+    (enough capacity for a style shift; the adapter stays a few MB)."""
+    alpha: int = 32
+    """LoRA scaling numerator (update scaled by alpha/r). 2*r, the usual setting, so the
+    effective step size does not change when r changes by a little."""
+    dropout: float = 0.0
+    """Dropout on the adapter input. 0 keeps training deterministic (resume and
+    invariance tests compare losses exactly) and dropout matters little on short runs."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt; ``all-linear`` (peft's shorthand: every linear layer except
+    the output head) works for any architecture and adapts the MLPs too, which QLoRA
+    found matters for quality."""
+
+
+def apply_lora(model: nn.Module, settings: LoraSettings, trainable_token_ids: list[int] | None = None) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters (a peft ``PeftModel``); return it unchanged when
+    ``settings.enabled`` is false.
+
+    ``trainable_token_ids``: embedding rows that must also train (newly added tokens,
+    e.g. the goal tokens), through peft's ``trainable_token_indices``."""
+    if not settings.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets: str | list[str] = list(settings.target_modules)
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    kw: dict[str, Any] = {}
+    if trainable_token_ids:
+        kw["trainable_token_indices"] = list(trainable_token_ids)
+    cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                     target_modules=targets, task_type="CAUSAL_LM", **kw)
+    try:
+        peft_model = get_peft_model(model, cfg)
+    except ValueError as e:
+        raise AmbientError(f"lora.target_modules={settings.target_modules}: {e}") from None
+    n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in peft_model.parameters())
+    log.info("LoRA r=%d alpha=%d: %d of %d parameters trainable (%.2f%%)", settings.r, settings.alpha,
+             n_train, n_all, 100.0 * n_train / max(n_all, 1))
+    return peft_model
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "merge_and_unload") and hasattr(model, "peft_config")
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold LoRA adapters into the base weights and return the plain model (a no-op for
+    a model without adapters).  Mutates the base model: call it at the end, or on a copy."""
+    if is_peft(model):
+        return model.merge_and_unload()
+    return model
+
+
+# ---- optimisation ----------------------------------------------------------------------
+def make_optimizer(params: nn.Module | Iterable, lr: float, weight_decay: float = 0.0,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters.
+
+    Given a module, biases and norm weights (1-D tensors) get no weight decay, the
+    usual practice (decaying a LayerNorm gain towards 0 is not regularisation).  Given an
+    iterable of tensors or param groups, it is passed to AdamW as is."""
+    if isinstance(params, nn.Module):
+        decay, no_decay = [], []
+        for p in params.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups: Any = [{"params": decay, "weight_decay": weight_decay},
+                       {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+    else:
+        groups = [p for p in params]
+        if groups and isinstance(groups[0], torch.Tensor):
+            groups = [p for p in groups if p.requires_grad]
+    if not groups:
+        raise AmbientError("no trainable parameters")
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+
+
+def lr_factor(step: int, kind: str, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base LR after ``step`` optimizer steps (LambdaLR convention).
+
+    Warmup: linear from 1/(warmup+1) up to 1 over ``warmup_steps``; then ``constant`` stays
+    at 1, ``linear`` decays to 0 at ``total_steps``, ``cosine`` follows half a cosine to 0."""
+    if kind not in ("constant", "linear", "cosine"):
+        raise AmbientError(f"schedule {kind!r}: expected constant, linear or cosine")
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if kind == "constant":
+        return 1.0
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max((step - warmup_steps) / span, 0.0), 1.0)
+    if kind == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, kind: str = "cosine", warmup_steps: int = 0,
+                   total_steps: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+    """LR schedule (see :func:`lr_factor`); call ``.step()`` once per optimizer step."""
+    lr_factor(0, kind, warmup_steps, total_steps)  # validate ``kind`` now
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, kind, warmup_steps, total_steps))
+
+
+# ---- accelerator -----------------------------------------------------------------------
+def setup_accelerator(gradient_accumulation_steps: int = 1, mixed_precision: str = "auto", cpu: bool | None = None):
+    """An ``accelerate.Accelerator`` for this machine.
+
+    * ``cpu``: None = CPU exactly when no CUDA device is visible.  With several processes
+      (``accelerate launch --multi_gpu --num_processes N`` or ``torchrun``) on CPU,
+      processes talk over gloo.  (Note: ``accelerate launch --cpu --num_processes 2``
+      starts a single process on a machine without MPI/IPEX.)
+    * ``mixed_precision``: ``auto`` = bf16 autocast on a GPU that supports it, else none
+      (CPU bf16 autocast is slower than float32 on most CPUs); or ``no``/``bf16``/``fp16``.
+    * ``gradient_accumulation_steps``: passed to accelerate (``accelerator.accumulate``
+      then divides losses by it).  Trainers that normalise by token counts across the
+      accumulated batch themselves (SFT) pass 1 and use ``accelerator.no_sync``.
+    """
+    from accelerate import Accelerator
+
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if (not cpu and torch.cuda.is_bf16_supported()) else "no"
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise AmbientError(f"mixed_precision {mixed_precision!r}: expected auto, no, bf16 or fp16")
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision,
+                       gradient_accumulation_steps=gradient_accumulation_steps)
+
+
+def on_main(accelerator, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """Run ``fn`` on the main process only, then let every process continue together
+    (so the others never read a half-written file).  Returns fn's result on main, None
+    elsewhere."""
+    out = fn(*args, **kw) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    return out
+
+
+@contextlib.contextmanager
+def main_first(accelerator):
+    """The main process runs the block first (e.g. builds a cache), then the others."""
+    with accelerator.main_process_first():
+        yield
+
+
+def all_sum(accelerator, value: float | int) -> float:
+    """Sum a Python number over processes (identity with one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(t, reduction="sum").item())
+
+
+# ---- loss ------------------------------------------------------------------------------
+class CausalLMLoss(nn.Module):
+    """Wraps a causal LM; ``forward`` returns per-example summed next-token NLL and token
+    counts over labelled positions.
+
+    The output head (V x d, the largest matmul of a small model) is applied only at the
+    positions that carry a label, not at prompt or padding positions, which saves a good
+    part of the head's forward and backward work.  Models whose logits need more than the
+    head (soft-capping, a logit scale) take the plain full-logits path.  Position ids
+    come from the mask, so left and right padding give the same numbers.
+
+    Wrapping the loss in a module lets ``accelerator.prepare`` put DDP around the whole
+    computation (calling the LM's submodules from outside a DDP wrapper would skip the
+    gradient sync)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        cfg = getattr(lm, "config", None)
+        plain = any(getattr(cfg, a, None) not in (None, 1.0) for a in ("final_logit_softcapping", "logit_scale"))
+        self.selective = (not plain and hasattr(lm, "get_decoder") and hasattr(lm, "get_output_embeddings")
+                          and lm.get_output_embeddings() is not None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask, labels: (B, T), labels -100 where not predicted.
+        Returns (nll_sum (B,), n_tokens (B,))."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        target = labels[:, 1:]  # (B, T-1): token t+1 is predicted at position t
+        keep = target != -100  # (B, T-1)
+        if self.selective:
+            out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                        position_ids=position_ids, use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, d)
+            h = hidden[:, :-1][keep]  # (N, d) only labelled positions
+            logits = self.lm.get_output_embeddings()(h).float()  # (N, V)
+            nll_flat = nn.functional.cross_entropy(logits, target[keep], reduction="none")  # (N,)
+            rows = keep.nonzero()[:, 0]  # (N,) example of each kept position
+            nll = torch.zeros(input_ids.shape[0], dtype=nll_flat.dtype, device=nll_flat.device)
+            nll = nll.index_add(0, rows, nll_flat)  # (B,)
+        else:
+            logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+            per_tok = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                  ignore_index=-100, reduction="none")
+            nll = per_tok.view(target.shape).sum(-1)  # (B,)
+        return nll, keep.sum(-1)
+
+
+def token_nll_per_example(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed NLL (B,) and labelled-token counts (B,) of a causal LM
+    (see :class:`CausalLMLoss`)."""
+    loss_fn = model if isinstance(model, CausalLMLoss) else CausalLMLoss(model)
+    return loss_fn(input_ids, attention_mask, labels)
+
+
+def token_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL over labelled tokens and their count (scalars), so a trainer
+    can normalise by the tokens of a whole accumulated, multi-process batch."""
+    nll, n = token_nll_per_example(model, input_ids, attention_mask, labels)
+    return nll.sum(), n.sum()
+
+
+class TokenMeter:
+    """Counts tokens between calls and reports tokens/s (for logs and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.tokens = 0
+
+    def add(self, n: int) -> None:
+        self.tokens += int(n)
+
+    def rate(self, reset: bool = True) -> float:
+        now = time.perf_counter()
+        r = self.tokens / max(now - self.t0, 1e-9)
+        if reset:
+            self.t0, self.tokens = now, 0
+        return r

@@ -1,0 +1,139 @@
+"""``ambient run`` orchestration: skip finished stages, resume an interrupted one, re-run
+a changed stage and everything downstream of it.
+
+The stage functions are replaced through the documented injection point
+(``ambient_rlhf.run.execute(run_dir, stages, runners)``, which ``run_pipeline`` calls
+with the real plan and :data:`ambient_rlhf.run.RUNNERS`) by small local functions that write a
+manifest (and a checkpoint), so these tests take milliseconds and need no model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.checkpoint import latest_checkpoint, save_checkpoint
+from ambient_rlhf.config import to_dict
+from ambient_rlhf.io import write_manifest
+from ambient_rlhf.run import KEY_FIELD, Stage, execute, stage_key
+
+
+@dataclass
+class Cfg:
+    value: int = 0
+    out: str = ""
+    resume: bool = False
+
+
+class Recorder:
+    """Runners that log their calls; ``interrupt`` makes stage ``b`` checkpoint and stop."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self.interrupt = False
+
+    def make(self, kind: str):
+        def runner(cfg: Cfg, resume: bool, out: str) -> None:
+            self.calls.append((kind, resume))
+            if kind == "b" and resume:
+                assert latest_checkpoint(out) is not None  # resumed where it stopped
+            if kind == "b" and self.interrupt:
+                save_checkpoint(out, 1, {"step": 1})
+                raise KeyboardInterrupt
+            write_manifest(out, kind, to_dict(cfg))
+        return runner
+
+    def runners(self) -> dict:
+        return {k: self.make(k) for k in ("a", "b", "c")}
+
+
+def _stages(run: Path, a=1, b=2, c=3) -> list[Stage]:
+    return [Stage("a", "a", Cfg(a, str(run / "a"))),
+            Stage("b", "b", Cfg(b, str(run / "b")), ["a"], resumable=True),
+            Stage("c", "c", Cfg(c, str(run / "c")), ["b"])]
+
+
+def _statuses(run: Path) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in json.loads((run / "manifest.json").read_text())["stages"]}
+
+
+def test_skip_rerun_on_change_and_resume(tmp_path):
+    run = tmp_path / "run"
+    rec = Recorder()
+
+    # 1. a fresh run runs every stage and stamps each manifest with its key
+    m = execute(run, _stages(run), rec.runners())
+    assert rec.calls == [("a", False), ("b", False), ("c", False)]
+    assert [s["status"] for s in m["stages"]] == ["ran"] * 3 and all(s["seconds"] >= 0 for s in m["stages"])
+    for name in "abc":
+        assert json.loads((run / name / "manifest.json").read_text())[KEY_FIELD]
+
+    # 2. the same command again: nothing runs
+    rec.calls.clear()
+    execute(run, _stages(run), rec.runners())
+    assert rec.calls == [] and _statuses(run) == {"a": "skipped", "b": "skipped", "c": "skipped"}
+
+    # 3. change b's config: b and c (downstream) re-run, a does not
+    execute(run, _stages(run, b=20), rec.runners())
+    assert rec.calls == [("b", False), ("c", False)]
+
+    # 4. interrupt b after its first checkpoint: the run stops there and says so
+    rec.calls.clear()
+    rec.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        execute(run, _stages(run, b=21), rec.runners())
+    assert rec.calls == [("b", False)]
+    assert _statuses(run) == {"a": "skipped", "b": "interrupted", "c": "pending"}
+    assert latest_checkpoint(run / "b") is not None
+
+    # 5. the same command again resumes b from its checkpoint, then runs c
+    rec.calls.clear()
+    rec.interrupt = False
+    execute(run, _stages(run, b=21), rec.runners())
+    assert rec.calls == [("b", True), ("c", False)]
+    assert _statuses(run) == {"a": "skipped", "b": "ran", "c": "ran"}
+
+
+def test_interrupted_stage_with_changed_config_starts_over(tmp_path):
+    run = tmp_path / "run"
+    rec = Recorder()
+    rec.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        execute(run, _stages(run), rec.runners())
+    rec.interrupt = False
+    rec.calls.clear()
+    # b's config changed since the interruption: its checkpoint belongs to another config,
+    # so the directory is cleared and b starts from scratch (resume=False)
+    execute(run, _stages(run, b=5), rec.runners())
+    assert rec.calls == [("b", False), ("c", False)]
+
+
+def test_keys_are_relative_to_the_run_directory(tmp_path):
+    """A moved run directory is still up to date (paths enter the key relative to it)."""
+    run = tmp_path / "run"
+    rec = Recorder()
+    execute(run, _stages(run), rec.runners())
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    rec.calls.clear()
+    execute(moved, _stages(moved), rec.runners())
+    assert rec.calls == []
+    # and a key changes with the config, the kind and the upstream keys
+    s = _stages(run)
+    k = stage_key(s[1], run, ["x"])
+    assert k == stage_key(_stages(moved)[1], moved, ["x"])
+    assert k != stage_key(_stages(run, b=9)[1], run, ["x"])
+    assert k != stage_key(s[1], run, ["y"])
+    assert k == stage_key(Stage("b", "b", Cfg(2, str(run / "b"), resume=True)), run, ["x"])  # resume is volatile
+
+
+def test_stage_without_manifest_is_an_error(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(AmbientError, match="without writing"):
+        execute(run, _stages(run)[:1], {"a": lambda cfg, resume, out: None})
+    assert _statuses(run) == {"a": "failed"}

@@ -1,0 +1,243 @@
+"""``ambient report`` on synthetic run directories written here (no trained models), and
+the rendered page checked in headless Chromium."""
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ambient_rlhf.eval.policy_eval import EvalConfig, summarize
+from ambient_rlhf.eval.report import REPORT_DIR, REPORT_FILE, discover, write_report
+
+EVIL = "<script>alert('x')</script> & <b>bold</b>"
+
+
+def _png(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _jsonl(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _manifest(d: Path, stage: str, **extra) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "manifest.json").write_text(json.dumps({"stage": stage, "created": "2026-01-01T00:00:00Z", **extra}))
+
+
+def _rm_eval(acc: float, longer: float) -> dict:
+    """An eval.json in the layout of ambient_rlhf.eval.reward_eval.evaluate_reward."""
+    ci = lambda v, w=0.04: {"value": v, "ci_low": v - w, "ci_high": v + w, "n": 400}  # noqa: E731
+    return {
+        "community": "askacademia", "split": "test", "n_pairs": 400, "n_threads": 90,
+        "accuracy": ci(acc), "baselines": {"longer_wins": ci(longer), "loglik_sum": ci(0.52), "loglik_model": "sft"},
+        "preferred_shorter": {"n": 120, "accuracy": ci(acc - 0.05, 0.08), "longer_wins": 0.0},
+        "untimed_pairs": {"source": "built", "n": 300, "earlier_wins": ci(0.86), "longer_wins": ci(0.6),
+                          "accuracy": ci(acc)},
+        "calibration": {"scale": "raw", "ece": 0.04, "bins": [
+            {"lo": 0.5, "hi": 0.6, "n": 100, "confidence": 0.55, "accuracy": 0.57},
+            {"lo": 0.6, "hi": 0.7, "n": 150, "confidence": 0.65, "accuracy": 0.62},
+            {"lo": 0.7, "hi": 0.8, "n": 0, "confidence": 0.75, "accuracy": 0.0},
+            {"lo": 0.8, "hi": 0.9, "n": 90, "confidence": 0.84, "accuracy": 0.80}]},
+        "length_correlation": {"pearson": 0.21, "spearman": 0.25, "n": 800},
+        "plots": ["reliability.png", "accuracy_buckets.png"],
+    }
+
+
+def _eval_rows(rng, n_prompts: int, shift: float) -> list[dict]:
+    rows = []
+    for t in range(n_prompts):
+        for s in range(2):
+            ref = float(rng.normal())
+            pol = ref + shift + float(rng.normal(scale=0.5))
+            tu_r = float(rng.normal())
+            rows.append(dict(
+                thread_id=f"t{t:03d}", sample=s, prompt=f"Question {t}: how do I write a thesis?" if t else EVIL,
+                reference=f"reference answer {t} {s}", policy=(EVIL if t == 0 else f"policy answer {t} {s} more words"),
+                reference_score=ref, policy_score=pol, kl=float(abs(rng.normal(3.0))), policy_tokens=20,
+                reference_tokens=18, policy_stopped=True, reference_stopped=bool(s),
+                reference_proxy=ref, policy_proxy=pol + 1.0,
+                reference_true_utility=tu_r, policy_true_utility=tu_r + shift / 2 + float(rng.normal(scale=0.3))))
+    return rows
+
+
+def _eval_dir(d: Path, rows: list[dict], **cfg) -> None:
+    _manifest(d, "eval", seconds={"total_s": 42.0})
+    c = EvalConfig(policy=cfg.get("policy", "run/rl"), reference="run/sft", judge="run/rm-gold", data="run/data",
+                   proxy="run/rm-proxy", goal=cfg.get("goal"), bootstrap_resamples=300)
+    (d / "eval.json").write_text(json.dumps(summarize(rows, c)))
+    _jsonl(d / "samples.jsonl", rows)
+
+
+def make_run_dir(root: Path) -> Path:
+    """A run directory shaped like ``ambient run`` output, every number invented."""
+    rng = np.random.default_rng(0)
+    run = root / "run"
+    _manifest(run / "data", "data", counts={"threads": {"read": 1200, "kept": 1000},
+                                           "responses": {"read": 9000, "kept": 7000, "deleted": 800, "bot": 40},
+                                           "pairs": 3100, "skipped_lines": 3})
+    _manifest(run / "sft", "sft", seconds=120.5)
+    _jsonl(run / "sft" / "metrics.jsonl", [{"step": i, "train/loss": 3.0 - 0.05 * i} for i in range(20)])
+    for name, acc in (("rm-proxy", 0.71), ("rm-gold", 0.69)):
+        _manifest(run / name, "rm", timings={"total_seconds": 300.0})
+        (run / name / "eval.json").write_text(json.dumps(_rm_eval(acc, 0.62)))
+        _jsonl(run / name / "metrics.jsonl", [{"step": i, "rm/loss": 0.69 - 0.01 * i} for i in range(20)])
+    _png(run / "rm-gold" / "eval" / "askacademia-test" / "accuracy_buckets.png")
+    _manifest(run / "rl", "rl", seconds=600.0)
+    _jsonl(run / "rl" / "metrics.jsonl", [
+        {"step": i, "objective/score": 0.1 * i, "objective/kl": 0.3 * i, "objective/entropy": 2.0 - 0.02 * i,
+         "gen/length": 40 + i, "kl/beta": 0.05, "gen/eos_rate": 0.9} for i in range(1, 31)])
+    _eval_dir(run / "eval", _eval_rows(rng, 12, shift=1.5))
+    _eval_dir(run / "eval-goal", _eval_rows(rng, 12, shift=0.0), policy="run/sft-tier", goal="good")
+    (run / "notes").mkdir()  # an unrelated folder is ignored
+    return run
+
+
+def _imgs(page: str) -> list[str]:
+    return re.findall(r"<img [^>]*src=\"([^\"]+)\"", page)
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    """(run dir, report path) of the synthetic full run; shared by the tests that only read it."""
+    run = make_run_dir(tmp_path_factory.mktemp("full"))
+    return run, write_report(run)
+
+
+def test_report_of_a_full_run(full_report):
+    run, path = full_report
+    assert path == run / REPORT_DIR / REPORT_FILE
+    page = path.read_text()
+    pngs = sorted((run / REPORT_DIR).glob("*.png"))
+    srcs = _imgs(page)
+    # every figure is embedded, and every embedded figure is also a PNG file
+    assert len(srcs) == len(pngs) >= 10
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
+    assert embedded == {p.read_bytes() for p in pngs}
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert all(b.startswith(b"\x89PNG") for b in embedded)
+    # self-contained: no external reference of any kind, no scripts
+    assert not re.search(r"(src|href)=(?![\"']?(data:|#))", page)
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    # model output is escaped, not interpreted
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+    assert "could not be drawn" not in page
+    # honest headline: eval has a clear win (shift 1.5), eval-goal no real difference
+    head = page[page.index("id='headline'"):page.index("id='stages'")]
+    assert "[eval] On the gold judge <code>rm-gold</code>, the policy <code>rl</code> <b>beat</b>" in head
+    assert "[eval-goal]" in head and "<b>did not clearly beat</b>" in head and "goal <code>good</code>" in head
+    # reward models: 0.69 +- 0.04 vs longer 0.62 +- 0.04 -> 0.65 > 0.66? no: overlapping -> "some"
+    # (it beats loglik 0.52 +- 0.04 clearly: 0.65 > 0.56)
+    assert "[rm-gold on askacademia] reward-model pairwise accuracy 0.690 [0.650, 0.730]" in head
+    assert "intervals apart: loglik sum" in head
+    for section in ("data_counts_data", "rm_accuracy_rm_gold_on_askacademia", "rm_calibration_rm_proxy_on_askacademia",
+                    "rm_rm_gold_on_askacademia_accuracy_buckets", "rl_curves_rl", "frontier", "win_rates",
+                    "true_utility_eval", "true_vs_reward_eval", "training_losses"):
+        assert (run / REPORT_DIR / f"{section}.png").is_file(), section
+    assert json.loads((run / REPORT_DIR / "manifest.json").read_text())["counts"]["eval"] == 2
+
+
+def test_report_of_an_empty_run_says_not_run(tmp_path):
+    page = write_report(tmp_path).read_text()
+    assert page.count("not run") >= 6 and "No policy evaluation in this run yet" in page
+    assert "could not be drawn" not in page and not _imgs(page)
+
+
+def test_report_of_a_single_stage_dir(tmp_path):
+    run = make_run_dir(tmp_path)
+    found = discover(run / "rl")
+    assert [s.name for s in found["rl"]] == ["rl"] and not found["eval"]
+    page = write_report(run / "rl").read_text()
+    assert len(_imgs(page)) == 2  # RL curves and the reward-vs-KL plot
+    assert "could not be drawn" not in page
+
+
+def test_report_tolerates_broken_and_partial_inputs(tmp_path):
+    run = make_run_dir(tmp_path)
+    (run / "eval" / "eval.json").write_text("{not json")  # torn write
+    (run / "eval-goal" / "eval.json").write_text(json.dumps({"win_rate": 0.5}))  # old/partial layout
+    with (run / "rl" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 31, "objective/sc')  # torn last line
+    (run / "rm-proxy" / "eval.json").write_text(json.dumps({"communities": {"a": _rm_eval(0.7, 0.6), "b": {}}}))
+    shutil.rmtree(run / "data")
+    page = write_report(run).read_text()
+    assert "data: not run" in page
+    assert "could not be drawn" not in page
+    assert "[rm-proxy on a]" in page
+
+
+def test_cli(tmp_path, capsys):
+    from ambient_rlhf.cli import main
+
+    run = tmp_path / "run"
+    _manifest(run / "sft", "sft")
+    for out in (tmp_path / "r", tmp_path / "r"):  # the second call replaces the first report
+        assert main(["report", str(run), "--out", str(out)]) == 0
+        assert f"report: {out / REPORT_FILE}" in capsys.readouterr().out
+    assert (tmp_path / "r" / REPORT_FILE).is_file()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+# ---- rendering in a real browser -------------------------------------------------------------
+CHECK = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  var d = document.createElement('div'); d.id = 'render-check';
+  d.textContent = 'images ' + ok + '/' + imgs.length + ' width ' + document.body.scrollWidth;
+  document.body.appendChild(d);
+});
+</script>"""
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("headless Chromium not installed (Debian: apt-get install chromium; scripts/setup.sh does it)")
+
+
+def run_chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(tmp)})
+
+
+def test_report_renders_in_headless_chromium(full_report, tmp_path):
+    chromium()
+    _, path = full_report
+    page = path.read_text()
+    n = len(_imgs(page))
+    probe = tmp_path / "probe.html"  # the report plus a script that counts decoded images
+    probe.write_text(page.replace("</body>", CHECK + "</body>"))
+    r = run_chromium(["--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], tmp_path)
+    m = re.search(r'<div id="render-check">images (\d+)/(\d+) width (\d+)</div>', r.stdout)
+    assert m, f"no render marker; chromium said: {r.stderr[-2000:]}"
+    assert int(m.group(1)) == int(m.group(2)) == n  # every figure decoded with a non-zero width
+    assert "ambient-rlhf report" in r.stdout
+    # a screenshot of the report itself is not blank
+    shot = tmp_path / "shot.png"
+    r = run_chromium(["--window-size=1200,1600", "--hide-scrollbars", f"--screenshot={shot}", path.as_uri()], tmp_path)
+    assert shot.is_file(), r.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(shot)  # (H, W, C) floats in [0, 1]
+    assert img.shape[0] == 1600 and img.shape[1] == 1200
+    assert img[..., :3].std() > 0.05  # text and figures, not one flat colour

@@ -1,0 +1,65 @@
+"""Tokenisation contracts: pad != EOS, templates, goal tokens, truncation sides."""
+
+from __future__ import annotations
+
+import pytest
+
+from ambient_rlhf.models.load import load_tokenizer
+from ambient_rlhf.models.tokenize import (GOAL_TOKENS, add_goal_tokens, encode_pair, encode_prompt, has_goal_tokens,
+                                          pad_batch, render_prompt)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_path):
+    return load_tokenizer(tiny_model_path)
+
+
+def test_pad_is_not_eos(tok):
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+    assert (tok.pad_token, tok.eos_token) == ("<|endoftext|>", "<|im_end|>")
+
+
+def test_plain_template_and_goal_token(tok):
+    assert render_prompt(tok, "Why?", template="plain") == "Prompt: Why?\nResponse: "
+    assert render_prompt(tok, "Why?", template="plain", goal="bad") == "Prompt: Why?\nResponse: <|tier:bad|>"
+    chat = render_prompt(tok, "Why?", goal="good")
+    assert chat.endswith("<|im_start|>assistant\n<|tier:good|>")
+
+
+def test_goal_tokens_are_single_tokens(tiny_model_path):
+    t = load_tokenizer(tiny_model_path)
+    assert not has_goal_tokens(t)
+    assert add_goal_tokens(t) == 3 and add_goal_tokens(t) == 0
+    ids = [t(g, add_special_tokens=False)["input_ids"] for g in GOAL_TOKENS]
+    assert ids == [[len(t) - 3], [len(t) - 2], [len(t) - 1]]
+
+
+def test_prompt_cut_from_the_left_keeps_the_template(tok):
+    words = " ".join(f"w{i}" for i in range(200))
+    full, cut_flag = encode_prompt(tok, words, 10_000)
+    assert not cut_flag
+    overhead = len(encode_prompt(tok, "", 10_000)[0])
+    ids, cut_flag = encode_prompt(tok, words, overhead + 10)
+    assert cut_flag and len(ids) <= overhead + 10
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+    assert "w199" in text and "w0 " not in text  # the end of the question survives
+    with pytest.raises(ValueError, match="template alone"):
+        encode_prompt(tok, words, overhead)
+
+
+def test_response_cut_from_the_right_without_eos(tok):
+    r_ids = tok("alpha beta gamma", add_special_tokens=False)["input_ids"]  # 3 tokens
+    assert len(r_ids) == 3
+    whole = encode_pair(tok, "q", "alpha beta gamma", 100, 4, template="plain")
+    assert whole.input_ids[whole.prompt_len:] == r_ids + [tok.eos_token_id] and not whole.response_truncated
+    cut = encode_pair(tok, "q", "alpha beta gamma", 100, 3, template="plain")
+    # 3 tokens + EOS do not fit in 3: the response is cut and gets no EOS
+    assert cut.input_ids[cut.prompt_len:] == r_ids and cut.response_truncated
+
+
+def test_pad_batch_sides():
+    ids, att, lab = pad_batch([[1, 2, 3], [4]], pad_id=0, side="left", label_masks=[[0, 1, 1], [1]])
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
+    assert att.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert lab.tolist() == [[-100, 2, 3], [-100, -100, 4]]
