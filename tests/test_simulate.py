@@ -65,16 +65,17 @@ def test_expected_score_by_hand():
     # E[score] = 1 + 200 * (0.15 * 0.5 - 0.03 * 0.5) = 1 + 200 * 0.06 = 13
     e = sim.expected_score([vc.utility_center], [vc.exposure_half_life_hours], 400.0, vc)
     assert e[0] == pytest.approx(13.0, abs=1e-9)
-    # utility = center + 1 -> p = sigmoid(3) = 0.952574; at delay 0 views = 400:
-    # 1 + 400 * (0.15 * 0.952574 - 0.03 * 0.047426) = 1 + 400 * 0.141463 = 57.585
+    # utility = center + 1 -> p = sigmoid(4) = 0.982014; at delay 0 views = 400:
+    # 1 + 400 * (0.15 * 0.982014 - 0.03 * 0.017986) = 1 + 400 * 0.146763 = 59.705
     e = sim.expected_score([vc.utility_center + 1], [0.0], 400.0, vc)
-    assert e[0] == pytest.approx(57.585, abs=1e-2)
+    assert e[0] == pytest.approx(59.705, abs=1e-2)
 
 
 def test_thread_votes_sample_mean_and_confound():
     vc = VoteConfig(luck_sigma=0.0)
     rng = np.random.default_rng(0)
-    util, delay = [1.25, 1.25, 0.75], [0.0, 6.0, 0.0]
+    c = vc.utility_center
+    util, delay = [c + 0.5, c + 0.5, c], [0.0, 6.0, 0.0]
     draws = np.stack([sim.thread_votes(util, delay, 400.0, vc, rng)["score"] for _ in range(4000)])
     expected = sim.expected_score(util, delay, 400.0, vc)
     # sample means within 4 standard errors of the closed form
@@ -83,8 +84,9 @@ def test_thread_votes_sample_mean_and_confound():
     # the confound: same utility, posted 6 h later (exposure 1/4) scores far lower ...
     assert draws[:, 1].mean() < 0.4 * draws[:, 0].mean()
     # ... and loses to a worse answer posted first: E = 1 + 400 * 0.06 = 25 for the
-    # worse one (utility = center) vs 1 + 100 * (0.15 * 0.8176 - 0.03 * 0.1824) = 12.72
-    assert expected[2] == pytest.approx(25.0) and expected[1] == pytest.approx(12.72, abs=0.01)
+    # worse one (utility = center) vs p = sigmoid(2) = 0.880797, views 400 / 4 = 100:
+    # 1 + 100 * (0.15 * 0.880797 - 0.03 * 0.119203) = 13.854
+    assert expected[2] == pytest.approx(25.0) and expected[1] == pytest.approx(13.854, abs=0.01)
     assert draws[:, 2].mean() > draws[:, 1].mean()
 
 
@@ -153,11 +155,14 @@ def test_utility_table_matches_dump(sim_dir):
 
 def test_votes_carry_signal_and_confound(sim_dir):
     """Raw scores follow the utility but also the posting time (what the adjusted rank
-    corrects for).  With 120 threads the mean within-thread correlations are stable to
-    about +-0.05 across seeds, so the bounds leave room on both sides."""
+    corrects for).  Over seeds 0-4 of this 120-thread community the statistics below
+    were 0.66-0.77, -0.43 to -0.56 and -0.67 to -0.73, so each bound leaves a margin."""
     df = sim.load_utility(sim_dir)
-    assert sim.within_thread_spearman(df, "score") > 0.3
-    assert sim.within_thread_spearman(df, "score", target="delay_hours") < -0.2
+    assert sim.within_thread_spearman(df, "score") > 0.5
+    # among liked answers (utility above the readers' center) later means fewer points
+    liked = df[df["utility"] > VoteConfig().utility_center]
+    assert liked["delay_hours"].rank().corr(liked["score"].rank()) < -0.3
+    assert sim.within_thread_spearman(df, "views", target="delay_hours") < -0.5
     # utility depends on the hidden style the way it was designed
     by_style = df.groupby("style")["utility"].mean()
     assert by_style["warm"] > by_style["blunt"] and by_style["detailed"] > by_style["brief"]
@@ -182,3 +187,12 @@ def test_within_thread_spearman_by_hand():
     df = pd.DataFrame({"thread_id": list("aaabbcc"), "x": [1, 2, 3, 5, 6, 1, 1], "y": [10, 20, 30, 2, 1, 4, 5]})
     assert sim.within_thread_spearman(df, "x", target="y") == pytest.approx(0.0, abs=1e-12)
     assert sim.within_thread_spearman(df[df.thread_id == "a"], "x", target="y") == pytest.approx(1.0)
+
+
+def test_pair_accuracy_by_hand():
+    # thread a: y 1<2<3, x orders (1,2) right, (1,3) right, (2,3) tied -> 2.5 of 3;
+    # thread b: y equal -> no pair; thread c: y 5>4, x 1<2 -> wrong -> 0 of 1.  2.5 / 4
+    df = pd.DataFrame({"thread_id": list("aaabbcc"), "x": [1, 2, 2, 0, 9, 1, 2], "y": [1, 2, 3, 7, 7, 5, 4]})
+    assert sim.within_thread_pair_accuracy(df, "x", target="y") == 0.625
+    stats = sim.recovery_stats(df, ["x"], target="y")
+    assert stats["x"]["pair_accuracy"] == 0.625 and stats["n"] == {"threads": 3, "responses": 7}

@@ -12,6 +12,8 @@ Stages, each in its own subdirectory of ``out`` with its ``manifest.json``::
     sft-tier/   tier-conditioned SFT (goal tokens; ``goal_model=true``)
     rm-proxy/   reward model on half ``a`` of the train threads: RL optimises it
     rm-gold/    reward model on half ``b``: only judges (Gao et al. 2022)
+    truth/      simulated community only: how well the raw score, the adjusted rank and
+                both reward models recover the hidden utility (within-thread Spearman)
     rl/         policy optimisation against rm-proxy, KL to sft
     eval/       rl vs sft on held-out prompts, judged by rm-gold
     eval-goal/  sft-tier with <|tier:good|> vs sft, same judge
@@ -42,6 +44,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -81,14 +84,37 @@ def stage_config_types() -> dict[str, type]:
     return types_
 
 
-def _make(cls_name: str, **demo: Any) -> Callable[[], Any]:
-    """default_factory: the stage's config with the demo's settings."""
-    return lambda: stage_config_types()[cls_name](**demo)
-
-
 # ---- the run configuration -----------------------------------------------------------------
 # The defaults are the demo (configs/demo.yaml states the same values): a simulated
-# community answered by SmolLM2, sized for ~15 minutes on a 2-core CPU.
+# community answered by SmolLM2, sized for ~15 minutes on a 2-core CPU.  Stage budgets
+# (at ~50 tokens/s for SmolLM2 on 2 cores): simulate 50 x 5 answers ~4 min; SFT ~7 s per
+# step of 8 sequences; reward models train 2 top layers on cached features (~1 min
+# each); RL is RLOO (no value model, one pass per batch) with 2 prompts x 4 samples.
+DEMO_SIMULATE = dict(threads=50, responses=5, max_new_tokens=48)
+DEMO_DATA = dict(splits=dict(train=0.6, valid=0.1, test=0.3), labels=dict(min_prompt_score=2, min_score_ratio=1.5))
+DEMO_SFT = dict(steps=12, batch_size=4, grad_accum=2, lr=5e-5, warmup_steps=2, max_prompt_tokens=128,
+                max_response_tokens=64, eval_every=0, eval_examples=32, checkpoint_every=6, sample_prompts=2,
+                sample_max_new_tokens=32)
+DEMO_RM = dict(objective="ranking", train_layers=2, epochs=4.0, max_prompt_tokens=128, max_response_tokens=64,
+               eval_every=0, norm_max_responses=128, save_every=0)
+DEMO_RL = dict(algo="rloo", steps=10, batch_size=2, rloo_k=4, response_length=48, max_prompt_tokens=128,
+               sample_every=5, samples_per_log=2, save_every=5)
+DEMO_EVAL = dict(n_prompts=12, samples_per_prompt=1, max_new_tokens=48, max_prompt_tokens=128)
+
+
+def _demo(cls_name: str, values: dict) -> Callable[[], Any]:
+    """default_factory: the stage's config with the demo's settings (nested sections
+    built through :func:`~ambient_rlhf.config.from_dict`, so they are validated)."""
+    def make() -> Any:
+        from ambient_rlhf.config import from_dict
+
+        return from_dict(stage_config_types()[cls_name], values, prefix=_SECTION[cls_name] + ".")
+    return make
+
+
+_SECTION = {"DataConfig": "data", "SFTConfig": "sft", "RewardConfig": "rm", "RLConfig": "rl", "EvalConfig": "eval"}
+
+
 @dataclass
 class RunConfig:
     out: str = "runs/demo"
@@ -106,21 +132,20 @@ class RunConfig:
     against plain SFT on the same judge (goal tokens vs RL)."""
     rm_init: str = "sft"
     """Reward models start from the ``sft`` model (InstructGPT/Stiennon et al.: the
-    reward model shares the policy's view of the text) or from the ``base`` model
-    (independent of SFT; saves nothing here since SFT runs anyway)."""
-    simulate: SimulateConfig = field(default_factory=lambda: SimulateConfig(threads=48, responses=4, max_new_tokens=64))
+    reward model shares the policy's view of the text) or from the ``base`` model."""
+    simulate: SimulateConfig = field(default_factory=lambda: SimulateConfig(**DEMO_SIMULATE))
     """The simulated community (used when ``sources`` is empty); see ``ambient data simulate --help-config``."""
-    data: DataConfig = field(default_factory=_make("DataConfig"))  # noqa: F821
+    data: DataConfig = field(default_factory=_demo("DataConfig", DEMO_DATA))  # noqa: F821
     """``ambient data build`` settings (the sources come from ``sources``)."""
-    sft: SFTConfig = field(default_factory=_make("SFTConfig"))  # noqa: F821
+    sft: SFTConfig = field(default_factory=_demo("SFTConfig", DEMO_SFT))  # noqa: F821
     """Behaviour cloning; ``data``, ``model``, ``out`` are set by the run. The tier model
     uses the same settings with ``condition=tier``."""
-    rm: RewardConfig = field(default_factory=_make("RewardConfig"))  # noqa: F821
+    rm: RewardConfig = field(default_factory=_demo("RewardConfig", DEMO_RM))  # noqa: F821
     """Reward models (proxy and gold share these settings; the run sets ``train_half``
     to ``a`` and ``b``, and ``data``, ``model``, ``out``)."""
-    rl: RLConfig = field(default_factory=_make("RLConfig"))  # noqa: F821
+    rl: RLConfig = field(default_factory=_demo("RLConfig", DEMO_RL))  # noqa: F821
     """Policy optimisation; ``policy``, ``reward``, ``data``, ``out`` are set by the run."""
-    eval: EvalConfig = field(default_factory=_make("EvalConfig"))  # noqa: F821
+    eval: EvalConfig = field(default_factory=_demo("EvalConfig", DEMO_EVAL))  # noqa: F821
     """Policy evaluation (both evaluations); model paths, ``data``, ``out``, ``goal`` are set by the run."""
 
     def __post_init__(self) -> None:
@@ -192,7 +217,7 @@ def stage_key(stage: Stage, run_dir: Path, dep_keys: list[str]) -> str:
 def plan(cfg: RunConfig) -> list[Stage]:
     """The stages of a run, in order, with their configs wired to each other's outputs."""
     run = Path(cfg.out)
-    d = {n: str(run / n) for n in ("simulate", "data", "sft", "sft-tier", "rm-proxy", "rm-gold", "rl", "eval",
+    d = {n: str(run / n) for n in ("simulate", "data", "sft", "sft-tier", "rm-proxy", "rm-gold", "truth", "rl", "eval",
                                    "eval-goal", "report")}
     r = dataclasses.replace
     stages: list[Stage] = []
@@ -211,8 +236,13 @@ def plan(cfg: RunConfig) -> list[Stage]:
         stages.append(Stage("sft-tier", "sft", r(sft, condition="tier", out=d["sft-tier"]), ["data"], resumable=True))
     rm_model, rm_deps = (d["sft"], ["data", "sft"]) if cfg.rm_init == "sft" else (cfg.model, ["data"])
     for name, half in (("rm-proxy", "a"), ("rm-gold", "b")):
-        rm = r(cfg.rm, data=d["data"], model=rm_model, out=d[name], train_half=half)
+        rm = r(cfg.rm, data=[d["data"]], model=rm_model, out=d[name], train_half=half)
         stages.append(Stage(name, "rm", _volatile_off(rm), rm_deps, resumable=hasattr(rm, "resume")))
+    if not cfg.sources:  # the hidden utility is known: how well do labels and reward models recover it?
+        truth = {"data": d["data"], "reward_models": {"rm-proxy": d["rm-proxy"], "rm-gold": d["rm-gold"]},
+                 "split": cfg.eval.split, "batch_size": cfg.eval.batch_size,
+                 "max_prompt_tokens": cfg.rm.max_prompt_tokens, "max_response_tokens": cfg.rm.max_response_tokens}
+        stages.append(Stage("truth", "truth", truth, ["data", "rm-proxy", "rm-gold"]))
     rl = r(cfg.rl, policy=d["sft"], reward=d["rm-proxy"], data=d["data"], out=d["rl"])
     stages.append(Stage("rl", "rl", _volatile_off(rl), ["data", "sft", "rm-proxy"], resumable=hasattr(rl, "resume")))
     ev = r(cfg.eval, policy=d["rl"], reference=d["sft"], judge=d["rm-gold"], proxy=d["rm-proxy"], data=d["data"],
@@ -279,6 +309,13 @@ def _run_eval(cfg: Any, resume: bool, out: str) -> None:
     evaluate_policy(cfg)
 
 
+def _run_truth(spec: dict, resume: bool, out: str) -> None:
+    from ambient_rlhf.simulate import evaluate_recovery
+
+    evaluate_recovery(spec["data"], spec["reward_models"], out, split=spec["split"], batch_size=spec["batch_size"],
+                      max_prompt_tokens=spec["max_prompt_tokens"], max_response_tokens=spec["max_response_tokens"])
+
+
 def _run_report(spec: dict, resume: bool, out: str) -> None:
     from ambient_rlhf.eval.report import write_report
 
@@ -293,7 +330,7 @@ def _with_resume(cfg: Any, resume: bool) -> Any:
 Runner = Callable[[Any, bool, str], None]
 RUNNERS: dict[str, Runner] = {
     "simulate": _run_simulate, "data": _run_data, "sft": _run_sft, "rm": _run_rm, "rl": _run_rl,
-    "eval": _run_eval, "report": _run_report,
+    "truth": _run_truth, "eval": _run_eval, "report": _run_report,
 }
 """Stage kind -> ``runner(stage_config, resume, out_dir)``.  The injection point of
 :func:`run_pipeline` (tests pass small local functions)."""
@@ -321,12 +358,36 @@ def run_pipeline(cfg: RunConfig, runners: dict[str, Runner] | None = None) -> di
     return execute(Path(cfg.out), plan(cfg), {**RUNNERS, **(runners or {})}, to_dict(cfg))
 
 
+DISTRIBUTED_KINDS = {"sft", "rl"}
+"""Stage kinds that run on every process under ``accelerate launch`` / ``torchrun``
+(their trainers shard the batch); every other stage runs on the main process while the
+others wait at a barrier."""
+BARRIER_HOURS = 12
+"""Process-group timeout: how long the other processes may wait for a main-process stage."""
+
+
+def _processes() -> tuple[int, int, Callable[[], None]]:
+    """(rank, world size, barrier); one process unless launched by accelerate/torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    state = PartialState(timeout=timedelta(hours=BARRIER_HOURS))
+    return state.process_index, state.num_processes, state.wait_for_everyone
+
+
 def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], config: dict | None = None) -> dict[str, Any]:
     """Run ``stages`` in order into ``run_dir``: skip those whose manifest carries their
     current key, resume an interrupted resumable one, run the rest from scratch.
     Writes and returns the run manifest (``config`` is recorded in it)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rank, world, barrier = _processes()
+    main = rank == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
     previous = {s["name"]: s for s in (_read_json(run_dir / RUN_MANIFEST) or {}).get("stages", [])}
     records: list[dict[str, Any]] = []
     keys: dict[str, str] = {}
@@ -336,11 +397,18 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
     def save(status: str) -> dict[str, Any]:
         done = {r["name"] for r in records}
         pending = [{"name": s.name, "status": "pending"} for s in stages if s.name not in done]
-        return write_manifest(run_dir, "run", config or {}, inputs=[], counts={"stages": n},
-                              status=status, stages=records + pending, seconds=round(time.time() - t_run, 1))
+        m = {"stages": records + pending, "status": status, "seconds": round(time.time() - t_run, 1)}
+        if not main:
+            return m
+        return write_manifest(run_dir, "run", config or {}, inputs=[], counts={"stages": n}, processes=world, **m)
 
-    bar = progress(total=n, desc="ambient run", unit="stage", leave=True)
-    say = bar.write if progress_enabled() else log.info
+    if main:
+        bar = progress(total=n, desc="ambient run", unit="stage", leave=True)
+    else:  # one view: only the main process draws
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, disable=True)
+    say = bar.write if (progress_enabled() and main) else (log.info if main else (lambda msg: None))
     try:
         for i, st in enumerate(stages, 1):
             out = run_dir / st.name
@@ -348,6 +416,7 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
             keys[st.name] = key
             prev = previous.get(st.name, {})
             bar.set_description(f"ambient run [{i}/{n}] {st.name}")
+            barrier()  # every process sees the same files when it decides
             m = _read_json(out / "manifest.json")
             if m is not None and m.get(KEY_FIELD) == key:
                 records.append({"name": st.name, "status": "skipped", "key": key, "seconds": 0.0,
@@ -356,18 +425,21 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
                 bar.update(1)
                 continue
             # an interrupted stage resumes only with the very config it started with
-            resume = (st.resumable and prev.get("key") == key and prev.get("status") in ("running", "interrupted", "failed")
-                      and out.is_dir() and _has_checkpoint(out))
-            if out.exists() and not resume:
+            resume = bool(st.resumable and prev.get("key") == key and prev.get("status") in ("running", "interrupted", "failed")
+                          and out.is_dir() and _has_checkpoint(out))
+            barrier()
+            if main and out.exists() and not resume:
                 shutil.rmtree(out)
             records.append({"name": st.name, "status": "running", "key": key, "resumed": resume,
                             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
             save("running")
             say(f"[{i}/{n}] {st.name}: {'resuming from its last checkpoint' if resume else 'running'}")
+            barrier()
             t0 = time.time()
             try:
-                runners[st.kind](st.config, resume, str(out))
-                m = _read_json(out / "manifest.json")
+                if main or st.kind in DISTRIBUTED_KINDS:
+                    runners[st.kind](st.config, resume, str(out))
+                m = _read_json(out / "manifest.json") if main else {}
                 if m is None:
                     raise AmbientError(f"stage {st.name} finished without writing {out / 'manifest.json'}")
             except BaseException as e:
@@ -375,8 +447,9 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
                                    seconds=round(time.time() - t0, 1), error=f"{type(e).__name__}: {e}"[:500])
                 save(records[-1]["status"])
                 raise
-            m[KEY_FIELD] = key
-            write_json(out / "manifest.json", m)
+            if main:
+                m[KEY_FIELD] = key
+                write_json(out / "manifest.json", m)
             seconds = round(time.time() - t0, 1)
             records[-1].update(status="ran", seconds=seconds, ran_seconds=seconds)
             save("running")
@@ -384,6 +457,7 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
             bar.update(1)
     finally:
         bar.close()
+    barrier()
     manifest = save("finished")
     report = run_dir / "report" / "report.html"
     if report.is_file():

@@ -20,29 +20,24 @@ from typing import Callable
 from ambient_rlhf.cli import common_parser, split_overrides
 from ambient_rlhf.config import config_help, load_config
 from ambient_rlhf.data.simulate import SimulateConfig, simulate as simulate_with, template_responder
-from ambient_rlhf.logging import get_logger, progress, setup_logging
+from ambient_rlhf.logging import get_logger, setup_logging
 
 log = get_logger("simulate")
 
 
 def model_responder(cfg: SimulateConfig) -> Callable[[list[str]], list[str]]:
-    """A responder sampling one answer per generation prompt from ``cfg.model``.
-
-    The model is loaded once; each call samples with its own seed (``cfg.seed`` and the
-    call's index), so a simulation is reproducible batch by batch."""
-    from ambient_rlhf.models.load import load_causal_lm, load_tokenizer, resolve_model
-    from ambient_rlhf.train.generate import generate
-
-    path = resolve_model(cfg.model)
-    model = load_causal_lm(path)
-    model.eval()
-    tok = load_tokenizer(path, padding_side="left")
-    calls = [0]
+    """A responder sampling one answer per generation prompt from ``cfg.model`` (in
+    batches of ``cfg.batch_size``, seeded by ``cfg.seed``; generate's progress bar shows
+    the batches)."""
+    from ambient_rlhf.train.generate import generate, load_for_generation
 
     def respond(gen_prompts: list[str]) -> list[str]:
-        calls[0] += 1
-        return generate((model, tok), gen_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        batch_size=cfg.batch_size, seed=cfg.seed * 100_003 + calls[0])
+        from ambient_rlhf.models.load import resolve_model
+
+        model = load_for_generation(resolve_model(cfg.model))
+        log.info("sampling %d answers from %s", len(gen_prompts), cfg.model)
+        return generate(model, gen_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        batch_size=cfg.batch_size, seed=cfg.seed)
 
     return respond
 
@@ -50,16 +45,61 @@ def model_responder(cfg: SimulateConfig) -> Callable[[list[str]], list[str]]:
 def simulate(out: str | Path, cfg: SimulateConfig, overwrite: bool = False) -> Path:
     """Simulate a community into ``out``, with answers from ``cfg.model`` (or templates)."""
     respond = template_responder(cfg.seed) if cfg.model == "template" else model_responder(cfg)
-    total = cfg.threads * cfg.responses
-    with progress(total=total, desc="simulate", unit="answer") as bar:
-        return simulate_with(out, cfg, respond=respond, overwrite=overwrite, on_progress=bar.update)
+    return simulate_with(out, cfg, respond=respond, overwrite=overwrite)
+
+
+def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: str | Path, split: str = "test",
+                      batch_size: int = 8, max_prompt_tokens: int = 128, max_response_tokens: int = 128) -> dict:
+    """What only a simulated community can show: how well the labels and the reward
+    models recover the hidden utility, within threads.
+
+    * ``labels``: the raw ``score`` and the confound-adjusted rank (``adjusted``) of the
+      data stage, on every split and on ``split``;
+    * ``reward_models``: each model's reward on the ``split`` answers (held out from all
+      training).
+    Metrics: mean within-thread Spearman with the true utility and pair accuracy (see
+    :func:`ambient_rlhf.data.simulate.recovery_stats`).  Writes ``out/eval.json`` and
+    ``out/manifest.json`` (stage ``truth``); returns the result."""
+    import time
+
+    import pandas as pd
+
+    from ambient_rlhf.data.schema import RESPONSES_FILE
+    from ambient_rlhf.data.simulate import recovery_stats, true_utility
+    from ambient_rlhf.eval.policy_eval import EvalConfig, load_judge, score
+    from ambient_rlhf.io import atomic_dir, write_json, write_manifest
+
+    t0 = time.time()
+    df = pd.read_parquet(Path(data_dir) / RESPONSES_FILE)
+    df["true_utility"] = [true_utility(p, r) for p, r in zip(df["prompt"], df["response"])]
+    held = df[df["split"] == split].copy()
+    result: dict = {"split": split, "labels": {"all": recovery_stats(df, ["score", "adjusted"], "true_utility"),
+                                              split: recovery_stats(held, ["score", "adjusted"], "true_utility")},
+                    "reward_models": {}}
+    ecfg = EvalConfig(batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_response_tokens)
+    for name, path in reward_models.items():
+        rm, tok = load_judge(path)
+        held[name] = score(rm, tok, held["prompt"].tolist(), held["response"].tolist(), ecfg)
+        result["reward_models"][name] = recovery_stats(held, [name], "true_utility")[name]
+        del rm
+    result["seconds"] = round(time.time() - t0, 1)
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_json(tmp / "eval.json", result)
+        held.drop(columns=["prompt"]).to_parquet(tmp / "scores.parquet", index=False)
+        write_manifest(tmp, "truth", {"split": split, "reward_models": reward_models, "batch_size": batch_size,
+                                      "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens},
+                       inputs=[data_dir, *reward_models.values()], counts=result["labels"][split]["n"])
+    lab = result["labels"]["all"]
+    log.info("true-utility recovery (Spearman): score %.3f, adjusted %.3f; %s", lab["score"]["spearman"],
+             lab["adjusted"]["spearman"], ", ".join(f"{k} {v['spearman']:.3f}" for k, v in result["reward_models"].items()))
+    return result
 
 
 def cli(argv: list[str]) -> int:
     rest, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(prog="ambient data simulate", parents=[common_parser()],
                                 description="Simulate a community with known preferences (a Pushshift-format dump "
-                                            "plus utility.parquet with each answer's true utility).")
+                                            "plus truth/utility.parquet with each answer's true utility).")
     p.add_argument("--out", required=False, help="output directory (the dump); then `ambient data build OUT --out DATA`")
     p.add_argument("--threads", type=int, help="questions to simulate (config key threads)")
     p.add_argument("--responses", type=int, help="answers per question (config key responses)")

@@ -15,7 +15,6 @@ Expected counts, derived from the fixture:
 """
 
 import json
-import math
 import os
 
 import pandas as pd

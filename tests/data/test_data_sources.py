@@ -94,3 +94,20 @@ def test_one_line_errors_for_missing_empty_unknown(tmp_path):
     (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02 not json at all")
     with pytest.raises(AmbientError, match=r"blob\.bin: cannot tell the format.*--format"):
         discover([str(tmp_path / "blob.bin")])
+
+
+def test_input_without_records_is_a_one_line_error(tmp_path):
+    from ambient_rlhf.config import load_config
+    from ambient_rlhf.data.build import DataConfig, build
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "E_submissions.ndjson.zst").write_bytes(zstandard.ZstdCompressor().compress(b"\n\n"))
+    write_ndjson(d / "E_comments.ndjson", canonical_dump()[1])
+    with pytest.raises(AmbientError, match=r"E_submissions.ndjson.zst: no records"):
+        build([str(d)], str(tmp_path / "o"), load_config(DataConfig))
+    (tmp_path / "h.csv").write_text("prompt_id,prompt,prompt_score,prompt_created_utc,response_id,response,"
+                                    "response_score,response_created_utc\n")
+    with pytest.raises(AmbientError, match=r"h.csv: no records"):
+        build([str(tmp_path / "h.csv")], str(tmp_path / "o"), load_config(DataConfig))
+    assert not (tmp_path / "o").exists()

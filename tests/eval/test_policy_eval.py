@@ -3,7 +3,6 @@
 import json
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -130,6 +129,26 @@ def test_cli_writes_eval_and_refuses_to_overwrite(models, tmp_path, capsys):
     assert r["n_pairs"] == 2 and r["goal"] is None
     assert main(args) == 2  # exists, no --overwrite
     assert "output directory exists" in capsys.readouterr().err
+
+
+def test_goal_conditioned_policy_against_plain_reference(models, tmp_path, tiny_model_path):
+    # the tier-conditioned model has the goal tokens (a bigger vocabulary); the reference
+    # does not.  The policy is prompted with <|tier:good|>, the reference without it.
+    from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
+    from ambient_rlhf.models.tokenize import add_goal_tokens
+
+    tok = load_tokenizer(tiny_model_path)
+    lm = load_causal_lm(tiny_model_path)
+    assert add_goal_tokens(tok, lm) == 3
+    lm.save_pretrained(tmp_path / "tier")
+    tok.save_pretrained(tmp_path / "tier")
+    cfg = _cfg(models, tmp_path / "g", policy=str(tmp_path / "tier"), goal="good", n_prompts=2, samples_per_prompt=1)
+    r = evaluate_policy(cfg)
+    assert r["goal"] == "good" and r["n_pairs"] == 2
+    # the two models share every weight but the three new vocabulary rows, and the
+    # policy's prompt holds the goal token: the log-probs of an answer differ, KL != 0
+    assert all(t["kl"] != 0.0 for t in r["table"])
+    assert json.loads((tmp_path / "g" / "manifest.json").read_text())["config"]["goal"] == "good"
 
 
 def test_goal_needs_a_tier_conditioned_policy(models, tmp_path):

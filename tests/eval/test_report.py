@@ -64,7 +64,7 @@ def _eval_rows(rng, n_prompts: int, shift: float) -> list[dict]:
     for t in range(n_prompts):
         for s in range(2):
             ref = float(rng.normal())
-            pol = ref + shift + float(rng.normal(scale=0.5))
+            pol = ref + shift + float(rng.normal(scale=0.8))
             tu_r = float(rng.normal())
             rows.append(dict(
                 thread_id=f"t{t:03d}", sample=s, prompt=f"Question {t}: how do I write a thesis?" if t else EVIL,
@@ -88,9 +88,14 @@ def make_run_dir(root: Path) -> Path:
     """A run directory shaped like ``ambient run`` output, every number invented."""
     rng = np.random.default_rng(0)
     run = root / "run"
+    _manifest(run / "simulate", "simulate", counts={"threads": 1000, "responses": 4000},
+              utility_weights={"relevance": 1.0, "sentiment": 0.5, "length": 0.5, "repetition": -1.0},
+              summary={"utility_mean": 0.6, "spearman_score_utility": 0.41, "spearman_score_delay": -0.35})
     _manifest(run / "data", "data", counts={"threads": {"read": 1200, "kept": 1000},
                                            "responses": {"read": 9000, "kept": 7000, "deleted": 800, "bot": 40},
-                                           "pairs": 3100, "skipped_lines": 3})
+                                           "pairs": 3100}, bad_records={"total": 3, "by_reason": {"bad json": 3}},
+              files=["responses.parquet", "score_distribution.png"])
+    _png(run / "data" / "score_distribution.png")
     _manifest(run / "sft", "sft", seconds=120.5)
     _jsonl(run / "sft" / "metrics.jsonl", [{"step": i, "train/loss": 3.0 - 0.05 * i} for i in range(20)])
     for name, acc in (("rm-proxy", 0.71), ("rm-gold", 0.69)):
@@ -102,9 +107,11 @@ def make_run_dir(root: Path) -> Path:
     _jsonl(run / "rl" / "metrics.jsonl", [
         {"step": i, "objective/score": 0.1 * i, "objective/kl": 0.3 * i, "objective/entropy": 2.0 - 0.02 * i,
          "gen/length": 40 + i, "kl/beta": 0.05, "gen/eos_rate": 0.9} for i in range(1, 31)])
-    _eval_dir(run / "eval", _eval_rows(rng, 12, shift=1.5))
+    _eval_dir(run / "eval", _eval_rows(rng, 12, shift=0.8))
     _eval_dir(run / "eval-goal", _eval_rows(rng, 12, shift=0.0), policy="run/sft-tier", goal="good")
     (run / "notes").mkdir()  # an unrelated folder is ignored
+    (run / "manifest.json").write_text(json.dumps({"stage": "run", "status": "finished", "seconds": 1500.0, "stages": [
+        {"name": "rl", "status": "ran", "seconds": 610.0}, {"name": "rl-long", "status": "failed"}]}))
     return run
 
 
@@ -137,15 +144,19 @@ def test_report_of_a_full_run(full_report):
     # model output is escaped, not interpreted
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     assert "could not be drawn" not in page
-    # honest headline: eval has a clear win (shift 1.5), eval-goal no real difference
-    head = page[page.index("id='headline'"):page.index("id='stages'")]
+    # honest headline: eval has a clear win (shift 0.8), eval-goal no real difference
+    head = page[page.index("id='headline'"):page.index("id='win'")]
     assert "[eval] On the gold judge <code>rm-gold</code>, the policy <code>rl</code> <b>beat</b>" in head
     assert "[eval-goal]" in head and "<b>did not clearly beat</b>" in head and "goal <code>good</code>" in head
     # reward models: 0.69 +- 0.04 vs longer 0.62 +- 0.04 -> 0.65 > 0.66? no: overlapping -> "some"
     # (it beats loglik 0.52 +- 0.04 clearly: 0.65 > 0.56)
     assert "[rm-gold on askacademia] reward-model pairwise accuracy 0.690 [0.650, 0.730]" in head
     assert "intervals apart: loglik sum" in head
-    for section in ("data_counts_data", "rm_accuracy_rm_gold_on_askacademia", "rm_calibration_rm_proxy_on_askacademia",
+    assert "<td>rl</td><td>ran</td><td>2026-01-01T00:00:00Z</td><td>610</td>" in page  # the run's timing wins
+    assert "<td>rl-long</td><td>failed</td>" in page and "Run status: finished, 1500 s in all." in page
+    assert "raw score vs posting delay (within-thread Spearman; the exposure confound)" in page
+    assert "Hidden utility = 1·relevance + 0.5·sentiment + 0.5·length − 1·repetition." in page
+    for section in ("data_counts_data", "data_counts_simulate", "data_data_score_distribution", "rm_accuracy_rm_gold_on_askacademia", "rm_calibration_rm_proxy_on_askacademia",
                     "rm_rm_gold_on_askacademia_accuracy_buckets", "rl_curves_rl", "frontier", "win_rates",
                     "true_utility_eval", "true_vs_reward_eval", "training_losses"):
         assert (run / REPORT_DIR / f"{section}.png").is_file(), section
@@ -175,6 +186,7 @@ def test_report_tolerates_broken_and_partial_inputs(tmp_path):
         f.write('{"step": 31, "objective/sc')  # torn last line
     (run / "rm-proxy" / "eval.json").write_text(json.dumps({"communities": {"a": _rm_eval(0.7, 0.6), "b": {}}}))
     shutil.rmtree(run / "data")
+    shutil.rmtree(run / "simulate")
     page = write_report(run).read_text()
     assert "data: not run" in page
     assert "could not be drawn" not in page

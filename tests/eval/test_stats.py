@@ -53,11 +53,6 @@ def test_win_outcomes_count_ties_half():
         stats.win_outcomes([1, 2], [1])
 
 
-def test_group_means_in_order_of_appearance():
-    # groups b: (1+3)/2 = 2, a: 4
-    assert stats.group_means([1, 4, 3], ["b", "a", "b"]).tolist() == [2.0, 4.0]
-
-
 def test_distinct_n_by_hand():
     # unigrams of "a b a" + "a b": a b a a b -> unique {a, b}: 2/5
     # bigrams: (a,b) (b,a) (a,b) -> 2/3
@@ -78,6 +73,27 @@ def test_rankdata_and_spearman_match_scipy():
     assert stats.spearman([1, 2, 3], [10, 20, 40]) == pytest.approx(1.0)
     assert stats.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(stats.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_cluster_bootstrap_by_hand():
+    # clusters x = [1, 1], y = [0, 0, 0, 0]: the point estimate is the mean of all values,
+    # 2/6.  A resample draws 2 clusters: {x, x} -> 1, {y, y} -> 0, {x, y} -> 2/6, with
+    # probabilities 1/4, 1/4, 1/2, so the 2.5% and 97.5% quantiles are 0 and 1.
+    r = stats.bootstrap_ci([1, 1, 0, 0, 0, 0], clusters=["x", "x", "y", "y", "y", "y"], n_resamples=2000)
+    assert r["value"] == pytest.approx(2 / 6) and r["n"] == 2
+    assert (r["low"], r["high"]) == (0.0, 1.0)
+    # the fraction of resamples at each possible value matches 1/4, 1/4, 1/2
+    # (checked through the median, which is the mixed value 2/6)
+    med = stats.bootstrap_ci([1, 1, 0, 0, 0, 0], clusters=list("xxyyyy"), n_resamples=2000, confidence=0.0)
+    assert med["low"] == pytest.approx(2 / 6) and med["high"] == pytest.approx(2 / 6)
+    # one value per cluster: the same interval as the plain bootstrap up to resampling noise
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=300)
+    a = stats.bootstrap_ci(x, clusters=np.arange(300), n_resamples=3000)
+    b = stats.bootstrap_ci(x, n_resamples=3000)
+    assert a["low"] == pytest.approx(b["low"], abs=0.02) and a["high"] == pytest.approx(b["high"], abs=0.02)
+    with pytest.raises(ValueError):
+        stats.bootstrap_ci([1.0, 2.0], statistic=np.median, clusters=[0, 1])
 
 
 def test_describe_resamples_groups():

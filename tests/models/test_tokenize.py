@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ambient_rlhf.models.load import load_tokenizer
-from ambient_rlhf.models.tokenize import (GOAL_TOKENS, add_goal_tokens, encode_pair, encode_prompt, has_goal_tokens,
+from ambient_rlhf.models.tokenize import (GOAL_TOKENS, add_goal_tokens, encode_pair, encode_pairs, encode_prompt, has_goal_tokens,
                                           pad_batch, render_prompt)
 
 
@@ -63,3 +63,12 @@ def test_pad_batch_sides():
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
     assert att.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert lab.tolist() == [[-100, 2, 3], [-100, -100, 4]]
+
+
+def test_encode_pairs_equals_encode_pair(tok):
+    rows = [("a question " * 30, "short answer", None), ("a question " * 30, "another " * 40, "good"),
+            ("q2", "x", "bad")]
+    many = encode_pairs(tok, rows, 40, 20)
+    one = [encode_pair(tok, p, r, 40, 20, goal=g) for p, r, g in rows]
+    assert many == one
+    assert many[0].prompt_truncated and many[1].response_truncated and not many[2].response_truncated

@@ -255,3 +255,14 @@ def test_real_default_model_two_steps_and_generate(data_dir, tmp_path, default_m
     # an instruction-tuned model answers a plain question in words
     texts = generate(str(out), ["What is the capital of France?"], max_new_tokens=8, temperature=0.0)
     assert "Paris" in texts[0]
+
+
+def test_clear_errors(tmp_path, capsys, data_dir):
+    assert main(["sft", "--data", str(tmp_path / "nope"), "--model", "tiny-random", "--out", str(tmp_path / "o")]) == 2
+    assert "responses.parquet: not found" in capsys.readouterr().err
+    assert main(["sft", "--data", str(data_dir), "--out", str(tmp_path / "o"), "bogus=1"]) == 2
+    assert "unknown config key 'bogus'" in capsys.readouterr().err
+    assert main(["sft", "--data", str(data_dir), "--out", str(tmp_path / "o2"), "--resume"]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    assert main(["sft", "--help-config"]) == 0
+    assert "max_prompt_tokens = 256" in capsys.readouterr().out

@@ -28,7 +28,7 @@ from ambient_rlhf import AmbientError
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.data import labels as L
 from ambient_rlhf.data.pairs import PairRule, is_pair, thread_pairs
-from ambient_rlhf.data.schema import PAIRS_FILE, RANKINGS_FILE, RESPONSES_FILE, SPLITS, TIERS
+from ambient_rlhf.data.schema import PAIRS_FILE, RANKINGS_FILE, RESPONSES_FILE
 from ambient_rlhf.data.sources import BadRecords, discover
 from ambient_rlhf.data.splits import split_of
 from ambient_rlhf.data.threads import Counts, Thread, read_input
@@ -131,9 +131,11 @@ class LabelConfig:
     """Weight of -rank_z in adjusted (higher rank_z = worse rank)."""
     delay_weight: float = 0.5
     """Weight of delay_z in adjusted: a late answer that still ranks well overcame the early-
-    answer advantage.  0.5 is about the pooled within-thread correlation of rank and delay on
-    AskAcademia (0.35-0.5); the build reports that correlation for your data in the manifest
-    (labels.rank_delay_correlation) so you can set this to it."""
+    answer advantage.  With both z-scores standardised, regressing rank_z on delay_z gives a
+    slope equal to their pooled within-thread correlation, so -rank_z + corr * delay_z is the
+    rank with the linear time effect removed; corr is 0.50 on AskAcademia (0.35 on the beer
+    table).  Every build reports it for its data as labels.rank_delay_correlation in the
+    manifest, to set this from."""
     tier_quantiles: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
     """Quantiles of adjusted (over the train split) that separate bad | ok | good; terciles."""
     reply_sentiment: bool = True

@@ -31,7 +31,7 @@ def cli(argv: list[str]) -> int:
     raise AmbientError(f"unknown data subcommand '{sub}'; valid: build, simulate")
 
 
-SIMULATE_MODULES = ("ambient_rlhf.data.simulate", "ambient_rlhf.simulate")
+SIMULATE_MODULES = ("ambient_rlhf.simulate", "ambient_rlhf.data.simulate")
 
 
 def _simulate(argv: list[str]) -> int:

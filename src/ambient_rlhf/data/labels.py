@@ -17,7 +17,6 @@ assembled and forget it.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -129,7 +128,3 @@ def sentiment(text: str) -> float:
 def mean_or_none(total: float, n: int) -> float | None:
     """``total / n`` or None when ``n == 0`` (reply_sentiment without replies)."""
     return None if n == 0 else total / n
-
-
-def is_finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

@@ -83,13 +83,16 @@ def write_plots(out: Path) -> list[str]:
     tiers = np.asarray(r.column("tier").to_pylist(), dtype=object)
     splits = np.asarray(r.column("split").to_pylist(), dtype=object)
     x = np.arange(len(SPLITS))
+    top = 0.0
     for j, t in enumerate(TIERS):
         frac = [((splits == s) & (tiers == t)).sum() / max((splits == s).sum(), 1) for s in SPLITS]
+        top = max(top, *frac)
         ax.bar(x + (j - 1) * 0.27, frac, width=0.27, label=t)
     ax.set_xticks(x, SPLITS)
+    ax.set_ylim(0, max(top, 0.01) * 1.35)
     ax.set_ylabel("fraction of responses")
     ax.set_title("Tier balance (thresholds from train)")
-    ax.legend()
+    ax.legend(ncol=3, loc="upper center")
     save(fig, "tier_balance.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -128,8 +131,13 @@ def write_report(out: Path, cfg: Any, counts: dict[str, dict[str, int]], bad: di
                   f"{t.get('good', 0)} | {t.get('ok', 0)} | {t.get('bad', 0)} |")
     md.append("")
     th = info.get("tier_thresholds", {})
-    md.append(f"Tiers by quantiles {list(cfg.labels.tier_quantiles)} of `adjusted` over {info.get('tier_basis')}: "
-              f"bad < {th.get('bad_below')}, good > {th.get('good_above')}.  Pooled within-thread "
+
+    def r4(x):
+        return None if x is None else round(x, 4)
+
+    md.append(f"Tiers by quantiles {[r4(q) for q in cfg.labels.tier_quantiles]} of `adjusted` over "
+              f"{info.get('tier_basis')}: bad < {r4(th.get('bad_below'))}, good > {r4(th.get('good_above'))}.  "
+              f"Pooled within-thread "
               f"correlation of rank_z and delay_z (train): {info.get('rank_delay_correlation')} "
               f"(labels.delay_weight = {cfg.labels.delay_weight}).  Pairs time rule: "
               f"{'on' if cfg.labels.time_rule else 'OFF (baseline pairs)'}.")

@@ -68,7 +68,9 @@ from ambient_rlhf.logging import get_logger
 
 log = get_logger("data.simulate")
 
-UTILITY_FILE = "utility.parquet"
+UTILITY_FILE = "truth/utility.parquet"
+"""The answers' true utility, in a subdirectory so that ``ambient data build SIMDIR``
+reads only the dump."""
 
 # ---- the hidden utility -------------------------------------------------------------------
 UTILITY_WEIGHTS = {"relevance": 1.0, "sentiment": 0.5, "length": 0.5, "repetition": -1.0}
@@ -169,12 +171,14 @@ class VoteConfig:
     downvote_rate: float = 0.03
     """Fraction of viewers who downvote an answer they dislike (Reddit readers downvote
     far less than they upvote)."""
-    utility_center: float = 0.75
-    """Utility at which half of the viewers like an answer (near the median utility of
-    the default model's answers, so likes spread over the whole range)."""
-    utility_slope: float = 3.0
-    """p_like = sigmoid(slope * (utility - center)); 3 moves p_like from 0.18 to 0.82
-    between center -0.5 and center +0.5."""
+    utility_center: float = 1.0
+    """Utility at which half of the viewers like an answer: about the median utility of
+    the default model's answers (1.05 measured over 64 of them), so likes spread over the
+    whole range."""
+    utility_slope: float = 4.0
+    """p_like = sigmoid(slope * (utility - center)); 4 moves p_like from 0.12 to 0.88
+    between center - 0.5 and center + 0.5 (about +-1.4 std of the default model's
+    answers' utility), so quality shows through the confounds."""
     reply_rate: float = 0.01
     """Expected direct replies per viewer (Poisson), capped by ``max_replies``."""
     max_replies: int = 3
@@ -399,28 +403,20 @@ def _base36(n: int) -> str:
             return s
 
 
-def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[str]],
-                     on_progress: Callable[[int], None] | None = None) -> tuple[list[dict], list[dict], pd.DataFrame]:
+def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[str]]) -> tuple[list[dict], list[dict], pd.DataFrame]:
     """Simulate the community: returns (submissions, comments, utility table).
 
-    ``respond`` is called once per batch of ``cfg.batch_size`` generation prompts (the
-    K answers of a question are consecutive) so a model responder can report progress;
-    ``on_progress(n_answers)`` is called after each batch."""
+    ``respond`` is called once with every generation prompt (the K answers of a question
+    are consecutive) and returns one answer per prompt."""
     vc = cfg.votes
     rng = np.random.default_rng([cfg.seed, 3])
     prompts = compose_prompts(cfg.threads, cfg.seed)
     style_names = [name for name, _ in STYLES] if cfg.styles else ["plain"]
     styles = [[str(rng.choice(style_names)) for _ in range(cfg.responses)] for _ in prompts]
     gen_prompts = [generation_prompt(prompt_text(p["title"], p["body"]), s) for p, ss in zip(prompts, styles) for s in ss]
-    answers: list[str] = []
-    for i in range(0, len(gen_prompts), cfg.batch_size):
-        batch = gen_prompts[i:i + cfg.batch_size]
-        got = respond(batch)
-        if len(got) != len(batch):
-            raise AmbientError(f"responder returned {len(got)} answers for {len(batch)} prompts")
-        answers.extend(a.strip() for a in got)
-        if on_progress is not None:
-            on_progress(len(batch))
+    answers = [a.strip() for a in respond(gen_prompts)]
+    if len(answers) != len(gen_prompts):
+        raise AmbientError(f"responder returned {len(answers)} answers for {len(gen_prompts)} prompts")
 
     span = cfg.span_days * 86400
     created = np.sort(cfg.start_utc + rng.uniform(0, span, size=cfg.threads)).astype(np.int64)
@@ -488,9 +484,32 @@ def within_thread_spearman(df: pd.DataFrame, col: str, target: str = "utility", 
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def within_thread_pair_accuracy(df: pd.DataFrame, col: str, target: str = "utility", group: str = "thread_id") -> float:
+    """Over all pairs of answers of a thread whose ``target`` differs: the fraction that
+    ``col`` orders the same way (a tie in ``col`` counts one half); NaN without pairs."""
+    hits, n = 0.0, 0
+    for _, g in df.groupby(group):
+        x, y = g[col].to_numpy(float), g[target].to_numpy(float)
+        i, j = np.triu_indices(len(g), k=1)
+        keep = y[i] != y[j]
+        dx, dy = x[i][keep] - x[j][keep], y[i][keep] - y[j][keep]
+        hits += float(np.sum(np.sign(dx) == np.sign(dy)) + 0.5 * np.sum(dx == 0))
+        n += int(keep.sum())
+    return hits / n if n else float("nan")
+
+
+def recovery_stats(df: pd.DataFrame, cols: Sequence[str], target: str = "utility") -> dict[str, dict[str, float]]:
+    """How well each column of ``df`` recovers ``target`` within threads: mean Spearman
+    and pair accuracy (see the two functions above), plus the numbers of threads/answers."""
+    out = {c: {"spearman": within_thread_spearman(df, c, target), "pair_accuracy": within_thread_pair_accuracy(df, c, target)}
+           for c in cols}
+    out["n"] = {"threads": int(df["thread_id"].nunique()), "responses": int(len(df))}
+    return out
+
+
 def write_dump(out: Path, cfg: SimulateConfig, subs: list[dict], comments: list[dict], table: pd.DataFrame,
                extra: dict | None = None) -> None:
-    """Write the NDJSON dump, ``utility.parquet`` and ``manifest.json`` into ``out``."""
+    """Write the NDJSON dump, ``truth/utility.parquet`` and ``manifest.json`` into ``out``."""
     from ambient_rlhf.config import to_dict
 
     with open(out / f"{cfg.community}_submissions.ndjson", "w") as f:
@@ -499,6 +518,7 @@ def write_dump(out: Path, cfg: SimulateConfig, subs: list[dict], comments: list[
     with open(out / f"{cfg.community}_comments.ndjson", "w") as f:
         for c in comments:
             f.write(json.dumps(c) + "\n")
+    (out / UTILITY_FILE).parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out / UTILITY_FILE, index=False)
     summary = {
         "utility_mean": float(table["utility"].mean()),
@@ -513,8 +533,8 @@ def write_dump(out: Path, cfg: SimulateConfig, subs: list[dict], comments: list[
 
 
 def simulate(out: str | Path, cfg: SimulateConfig, respond: Callable[[list[str]], list[str]] | None = None,
-             overwrite: bool = False, on_progress: Callable[[int], None] | None = None) -> Path:
-    """Simulate a community into ``out`` (a Pushshift-format dump + utility.parquet).
+             overwrite: bool = False) -> Path:
+    """Simulate a community into ``out`` (a Pushshift-format dump + truth/utility.parquet).
 
     ``respond`` produces the answers; when omitted, ``cfg.model`` must be ``template``
     (model answers need :func:`ambient_rlhf.simulate.simulate`, outside ``data/``)."""
@@ -525,14 +545,14 @@ def simulate(out: str | Path, cfg: SimulateConfig, respond: Callable[[list[str]]
         respond = template_responder(cfg.seed)
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        subs, comments, table = simulate_threads(cfg, respond, on_progress)
+        subs, comments, table = simulate_threads(cfg, respond)
         write_dump(tmp, cfg, subs, comments, table)
     log.info("simulated %d threads, %d answers into %s", len(subs), len(table), out)
     return out
 
 
 def load_utility(sim_dir: str | Path) -> pd.DataFrame:
-    """The utility table of a simulated dump (``utility.parquet``)."""
+    """The utility table of a simulated dump (``truth/utility.parquet``)."""
     p = Path(sim_dir) / UTILITY_FILE
     if not p.is_file():
         raise AmbientError(f"{p}: no utility table; is {sim_dir} a simulated community (ambient data simulate)?")

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.logging import get_logger
+from ambient_rlhf.logging import get_logger, progress
 
 log = get_logger("data.sources")
+loads = json.loads
 
 ZSTD_WINDOW = 2**31  # real dumps are written with `zstd --long=31`
 CHUNK = 1 << 20
@@ -88,24 +89,57 @@ def base_name(path: str | Path) -> str:
     return name[:-4] if name.endswith(".zst") else name
 
 
-def iter_lines(path: str | Path, bad: BadRecords | None = None) -> Iterator[tuple[int, bytes]]:
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _bar(desc: str | None, total: int | None, unit: str):
+    """A progress bar when ``desc`` is given, else a no-op with the same interface."""
+    return progress(total=total, desc=desc, unit=unit) if desc else _NoBar()
+
+
+def iter_lines(path: str | Path, bad: BadRecords | None = None, desc: str | None = None) -> Iterator[tuple[int, bytes]]:
     """``(line_number, raw_line)`` for every non-blank line of a plain or ``.zst`` file.
 
     ``.zst`` is decompressed chunk by chunk (any number of frames, 2 GiB window).  A
     stream that ends inside a frame, or a corrupt frame, is reported to ``bad`` once as
     ``file:line: truncated or corrupt zstd stream`` and ends the file (a partial last
-    line is not parsed).
+    line is not parsed).  With ``desc``, a progress bar over the file's (compressed) bytes
+    shows the rate and the ETA.
     """
     p = check_file(path)
     lineno = 0
+    bar = progress(total=p.stat().st_size, desc=desc, unit="B", unit_scale=True) if desc else None
+    try:
+        if not is_zst(p):
+            with open(p, "rb") as f:
+                done = 0
+                for raw in f:
+                    lineno += 1
+                    if bar is not None:
+                        done += len(raw)
+                        if done >= CHUNK:
+                            bar.update(done)
+                            done = 0
+                    if raw.strip():
+                        yield lineno, raw.rstrip(b"\r\n")
+            return
+        yield from _iter_zst_lines(p, bad, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _iter_zst_lines(p: Path, bad: BadRecords | None, bar) -> Iterator[tuple[int, bytes]]:
+    lineno = 0
     buf = b""
-    if not is_zst(p):
-        with open(p, "rb") as f:
-            for raw in f:
-                lineno += 1
-                if raw.strip():
-                    yield lineno, raw.rstrip(b"\r\n")
-        return
     import zstandard
 
     dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW)
@@ -116,6 +150,8 @@ def iter_lines(path: str | Path, bad: BadRecords | None = None) -> Iterator[tupl
             chunk = f.read(CHUNK)
             if not chunk:
                 break
+            if bar is not None:
+                bar.update(len(chunk))
             try:
                 data = b""
                 while chunk:
@@ -150,14 +186,14 @@ def iter_lines(path: str | Path, bad: BadRecords | None = None) -> Iterator[tupl
         yield lineno + 1, buf
 
 
-def iter_json_objects(path: str | Path, bad: BadRecords) -> Iterator[tuple[int, dict]]:
+def iter_json_objects(path: str | Path, bad: BadRecords, desc: str | None = None) -> Iterator[tuple[int, dict]]:
     """``(line, object)`` for every line that parses to a JSON object; the others are bad.
 
     ``bad.seen`` counts every non-blank line, good or bad."""
-    for lineno, raw in iter_lines(path, bad):
+    for lineno, raw in iter_lines(path, bad, desc):
         bad.seen += 1
         try:
-            obj = json.loads(raw)
+            obj = loads(raw.decode("utf-8"))  # str input skips json's encoding sniffing
         except ValueError as e:
             bad.add(path, lineno, f"malformed JSON ({str(e)[:80]})", kind="malformed JSON")
             continue
@@ -179,7 +215,7 @@ def open_text(path: str | Path):
     return open(p, encoding="utf-8", errors="replace", newline="")
 
 
-def iter_table_rows(path: str | Path, bad: BadRecords) -> Iterator[tuple[int, dict]]:
+def iter_table_rows(path: str | Path, bad: BadRecords, desc: str | None = None) -> Iterator[tuple[int, dict]]:
     """``(line_or_row, row_dict)`` of a CSV, JSONL or Parquet table, streamed.
 
     CSV: the line where the record starts (header = line 1).  Parquet: the row number
@@ -194,18 +230,20 @@ def iter_table_rows(path: str | Path, bad: BadRecords) -> Iterator[tuple[int, di
         except Exception as e:  # pyarrow raises several types for non-parquet input
             raise AmbientError(f"{path}: not a readable Parquet file ({e})") from None
         row = 0
-        for batch in pf.iter_batches(batch_size=4096):
-            for rec in batch.to_pylist():
-                row += 1
-                bad.seen += 1
-                yield row, rec
+        with _bar(desc, pf.metadata.num_rows, "row") as bar:
+            for batch in pf.iter_batches(batch_size=4096):
+                for rec in batch.to_pylist():
+                    row += 1
+                    bad.seen += 1
+                    yield row, rec
+                bar.update(batch.num_rows)
         return
     if name.endswith((".jsonl", ".json", ".ndjson")):
-        yield from iter_json_objects(path, bad)
+        yield from iter_json_objects(path, bad, desc)
         return
     if name.endswith(".csv"):
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-        with open_text(path) as f:
+        with open_text(path) as f, _bar(desc, None, "row") as bar:
             reader = csv.reader(f)
             try:
                 header = next(reader)
@@ -229,6 +267,7 @@ def iter_table_rows(path: str | Path, bad: BadRecords) -> Iterator[tuple[int, di
                 if not values or (len(values) == 1 and not values[0].strip()):
                     continue
                 bad.seen += 1
+                bar.update(1)
                 if len(values) != len(header):
                     bad.add(path, line, f"expected {len(header)} fields, got {len(values)}", kind="wrong field count")
                     continue
@@ -334,7 +373,9 @@ def discover(sources: list[str], fmt: str = "auto") -> list[Input]:
             raise AmbientError(f"{p}: no such file or directory")
         if p.is_dir():
             inside = sorted(x for x in p.iterdir() if x.is_file() and not x.name.startswith("."))
-            usable = [x for x in inside if _dump_role(x) or base_name(x).lower().endswith(TABLE_EXTS)]
+            # manifest.json: every stage directory has one (e.g. `ambient data simulate` output)
+            usable = [x for x in inside if x.name != "manifest.json"
+                      and (_dump_role(x) or base_name(x).lower().endswith(TABLE_EXTS))]
             if not usable:
                 raise AmbientError(
                     f"{p}: no input files found (expected *_submissions/*_comments dumps or a "

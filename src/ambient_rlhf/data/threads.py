@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from ambient_rlhf import AmbientError
 from ambient_rlhf.data import labels as L
 from ambient_rlhf.data.sources import BadRecords, Input, iter_json_objects, iter_table_rows, table_columns
-from ambient_rlhf.logging import get_logger, progress
+from ambient_rlhf.logging import get_logger
 
 if TYPE_CHECKING:  # pragma: no cover
     from ambient_rlhf.data.build import ColumnMap, DataConfig, FilterConfig
@@ -51,15 +52,21 @@ class Counts:
     def __init__(self) -> None:
         self.d: dict[str, dict[str, int]] = {}
 
+    def group(self, group: str) -> dict[str, int]:
+        """The counter dict of ``group`` (``g[key] += 1`` in hot loops)."""
+        g = self.d.get(group)
+        if g is None:
+            g = self.d[group] = defaultdict(int)
+        return g
+
     def inc(self, group: str, key: str, n: int = 1) -> None:
-        g = self.d.setdefault(group, {})
-        g[key] = g.get(key, 0) + n
+        self.group(group)[key] += n
 
     def get(self, group: str, key: str) -> int:
         return self.d.get(group, {}).get(key, 0)
 
     def as_dict(self) -> dict[str, dict[str, int]]:
-        return {g: dict(sorted(v.items())) for g, v in self.d.items()}
+        return {g: dict(sorted((k, n) for k, n in v.items() if n)) for g, v in self.d.items()}
 
 
 @dataclass
@@ -98,6 +105,8 @@ class BadField(ValueError):
 
 def get_str(o: dict, key: str, required: bool = True, default: str | None = None) -> str | None:
     v = o.get(key)
+    if type(v) is str:  # fast path: the common case
+        return v
     if v is None:
         if required:
             raise BadField(f"missing field '{key}'")
@@ -112,6 +121,9 @@ def get_str(o: dict, key: str, required: bool = True, default: str | None = None
 def get_num(o: dict, key: str, required: bool = True) -> float | None:
     """A number; numeric strings (old Pushshift dumps, CSV cells) are accepted."""
     v = o.get(key)
+    if type(v) is int or type(v) is float:  # fast path (bool is not int here)
+        if v == v and v not in (math.inf, -math.inf):
+            return float(v)
     if v is None or (isinstance(v, str) and not v.strip()):
         if required:
             raise BadField(f"missing field '{key}'")
@@ -133,6 +145,9 @@ def get_num(o: dict, key: str, required: bool = True) -> float | None:
 
 
 def get_int(o: dict, key: str, required: bool = True) -> int | None:
+    v = o.get(key)
+    if type(v) is int:  # fast path
+        return v
     f = get_num(o, key, required)
     if f is None:
         return None
@@ -231,7 +246,8 @@ def read_submissions(path: Path, cfg: "DataConfig", counts: Counts, bad: BadReco
     f = cfg.filters
     status: dict[str, Any] = {}
     sub_filter = f.subreddit.lower() if f.subreddit else None
-    for line, o in progress(iter_json_objects(path, bad), desc="submissions", unit="rec"):
+    seen0 = bad.seen
+    for line, o in iter_json_objects(path, bad, desc="submissions"):
         try:
             sid = get_str(o, "id", required=False) or strip_prefix(get_str(o, "name") or "")
             created = get_num(o, "created_utc")
@@ -271,6 +287,8 @@ def read_submissions(path: Path, cfg: "DataConfig", counts: Counts, bad: BadReco
             counts.inc("submissions", "kept_without_retrieved_on")
         counts.inc("submissions", "kept")
         status[sid] = SubMeta(prompt, score, created, author, o.get("subreddit"))
+    if bad.seen == seen0:
+        raise AmbientError(f"{path}: no records (the file holds no non-blank line)")
     return status
 
 
@@ -304,21 +322,38 @@ def read_reddit(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) 
         rs = sorted(th.responses.values(), key=lambda r: (r.created_utc, r.response_id))
         return Thread(tid, m.prompt, m.score, m.created_utc, source, m.subreddit, rs)
 
-    for line, o in progress(iter_json_objects(path, bad), desc="comments", unit="rec"):
-        try:
-            cid = get_str(o, "id", required=False) or strip_prefix(get_str(o, "name") or "")
-            link = get_str(o, "link_id")
-            parent = get_str(o, "parent_id")
-            created = get_num(o, "created_utc")
-            body = get_str(o, "body")
-            score = get_int(o, "score")
-            author = get_str(o, "author", required=False, default="")
-        except BadField as e:
-            bad.add(path, line, str(e), kind=str(e).split(":")[0])
-            continue
-        counts.inc("comments", "read")
+    comments_c, responses_c, replies_c = counts.group("comments"), counts.group("responses"), counts.group("replies")
+    seen0 = bad.seen
+
+    def cc(key: str) -> None:
+        comments_c[key] += 1
+
+    def rc(key: str) -> None:
+        responses_c[key] += 1
+
+    def pc(key: str) -> None:
+        replies_c[key] += 1
+
+    for line, o in iter_json_objects(path, bad, desc="comments"):
+        cid, link, parent, created, body, score, author = (
+            o.get("id"), o.get("link_id"), o.get("parent_id"), o.get("created_utc"), o.get("body"),
+            o.get("score"), o.get("author"))
+        if not (type(cid) is str and type(link) is str and type(parent) is str and type(created) is int
+                and type(body) is str and type(score) is int and type(author) is str):
+            try:  # the slow path: coerce numeric strings, or report what is wrong
+                cid = get_str(o, "id", required=False) or strip_prefix(get_str(o, "name") or "")
+                link = get_str(o, "link_id")
+                parent = get_str(o, "parent_id")
+                created = get_num(o, "created_utc")
+                body = get_str(o, "body")
+                score = get_int(o, "score")
+                author = get_str(o, "author", required=False, default="")
+            except BadField as e:
+                bad.add(path, line, str(e), kind=str(e).split(":")[0])
+                continue
+        cc("read")
         if sub_filter and (o.get("subreddit") or "").lower() != sub_filter:
-            counts.inc("comments", "other_subreddit")
+            cc("other_subreddit")
             continue
         if created > now:
             now = created
@@ -329,26 +364,26 @@ def read_reddit(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) 
         tid = strip_prefix(link)
         st = status.get(tid)
         if st is None:
-            counts.inc("comments", "submission_absent")
+            cc("submission_absent")
             bad.add(path, line, f"comment {cid}: its submission {link} is absent", kind="submission absent")
             continue
         if st is _DROPPED:
-            counts.inc("comments", "thread_dropped")
+            cc("thread_dropped")
             continue
         if st is _CLOSED:
-            counts.inc("comments", "late")
+            cc("late")
             continue
         th = open_.get(tid)
         if th is None:
             close_at = st.created_utc + window
             if close_at < now:
-                counts.inc("comments", "late")
+                cc("late")
                 continue
             th = open_[tid] = _Open(st)
             heapq.heappush(heap, (close_at, tid))
             peak_open = max(peak_open, len(open_))
         if parent == link:  # top-level comment: a candidate response
-            counts.inc("comments", "top_level")
+            cc("top_level")
             reason = response_drop_reason(
                 body, author, th.meta.author, get_bool(o, "stickied"), o.get("distinguished"), f, bots)
             if reason is None:
@@ -357,30 +392,32 @@ def read_reddit(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) 
             if reason is None and name in th.responses:
                 reason = "duplicate_id"
             if reason is not None:
-                counts.inc("responses", reason)
+                rc(reason)
                 continue
-            counts.inc("responses", "assembled")
+            rc("assembled")
             th.responses[name] = Response(cid, body, score, created, author)
             continue
-        counts.inc("comments", "reply")
+        cc("reply")
         parent_resp = th.responses.get(parent)
         if parent_resp is None:
-            counts.inc("replies", "not_to_kept_response")  # nested deeper, or parent dropped
+            pc("not_to_kept_response")  # nested deeper, or parent dropped
             continue
         if body.strip() in DELETED_TEXT or not body.strip():
-            counts.inc("replies", "deleted_text")
+            pc("deleted_text")
         elif author.strip() in DELETED_AUTHOR:
-            counts.inc("replies", "deleted_author")
+            pc("deleted_author")
         elif author.lower() in bots:
-            counts.inc("replies", "bot")
+            pc("bot")
         elif author == parent_resp.author:
-            counts.inc("replies", "self_reply")
+            pc("self_reply")
         elif not want_sentiment:
-            counts.inc("replies", "sentiment_off")
+            pc("sentiment_off")
         else:
-            counts.inc("replies", "used")
+            pc("used")
             parent_resp.sentiment_sum += L.sentiment(body)
             parent_resp.n_replies += 1
+    if bad.seen == seen0:
+        raise AmbientError(f"{path}: no records (the file holds no non-blank line)")
     for _, tid in sorted(heap):
         if tid in open_:
             yield close(tid)
@@ -415,12 +452,12 @@ def read_table(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -
     f = cfg.filters
     cm: "ColumnMap" = cfg.source.columns
     bots = bot_set(f)
-    cols = set(table_columns(path))
+    cols = set(table_columns(path))  # JSONL: the first object's keys (required ones must be there)
     required = {k: getattr(cm, k) for k in (
         "prompt_id", "prompt", "prompt_score", "prompt_created_utc", "response_id", "response",
         "response_score", "response_created_utc")}
     missing = [f"{k} (column '{v}')" for k, v in required.items() if v not in cols]
-    if missing and not base_name_is_jsonl(path):
+    if missing:
         raise AmbientError(
             f"{path}: missing columns {', '.join(missing)}; found {sorted(cols)}. Map them with "
             f"source.columns.<name>=<column>, e.g. source.columns.prompt=question")
@@ -431,7 +468,8 @@ def read_table(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -
     finished: set[str] = set()
     seen_resp: set[str] = set()
     source = str(path)
-    for line, row in progress(iter_table_rows(path, bad), desc="rows", unit="row"):
+    seen0 = bad.seen
+    for line, row in iter_table_rows(path, bad, desc="rows"):
         try:
             pid = get_str(row, cm.prompt_id)
             rid = get_str(row, cm.response_id)
@@ -495,14 +533,10 @@ def read_table(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -
                 r.sentiment_sum += L.sentiment(child)
                 r.n_replies += 1
         cur.responses.append(r)
+    if bad.seen == seen0:
+        raise AmbientError(f"{path}: no records (only a header or blank lines)")
     if cur is not None and cur_dropped is None:
         yield cur
-
-
-def base_name_is_jsonl(path: Path) -> bool:
-    """JSONL tables may omit null fields per row, so the first row is no schema."""
-    n = str(path).lower()
-    return n.endswith((".jsonl", ".json", ".ndjson", ".jsonl.zst", ".json.zst", ".ndjson.zst"))
 
 
 # ---------------------------------------------------------------- SHP pair files
@@ -514,7 +548,8 @@ def read_shp(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -> 
     bots = bot_set(f)
     posts: dict[str, Thread] = {}
     index: dict[str, dict[str, int]] = {}
-    for line, row in progress(iter_table_rows(path, bad), desc="pairs", unit="row"):
+    seen0 = bad.seen
+    for line, row in iter_table_rows(path, bad, desc="SHP pairs"):
         try:
             pid = get_str(row, "post_id")
             prompt = get_str(row, "history")
@@ -558,6 +593,8 @@ def read_shp(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -> 
         counts.inc("shp_rows", "kept")
         a, b = idx
         th.given_pairs.append((a, b) if label == 1 else (b, a))
+    if bad.seen == seen0:
+        raise AmbientError(f"{path}: no records (only a header or blank lines)")
     counts.inc("responses", "assembled", sum(len(t.responses) for t in posts.values()))
     for th in posts.values():
         th.given_pairs = sorted(set(th.given_pairs))

@@ -39,7 +39,7 @@ from ambient_rlhf import AmbientError
 from ambient_rlhf.config import config_help, load_config, to_dict
 from ambient_rlhf.eval import stats
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
-from ambient_rlhf.logging import get_logger, progress, setup_logging
+from ambient_rlhf.logging import get_logger, setup_logging
 
 log = get_logger("eval")
 
@@ -230,12 +230,15 @@ def response_logprobs(side: Side, prompts: list[str], responses: list[str], cfg:
             mask[i, T - n:] = 1
             resp[i, T - n + e.prompt_len:] = True
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kw = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), use_cache=False)
         with torch.no_grad():
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                        logits_to_keep=L + 1, use_cache=False)
-        # logits (B, L+1, V) predict positions T-L .. T (the last one predicts nothing)
+            try:
+                logits = model(**kw, logits_to_keep=L + 1).logits
+            except TypeError:  # an architecture without logits_to_keep: all positions, then slice
+                logits = model(**kw).logits
+        logits = logits[:, -(L + 1):-1]  # (B, L, V): predictions of positions T-L .. T-1
         target = ids[:, T - L:].to(device)  # (B, L)
-        tok_logp = logprobs_from_logits(out.logits[:, :-1], target, cfg.temperature)  # (B, L)
+        tok_logp = logprobs_from_logits(logits, target, cfg.temperature)  # (B, L)
         m = resp[:, T - L:].to(device)
         sums[start:start + len(enc)] = (tok_logp * m).sum(-1).cpu().numpy()
         counts[start:start + len(enc)] = m.sum(-1).cpu().numpy()
@@ -244,22 +247,14 @@ def response_logprobs(side: Side, prompts: list[str], responses: list[str], cfg:
 
 # ---- step 4: reward models -----------------------------------------------------------------
 def load_judge(path: str, device=None):
-    """A reward model and its tokenizer (``models.heads.load_reward_model`` when present)."""
-    from ambient_rlhf.models import heads
+    """A reward model (single or composite) and its tokenizer, in eval mode on ``device``."""
+    from ambient_rlhf.models.heads import load_reward_model
 
-    if hasattr(heads, "load_reward_model"):
-        rm = heads.load_reward_model(path)
-        tok = getattr(rm, "tokenizer", None)
-    else:  # pragma: no cover - before the reward-model stage adds its loader
-        rm, tok = heads.ScalarHeadModel.from_pretrained(path), None
-    if tok is None:
-        from ambient_rlhf.models.load import load_tokenizer
-
-        tok = load_tokenizer(path)
+    rm = load_reward_model(path)
     if device is not None:
         rm.to(device)
     rm.eval()
-    return rm, tok
+    return rm, rm.tokenizer
 
 
 def score(rm, tok, prompts: list[str], responses: list[str], cfg: EvalConfig, device=None) -> np.ndarray:
@@ -299,7 +294,9 @@ def is_simulated(data_dir: str | Path) -> bool:
 
     for inp in m.get("inputs", []) or []:
         p = Path(inp.get("path", "")) if isinstance(inp, dict) else Path(str(inp))
-        for d in (p, p.parent):
+        # input paths are recorded as given (maybe relative to another working directory):
+        # also look for the dump's folder beside the data directory, as `ambient run` lays it out
+        for d in (p, p.parent, Path(data_dir).parent / p.parent.name):
             if (d / UTILITY_FILE).is_file():
                 return True
             try:

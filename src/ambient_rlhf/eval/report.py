@@ -41,7 +41,7 @@ STAGES = ("data", "sft", "rm", "rl", "eval")
 STAGE_TITLES = {"data": "Data", "sft": "Behaviour cloning (SFT)", "rm": "Reward models", "rl": "Policy optimisation (RL)",
                 "eval": "Policy evaluation"}
 RL_CURVES = (("objective/score", "reward-model score"), ("objective/kl", "KL to reference (nats)"),
-             ("objective/entropy", "entropy (nats/token)"), ("gen/length", "response length (tokens)"))
+             ("objective/entropy", "entropy (nats, as logged)"), ("gen/length", "response length (tokens)"))
 
 
 # ---- reading a run directory -----------------------------------------------------------------
@@ -107,6 +107,8 @@ def discover(run_dir: str | Path) -> dict[str, list[StageDir]]:
         s = _load_stage(sub)
         if s is not None:
             found[s.stage].append(s)
+    for st in STAGES:  # in the order they ran (simulate before data), then by name
+        found[st].sort(key=lambda s: (str(s.manifest.get("created", "~")), s.name))
     return found
 
 
@@ -293,18 +295,32 @@ def headline(run: dict[str, list[StageDir]]) -> str:
     return "<ul class='headline'>" + "".join(parts + rm_parts) + "</ul>"
 
 
-def stages_table(run: dict[str, list[StageDir]]) -> str:
-    rows = []
+def stages_table(run: dict[str, list[StageDir]], run_manifest: dict[str, Any] | None = None) -> str:
+    """Every stage directory with when it finished and how long it took; with the run's
+    manifest (``ambient run``), also each stage's status there (ran, up to date, failed...)."""
+    by_name = {st.get("name"): st for st in (run_manifest or {}).get("stages", []) if isinstance(st, dict)}
+    rows, seen = [], set()
     for st in STAGES:
         if not run[st]:
-            rows.append([STAGE_TITLES[st], "–", ("html", "<span class='missing'>not run</span>"), "–"])
+            rows.append([STAGE_TITLES[st], "–", "–", ("html", "<span class='missing'>not run</span>"), "–"])
         for s in run[st]:
+            seen.add(s.name)
             secs = s.manifest.get("seconds") or s.manifest.get("timings") or {}
             total = (secs.get("total_s", secs.get("total_seconds", secs.get("total")))
                      if isinstance(secs, dict) else secs)
-            rows.append([STAGE_TITLES[st], s.name, s.manifest.get("created", "done" if s.manifest else "partial"),
-                         total if isinstance(total, (int, float)) else "–"])
-    return table(["stage", "directory", "finished", "seconds"], rows)
+            total = by_name.get(s.name, {}).get("seconds", total)
+            rows.append([STAGE_TITLES[st], s.name, by_name.get(s.name, {}).get("status", "–"),
+                         s.manifest.get("created", "done" if s.manifest else "partial"),
+                         f"{total:,.0f}" if isinstance(total, (int, float)) and not isinstance(total, bool) else "–"])
+    for name, st in by_name.items():  # stages the run knows but that left no directory (failed early)
+        if name not in seen and name != REPORT_DIR:
+            rows.append(["", name, st.get("status", "?"), "–", "–"])
+    out = table(["stage", "directory", "status in the run", "finished", "seconds"], rows)
+    if run_manifest:
+        out += (f"<p>Run status: {esc(run_manifest.get('status', '?'))}"
+                + (f", {fnum(float(run_manifest['seconds']), 0)} s in all" if isinstance(run_manifest.get("seconds"), (int, float)) else "")
+                + ".</p>")
+    return out
 
 
 def data_section(run, figs: Figures) -> str:
@@ -313,7 +329,8 @@ def data_section(run, figs: Figures) -> str:
     plt = _plt()
     out = []
     for s in run["data"]:
-        counts = flatten_numbers(s.manifest.get("counts") or {})
+        counts = {k: v for k, v in flatten_numbers(s.manifest.get("counts") or {}).items()
+                  if not k.startswith(("memory.", "peak_"))}  # resource use, not data
         if not counts:
             out.append(f"<p>{esc(s.name)}: the manifest has no counts.</p>")
             continue
@@ -328,7 +345,16 @@ def data_section(run, figs: Figures) -> str:
         ax.set_xlabel("count")
         ax.set_title(f"{s.name}: counts and filters")
         out.append(figs.save(fig, f"data_counts_{_slug(s.name)}"))
-        out.append(table(["counter", "value"], [[k, v] for k, v in counts.items()], "compact"))
+        out.append("<details><summary>all counters</summary>"
+                   + table(["counter", "value"], [[k, v] for k, v in counts.items()], "compact") + "</details>")
+        bad = s.manifest.get("bad_records")
+        if isinstance(bad, dict) and flatten_numbers(bad):
+            out.append("<p>Bad records (skipped and counted):</p>"
+                       + table(["counter", "value"], [[k, v] for k, v in flatten_numbers(bad).items()], "compact"))
+        for name in s.manifest.get("files") or []:  # the data stage's own plots
+            f = s.path / str(name)
+            if str(name).endswith(".png") and f.is_file():
+                out.append(figs.embed(f.read_bytes(), f"data_{_slug(s.name)}_{f.stem}"))
     return "".join(out)
 
 
@@ -479,12 +505,14 @@ def frontier_section(run, figs: Figures) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in rls:
-        xs, _ = _series(s.metrics, "objective/kl")
         pts = [(r["objective/kl"], r["objective/score"]) for r in s.metrics
                if isinstance(r.get("objective/kl"), (int, float)) and isinstance(r.get("objective/score"), (int, float))]
         if pts:
-            sc = ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=range(len(pts)), cmap="viridis", s=12,
-                            label=f"{s.name}: proxy score on training batches")
+            # relative to the first logged step (the policy is still ~the reference there), so
+            # that the trajectory reads on the same scale as the evaluations' differences
+            base = pts[0][1]
+            sc = ax.scatter([p[0] for p in pts], [p[1] - base for p in pts], c=range(len(pts)), cmap="viridis", s=12,
+                            label=f"{s.name}: proxy score gain on training batches")
             fig.colorbar(sc, ax=ax, label="RL step (index)")
     ax.scatter([0], [0], marker="s", color="k", label="reference (by definition)")
     colors = {"judge_score": "#c44e52", "proxy_score": "#dd8452", "true_utility": "#55a868"}
@@ -508,8 +536,9 @@ def frontier_section(run, figs: Figures) -> str:
     ax.set_title("reward vs KL")
     ax.legend(fontsize=7, loc="best")
     img = figs.save(fig, "frontier")
-    return (img + "<p class='note'>Dots: the proxy reward model's score of the RL training samples against their KL "
-            "(what RL saw). Points with bars: held-out evaluation, policy minus reference, with 95% intervals. "
+    return (img + "<p class='note'>Dots: the proxy reward model's mean score of the RL training samples minus "
+            "its value at the first logged step, against their KL (what RL saw). Points with bars: held-out "
+            "evaluation, policy minus reference, with 95% intervals. "
             "A proxy gain that the gold judge does not share is reward over-optimisation.</p>")
 
 
@@ -545,7 +574,7 @@ def win_section(run, figs: Figures) -> str:
         for side in ("policy", "reference"):
             rows.append([s.name, side, Path(str(e.get(side, ""))).name + (f" (goal {e['goal']})" if side == "policy" and e.get("goal") else ""),
                          ("html", interval(js.get(side))),
-                         (ln.get(side) or {}).get("mean_tokens"), (ln.get(side) or {}).get("stopped_rate"),
+                         ("html", fnum((ln.get(side) or {}).get("mean_tokens"), 1)), (ln.get(side) or {}).get("stopped_rate"),
                          (ds.get(side) or {}).get("distinct_1"), (ds.get(side) or {}).get("distinct_2"),
                          ("html", interval(e.get("kl"), 2)) if side == "policy" else "0 (by definition)"])
     out.append(table(["eval", "side", "model", "gold score", "tokens", "stopped (EOS)", "distinct-1", "distinct-2", "KL (nats)"], rows))
@@ -562,16 +591,13 @@ def samples_section(run, figs: Figures) -> str:
         if not rows:
             continue
         out.append(f"<h3>{esc(s.name)}</h3>")
-        body = []
-        for r in rows:
-            body.append([r.get("prompt", ""), r.get("reference", ""), r.get("policy", ""),
-                         r.get("reference_score"), r.get("policy_score"),
-                         r.get("kl")] + ([r.get("reference_true_utility"), r.get("policy_true_utility")]
-                                         if "policy_true_utility" in r else []))
         header = ["prompt", "reference answer", "policy answer", "gold: reference", "gold: policy", "KL"]
-        if rows and "policy_true_utility" in rows[0]:
-            header += ["true utility: reference", "true utility: policy"]
-        out.append(table(header, body, "samples"))
+        keys = ["prompt", "reference", "policy", "reference_score", "policy_score", "kl"]
+        for k, lab in (("proxy", "proxy"), ("true_utility", "true utility")):
+            if f"policy_{k}" in rows[0]:
+                header += [f"{lab}: reference", f"{lab}: policy"]
+                keys += [f"reference_{k}", f"policy_{k}"]
+        out.append(table(header, [[r.get(k) for k in keys] for r in rows], "samples"))
     return "".join(out) or "<p class='missing'>no samples recorded.</p>"
 
 
@@ -579,10 +605,24 @@ def simulated_section(run, figs: Figures) -> str:
     """True utility (known only for the simulated community) against proxy and gold rewards."""
     evals = [s for s in run["eval"] if s.eval and s.eval.get("true_utility")]
     rm_rec = [(s.name, s.eval) for s in run["rm"] if s.eval and any("true_utility" in k for k in flatten_numbers(s.eval))]
-    if not evals and not rm_rec:
+    sims = [s for s in run["data"] if s.manifest.get("stage") == "simulate"]
+    if not evals and not rm_rec and not sims:
         return "<p class='missing'>Not a simulated community (no hidden true utility in this run).</p>"
     plt = _plt()
     out = []
+    for s in sims:
+        summ = s.manifest.get("summary") or {}
+        w = s.manifest.get("utility_weights") or {}
+        if w:
+            out.append("<p>Hidden utility = " + " ".join(f"{'+' if v >= 0 else '−'} {abs(v):g}·{esc(k)}"
+                                                        for k, v in w.items()).lstrip("+ ") + ".</p>")
+        labels = {"spearman_score_utility": "raw score vs true utility (within-thread Spearman)",
+                  "spearman_score_delay": "raw score vs posting delay (within-thread Spearman; the exposure confound)",
+                  "utility_mean": "true utility, mean", "utility_std": "true utility, std"}
+        rows = [[labels.get(k, k), v] for k, v in flatten_numbers(summ).items()]
+        if rows:
+            out.append(f"<p>{esc(s.name)}: what the votes say about the hidden utility</p>"
+                       + table(["", "value"], rows, "compact"))
     for name, e in rm_rec:
         nums = {k: v for k, v in flatten_numbers(e).items() if "true_utility" in k}
         out.append(f"<p>{esc(name)}: recovery of the true utility</p>" + table(["key", "value"], [[k, v] for k, v in nums.items()], "compact"))
@@ -620,26 +660,30 @@ def simulated_section(run, figs: Figures) -> str:
 
 
 def curves_section(run, figs: Figures) -> str:
-    """Loss curves of the SFT and reward-model stages (any metric whose name has 'loss')."""
+    """Loss curves of the SFT and reward-model stages (metrics whose name has 'loss'),
+    one panel per stage directory."""
     stages = [s for st in ("sft", "rm") for s in run[st] if s.metrics]
-    if not stages:
-        return not_run("SFT and reward-model training")
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    drawn = False
+    panels = []
     for s in stages:
-        keys = sorted({k for r in s.metrics for k in r if "loss" in k})[:3]
-        for k in keys:
-            xs, ys = _series(s.metrics, k)
-            if xs:
-                ax.plot(xs, ys, lw=1, label=f"{s.name}: {k}")
-                drawn = True
-    if not drawn:
-        plt.close(fig)
-        return "<p class='missing'>no loss curves logged.</p>"
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=7)
+        keys = sorted({k for r in s.metrics for k in r if "loss" in k})[:4]
+        series = [(k, *_series(s.metrics, k)) for k in keys]
+        series = [x for x in series if x[1]]
+        if series:
+            panels.append((s.name, series))
+    if not panels:
+        return not_run("SFT and reward-model training") if not stages else "<p class='missing'>no loss curves logged.</p>"
+    plt = _plt()
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, (name, series) in zip(axes.ravel(), panels):
+        for k, xs, ys in series:
+            ax.plot(xs, ys, lw=1.2, marker="." if len(xs) < 20 else None, label=k)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.legend(fontsize=7)
     return figs.save(fig, "training_losses")
 
 
@@ -657,23 +701,29 @@ img{max-width:100%;display:block;margin:.6em 0}.missing{color:#888;font-style:it
 .error{color:#b00}ul.headline li{margin:.4em 0;line-height:1.4}code{background:#f4f4f4;padding:0 .2em}
 """
 
+# Results first (did it help, at what KL, on which samples), then how each stage got there.
 SECTIONS: list[tuple[str, str, Callable]] = [
-    ("data", "Data: summary and filters", data_section),
-    ("training", "Training losses (SFT, reward models)", curves_section),
-    ("rm", "Reward models: accuracy, baselines, calibration", rm_section),
-    ("rl", "RL: score, KL, entropy, length", rl_section),
-    ("frontier", "Reward vs KL", frontier_section),
+    ("headline", "Headline", lambda run, figs: headline(run)),
     ("win", "Win rates on held-out prompts", win_section),
+    ("frontier", "Reward vs KL", frontier_section),
     ("simulated", "Simulated community: true utility vs proxy and gold rewards", simulated_section),
     ("samples", "Samples side by side", samples_section),
+    ("rm", "Reward models: accuracy, baselines, calibration", rm_section),
+    ("rl", "RL: score, KL, entropy, length", rl_section),
+    ("data", "Data: summary and filters", data_section),
+    ("training", "Training losses (SFT, reward models)", curves_section),
+    ("stages", "Stages", None),  # drawn by render(), which has the run's manifest
 ]
 
 
-def render(run: dict[str, list[StageDir]], run_dir: Path, figs: Figures) -> str:
+def render(run: dict[str, list[StageDir]], run_dir: Path, figs: Figures, run_manifest: dict[str, Any] | None = None) -> str:
     parts = [f"<h1>ambient-rlhf report</h1><p class='note'>{esc(run_dir)} · written "
              f"{esc(time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))} · ambient-rlhf {esc(__version__)}</p>"]
-    sections = [("headline", "Headline", lambda r, f: headline(r)), ("stages", "Stages", lambda r, f: stages_table(r))]
-    for sid, title, fn in sections + SECTIONS:
+    nav = " · ".join(f"<a href='#{sid}'>{esc(title.split(':')[0])}</a>" for sid, title, _ in SECTIONS)
+    parts.append(f"<p class='note'>{nav}</p>")
+    for sid, title, fn in SECTIONS:
+        if fn is None:
+            fn = lambda r, f: stages_table(r, run_manifest)  # noqa: E731
         parts.append(f"<h2 id='{sid}'>{esc(title)}</h2>")
         try:
             parts.append(fn(run, figs))
@@ -693,7 +743,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out is not None else run_dir / REPORT_DIR
     with atomic_dir(out, overwrite=True) as tmp:
         figs = Figures(tmp)
-        page = render(run, run_dir, figs)
+        own = _read_json(run_dir / "manifest.json")
+        page = render(run, run_dir, figs, own if own and own.get("stage") == "run" else None)
         (tmp / REPORT_FILE).write_text(page, encoding="utf-8")
         stage_dirs = [s.path for st in STAGES for s in run[st]]
         write_manifest(tmp, "report", {"run_dir": str(run_dir)}, inputs=stage_dirs,

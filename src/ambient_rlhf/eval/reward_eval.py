@@ -256,6 +256,8 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     ``model``: an already loaded reward model (skips loading ``model_dir``).
     ``feature_cache``: the ``feature_cache`` directory of a head-only model's training
     (its backbone features and log-likelihoods are reused and extended)."""
+    import pandas as pd
+
     from ambient_rlhf.models.heads import ScalarHeadModel, load_reward_model
     from ambient_rlhf.models.load import load_causal_lm
     from ambient_rlhf.train.reward import TextTable, community_name, format_prompt, read_table
@@ -271,7 +273,9 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     if len(pairs) == 0:
         raise AmbientError(f"{data_dir / schema.PAIRS_FILE}: no pairs in split {split!r}")
     untimed, untimed_src = _load_untimed(data_dir, split, seed)
-    untimed = _subset(untimed, max_pairs, seed)
+    if max_pairs > 0:  # the same threads as the pairs first: their texts are scored anyway
+        same = untimed["thread_id"].isin(set(pairs["thread_id"]))
+        untimed = pd.concat([untimed[same], _subset(untimed[~same], max_pairs, seed)]).head(max_pairs).reset_index(drop=True)
 
     def rows_of(df):
         c = [table.add(format_prompt(p, community, prefix), x) for p, x in zip(df["prompt"], df["chosen"])]

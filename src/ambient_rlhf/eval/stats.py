@@ -4,9 +4,9 @@ Pure functions over numbers and strings (numpy only), so the reward-model evalua
 the policy evaluation and the report share one definition of each.
 
 * :func:`bootstrap_ci`: percentile bootstrap interval of a statistic (Efron &
-  Tibshirani 1993, ch. 13).  Resample the *independent units*: for a policy evaluation
-  with several samples per prompt, pass one value per prompt (the prompt's mean), so
-  that correlated samples of the same prompt are not counted as independent.
+  Tibshirani 1993, ch. 13).  Resample the *independent units*: with ``clusters`` (the
+  prompt of each sample, the thread of each pair) whole clusters are resampled, so that
+  correlated samples of one prompt are not counted as independent.
 * :func:`win_outcomes` / :func:`win_rate`: 1 for a win, 0.5 for a tie, 0 for a loss.
 * :func:`distinct_n`: corpus-level distinct-n (Li et al. 2016), unique n-grams over all
   n-grams of all texts.
@@ -26,30 +26,49 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    clusters: Sequence | np.ndarray | None = None,
 ) -> dict[str, float]:
     """Point estimate and percentile bootstrap interval of ``statistic(values)``.
 
     Args:
-        values: (N,) one number per independent unit (NaNs are dropped).
+        values: (N,) one number per observation (NaNs are dropped).
         statistic: maps a (R, N) array to (R,) statistics along axis 1; default the mean.
+            Not with ``clusters``.
         n_resamples: bootstrap resamples R; 1000 gives interval ends stable to about
             +-0.01 for a proportion near 0.5 with N >= 50.
         confidence: coverage of the interval.
         seed: seed of the resampling generator (same seed, same interval).
+        clusters: (N,) cluster label per value (e.g. the prompt or thread).  Whole
+            clusters are resampled (G draws with replacement from the G clusters) and the
+            statistic is the mean over all values drawn, so correlated values of one
+            cluster are never treated as independent.  ``n`` is then the cluster count.
 
     Returns:
         ``{"value", "low", "high", "n", "confidence"}``; for N = 0 the numbers are NaN,
-        for N = 1 the interval collapses to the value.
+        for one unit the interval collapses to the value.
     """
     x = np.asarray(values, dtype=float).ravel()
-    x = x[~np.isnan(x)]
+    keep = ~np.isnan(x)
+    x = x[keep]
+    nan = float("nan")
+    if x.size == 0:
+        return {"value": nan, "low": nan, "high": nan, "n": 0, "confidence": confidence}
+    rng = np.random.default_rng(seed)
+    alpha = (1.0 - confidence) / 2
+    if clusters is not None:
+        if statistic is not None:
+            raise ValueError("bootstrap_ci: a custom statistic cannot be combined with clusters")
+        _, inv = np.unique(np.asarray(clusters)[keep], return_inverse=True)
+        G = int(inv.max()) + 1
+        sums = np.bincount(inv, weights=x, minlength=G)  # (G,)
+        counts = np.bincount(inv, minlength=G).astype(float)  # (G,)
+        w = rng.multinomial(G, np.full(G, 1.0 / G), size=n_resamples)  # (R, G) draws of each cluster
+        boot = (w @ sums) / np.maximum(w @ counts, 1e-12)  # (R,) mean of the values drawn
+        low, high = np.quantile(boot, [alpha, 1 - alpha])
+        return {"value": float(x.mean()), "low": float(low), "high": float(high), "n": G, "confidence": confidence}
     stat = statistic or (lambda a: a.mean(axis=-1))
     n = int(x.size)
-    if n == 0:
-        nan = float("nan")
-        return {"value": nan, "low": nan, "high": nan, "n": 0, "confidence": confidence}
     point = float(stat(x[None, :])[0])
-    rng = np.random.default_rng(seed)
     # (R, N) resampled indices; chunked so that R x N stays small in memory
     stats = []
     chunk = max(1, min(n_resamples, 2_000_000 // n))
@@ -60,7 +79,6 @@ def bootstrap_ci(
         stats.append(np.asarray(stat(x[idx]), dtype=float))
         done += r
     s = np.concatenate(stats)
-    alpha = (1.0 - confidence) / 2
     low, high = np.quantile(s, [alpha, 1 - alpha])
     return {"value": point, "low": float(low), "high": float(high), "n": n, "confidence": confidence}
 
@@ -78,21 +96,6 @@ def win_rate(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
     """Fraction of pairs where ``a`` beats ``b``, ties counted half (NaN for no pairs)."""
     o = win_outcomes(a, b)
     return float(o.mean()) if o.size else float("nan")
-
-
-def group_means(values: Sequence[float] | np.ndarray, groups: Sequence) -> np.ndarray:
-    """Mean of ``values`` within each group, in order of first appearance.  (N,) -> (G,)."""
-    order: dict = {}
-    sums: list[float] = []
-    counts: list[int] = []
-    for v, g in zip(np.asarray(values, dtype=float), groups):
-        i = order.setdefault(g, len(order))
-        if i == len(sums):
-            sums.append(0.0)
-            counts.append(0)
-        sums[i] += v
-        counts[i] += 1
-    return np.asarray(sums) / np.maximum(np.asarray(counts), 1)
 
 
 def words(text: str) -> list[str]:
@@ -150,9 +153,8 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
 
 def describe(values: Sequence[float] | np.ndarray, n_resamples: int = 1000, seed: int = 0,
              groups: Sequence | None = None) -> dict[str, float]:
-    """Mean with a bootstrap interval (over ``groups`` when given: one unit per group)."""
+    """Mean with a bootstrap interval (resampling whole ``groups`` when given) and the std."""
     v = np.asarray(values, dtype=float)
-    units = group_means(v, groups) if groups is not None else v
-    out = bootstrap_ci(units, n_resamples=n_resamples, seed=seed)
-    out["std"] = float(v.std()) if v.size else float("nan")
+    out = bootstrap_ci(v, n_resamples=n_resamples, seed=seed, clusters=groups)
+    out["std"] = float(np.nanstd(v)) if v.size else float("nan")
     return out

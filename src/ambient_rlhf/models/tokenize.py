@@ -143,6 +143,33 @@ def encode_pair(
     return Encoded(p_ids + r_ids, len(p_ids), p_cut, r_cut)
 
 
+def encode_pairs(
+    tokenizer,
+    rows: list[tuple[str, str, str | None]],
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    template: str = "auto",
+    add_eos: bool = True,
+) -> list[Encoded]:
+    """:func:`encode_pair` over many ``(prompt, response, goal)`` rows, the same result,
+    faster: each distinct (prompt, goal) is rendered once (a thread's responses share
+    their prompt) and responses are tokenised in one batched call."""
+    cache: dict[tuple[str, str | None], tuple[list[int], bool]] = {}
+    responses = [r for _, r, _ in rows]
+    r_all = tokenizer(responses, add_special_tokens=False)["input_ids"] if responses else []
+    eos = [tokenizer.eos_token_id] if add_eos else []
+    out = []
+    for (prompt, _, goal), r_ids in zip(rows, r_all):
+        key = (prompt, goal)
+        if key not in cache:
+            cache[key] = encode_prompt(tokenizer, prompt, max_prompt_tokens, template, goal)
+        p_ids, p_cut = cache[key]
+        r_cut = len(r_ids) + len(eos) > max_response_tokens
+        r_ids = r_ids[:max_response_tokens] if r_cut else r_ids + eos
+        out.append(Encoded(p_ids + r_ids, len(p_ids), p_cut, r_cut))
+    return out
+
+
 def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right", label_masks: list[list[int]] | None = None):
     """Pad lists of ids into ``(input_ids, attention_mask)`` LongTensors, (B, T).
 

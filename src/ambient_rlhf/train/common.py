@@ -224,6 +224,8 @@ class CausalLMLoss(nn.Module):
         """input_ids, attention_mask, labels: (B, T), labels -100 where not predicted.
         Returns (nll_sum (B,), n_tokens (B,))."""
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        if bool(attention_mask.all()):
+            attention_mask = None  # no padding: plain causal attention takes the faster kernel
         target = labels[:, 1:]  # (B, T-1): token t+1 is predicted at position t
         keep = target != -100  # (B, T-1)
         if self.selective:

@@ -123,6 +123,11 @@ class RewardConfig:
     """With a frozen bottom (``train_layers`` >= 0), compute its output once per text and
     reuse it every step (exact: the frozen part never changes).  What makes a reward
     model practical on a CPU.  Off: run the frozen part each step (no gradient through it)."""
+    share_prompts: bool = True
+    """When the whole network runs each step (no cached features), run each distinct prompt
+    of a batch once and the responses of that prompt on top of its keys/values (exact:
+    same outputs and gradients).  Batches keep a thread's units together, so its responses
+    share one prompt pass.  Off: every sequence runs in full."""
     feature_cache: str = ""
     """Directory in which head-only runs (``train_layers=0``) keep the backbone's
     last-token features, keyed by model and token ids, so further reward models from the
@@ -220,7 +225,10 @@ class TextTable:
         from ambient_rlhf.models.tokenize import encode_prompt
 
         if prompt not in self._prompts:
-            self._prompts[prompt] = encode_prompt(self.tok, prompt, self.maxp, self.template)
+            try:
+                self._prompts[prompt] = encode_prompt(self.tok, prompt, self.maxp, self.template)
+            except ValueError as e:  # e.g. a token budget smaller than the template
+                raise AmbientError(f"max_prompt_tokens / template: {e}") from None
         p_ids, p_cut = self._prompts[prompt]
         # the same steps as models.tokenize.encode_pair (a test checks they agree), with
         # the prompt encoded once per thread instead of once per response
@@ -242,15 +250,25 @@ class TextTable:
 
 @dataclass
 class Unit:
-    """One training example: its thread, the text rows it uses, and its target."""
+    """One training example: its thread, its (prompt, response) texts, and its target.
+    ``rows`` (their indices in a :class:`TextTable`) are filled by :func:`index_units`,
+    after subsetting, so only the texts in use are tokenised."""
     thread: str
-    rows: list[int]
+    texts: list[tuple[str, str]]
     target: Any = None
     """pairwise: None (rows = [chosen, rejected]); ranking: list of scores (higher is
     better); tiers: tier index; reply-sentiment: the sentiment."""
+    rows: list[int] = field(default_factory=list)
 
 
-def load_units(cfg: RewardConfig, table: TextTable, split: str, objective: str | None = None,
+def index_units(units: list[Unit], table: TextTable) -> list[Unit]:
+    """Tokenise the units' texts into ``table`` (each distinct text once); set ``rows``."""
+    for u in units:
+        u.rows = [table.add(p, r) for p, r in u.texts]
+    return units
+
+
+def load_units(cfg: RewardConfig, split: str, objective: str | None = None,
                half: str = "all", counts: dict | None = None) -> list[Unit]:
     """Units of ``objective`` from every data directory's ``split``."""
     objective = objective or cfg.objective
@@ -266,7 +284,7 @@ def load_units(cfg: RewardConfig, table: TextTable, split: str, objective: str |
                 if not keep(r.thread_id):
                     continue
                 p = format_prompt(r.prompt, com, cfg.community_prefix)
-                units.append(Unit(f"{com}/{r.thread_id}", [table.add(p, r.chosen), table.add(p, r.rejected)]))
+                units.append(Unit(f"{com}/{r.thread_id}", [(p, r.chosen), (p, r.rejected)]))
         elif objective == "ranking":
             df = read_table(d, schema.RANKINGS_FILE, schema.RANKING_COLUMNS, split)
             for r in df.itertuples(index=False):
@@ -277,7 +295,7 @@ def load_units(cfg: RewardConfig, table: TextTable, split: str, objective: str |
                     idx = np.sort(rng.choice(idx, cfg.max_ranked, replace=False))
                     counts["ranking_responses_dropped"] = counts.get("ranking_responses_dropped", 0) + len(r.responses) - len(idx)
                 p = format_prompt(r.prompt, com, cfg.community_prefix)
-                units.append(Unit(f"{com}/{r.thread_id}", [table.add(p, r.responses[i]) for i in idx],
+                units.append(Unit(f"{com}/{r.thread_id}", [(p, r.responses[i]) for i in idx],
                                   [float(r.adjusted[i]) for i in idx]))
         else:
             df = read_table(d, schema.RESPONSES_FILE, schema.RESPONSE_COLUMNS, split)
@@ -293,7 +311,7 @@ def load_units(cfg: RewardConfig, table: TextTable, split: str, objective: str |
                                        f"{r.response_id} is not one of {schema.TIERS}")
                 target = schema.TIERS.index(r.tier) if objective == "tiers" else float(r.reply_sentiment)
                 p = format_prompt(r.prompt, com, cfg.community_prefix)
-                units.append(Unit(f"{com}/{r.thread_id}", [table.add(p, r.response)], target))
+                units.append(Unit(f"{com}/{r.thread_id}", [(p, r.response)], target))
     return units
 
 
@@ -443,6 +461,44 @@ class FeatureStore:
         os.replace(tmp, self.path)
 
 
+def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torch.Tensor:
+    """Head outputs of ``rows`` through the whole model, each distinct prompt run once.
+
+    Rows that share a prompt (the responses of one thread) reuse its keys and values: the
+    prompts run first (right-padded, with a cache), the cache is gathered per row, and the
+    responses run on top with positions continuing after their prompt; gradients flow
+    into the prompt pass through the cache.  Same numbers as scoring each full sequence
+    (a test checks outputs and gradients), for a fraction of the prompt compute when a
+    thread's responses share a batch.  Returns (len(rows), n_outputs)."""
+    from ambient_rlhf.models.heads import body_of
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for r in rows:
+        groups.setdefault(tuple(table.ids[r][: table.prompt_len[r]]), []).append(r)
+    if len(groups) == len(rows) or any(len(p) == 0 for p in groups):  # nothing shared: one plain pass
+        ids, mask = _pad([torch.tensor(table.ids[r]) for r in rows], device)
+        return rm(ids, mask)
+    body = body_of(rm.lm)
+    prompts = list(groups)
+    p_ids, p_mask = _pad([torch.tensor(p) for p in prompts], device)  # (G, Tp)
+    out = body(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+               use_cache=True)
+    cache = out.past_key_values
+    order = [r for p in prompts for r in groups[p]]
+    g = torch.tensor([i for i, p in enumerate(prompts) for _ in groups[p]], device=device)  # (B,) prompt of each row
+    cache.batch_select_indices(g)  # every layer's keys/values: (G, ...) -> (B, ...)
+    r_ids, r_mask = _pad([torch.tensor(table.ids[r][table.prompt_len[r]:]) for r in order], device)  # (B, Tr)
+    p_len = torch.tensor([table.prompt_len[r] for r in order], device=device)
+    r_pos = p_len.unsqueeze(1) + torch.arange(r_ids.shape[1], device=device).unsqueeze(0)  # (B, Tr)
+    full_mask = torch.cat([p_mask[g], r_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
+    h = body(input_ids=r_ids, attention_mask=full_mask, position_ids=r_pos, past_key_values=cache,
+             use_cache=True).last_hidden_state  # (B, Tr, d)
+    last = h[torch.arange(len(order), device=device), r_mask.sum(1) - 1]  # (B, d) last real response token
+    res = rm.head(last.to(rm.head.weight.dtype))
+    where = {r: i for i, r in enumerate(order)}
+    return res[torch.tensor([where[r] for r in rows], device=device)]
+
+
 class Scorer:
     """Head outputs of text rows through the part of the network that trains.
 
@@ -454,6 +510,7 @@ class Scorer:
         self.rm, self.table, self.mode, self.n_top, self.device, self.pad_id = rm, table, mode, n_top, device, pad_id
         self.cache: dict[int, torch.Tensor] = {}
         self.store = store if mode == "head" else None
+        self.share_prompts = False
         self.module: nn.Module = (HeadOnFeatures(rm.head) if mode == "head" else
                                   TopLayers(rm, n_top) if mode == "top" else rm)
 
@@ -506,6 +563,8 @@ class Scorer:
                 if self.store is not None:
                     self.store.features[text_key(self.table.ids[r])] = f
             bar.update(len(chunk))
+            if self.store is not None and (i // batch_size) % 50 == 49:
+                self.store.save()  # a killed run keeps most of its work
         bar.close()
         if self.store is not None and todo:
             self.store.save()
@@ -517,6 +576,8 @@ class Scorer:
         if self.mode == "top":
             h, mask = _pad([self.cache[r] for r in rows], self.device)
             return self.module(h, mask)
+        if self.share_prompts:
+            return shared_prompt_outputs(self.rm, self.table, rows, self.device)
         ids, mask = self._ids(rows)
         return self.module(ids, mask)
 
@@ -632,13 +693,13 @@ def train_reward(cfg: RewardConfig) -> Path:
     template = cfg.template
     table = TextTable(tok, cfg.max_prompt_tokens, cfg.max_response_tokens, template)
     counts: dict[str, Any] = {}
-    train = subset_threads(load_units(cfg, table, "train", half=cfg.train_half, counts=counts),
-                           cfg.max_train_units, cfg.seed)
+    train = index_units(subset_threads(load_units(cfg, "train", half=cfg.train_half, counts=counts),
+                                       cfg.max_train_units, cfg.seed), table)
     if not train:
         raise AmbientError(f"rm: no training {cfg.objective} units in {cfg.data} (split train, half {cfg.train_half})")
-    valid_pairs = subset_threads(load_units(cfg, table, "valid", objective="pairwise", counts=counts),
-                                 cfg.eval_max_pairs, cfg.seed)
-    norm_units = subset_threads(_reference_units(cfg, table), cfg.norm_max_responses, cfg.seed)
+    valid_pairs = index_units(subset_threads(load_units(cfg, "valid", objective="pairwise", counts=counts),
+                                             cfg.eval_max_pairs, cfg.seed), table)
+    norm_units = index_units(subset_threads(reference_units(cfg), cfg.norm_max_responses, cfg.seed), table)
     counts.update(train_units=len(train), train_threads=len({u.thread for u in train}), texts=len(table),
                   valid_pairs=len(valid_pairs), reference_responses=len(norm_units),
                   prompt_truncated=table.prompt_truncated, response_truncated=table.response_truncated)
@@ -674,6 +735,7 @@ def train_reward(cfg: RewardConfig) -> Path:
             log.warning("rm: cached top-layer path differs from the model by %.2g; not caching", err)
             scorer = Scorer(rm, table, "full", cfg.train_layers, device, tok.pad_token_id)
             mode = "full"
+    scorer.share_prompts = mode == "full" and cfg.share_prompts
     counts["mode"] = mode
     params = [p for p in scorer.module.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
@@ -689,6 +751,10 @@ def train_reward(cfg: RewardConfig) -> Path:
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     lr = _auto_lr(cfg)
     opt = make_optimizer(scorer.module, lr=lr, weight_decay=cfg.weight_decay)
+    # the same parameter groups with the fused AdamW kernel (4x faster steps on CPU; the
+    # default optimizer of transformers' Trainer since torch 2.8)
+    opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups],
+                            lr=lr, fused=True)
     sched = make_scheduler(opt, cfg.schedule, int(cfg.warmup_ratio * total), total)
     step = 0
     if ckpt is not None:
@@ -741,6 +807,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     bar.close()
     metrics.close()
     loop_seconds = time.perf_counter() - t_loop
+    del opt, sched  # free the optimizer state before the evaluation loads the saved model
 
     # step 5. normalise on the reference responses, save, evaluate, manifest
     if cfg.lora.enabled:
@@ -775,7 +842,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     return out
 
 
-def _reference_units(cfg: RewardConfig, table: TextTable) -> list[Unit]:
+def reference_units(cfg: RewardConfig) -> list[Unit]:
     """The valid split's responses (all of them: the human responses are the reference the
     policy's samples are compared against), one unit each."""
     units = []
@@ -784,7 +851,7 @@ def _reference_units(cfg: RewardConfig, table: TextTable) -> list[Unit]:
         df = read_table(d, schema.RESPONSES_FILE, ("thread_id", "prompt", "response", "split"), "valid")
         for r in df.itertuples(index=False):
             p = format_prompt(r.prompt, com, cfg.community_prefix)
-            units.append(Unit(f"{com}/{r.thread_id}", [table.add(p, r.response)]))
+            units.append(Unit(f"{com}/{r.thread_id}", [(p, r.response)]))
     return units
 
 

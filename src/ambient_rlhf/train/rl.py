@@ -165,7 +165,9 @@ class RLConfig:
     """PPO value function: ``reward`` = a separate model initialised from the reward model
     (Stiennon et al. 2020, N details) -- from the policy when the reward is programmatic;
     ``policy`` = a separate model initialised from the policy; ``shared`` = a value head on
-    the policy (one body, as in the 2019 code; less memory)."""
+    the policy (one body, as in the 2019 code; less memory).  A value head that does not
+    come from a reward model starts at zero, so the first advantages are the returns
+    rather than noise from random values."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA on the policy (and a separate value model). The reference is then the same
     model with the adapter disabled."""
@@ -389,6 +391,7 @@ def train_rl(cfg: RLConfig) -> Path:
                 log.warning("value_model=reward but the reward is not a single reward model; initialising the "
                             "value model from the policy")
             vm = ScalarHeadModel(load_causal_lm(cfg.policy))
+            torch.nn.init.zeros_(vm.head.weight)  # a fresh head starts at V = 0 (see value_model)
         vm.lm = apply_lora(vm.lm, cfg.lora)
         for p in vm.head.parameters():
             p.requires_grad_(True)

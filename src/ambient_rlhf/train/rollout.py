@@ -103,11 +103,9 @@ class PolicyWithValue(nn.Module):
         self.lm = lm
         self.value_head = None
         if value_head:
-            import math
-
-            d = lm.config.hidden_size
-            self.value_head = nn.Linear(d, 1)
-            nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(d + 1))
+            # zero init: V = 0 until trained (a random head adds noise to every advantage)
+            self.value_head = nn.Linear(lm.config.hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
 
     def forward(self, query_response: torch.Tensor, mask: torch.Tensor, n_prompt: int,

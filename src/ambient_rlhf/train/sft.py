@@ -212,15 +212,17 @@ def select_examples(df, split: str, cfg: SFTConfig) -> tuple[list[tuple[str, str
 
 def encode_examples(tok, rows, cfg: SFTConfig) -> tuple[list[tuple[list[int], int]], dict[str, int]]:
     """Tokenise ``rows`` into ``(ids, prompt_len)``, counting truncations and tokens."""
-    from ambient_rlhf.models.tokenize import encode_pair
+    from ambient_rlhf.models.tokenize import encode_pairs
 
-    out, stats = [], {"prompt_truncated": 0, "response_truncated": 0, "prompt_tokens": 0, "response_tokens": 0}
-    for prompt, response, goal in rows:
-        try:
-            e = encode_pair(tok, prompt, response, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.template, goal)
-        except ValueError as err:
-            raise AmbientError(f"sft: {err}") from None
+    try:
+        encoded = encode_pairs(tok, rows, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.template)
+    except ValueError as err:
+        raise AmbientError(f"sft: {err}") from None
+    out, stats = [], {"prompt_truncated": 0, "response_truncated": 0, "prompt_tokens": 0, "response_tokens": 0,
+                      "skipped_empty_response": 0}
+    for e in encoded:
         if len(e.input_ids) <= e.prompt_len:  # nothing to predict
+            stats["skipped_empty_response"] += 1
             continue
         out.append((e.input_ids, e.prompt_len))
         stats["prompt_truncated"] += int(e.prompt_truncated)
@@ -253,7 +255,8 @@ def epoch_batches(lengths: list[int], global_batch: int, seed: int, epoch: int, 
         window = global_batch * 32
         chunks = [perm[i:i + window] for i in range(0, len(perm), window)]
         perm = np.concatenate([c[np.argsort([-lengths[j] for j in c], kind="stable")] for c in chunks])
-    batches = [perm[i:i + global_batch].tolist() for i in range(0, len(perm), global_batch)]
+    # full batches only (the few left-over examples change from epoch to epoch)
+    batches = [perm[i:i + global_batch].tolist() for i in range(0, len(perm) - global_batch + 1, global_batch)]
     if group_by_length:
         order = rng.permutation(len(batches))
         batches = [batches[i] for i in order]
@@ -408,6 +411,11 @@ def train_sft(cfg: SFTConfig) -> Path:
         set_rng_state(state["rng"])
         step = int(state["step"])
         log.warning("resuming from %s (step %d of %d)", ckpt, step, total_steps)
+        before = {k: v for k, v in state.get("config", {}).items() if k not in ("resume", "overwrite")}
+        now = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")}
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed and main:
+            log.warning("resuming with changed settings %s: the run will not match an uninterrupted one", changed)
     if main:
         log.info("sft: %d train / %d valid examples, %d steps of %d sequences (%d x %d x %d processes)",
                  len(train_ex), len(valid_ex), total_steps, global_batch, cfg.batch_size, cfg.grad_accum, world)

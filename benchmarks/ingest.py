@@ -1,0 +1,252 @@
+"""Ingest speed and memory of ``ambient data build`` readers on the AskAcademia dump.
+
+One command:
+
+    python benchmarks/ingest.py [--data ../shared/data/reddit-askacademia] [--repeat 3]
+
+Measured in the same run, each in a fresh subprocess (so peak RSS is that step's own):
+
+* ``bare``:   zstd decompression (2 GiB window) + ``json.loads`` of every line of both
+              files -- the floor any reader of this format pays;
+* ``ingest``: the build's readers: parse, filter, assemble and label-ready threads
+              (``threads.read_input``), reply sentiment on (the default) and off;
+* ``build``:  the whole ``build()``: + labels, pairs, parquet, report and plots.
+
+Prints records/s, the ingest/bare speed ratio (target >= 0.5) and peak RSS; then the
+peak RSS of ``ingest`` on growing inputs (25 %, 50 %, 100 % of the comments, and the
+dump tiled 4x in time) to show memory stays flat -- and, for contrast, the same with
+``source.window_days=0`` (every thread held to the end), where it grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+DEFAULT_DATA = HERE.parents[2] / "shared" / "data" / "reddit-askacademia"
+WINDOW = 2**31
+
+
+def _rss_mb() -> float:
+    """Peak RSS of this process: VmHWM (ru_maxrss would inherit the parent's peak through
+    fork + exec on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _files(d: Path) -> tuple[Path, Path]:
+    subs = sorted(d.glob("*_submissions*"))
+    coms = sorted(d.glob("*_comments*"))
+    if not subs or not coms:
+        sys.exit(f"error: {d}: expected *_submissions and *_comments files")
+    return subs[0], coms[0]
+
+
+# ---------------------------------------------------------------- workers (subprocess)
+
+def worker_bare(d: Path) -> dict:
+    import zstandard
+
+    t = time.perf_counter()
+    n = 0
+    for p in _files(d):
+        with open(p, "rb") as fh:
+            stream = zstandard.ZstdDecompressor(max_window_size=WINDOW).stream_reader(fh) \
+                if p.suffix == ".zst" else fh
+            for line in io.BufferedReader(stream, buffer_size=1 << 20):
+                if line.strip():
+                    json.loads(line.decode("utf-8"))  # str input: faster than bytes
+                    n += 1
+    return {"seconds": time.perf_counter() - t, "records": n}
+
+
+def worker_ingest(d: Path, overrides: list[str]) -> dict:
+    from ambient_rlhf.config import load_config
+    from ambient_rlhf.data.build import DataConfig
+    from ambient_rlhf.data.sources import BadRecords, discover
+    from ambient_rlhf.data.threads import Counts, read_input
+
+    cfg = load_config(DataConfig, None, overrides)
+    t = time.perf_counter()
+    counts, bad = Counts(), BadRecords(show=0)
+    threads = responses = 0
+    for inp in discover([str(d)]):
+        for th in read_input(inp, cfg, counts, bad):
+            threads += 1
+            responses += len(th.responses)
+    c = counts.as_dict()
+    n = c.get("submissions", {}).get("read", 0) + c.get("comments", {}).get("read", 0)
+    return {"seconds": time.perf_counter() - t, "records": n, "threads": threads, "responses": responses,
+            "peak_open_threads": c.get("memory", {}).get("peak_open_threads")}
+
+
+def worker_build(d: Path, overrides: list[str]) -> dict:
+    from ambient_rlhf.config import load_config
+    from ambient_rlhf.data.build import DataConfig, build
+
+    cfg = load_config(DataConfig, None, overrides)
+    out = Path(tempfile.mkdtemp()) / "out"
+    t = time.perf_counter()
+    m = build([str(d)], str(out), cfg)
+    s = time.perf_counter() - t
+    shutil.rmtree(out.parent, ignore_errors=True)
+    c = m["counts"]
+    return {"seconds": s, "records": c["submissions"]["read"] + c["comments"]["read"]}
+
+
+def run_worker(mode: str, d: Path, overrides: list[str] = ()) -> dict:
+    env = {**os.environ, "AMBIENT_PROGRESS": "0"}
+    r = subprocess.run([sys.executable, str(HERE), "--worker", mode, "--data", str(d), *overrides],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"error: worker {mode} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- growing inputs
+
+def _iter_lines(p: Path):
+    import zstandard
+
+    with open(p, "rb") as fh:
+        for line in io.BufferedReader(zstandard.ZstdDecompressor(max_window_size=WINDOW).stream_reader(fh)):
+            if line.strip():
+                yield line.rstrip(b"\n")
+
+
+class _ZstWriter:
+    """Streaming .zst line writer (the inputs are built without holding them in memory)."""
+
+    def __init__(self, p: Path):
+        import zstandard
+
+        self.fh = open(p, "wb")
+        self.w = zstandard.ZstdCompressor(level=3).stream_writer(self.fh)
+
+    def write(self, line: bytes) -> None:
+        self.w.write(line + b"\n")
+
+    def close(self) -> None:
+        self.w.close()  # closes fh too
+
+
+def make_inputs(d: Path, tmp: Path) -> list[tuple[str, Path]]:
+    """Prefixes of the comments (25/50/100 %) and the dump tiled 4x in time
+    (copy k: ids suffixed, every time shifted by k * (span + 1 year), so threads of
+    different copies never overlap: a dump four times as long).  All are recompressed at
+    level 3 (8 MiB window): the original is a --long=31 file whose decoder window is its
+    whole 64 MB content, which would dominate the comparison."""
+    s_path, c_path = _files(d)
+    n = sum(1 for _ in _iter_lines(c_path))
+    out = []
+    for frac in (0.25, 0.5, 1.0):
+        p = tmp / f"prefix{int(frac * 100)}"
+        p.mkdir()
+        shutil.copy(s_path, p / s_path.name)
+        w = _ZstWriter(p / c_path.name)
+        for i, line in enumerate(_iter_lines(c_path)):
+            if i >= int(n * frac):
+                break
+            w.write(line)
+        w.close()
+        out.append((f"{int(frac * 100)}% of comments", p))
+    lo, hi = float("inf"), float("-inf")
+    for f in (s_path, c_path):
+        for line in _iter_lines(f):
+            t = json.loads(line)["created_utc"]
+            lo, hi = min(lo, t), max(hi, t)
+    shift = int(hi - lo) + 365 * 86400
+    p = tmp / "tiled4"
+    p.mkdir()
+    ws, wc = _ZstWriter(p / s_path.name), _ZstWriter(p / c_path.name)
+    for k in range(4):
+        sfx = "" if k == 0 else f"x{k}"
+        for line in _iter_lines(s_path):
+            o = json.loads(line)
+            o.update(id=o["id"] + sfx, name=o["name"] + sfx, created_utc=o["created_utc"] + k * shift)
+            if o.get("retrieved_on") is not None:
+                o["retrieved_on"] += k * shift
+            ws.write(json.dumps(o).encode())
+        for line in _iter_lines(c_path):
+            o = json.loads(line)
+            o.update(id=o["id"] + sfx, name=o["name"] + sfx, link_id=o["link_id"] + sfx,
+                     parent_id=o["parent_id"] + sfx, created_utc=o["created_utc"] + k * shift)
+            if o.get("retrieved_on") is not None:
+                o["retrieved_on"] += k * shift
+            wc.write(json.dumps(o).encode())
+    ws.close()
+    wc.close()
+    out.append(("400% (tiled 4x in time)", p))
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="a Pushshift-format dump directory")
+    ap.add_argument("--repeat", type=int, default=3, help="timing repeats (best is reported)")
+    ap.add_argument("--skip-growth", action="store_true", help="skip the growing-input RSS table")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    d = Path(a.data)
+    if a.worker:
+        res = {"bare": lambda: worker_bare(d), "ingest": lambda: worker_ingest(d, a.overrides),
+               "build": lambda: worker_build(d, a.overrides)}[a.worker]()
+        res["peak_rss_mb"] = round(_rss_mb(), 1)
+        print(json.dumps(res))
+        return
+    if not d.is_dir():
+        sys.exit(f"error: {d}: not found (pass --data DIR)")
+    print(f"data: {d}  (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, same for every step)")
+    rows = {}
+    for name, mode, ov in [("bare decompress + json.loads", "bare", []),
+                           ("ingest (sentiment off)", "ingest", ["labels.reply_sentiment=false"]),
+                           ("ingest (default)", "ingest", []),
+                           ("full build (default)", "build", [])]:
+        best = None
+        for _ in range(a.repeat if mode != "build" else 1):
+            r = run_worker(mode, d, ov)
+            if best is None or r["seconds"] < best["seconds"]:
+                best = r
+        rows[name] = best
+    bare = rows["bare decompress + json.loads"]
+    print(f"\n{'step':<30} {'records':>8} {'seconds':>8} {'rec/s':>9} {'vs bare':>8} {'peak RSS':>9}")
+    for name, r in rows.items():
+        print(f"{name:<30} {r['records']:>8} {r['seconds']:>8.2f} {r['records'] / r['seconds']:>9.0f} "
+              f"{bare['seconds'] / r['seconds']:>7.2f}x {r['peak_rss_mb']:>7.0f}MB")
+    ing = rows["ingest (sentiment off)"]
+    print(f"\nratio ingest/bare speed: {bare['seconds'] / ing['seconds']:.2f}x without reply sentiment, "
+          f"{bare['seconds'] / rows['ingest (default)']['seconds']:.2f}x with it (target >= 0.5x)")
+    if a.skip_growth:
+        return
+    print("\npeak RSS of ingest (sentiment off) as the input grows (inputs recompressed with an 8 MiB\n"
+          "window; the original --long=31 file adds its 64 MB decoder window to the RSS above):")
+    print(f"{'input':<26} {'records':>8} {'open threads':>13} {'RSS window=183d':>16} {'RSS window=0':>13}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, p in make_inputs(d, Path(tmp)):
+            r = run_worker("ingest", p, ["labels.reply_sentiment=false"])
+            r0 = run_worker("ingest", p, ["labels.reply_sentiment=false", "source.window_days=0"])
+            print(f"{label:<26} {r['records']:>8} {r['peak_open_threads']:>13} {r['peak_rss_mb']:>14.0f}MB "
+                  f"{r0['peak_rss_mb']:>11.0f}MB")
+
+
+if __name__ == "__main__":
+    main()
