@@ -4,7 +4,6 @@ and the dump going through the ordinary data stage (``ambient data build SIMDIR`
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 

@@ -37,13 +37,18 @@ def setup_logging(verbosity: int = 0) -> None:
         # third-party chatter (transformers' own warnings, datasets' progress) stays quiet
         for name in ("transformers", "datasets", "accelerate", "peft", "urllib3", "filelock"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        try:
-            import transformers
+        # Environment variables reach transformers whenever it is imported later (and
+        # importing it here would cost seconds in stages that never use it).
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            try:
+                import transformers
 
-            transformers.utils.logging.set_verbosity_error()
-            transformers.utils.logging.disable_progress_bar()
-        except Exception:  # pragma: no cover - transformers missing or changed
-            pass
+                transformers.utils.logging.set_verbosity_error()
+                transformers.utils.logging.disable_progress_bar()
+            except Exception:  # pragma: no cover - transformers changed
+                pass
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -33,9 +33,13 @@ otherwise its directory is cleared and it runs again.
 seconds, and is rewritten after each stage, so an interrupted run shows how far it got.
 
 **Injection point.**  :data:`RUNNERS` maps a stage kind to the function that runs it
-(``runner(stage_config, resume) -> None``); :func:`run_pipeline` takes a replacement
-mapping, which is how the orchestration tests run the real plan with small local
-functions instead of training.
+(``runner(stage_config, resume, out_dir) -> None``); :func:`run_pipeline` takes
+replacements for some of them, and :func:`execute` runs any list of :class:`Stage` s
+with any runners, which is how the orchestration tests check skip / resume /
+re-run-on-change with small local functions instead of training.
+
+**Several processes.**  Under ``accelerate launch``/``torchrun`` SFT and RL run on every
+process; the other stages run on the main process while the rest wait at a barrier.
 """
 
 from __future__ import annotations
@@ -46,15 +50,16 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.cli import common_parser, split_overrides
-from ambient_rlhf.config import config_help, load_config, to_dict
+from ambient_rlhf.config import config_help, to_dict
 from ambient_rlhf.data.simulate import SimulateConfig
 from ambient_rlhf.io import write_json, write_manifest
 from ambient_rlhf.logging import get_logger, progress, progress_enabled, setup_logging
@@ -88,14 +93,14 @@ def stage_config_types() -> dict[str, type]:
 # The defaults are the demo (configs/demo.yaml states the same values): a simulated
 # community answered by SmolLM2, sized for ~15 minutes on a 2-core CPU.  Stage budgets
 # (at ~50 tokens/s for SmolLM2 on 2 cores): simulate 50 x 5 answers ~4 min; SFT ~7 s per
-# step of 8 sequences; reward models train 2 top layers on cached features (~1 min
-# each); RL is RLOO (no value model, one pass per batch) with 2 prompts x 4 samples.
+# step of 8 sequences; reward models train the head on cached features (one forward
+# pass over the answers, then 20 cheap epochs; ~1 min each); RL is RLOO (no value model, one pass per batch) with 2 prompts x 4 samples.
 DEMO_SIMULATE = dict(threads=50, responses=5, max_new_tokens=48)
 DEMO_DATA = dict(splits=dict(train=0.6, valid=0.1, test=0.3), labels=dict(min_prompt_score=2, min_score_ratio=1.5))
 DEMO_SFT = dict(steps=12, batch_size=4, grad_accum=2, lr=5e-5, warmup_steps=2, max_prompt_tokens=128,
                 max_response_tokens=64, eval_every=0, eval_examples=32, checkpoint_every=6, sample_prompts=2,
                 sample_max_new_tokens=32)
-DEMO_RM = dict(objective="ranking", train_layers=2, epochs=4.0, max_prompt_tokens=128, max_response_tokens=64,
+DEMO_RM = dict(objective="ranking", train_layers=0, epochs=20.0, max_prompt_tokens=128, max_response_tokens=64,
                eval_every=0, norm_max_responses=128, save_every=0)
 DEMO_RL = dict(algo="rloo", steps=10, batch_size=2, rloo_k=4, response_length=48, max_prompt_tokens=128,
                sample_every=5, samples_per_log=2, save_every=5)
@@ -130,7 +135,7 @@ class RunConfig:
     goal_model: bool = True
     """Also train the tier-conditioned SFT model and evaluate it with ``<|tier:good|>``
     against plain SFT on the same judge (goal tokens vs RL)."""
-    rm_init: str = "sft"
+    rm_init: Literal["sft", "base"] = "sft"
     """Reward models start from the ``sft`` model (InstructGPT/Stiennon et al.: the
     reward model shares the policy's view of the text) or from the ``base`` model."""
     simulate: SimulateConfig = field(default_factory=lambda: SimulateConfig(**DEMO_SIMULATE))
@@ -147,10 +152,6 @@ class RunConfig:
     """Policy optimisation; ``policy``, ``reward``, ``data``, ``out`` are set by the run."""
     eval: EvalConfig = field(default_factory=_demo("EvalConfig", DEMO_EVAL))  # noqa: F821
     """Policy evaluation (both evaluations); model paths, ``data``, ``out``, ``goal`` are set by the run."""
-
-    def __post_init__(self) -> None:
-        if self.rm_init not in ("sft", "base"):
-            raise ValueError(f"rm_init must be sft or base, not {self.rm_init!r}")
 
 
 def load_run_config(config_file: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -235,8 +236,9 @@ def plan(cfg: RunConfig) -> list[Stage]:
     if cfg.goal_model:
         stages.append(Stage("sft-tier", "sft", r(sft, condition="tier", out=d["sft-tier"]), ["data"], resumable=True))
     rm_model, rm_deps = (d["sft"], ["data", "sft"]) if cfg.rm_init == "sft" else (cfg.model, ["data"])
-    for name, half in (("rm-proxy", "a"), ("rm-gold", "b")):
-        rm = r(cfg.rm, data=[d["data"]], model=rm_model, out=d[name], train_half=half)
+    for name, half, seed in (("rm-proxy", "a", cfg.rm.seed), ("rm-gold", "b", cfg.rm.seed + 1)):
+        # own threads and own seed (head init, batch order): the judge is independent of the proxy
+        rm = r(cfg.rm, data=[d["data"]], model=rm_model, out=d[name], train_half=half, seed=seed)
         stages.append(Stage(name, "rm", _volatile_off(rm), rm_deps, resumable=hasattr(rm, "resume")))
     if not cfg.sources:  # the hidden utility is known: how well do labels and reward models recover it?
         truth = {"data": d["data"], "reward_models": {"rm-proxy": d["rm-proxy"], "rm-gold": d["rm-gold"]},
@@ -435,7 +437,7 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
             save("running")
             say(f"[{i}/{n}] {st.name}: {'resuming from its last checkpoint' if resume else 'running'}")
             barrier()
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             try:
                 if main or st.kind in DISTRIBUTED_KINDS:
                     runners[st.kind](st.config, resume, str(out))
@@ -451,7 +453,10 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
                 m[KEY_FIELD] = key
                 write_json(out / "manifest.json", m)
             seconds = round(time.time() - t0, 1)
-            records[-1].update(status="ran", seconds=seconds, ran_seconds=seconds)
+            # CPU seconds of this process (all its threads): on a shared machine they say
+            # more about the stage's cost than the wall time does
+            records[-1].update(status="ran", seconds=seconds, ran_seconds=seconds,
+                               cpu_seconds=round(time.process_time() - c0, 1))
             save("running")
             say(f"[{i}/{n}] {st.name}: done in {seconds:.0f} s")
             bar.update(1)
@@ -466,6 +471,33 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
 
 
 # ---- command line --------------------------------------------------------------------------
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def run_config_help() -> str:
+    """Every key with its meaning, then the values where the run's defaults (the demo)
+    differ from the stages' own defaults."""
+    types_ = stage_config_types()
+    text = config_help(RunConfig)
+    run_defaults = _flatten(to_dict(RunConfig()))
+    stage_defaults: dict[str, Any] = {}
+    for name, cls in (("simulate", SimulateConfig), ("data", types_["DataConfig"]), ("sft", types_["SFTConfig"]),
+                      ("rm", types_["RewardConfig"]), ("rl", types_["RLConfig"]), ("eval", types_["EvalConfig"])):
+        stage_defaults.update(_flatten(to_dict(cls()), f"{name}."))
+    diff = [f"  {k} = {v!r}" for k, v in run_defaults.items() if k in stage_defaults and stage_defaults[k] != v]
+    return text + "\n\nDefaults of `ambient run` (the demo, configs/demo.yaml) that differ from the stage defaults above:\n" + "\n".join(diff)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def cli(argv: list[str]) -> int:
     rest, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(
@@ -476,12 +508,14 @@ def cli(argv: list[str]) -> int:
     args = p.parse_args(rest)
     setup_logging(args.verbose)
     if args.help_config:
-        stage_config_types()
-        print(config_help(RunConfig))
+        print(run_config_help())
         return 0
     if args.config_file and args.config:
         p.error("give the preset either as CONFIG or as --config, not both")
     cfg = load_run_config(args.config_file or args.config, overrides)
+    # `kill` (SIGTERM) stops the run like Ctrl-C: the stage is recorded as interrupted
+    # and the next `ambient run` resumes it
+    signal.signal(signal.SIGTERM, _interrupt)
     m = run_pipeline(cfg)
     ran = [s for s in m["stages"] if s["status"] == "ran"]
     print(f"{cfg.out}: {len(ran)} stage(s) ran, {len(m['stages']) - len(ran)} up to date; "

@@ -79,3 +79,14 @@ def test_left_align_puts_the_last_real_token_last():
     a, am = left_align(ids, mask, 0)
     assert a.tolist() == [[5, 6, 7, 0, 0, 0], [8, 9, 10, 11, 12, 13]]
     assert am.sum(1).tolist() == [3, 6]
+
+
+def test_draw_matches_the_distribution():
+    from ambient_rlhf.train.rollout import draw
+
+    torch.manual_seed(0)
+    p = torch.tensor([[0.1, 0.0, 0.6, 0.3]]).repeat(20000, 1)
+    idx = draw(p)
+    freq = torch.bincount(idx, minlength=4).float() / idx.numel()
+    # binomial sd at n=20000 is <= 0.0035; 0.015 is > 4 sd; a zero-probability entry never comes up
+    assert torch.allclose(freq, p[0], atol=0.015) and freq[1] == 0

@@ -49,19 +49,6 @@ def _simulate(argv: list[str]) -> int:
                        f"{' or '.join(SIMULATE_MODULES)} with a cli(argv) function")
 
 
-def _setup_logging(verbosity: int) -> None:
-    """``setup_logging`` without its side import of transformers (~2 s; the data stage never
-    uses it, and data/ must not import it): the import is made to fail for that one call."""
-    if "transformers" in sys.modules:
-        setup_logging(verbosity)
-        return
-    sys.modules["transformers"] = None  # type: ignore[assignment]  # import -> ImportError, caught there
-    try:
-        setup_logging(verbosity)
-    finally:
-        sys.modules.pop("transformers", None)
-
-
 def build_cli(argv: list[str]) -> int:
     from ambient_rlhf.data.build import DataConfig, build
 
@@ -77,7 +64,7 @@ def build_cli(argv: list[str]) -> int:
     p.add_argument("--max-bad-fraction", type=float, help="max_bad_fraction (default 0.01)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(rest)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     if args.help_config:
         print(config_help(DataConfig))
         return 0

@@ -401,11 +401,11 @@ def train_rl(cfg: RLConfig) -> Path:
     per_proc = cfg.batch_size // acc.num_processes
     epochs = cfg.ppo_epochs if cfg.algo == "ppo" else 1
     total_updates = cfg.steps * epochs * cfg.num_minibatches
-    opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, eps=cfg.adam_eps)
+    opt = _adam(policy, cfg)
     sched = make_scheduler(opt, cfg.schedule, 0, total_updates)
     v_opt = v_sched = None
     if value is not None:
-        v_opt = torch.optim.Adam([p for p in value.parameters() if p.requires_grad], lr=cfg.lr, eps=cfg.adam_eps)
+        v_opt = _adam(value, cfg)
         v_sched = make_scheduler(v_opt, cfg.schedule, 0, total_updates)
     kl_ctl = (AdaptiveKLController(cfg.kl.init_beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.kind == "adaptive"
               else FixedKLController(cfg.kl.init_beta))
@@ -621,6 +621,15 @@ def train_rl(cfg: RLConfig) -> Path:
                        example_prompt=render_prompt(tok, prompts[0], cfg.template, cfg.goal))
     acc.wait_for_everyone()
     return out
+
+
+def _adam(module: torch.nn.Module, cfg: RLConfig) -> torch.optim.Adam:
+    """Adam over the trainable parameters; the fused kernel (one pass over all tensors,
+    CPU and GPU) where every parameter is a float tensor, which is several times faster
+    than the per-tensor loop for small models."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    fused = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=fused or None)
 
 
 def _trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -43,6 +43,18 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row with probability ``probs[i]`` (rows need not be normalised).
+
+    Shapes: (B, V) -> (B,) long.  Inverse-CDF sampling: one uniform per row against the
+    float64 cumulative sum; ``right=True`` never lands on a zero-probability entry.  The
+    same distribution as ``torch.multinomial(probs, 1)``, several times cheaper over a 49k
+    vocabulary on CPU (one random number per row instead of per entry)."""
+    cdf = probs.double().cumsum(-1)  # (B, V)
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
 @dataclass
 class Samples:
     response: torch.Tensor
@@ -72,7 +84,7 @@ def sample(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, m
     toks, live = [], []
     for t in range(max_new_tokens):
         probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-        tok = torch.multinomial(probs, 1).squeeze(1)  # (B,)
+        tok = draw(probs)  # (B,)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         live.append(~done)
         toks.append(tok)
