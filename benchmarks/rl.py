@@ -209,6 +209,8 @@ def main() -> int:
     p.add_argument("--length", type=int, default=16, help="response tokens")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--wait-policy", default="ACTIVE", help="OMP_WAIT_POLICY for both sides")
+    p.add_argument("--trl112-path", help="a directory holding trl==1.12.0 (pip install --target), used instead "
+                   "of creating .bench/trl112 (for machines without network)")
     p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--paths", help=argparse.SUPPRESS)
@@ -226,7 +228,12 @@ def main() -> int:
                OMP_WAIT_POLICY=a.wait_policy, AMBIENT_PROGRESS="0", TOKENIZERS_PARALLELISM="false",
                TRL_EXPERIMENTAL_SILENCE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     algos = [x.strip() for x in a.algo.split(",") if x.strip()]
-    trl112 = str(ensure_trl112()) if "ppo" in algos else None
+    trl112, ppo_env = None, env
+    if "ppo" in algos and a.trl112_path:
+        trl112 = sys.executable
+        ppo_env = dict(env, PYTHONPATH=os.pathsep.join([a.trl112_path, env.get("PYTHONPATH", "")]))
+    elif "ppo" in algos:
+        trl112 = str(ensure_trl112())
     import torch
 
     with tempfile.TemporaryDirectory(prefix="rlbench-") as work:
@@ -241,7 +248,7 @@ def main() -> int:
             if algo == "rloo":
                 peer, peer_name = run_side(sys.executable, "trl-rloo", a, paths, env), "TRL 1.16 RLOOTrainer"
             else:
-                peer, peer_name = run_side(trl112, "trl-ppo", a, paths, env), "TRL 1.12 PPOTrainer"
+                peer, peer_name = run_side(trl112, "trl-ppo", a, paths, ppo_env), "TRL 1.12 PPOTrainer"
             ratio = ours["median"] / peer["median"]
             print(f"{algo}: ours {ours['median']:.3f} s/iter, {peer_name} {peer['median']:.3f} s/iter, "
                   f"ratio {ratio:.2f}x")

@@ -14,8 +14,9 @@ tokens of the timed steps / their wall time.  The sides alternate (ours, TRL, ou
 and the best round of each is kept, which evens out load from other users of the machine.
 
 Where our speed comes from (see docs/sft.md): length-grouped batches (little padding);
-the output head applied only at response positions; no per-step extras (TRL computes
-entropy and token accuracy over the full logits at every step by default).
+the output head applied only at response positions (TRL's chunked head does that only on
+Triton devices and scores every position on CPU); no per-step extras (TRL computes
+entropy and top-1 accuracy at every step).
 """
 
 from __future__ import annotations

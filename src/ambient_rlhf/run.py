@@ -369,14 +369,22 @@ BARRIER_HOURS = 12
 
 
 def _processes() -> tuple[int, int, Callable[[], None]]:
-    """(rank, world size, barrier); one process unless launched by accelerate/torchrun."""
+    """(rank, world size, barrier); one process unless launched by accelerate/torchrun.
+
+    The process group is the one the trainers use (accelerate's shared state, gloo on
+    CPU, NCCL on GPUs), created here with a long timeout so that processes can wait
+    through a main-process stage."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, lambda: None
     from datetime import timedelta
 
+    import torch
     from accelerate import PartialState
 
-    state = PartialState(timeout=timedelta(hours=BARRIER_HOURS))
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=BARRIER_HOURS))
+    if state.num_processes <= 1:
+        raise AmbientError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up a single process; "
+                           "launch with `accelerate launch` or `torchrun`")
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 

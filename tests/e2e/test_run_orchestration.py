@@ -137,3 +137,59 @@ def test_stage_without_manifest_is_an_error(tmp_path):
     with pytest.raises(AmbientError, match="without writing"):
         execute(run, _stages(run)[:1], {"a": lambda cfg, resume, out: None})
     assert _statuses(run) == {"a": "failed"}
+
+
+_TWO_PROCESS_SCRIPT = '''
+import os, sys
+from dataclasses import dataclass
+from pathlib import Path
+from ambient_rlhf.io import write_manifest
+from ambient_rlhf.run import Stage, execute
+
+rank = int(os.environ["RANK"])
+
+@dataclass
+class Cfg:
+    value: int = 0
+
+def make(kind):
+    def runner(cfg, resume, out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / f"rank{rank}").write_text("ran")
+        if rank == 0:
+            write_manifest(out, kind, {"value": cfg.value})
+    return runner
+
+run = Path(sys.argv[1])
+stages = [Stage("data", "data", Cfg(1)), Stage("sft", "sft", Cfg(2), ["data"]), Stage("eval", "eval", Cfg(3), ["sft"])]
+execute(run, stages, {k: make(k) for k in ("data", "sft", "eval")})
+'''
+
+
+def test_two_processes_share_the_training_stages_only(tmp_path):
+    """Under torchrun (2 CPU processes, gloo): SFT runs on both processes, the other
+    stages on the main one; the second launch skips everything on both."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a free port, so parallel test runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    script = tmp_path / "two.py"
+    script.write_text(_TWO_PROCESS_SCRIPT)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(script), str(run)]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "AMBIENT_PROGRESS": "0"}
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+    assert sorted(p.name for p in (run / "data").glob("rank*")) == ["rank0"]
+    assert sorted(p.name for p in (run / "sft").glob("rank*")) == ["rank0", "rank1"]
+    assert sorted(p.name for p in (run / "eval").glob("rank*")) == ["rank0"]
+    assert _statuses(run) == {"data": "ran", "sft": "ran", "eval": "ran"}
+    for f in run.glob("*/rank*"):
+        f.unlink()
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+    assert not list(run.glob("*/rank*"))  # nothing ran again, on either process
+    assert _statuses(run) == {"data": "skipped", "sft": "skipped", "eval": "skipped"}

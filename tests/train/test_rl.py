@@ -144,3 +144,50 @@ def test_reward_spec_errors(tmp_path, data_dir, tiny_model_path):
                       (str(tmp_path), "not a reward-model directory"), ("python:nope_module:f", "cannot import")):
         with pytest.raises(AmbientError, match=msg):
             _run(tmp_path / "e", data_dir, tiny_model_path, "reinforce", "steps=1", f"reward={spec}", "overwrite=true")
+
+
+def test_policy_with_goal_tokens_can_use_a_base_reward_model(tiny_model_path):
+    """A tier-conditioned SFT policy has 3 goal tokens more than the base reward model: they
+    are allowed (and dropped from what the RM scores); a different vocabulary is refused."""
+    from ambient_rlhf.models.load import load_tokenizer
+    from ambient_rlhf.models.tokenize import add_goal_tokens
+    from ambient_rlhf.train.rl import policy_only_ids
+
+    rm_tok, pol_tok = load_tokenizer(tiny_model_path), load_tokenizer(tiny_model_path)
+    assert policy_only_ids(rm_tok, pol_tok) == []
+    add_goal_tokens(pol_tok)
+    extra = policy_only_ids(rm_tok, pol_tok)
+    assert len(extra) == 3 and min(extra) >= len(rm_tok)
+    assert policy_only_ids(pol_tok, rm_tok) is None  # the RM knows tokens the policy lacks
+
+
+def test_existing_output_is_not_clobbered(tmp_path, data_dir, tiny_model_path):
+    from ambient_rlhf import AmbientError
+
+    out = tmp_path / "reinforce"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for extra in ((), ("resume=true",)):  # not even by --resume when there is no checkpoint
+        with pytest.raises(AmbientError, match="output directory exists"):
+            _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=1", "batch_size=2", *extra)
+    assert (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(AmbientError, match="goal"):
+        _run(tmp_path / "g", data_dir, tiny_model_path, "reinforce", "steps=1", "goal=best")
+
+
+def test_tier_conditioned_policy_with_base_reward_model(tmp_path, data_dir, tiny_model_path):
+    """goal=good with a policy that has goal tokens, a reward model (and value model) without."""
+    from ambient_rlhf.models.heads import ScalarHeadModel
+    from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
+    from ambient_rlhf.models.tokenize import add_goal_tokens
+
+    rm_dir, pol_dir = tmp_path / "rm", tmp_path / "pol"
+    ScalarHeadModel(load_causal_lm(tiny_model_path)).save_pretrained(rm_dir, load_tokenizer(tiny_model_path))
+    lm, tok = load_causal_lm(tiny_model_path), load_tokenizer(tiny_model_path)
+    add_goal_tokens(tok, lm)
+    lm.save_pretrained(pol_dir)
+    tok.save_pretrained(pol_dir)
+    rows, out = _run(tmp_path, data_dir, str(pol_dir), "ppo", "steps=1", "batch_size=2", f"reward={rm_dir}",
+                     "goal=good", "sample_every=1")
+    assert len(rows) == 1 and rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert "<|tier:good|>" in json.loads((out / "manifest.json").read_text())["example_prompt"]

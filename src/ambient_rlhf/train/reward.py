@@ -169,8 +169,8 @@ def half_of(thread_id: str) -> str:
 
 
 def community_name(data_dir: str | Path) -> str:
-    """The community of a data directory: its manifest's ``community`` if any, else the
-    directory name."""
+    """The community of a data directory: its manifest's ``community``, else the most
+    common value of the ``community`` column of responses.parquet, else the directory name."""
     p = Path(data_dir)
     m = p / "manifest.json"
     if m.is_file():
@@ -180,6 +180,14 @@ def community_name(data_dir: str | Path) -> str:
                 return c
         except json.JSONDecodeError:
             pass
+    try:
+        import pandas as pd
+
+        col = pd.read_parquet(p / schema.RESPONSES_FILE, columns=["community"])["community"].dropna()
+        if len(col):
+            return str(col.mode().iloc[0])
+    except Exception:  # no such file or column: fall back to the name
+        pass
     return p.name
 
 
@@ -801,7 +809,7 @@ def train_reward(cfg: RewardConfig) -> Path:
             row["rm/valid_accuracy"] = pair_accuracy(scorer, valid_pairs, max(cfg.batch_size * 2, 8))
         metrics.log(step, row)
         bar.update(1)
-        bar.set_postfix(loss=f"{row['rm/loss']:.3f}")
+        bar.set_postfix(loss=f"{row['rm/loss']:.3f}", refresh=False)
         if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == total:
             checkpoint(step)
     bar.close()

@@ -53,6 +53,7 @@ from ambient_rlhf.rl.losses import explained_variance, ppo_policy_loss, ppo_valu
 from ambient_rlhf.rl.masking import masked_mean, masked_whiten
 from ambient_rlhf.rl.rewards import apply_missing_eos_score, kl_per_token, sequence_rewards, shaped_rewards
 from ambient_rlhf.train.common import LoraSettings, apply_lora, is_peft, make_scheduler, merge_lora, setup_accelerator
+from ambient_rlhf.models.tokenize import TIERS
 from ambient_rlhf.train.rollout import PolicyWithValue, ValueModel, left_align, response_logits, sample
 
 log = get_logger("rl")
@@ -245,13 +246,15 @@ class PythonScorer(Scorer):
 class RewardModelScorer(Scorer):
     """A reward model scoring [its prompt rendering + the policy's response tokens]."""
 
-    def __init__(self, rm, rm_prompt_ids: list[list[int]], pad_id: int, device):
+    def __init__(self, rm, rm_prompt_ids: list[list[int]], pad_id: int, device, drop_ids: list[int] = ()):
         self.rm, self.rm_prompt_ids, self.pad_id, self.device = rm, rm_prompt_ids, pad_id, device
+        self.drop = torch.tensor(list(drop_ids), dtype=torch.long)
         self.name = "reward-model"
 
     @torch.no_grad()
     def __call__(self, prompt_idx, response, mask):
-        seqs = [self.rm_prompt_ids[i] + r[m.bool()].tolist() for i, r, m in zip(prompt_idx, response, mask)]
+        keep = mask.bool() & ~torch.isin(response, self.drop)  # (B, R) real tokens the RM knows
+        seqs = [self.rm_prompt_ids[i] + r[k].tolist() for i, r, k in zip(prompt_idx, response, keep)]
         T = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
         att = torch.zeros((len(seqs), T), dtype=torch.long)
@@ -261,8 +264,19 @@ class RewardModelScorer(Scorer):
         return self.rm.reward(ids.to(self.device), att.to(self.device)).float().cpu()
 
 
-def _same_tokenizer(a, b) -> bool:
-    return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
+def policy_only_ids(rm_tok, policy_tok) -> list[int] | None:
+    """Token ids the policy has and the reward model lacks, or None when the reward model
+    cannot read the policy's ids at all.
+
+    The two must share a tokenizer: every (token, id) of the reward model's vocabulary is
+    in the policy's, with the same EOS.  The policy may have more tokens -- the goal tokens
+    a tier-conditioned SFT adds -- which the reward model never saw; they are dropped from
+    the sequences it scores."""
+    rv, pv = rm_tok.get_vocab(), policy_tok.get_vocab()
+    if rm_tok.eos_token_id != policy_tok.eos_token_id or any(pv.get(t) != i for t, i in rv.items()):
+        return None
+    known = set(rv.values())
+    return sorted(i for i in pv.values() if i not in known)
 
 
 def make_scorer(cfg: RLConfig, tokenizer, prompts: list[str], device):
@@ -292,7 +306,8 @@ def make_scorer(cfg: RLConfig, tokenizer, prompts: list[str], device):
         raise AmbientError(f"reward={spec!r}: not a reward-model directory (train one with `ambient rm`), "
                            "nor token-count:<ids> / python:<module>:<fn>")
     rm = load_reward_model(spec)
-    if not _same_tokenizer(rm.tokenizer, tokenizer):
+    drop = policy_only_ids(rm.tokenizer, tokenizer)
+    if drop is None:
         raise AmbientError(f"reward={spec}: the reward model's tokenizer differs from the policy's ({cfg.policy}); "
                            "train the reward model from the same base model as the policy")
     for p in rm.parameters():
@@ -301,7 +316,7 @@ def make_scorer(cfg: RLConfig, tokenizer, prompts: list[str], device):
     template = rm.meta.get("template", cfg.template) if hasattr(rm, "meta") else cfg.template
     budget = int(rm.meta.get("max_prompt_tokens", cfg.max_prompt_tokens)) if hasattr(rm, "meta") else cfg.max_prompt_tokens
     rm_ids = [encode_prompt(tokenizer, p, min(budget, cfg.max_prompt_tokens), template)[0] for p in prompts]
-    return RewardModelScorer(rm, rm_ids, tokenizer.pad_token_id, device), rm
+    return RewardModelScorer(rm, rm_ids, tokenizer.pad_token_id, device, drop), rm
 
 
 # ---- data ----------------------------------------------------------------------------------
@@ -348,21 +363,28 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
         raise AmbientError("rloo_k must be >= 2 for RLOO")
     if cfg.temperature <= 0:
         raise AmbientError("temperature must be > 0")
+    if cfg.goal is not None and cfg.goal not in TIERS:
+        raise AmbientError(f"goal={cfg.goal!r}: expected one of {list(TIERS)} (or null)")
 
 
 def train_rl(cfg: RLConfig) -> Path:
     """Run policy optimisation (see the module docstring for the steps); return ``cfg.out``."""
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
     from ambient_rlhf.models.heads import ScalarHeadModel
-    from ambient_rlhf.models.tokenize import encode_prompt, render_prompt
+    from ambient_rlhf.models.tokenize import encode_prompt, has_goal_tokens, render_prompt
 
     acc = setup_accelerator(mixed_precision=cfg.mixed_precision)
     _validate(cfg, acc.num_processes)
     out = Path(cfg.out)
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if acc.is_main_process and ckpt is None and out.exists() and any(out.iterdir()):
-        if not cfg.overwrite and not cfg.resume:
-            raise AmbientError(f"{out}: output directory exists; pass --resume to continue, overwrite=true to replace")
+        # a resumed run with no checkpoint yet starts over, but only in a directory that
+        # holds nothing except what this stage writes before its first checkpoint
+        ours = {"metrics.jsonl", "samples.jsonl", "checkpoints", "tensorboard"}
+        restart = cfg.resume and all(p.name in ours for p in out.iterdir())
+        if not (cfg.overwrite or restart):
+            raise AmbientError(f"{out}: output directory exists; pass --resume to continue a run, "
+                               "overwrite=true to replace it, or choose another --out")
         shutil.rmtree(out)
     acc.wait_for_everyone()
     out.mkdir(parents=True, exist_ok=True)
@@ -371,6 +393,9 @@ def train_rl(cfg: RLConfig) -> Path:
 
     # models: policy (+ value head), reference, value model, reward
     tok = load_tokenizer(cfg.policy, padding_side="left")
+    if cfg.goal is not None and not has_goal_tokens(tok):
+        raise AmbientError(f"goal={cfg.goal}: the policy {cfg.policy} has no goal tokens; train it with "
+                           "`ambient sft --condition tier`, or leave goal unset")
     prompts = load_prompts(cfg.data)
     prompt_ids = [encode_prompt(tok, p, cfg.max_prompt_tokens, cfg.template, cfg.goal)[0] for p in prompts]
     lm = load_causal_lm(cfg.policy)
@@ -392,6 +417,8 @@ def train_rl(cfg: RLConfig) -> Path:
                             "value model from the policy")
             vm = ScalarHeadModel(load_causal_lm(cfg.policy))
             torch.nn.init.zeros_(vm.head.weight)  # a fresh head starts at V = 0 (see value_model)
+        if vm.lm.get_input_embeddings().num_embeddings < len(tok):  # the policy's goal tokens
+            vm.lm.resize_token_embeddings(len(tok), mean_resizing=True)
         vm.lm = apply_lora(vm.lm, cfg.lora)
         for p in vm.head.parameters():
             p.requires_grad_(True)
@@ -591,6 +618,8 @@ def train_rl(cfg: RLConfig) -> Path:
         metrics.log(step, row)
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/score']:.3f}", kl=f"{row['objective/kl']:.2f}")
+        log.info("step %d/%d: score %.3f, kl %.3f, beta %.4f, length %.1f, %.1fs", step, cfg.steps,
+                 row["objective/score"], row["objective/kl"], beta, row["gen/length"], row["time/step"])
 
         if acc.is_main_process and (step == 1 or step % cfg.sample_every == 0):
             with samples_path.open("a") as f:
