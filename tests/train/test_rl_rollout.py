@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ambient_rlhf.train.rollout import filter_logits, left_align, response_logprobs, sample
+from ambient_rlhf.train.rollout import filter_logits, response_logprobs, sample
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,6 @@ def test_filter_logits_by_hand():
     # top-k 3 drops the smallest
     assert torch.isinf(filter_logits(logits, top_k=3)).tolist() == [[False, False, False, True]]
     assert not torch.isinf(filter_logits(logits)).any()
-
-
-def test_left_align_puts_the_last_real_token_last():
-    ids = torch.tensor([[0, 0, 5, 6, 7, 0], [8, 9, 10, 11, 12, 13]])
-    mask = (ids != 0).long()
-    a, am = left_align(ids, mask, 0)
-    assert a.tolist() == [[5, 6, 7, 0, 0, 0], [8, 9, 10, 11, 12, 13]]
-    assert am.sum(1).tolist() == [3, 6]
 
 
 def test_draw_matches_the_distribution():

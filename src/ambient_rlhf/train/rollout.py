@@ -166,19 +166,3 @@ class ValueModel(nn.Module):
         h = out.last_hidden_state[:, n_prompt - 1:-1]
         return self.model.head(h.to(self.model.head.weight.dtype)).squeeze(-1).float()
 
-
-def left_align(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move every row's real tokens to the front (right padding), dropping all-pad columns.
-
-    Shapes: (B, T) x2 -> (B, T') x2 with T' = max real length.  The reward model then sees
-    each sequence exactly as it saw training examples, and its last real token (the EOS,
-    where the score is read) is found from the mask."""
-    lens = mask.long().sum(1)
-    T = int(lens.max())
-    out = torch.full((ids.shape[0], T), pad_id, dtype=ids.dtype, device=ids.device)
-    out_mask = torch.zeros((ids.shape[0], T), dtype=torch.long, device=ids.device)
-    for i in range(ids.shape[0]):
-        real = ids[i][mask[i].bool()]
-        out[i, : real.numel()] = real
-        out_mask[i, : real.numel()] = 1
-    return out, out_mask
