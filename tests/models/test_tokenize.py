@@ -26,12 +26,21 @@ def test_plain_template_and_goal_token(tok):
     assert chat.endswith("<|im_start|>assistant\n<|tier:good|>")
 
 
-def test_goal_tokens_are_single_tokens(tiny_model_path):
-    t = load_tokenizer(tiny_model_path)
+def test_goal_tokens_are_single_tokens_initialised_from_their_words(tiny_model_path):
+    import torch
+
+    from ambient_rlhf.models.load import load_causal_lm
+
+    t, m = load_tokenizer(tiny_model_path), load_causal_lm(tiny_model_path)
     assert not has_goal_tokens(t)
-    assert add_goal_tokens(t) == 3 and add_goal_tokens(t) == 0
+    assert add_goal_tokens(t, m) == 3 and add_goal_tokens(t, m) == 0
     ids = [t(g, add_special_tokens=False)["input_ids"] for g in GOAL_TOKENS]
     assert ids == [[len(t) - 3], [len(t) - 2], [len(t) - 1]]
+    emb = m.get_input_embeddings().weight
+    assert emb.shape[0] == len(t)
+    for (gid,), word in zip(ids, ("good", "ok", "bad")):
+        w = t(word, add_special_tokens=False)["input_ids"]
+        assert torch.equal(emb[gid], emb[w].mean(0))
 
 
 def test_prompt_cut_from_the_left_keeps_the_template(tok):

@@ -88,3 +88,19 @@ def test_cli_prompt_file_to_jsonl(tmp_path, tiny_model_path, capsys):
     bad.write_text('{"prompt": "ok"}\nnot json\n')
     assert main(["generate", "--model", tiny_model_path, "--prompts", str(bad)]) == 2
     assert f"{bad}:2: invalid JSON" in capsys.readouterr().err
+
+
+def test_goal_tokens_are_never_generated(tiny_model_path):
+    from ambient_rlhf.models.tokenize import add_goal_tokens, goal_token_ids
+
+    lm, tok = load_causal_lm(tiny_model_path), load_tokenizer(tiny_model_path, padding_side="left")
+    add_goal_tokens(tok, lm)
+    ref = generate((lm, tok), [PROMPTS[0]], max_new_tokens=4, temperature=0.0, return_ids=True)[0]
+    gid = goal_token_ids(tok)[0]
+    emb = lm.get_input_embeddings().weight  # tied with the head in the tiny Llama
+    emb.data[gid] = emb.data[ref[0]] * 3  # its logit now beats the first greedy pick ...
+    ids, _ = encode_prompt(tok, PROMPTS[0], 256)
+    with torch.no_grad():
+        assert lm(torch.tensor([ids])).logits[0, -1].argmax().item() == gid
+    # ... but it is suppressed; the prompt has no goal token, so all else is unchanged
+    assert generate((lm, tok), [PROMPTS[0]], max_new_tokens=4, temperature=0.0, return_ids=True)[0] == ref

@@ -36,11 +36,33 @@ GOAL_TOKENS = tuple(goal_token(t) for t in TIERS)
 def add_goal_tokens(tokenizer, model=None) -> int:
     """Add the tier control tokens to the tokenizer (and grow the model's embeddings).
 
+    Each new input-embedding row starts at the mean embedding of its tier's word
+    (``good``, ``ok``, ``bad``): rows drawn around the vocabulary mean (transformers'
+    ``mean_resizing``) are nearly identical, so a short run could not tell the tiers
+    apart; the words give distinct, meaningful starting points.  Goal tokens are never
+    labels, and :func:`ambient_rlhf.train.generate.generate` never samples them.
+
     Returns the number of tokens added (0 when they already exist)."""
-    added = tokenizer.add_special_tokens({"additional_special_tokens": list(GOAL_TOKENS)}, replace_extra_special_tokens=False) if _supports_replace(tokenizer) else tokenizer.add_special_tokens({"additional_special_tokens": list(GOAL_TOKENS)})
+    specials = {"additional_special_tokens": list(GOAL_TOKENS)}
+    if _supports_replace(tokenizer):
+        added = tokenizer.add_special_tokens(specials, replace_extra_special_tokens=False)
+    else:
+        added = tokenizer.add_special_tokens(specials)
     if model is not None and added:
+        import torch
+
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        emb = model.get_input_embeddings().weight
+        with torch.no_grad():
+            for tier in TIERS:
+                word_ids = tokenizer(tier, add_special_tokens=False)["input_ids"]
+                emb[tokenizer.convert_tokens_to_ids(goal_token(tier))] = emb[word_ids].mean(0)
     return added
+
+
+def goal_token_ids(tokenizer) -> list[int]:
+    """Ids of the goal tokens ([] when the tokenizer has none)."""
+    return tokenizer.convert_tokens_to_ids(list(GOAL_TOKENS)) if has_goal_tokens(tokenizer) else []
 
 
 def _supports_replace(tokenizer) -> bool:

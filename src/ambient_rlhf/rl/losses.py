@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ambient_rlhf.rl.masking import masked_mean
+from ambient_rlhf.rl.masking import masked_mean, masked_var
 
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
@@ -77,7 +77,5 @@ def sequence_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adv
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``1 - Var(R - V) / Var(R)`` over real tokens.  Shapes: (B, T) x3 -> ()."""
-    from ambient_rlhf.rl.masking import masked_var
-
     var_r = masked_var(returns, mask)
     return 1.0 - masked_var(returns - values, mask) / var_r.clamp(min=1e-8)

@@ -64,7 +64,7 @@ def generate(model, prompts: list[str], goal: str | None = None, max_new_tokens:
             caller's global RNG state is left untouched.
         return_ids: return the new token ids (EOS and what follows removed) instead of text.
     Returns: the new text of each prompt (special tokens removed), in prompt order."""
-    from ambient_rlhf.models.tokenize import encode_prompt, has_goal_tokens
+    from ambient_rlhf.models.tokenize import encode_prompt, goal_token_ids, has_goal_tokens
 
     if isinstance(model, (tuple, list)):
         lm, tok = model
@@ -92,6 +92,8 @@ def generate(model, prompts: list[str], goal: str | None = None, max_new_tokens:
     pad_id = tok.pad_token_id
     gen_kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=pad_id,
                                   use_cache=True)
+    if goal_token_ids(tok):  # control tokens are conditioned on, never produced
+        gen_kw["suppress_tokens"] = goal_token_ids(tok)
     if temperature > 0:
         gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:

@@ -32,6 +32,7 @@ of an uninterrupted run (data order is a function of seed and step, RNG states r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -47,7 +48,7 @@ import torch
 from ambient_rlhf import AmbientError
 from ambient_rlhf.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
 from ambient_rlhf.cli import common_parser, split_overrides
-from ambient_rlhf.config import check_documented, config_help, load_config, to_dict  # noqa: F401
+from ambient_rlhf.config import config_help, load_config, to_dict
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress, setup_logging
 from ambient_rlhf.train.common import (CausalLMLoss, LoraSettings, TokenMeter, all_sum, apply_lora, is_peft,
@@ -478,7 +479,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         for k, mb in enumerate(mine):
             ids, att, lab = collate([train_ex[j] for j in mb], tok.pad_token_id)
             ids, att, lab = ids.to(accelerator.device), att.to(accelerator.device), lab.to(accelerator.device)
-            sync = accelerator.no_sync(loss_fn) if k < len(mine) - 1 else _nullcontext()
+            sync = accelerator.no_sync(loss_fn) if k < len(mine) - 1 else contextlib.nullcontext()
             with sync:
                 nll, n = loss_fn(ids, att, lab)
                 # DDP averages gradients over processes, hence * world
@@ -545,14 +546,6 @@ def train_sft(cfg: SFTConfig) -> Path:
                            seconds=round(time.time() - t_start, 1))
     accelerator.wait_for_everyone()
     return out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ---- command line ----------------------------------------------------------------------
