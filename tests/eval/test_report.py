@@ -253,3 +253,23 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
     img = mpimg.imread(shot)  # (H, W, C) floats in [0, 1]
     assert img.shape[0] == 1600 and img.shape[1] == 1200
     assert img[..., :3].std() > 0.05  # text and figures, not one flat colour
+
+
+def test_report_shows_true_utility_recovery_from_the_truth_stage(tmp_path):
+    run = tmp_path / "run"
+    truth = run / "truth"
+    _manifest(truth, "truth")
+    (truth / "eval.json").write_text(json.dumps({
+        "split": "test",
+        "labels": {"test": {"score": {"spearman": 0.755, "pair_accuracy": 0.817},
+                            "adjusted": {"spearman": 0.742, "pair_accuracy": 0.811},
+                            "n": {"threads": 12, "responses": 60}}},
+        "reward_models": {"rm-proxy": {"spearman": 0.183, "pair_accuracy": 0.567}},
+    }))
+    page = Path(write_report(run)).read_text()
+    rows = re.findall(r"<tr>(.*?)</tr>", page, flags=re.S)
+    cells = [re.sub(r"<[^>]+>", "|", r) for r in rows]
+    assert any("raw score" in c and "0.755" in c and "0.817" in c for c in cells)
+    assert any("adjusted rank" in c and "0.742" in c for c in cells)
+    assert any("rm-proxy" in c and "0.183" in c and "0.567" in c for c in cells)
+    assert "12 threads, 60 answers" in page

@@ -21,9 +21,10 @@ def test_pad_is_not_eos(tok):
 
 def test_plain_template_and_goal_token(tok):
     assert render_prompt(tok, "Why?", template="plain") == "Prompt: Why?\nResponse: "
-    assert render_prompt(tok, "Why?", template="plain", goal="bad") == "Prompt: Why?\nResponse: <|tier:bad|>"
+    assert render_prompt(tok, "Why?", template="plain", goal="bad") == "Prompt: Why?\n<|tier:bad|>Response: "
     chat = render_prompt(tok, "Why?", goal="good")
-    assert chat.endswith("<|im_start|>assistant\n<|tier:good|>")
+    assert chat.endswith("Why?<|im_end|>\n<|tier:good|><|im_start|>assistant\n")
+    assert chat.replace("<|tier:good|>", "") == render_prompt(tok, "Why?")
 
 
 def test_goal_tokens_are_single_tokens_initialised_from_their_words(tiny_model_path):

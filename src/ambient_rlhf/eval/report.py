@@ -37,9 +37,9 @@ log = get_logger("report")
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
-STAGES = ("data", "sft", "rm", "rl", "eval")
+STAGES = ("data", "sft", "rm", "rl", "eval", "truth")
 STAGE_TITLES = {"data": "Data", "sft": "Behaviour cloning (SFT)", "rm": "Reward models", "rl": "Policy optimisation (RL)",
-                "eval": "Policy evaluation"}
+                "eval": "Policy evaluation", "truth": "Recovery of the true utility (simulated community)"}
 RL_CURVES = (("objective/score", "reward-model score"), ("objective/kl", "KL to reference (nats)"),
              ("objective/entropy", "entropy (nats, as logged)"), ("gen/length", "response length (tokens)"))
 
@@ -70,11 +70,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _classify(name: str, manifest: dict[str, Any]) -> str | None:
     st = str(manifest.get("stage", "")).lower()
     for key, aliases in (("data", ("data", "simulate")), ("sft", ("sft",)), ("rm", ("rm", "reward", "rm-combine")),
-                         ("rl", ("rl",)), ("eval", ("eval",))):
+                         ("rl", ("rl",)), ("eval", ("eval",)), ("truth", ("truth",))):
         if st in aliases:
             return key
     n = name.lower()
-    for key in ("data", "sft", "rm", "rl", "eval"):
+    for key in ("data", "sft", "rm", "rl", "eval", "truth"):
         if n == key or n.startswith(key + "-") or n.startswith(key + "_"):
             return key
     return None
@@ -606,7 +606,8 @@ def simulated_section(run, figs: Figures) -> str:
     evals = [s for s in run["eval"] if s.eval and s.eval.get("true_utility")]
     rm_rec = [(s.name, s.eval) for s in run["rm"] if s.eval and any("true_utility" in k for k in flatten_numbers(s.eval))]
     sims = [s for s in run["data"] if s.manifest.get("stage") == "simulate"]
-    if not evals and not rm_rec and not sims:
+    truths = [s for s in run.get("truth", []) if s.eval]
+    if not evals and not rm_rec and not sims and not truths:
         return "<p class='missing'>Not a simulated community (no hidden true utility in this run).</p>"
     plt = _plt()
     out = []
@@ -623,6 +624,8 @@ def simulated_section(run, figs: Figures) -> str:
         if rows:
             out.append(f"<p>{esc(s.name)}: what the votes say about the hidden utility</p>"
                        + table(["", "value"], rows, "compact"))
+    for s in truths:
+        out.append(truth_table(s.eval))
     for name, e in rm_rec:
         nums = {k: v for k, v in flatten_numbers(e).items() if "true_utility" in k}
         out.append(f"<p>{esc(name)}: recovery of the true utility</p>" + table(["key", "value"], [[k, v] for k, v in nums.items()], "compact"))
@@ -657,6 +660,29 @@ def simulated_section(run, figs: Figures) -> str:
             ax.legend(fontsize=8)
             out.append(figs.save(fig, f"true_vs_reward_{_slug(s.name)}"))
     return "".join(out)
+
+
+def truth_table(e: dict[str, Any]) -> str:
+    """How well each signal recovers the hidden utility (the ``truth`` stage's eval.json):
+    within-thread Spearman and pair accuracy of the raw score, the adjusted rank and each
+    reward model against the true utility, on the held-out split."""
+    split = e.get("split", "test")
+    labels = (e.get("labels") or {}).get(split) or {}
+    rows = []
+    names = {"score": "raw score (upvotes)", "adjusted": "adjusted rank (confound control)"}
+    for key, lab in names.items():
+        d = labels.get(key) or {}
+        if d:
+            rows.append([lab, d.get("spearman"), d.get("pair_accuracy")])
+    for name, d in (e.get("reward_models") or {}).items():
+        rows.append([f"reward model {name}", (d or {}).get("spearman"), (d or {}).get("pair_accuracy")])
+    if not rows:
+        return ""
+    n = labels.get("n") or {}
+    cap = (f"<p>Recovery of the hidden utility on the {esc(split)} split"
+           + (f" ({esc(n.get('threads'))} threads, {esc(n.get('responses'))} answers)" if n else "")
+           + ": within-thread Spearman and pairwise agreement with the true utility.</p>")
+    return cap + table(["signal", "Spearman", "pair accuracy"], rows, "compact")
 
 
 def curves_section(run, figs: Figures) -> str:

@@ -9,9 +9,9 @@ policy see identical text:
 * ``template="auto"``: the tokenizer's chat template when it has one (ChatML for SmolLM2),
   else ``plain``.  ``chat`` forces the chat template, ``plain`` the
   ``Prompt: ...\\nResponse: `` form.
-* ``goal``: a quality tier; its control token (``<|tier:good|>``...) is placed right after
-  the template's answer header, inside the prompt part, so it is conditioned on and
-  never predicted.
+* ``goal``: a quality tier; its control token (``<|tier:good|>``...) is placed between
+  the user's turn and the answer header, inside the prompt part, so it is conditioned
+  on and never predicted.
 * Prompts are truncated from the left (the end of a question is nearest the answer),
   responses from the right; :func:`encode_pair` reports whether either was cut.
 """
@@ -90,17 +90,26 @@ def resolve_template(tokenizer, template: str = "auto") -> str:
 
 
 def render_prompt(tokenizer, prompt: str, template: str = "auto", goal: str | None = None) -> str:
-    """The text that precedes the answer (the answer is appended directly after it)."""
+    """The text that precedes the answer (the answer is appended directly after it).
+
+    A goal token goes between the user's turn and the answer header
+    (``...<|im_end|>\n<|tier:good|><|im_start|>assistant\n``; plain:
+    ``Prompt: ...\n<|tier:good|>Response: ``), so the answer still starts right after
+    the header the model knows; placed after the header, a new token derails the first
+    words of a pretrained chat model until it has been trained for a while."""
     kind = resolve_template(tokenizer, template)
+    tag = goal_token(goal) if goal is not None else ""
     if kind == "chat":
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = PLAIN_TEMPLATE.format(prompt=prompt)
-    if goal is not None:
-        text += goal_token(goal)
-    return text
+        msgs = [{"role": "user", "content": prompt}]
+        with_header = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        if not tag:
+            return with_header
+        turn = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+        if with_header.startswith(turn):
+            return turn + tag + with_header[len(turn):]
+        return with_header + tag  # a template whose header does not simply follow the turn
+    head, sep, tail = PLAIN_TEMPLATE.rpartition("Response: ")
+    return head.format(prompt=prompt) + tag + sep + tail
 
 
 def _ids(tokenizer, text: str) -> list[int]:
