@@ -95,8 +95,9 @@ def stage_config_types() -> dict[str, type]:
 # (at ~50 tokens/s for SmolLM2 on 2 cores): simulate 50 x 5 answers ~4 min; SFT ~7 s per
 # step of 8 sequences; reward models train the head on cached features (one forward
 # pass over the answers, then 20 cheap epochs; ~1 min each); RL is RLOO (no value model, one pass per batch) with 2 prompts x 4 samples.
-DEMO_SIMULATE = dict(threads=50, responses=5, max_new_tokens=48)
-DEMO_DATA = dict(splits=dict(train=0.6, valid=0.1, test=0.3), labels=dict(min_prompt_score=2, min_score_ratio=1.5))
+DEMO_SIMULATE = dict(threads=96, responses=3, max_new_tokens=40, batch_size=32)
+DEMO_DATA = dict(splits=dict(train=0.6, valid=0.1, test=0.3), labels=dict(min_prompt_score=2, min_score_ratio=1.5,
+                                                                         delay_weight=0.2))
 DEMO_SFT = dict(steps=12, batch_size=4, grad_accum=2, lr=5e-5, warmup_steps=2, max_prompt_tokens=128,
                 max_response_tokens=64, eval_every=0, eval_examples=32, checkpoint_every=6, sample_prompts=2,
                 sample_max_new_tokens=32)

@@ -209,8 +209,9 @@ class SimulateConfig:
     temperature: float = 0.9
     """Sampling temperature of the answers: a little above the usual 0.7 so the K
     answers of one question differ."""
-    batch_size: int = 8
-    """Generation batch size (8 is the fastest on a 2-core CPU for the default model)."""
+    batch_size: int = 32
+    """Generation batch size. SmolLM2's tokens/s on a 2-core CPU rise with the batch:
+    32 answers of 32 tokens took 54 CPU-s at batch 32 against 85 at batch 8 (1.6x)."""
     community: str = "AmbientSim"
     """Subreddit name written into the dump (file names and the ``subreddit`` field)."""
     start_utc: int = 1_700_000_000

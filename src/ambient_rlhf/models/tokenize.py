@@ -20,6 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ambient_rlhf import AmbientError
+
+
+class PromptBudgetError(AmbientError, ValueError):
+    """``max_prompt_tokens`` cannot hold the prompt template (a user-facing config error)."""
+
 TIERS = ("good", "ok", "bad")
 PLAIN_TEMPLATE = "Prompt: {prompt}\nResponse: "
 
@@ -126,7 +132,7 @@ def encode_prompt(tokenizer, prompt: str, max_tokens: int, template: str = "auto
         return ids, False
     overhead = len(_ids(tokenizer, render_prompt(tokenizer, "", template, goal)))
     if overhead >= max_tokens:
-        raise ValueError(f"max_prompt_tokens={max_tokens} leaves no room for the prompt: the template alone "
+        raise PromptBudgetError(f"max_prompt_tokens={max_tokens} leaves no room for the prompt: the template alone "
                          f"takes {overhead} tokens; raise max_prompt_tokens")
     text_ids = _ids(tokenizer, prompt)
     budget = max_tokens - overhead
@@ -139,7 +145,7 @@ def encode_prompt(tokenizer, prompt: str, max_tokens: int, template: str = "auto
         budget -= len(ids) - max_tokens
         budget = max(budget, 1)
     if len(ids) > max_tokens:
-        raise ValueError(f"max_prompt_tokens={max_tokens} cannot hold the template and one token of text")
+        raise PromptBudgetError(f"max_prompt_tokens={max_tokens} cannot hold the template and one token of text")
     return ids, True
 
 

@@ -758,11 +758,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     lr = _auto_lr(cfg)
-    opt = make_optimizer(scorer.module, lr=lr, weight_decay=cfg.weight_decay)
-    # the same parameter groups with the fused AdamW kernel (4x faster steps on CPU; the
-    # default optimizer of transformers' Trainer since torch 2.8)
-    opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups],
-                            lr=lr, fused=True)
+    opt = make_optimizer(scorer.module, lr=lr, weight_decay=cfg.weight_decay)  # fused AdamW
     sched = make_scheduler(opt, cfg.schedule, int(cfg.warmup_ratio * total), total)
     step = 0
     if ckpt is not None:
