@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from ambient_rlhf import AmbientError, __version__
@@ -51,6 +50,29 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
         else:
             rest.append(tok)
     return rest, overrides
+
+
+def parse_stage(parser: argparse.ArgumentParser, argv: list[str], config_cls: type,
+                values: tuple[str, ...] = (), switches: tuple[str, ...] = ()):
+    """The shared front half of a stage command.
+
+    Parses ``argv`` (``key=value`` overrides split off first), sets up logging, and builds
+    the stage config from defaults <- ``--config`` YAML <- flags <- overrides.  Flags named
+    in ``values`` are shortcuts for the config key of the same name (used when given);
+    ``switches`` (``store_true`` flags) set their key to true.  Returns ``(args, cfg)``, or
+    ``(args, None)`` after printing the keys for ``--help-config``."""
+    from ambient_rlhf.config import config_help, load_config
+    from ambient_rlhf.logging import setup_logging
+
+    rest, overrides = split_overrides(argv)
+    args = parser.parse_args(rest)
+    setup_logging(args.verbose)
+    if args.help_config:
+        print(config_help(config_cls))
+        return args, None
+    flags = [f"{k}={getattr(args, k)}" for k in values if getattr(args, k, None) is not None]
+    flags += [f"{k}=true" for k in switches if getattr(args, k, False)]
+    return args, load_config(config_cls, args.config, flags + overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,10 +36,10 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.config import config_help, load_config, to_dict
+from ambient_rlhf.config import to_dict
 from ambient_rlhf.eval import stats
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
-from ambient_rlhf.logging import get_logger, setup_logging
+from ambient_rlhf.logging import get_logger
 
 log = get_logger("eval")
 
@@ -497,9 +497,8 @@ def verdict(win: dict[str, float]) -> str:
 
 
 def cli(argv: list[str]) -> int:
-    from ambient_rlhf.cli import common_parser, split_overrides
+    from ambient_rlhf.cli import common_parser, parse_stage
 
-    rest, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(prog="ambient eval", parents=[common_parser()],
                                 description="Compare a policy with its reference on held-out prompts, judged by a gold reward model.")
     p.add_argument("--policy", help="model under test (RL output, or tier-conditioned SFT with --goal)")
@@ -511,16 +510,11 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--goal", choices=["good", "ok", "bad"], help="goal token for a tier-conditioned policy")
     p.add_argument("--split", help="split of the prompts (default: test)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = p.parse_args(rest)
-    setup_logging(args.verbose)
-    if args.help_config:
-        print(config_help(EvalConfig))
+    args, cfg = parse_stage(p, argv, EvalConfig,
+                            values=("policy", "reference", "judge", "data", "proxy", "out", "goal", "split"),
+                            switches=("overwrite",))
+    if cfg is None:
         return 0
-    flags = [f"{k}={getattr(args, k)}" for k in ("policy", "reference", "judge", "data", "proxy", "out", "goal", "split")
-             if getattr(args, k) is not None]
-    if args.overwrite:
-        flags.append("overwrite=true")
-    cfg = load_config(EvalConfig, args.config, flags + overrides)
     r = evaluate_policy(cfg)
     wr = r["win_rate"]
     print(f"win rate of policy over reference: {wr['value']:.3f} [{wr['low']:.3f}, {wr['high']:.3f}] "

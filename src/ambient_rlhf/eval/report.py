@@ -424,7 +424,7 @@ def rm_section(run, figs: Figures) -> str:
                 ax.plot(conf, accs, "o-", color="#dd8452", label="reward model")
                 ax.set_xlabel("confidence" + (" max(p, 1-p)" if lo else ""))
                 ax.set_ylabel("fraction ordered right")
-                ax.set_title(f"calibration" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+                ax.set_title("calibration" + (f" (ECE {ece:.3f})" if ece is not None else ""))
                 ax.legend(fontsize=8)
                 out.append(figs.save(fig, f"rm_calibration_{slug}"))
             lc = e.get("length_correlation")

@@ -42,10 +42,10 @@ import torch
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
-from ambient_rlhf.cli import common_parser, split_overrides
-from ambient_rlhf.config import config_help, load_config, to_dict
+from ambient_rlhf.cli import common_parser, parse_stage
+from ambient_rlhf.config import to_dict
 from ambient_rlhf.io import write_manifest
-from ambient_rlhf.logging import MetricsWriter, get_logger, progress, read_jsonl, setup_logging
+from ambient_rlhf.logging import MetricsWriter, get_logger, progress, read_jsonl
 from ambient_rlhf.rl.advantages import RunningBaseline, gae, mean_baseline_advantages, rloo_advantages
 from ambient_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from ambient_rlhf.rl.logprobs import logprobs_from_logits
@@ -690,7 +690,6 @@ def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_o
 
 # ---- command line --------------------------------------------------------------------------
 def cli(argv: list[str]) -> int:
-    rest, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(prog="ambient rl", parents=[common_parser()],
                                 description="Policy optimisation against a reward model (PPO, RLOO, REINFORCE).")
     p.add_argument("--policy", help="initial policy / reference (SFT output directory or model name)")
@@ -699,15 +698,10 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--algo", choices=["ppo", "rloo", "reinforce"])
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    args = p.parse_args(rest)
-    setup_logging(args.verbose)
-    if args.help_config:
-        print(config_help(RLConfig))
+    args, cfg = parse_stage(p, argv, RLConfig, values=("policy", "reward", "data", "algo", "out"),
+                            switches=("resume",))
+    if cfg is None:
         return 0
-    flags = [f"{k}={getattr(args, k)}" for k in ("policy", "reward", "data", "algo", "out") if getattr(args, k)]
-    if args.resume:
-        flags.append("resume=true")
-    cfg = load_config(RLConfig, args.config, flags + overrides)
     out = train_rl(cfg)
     print(out)
     return 0

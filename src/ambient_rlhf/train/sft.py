@@ -47,10 +47,10 @@ import torch
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
-from ambient_rlhf.cli import common_parser, split_overrides
-from ambient_rlhf.config import config_help, load_config, to_dict
+from ambient_rlhf.cli import common_parser, parse_stage
+from ambient_rlhf.config import to_dict
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
-from ambient_rlhf.logging import MetricsWriter, get_logger, progress, setup_logging
+from ambient_rlhf.logging import MetricsWriter, get_logger, progress
 from ambient_rlhf.train.common import (CausalLMLoss, LoraSettings, TokenMeter, all_sum, apply_lora, is_peft,
                                        make_optimizer, make_scheduler, merge_lora, setup_accelerator)
 
@@ -550,7 +550,6 @@ def train_sft(cfg: SFTConfig) -> Path:
 
 # ---- command line ----------------------------------------------------------------------
 def cli(argv: list[str]) -> int:
-    rest, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(prog="ambient sft", parents=[common_parser()],
                                 description="Behaviour cloning: fine-tune a causal LM on prompt -> response.")
     p.add_argument("--data", help="data directory (from `ambient data build`)")
@@ -559,16 +558,10 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--condition", choices=["none", "tier"], help="tier: train with goal tokens")
-    args = p.parse_args(rest)
-    setup_logging(args.verbose)
-    if args.help_config:
-        print(config_help(SFTConfig))
+    args, cfg = parse_stage(p, argv, SFTConfig, values=("data", "model", "out", "condition"),
+                            switches=("resume", "overwrite"))
+    if cfg is None:
         return 0
-    flags = [f"{k}={v}" for k, v in (("data", args.data), ("model", args.model), ("out", args.out),
-                                      ("condition", args.condition)) if v is not None]
-    flags += ["resume=true"] if args.resume else []
-    flags += ["overwrite=true"] if args.overwrite else []
-    cfg = load_config(SFTConfig, args.config, flags + overrides)
     out = train_sft(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(out)
