@@ -92,7 +92,7 @@ def stage_config_types() -> dict[str, type]:
 # ---- the run configuration -----------------------------------------------------------------
 # The defaults are the demo (configs/demo.yaml states the same values): a simulated
 # community answered by SmolLM2, sized for ~15 minutes on a 2-core CPU.  Stage budgets
-# (at ~50 tokens/s for SmolLM2 on 2 cores): simulate 50 x 5 answers ~4 min; SFT ~7 s per
+# (measured, shared 2-core machine): simulate 96 x 3 answers at batch 32 ~2 min; SFT ~7 s per
 # step of 8 sequences; reward models train the head on cached features (one forward
 # pass over the answers, then 20 cheap epochs; ~1 min each); RL is RLOO (no value model, one pass per batch) with 2 prompts x 4 samples.
 DEMO_SIMULATE = dict(threads=96, responses=3, max_new_tokens=40, batch_size=32)
@@ -101,7 +101,7 @@ DEMO_DATA = dict(splits=dict(train=0.6, valid=0.1, test=0.3), labels=dict(min_pr
 DEMO_SFT = dict(steps=12, batch_size=4, grad_accum=2, lr=5e-5, warmup_steps=2, max_prompt_tokens=128,
                 max_response_tokens=64, eval_every=0, eval_examples=32, checkpoint_every=6, sample_prompts=2,
                 sample_max_new_tokens=32)
-DEMO_RM = dict(objective="ranking", train_layers=0, epochs=20.0, max_prompt_tokens=128, max_response_tokens=64,
+DEMO_RM = dict(objective="tiers", train_layers=0, epochs=20.0, lr=3e-3, weight_decay=0.1, max_prompt_tokens=128, max_response_tokens=64,
                eval_every=0, norm_max_responses=128, save_every=0)
 DEMO_RL = dict(algo="rloo", steps=10, batch_size=2, rloo_k=4, response_length=48, max_prompt_tokens=128,
                sample_every=5, samples_per_log=2, save_every=5)
