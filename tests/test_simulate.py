@@ -196,3 +196,17 @@ def test_pair_accuracy_by_hand():
     assert sim.within_thread_pair_accuracy(df, "x", target="y") == 0.625
     stats = sim.recovery_stats(df, ["x"], target="y")
     assert stats["x"]["pair_accuracy"] == 0.625 and stats["n"] == {"threads": 3, "responses": 7}
+
+
+def test_compare_recovery_by_hand():
+    # thread a: x agrees with y (+1), z reverses it (-1) -> difference 2;
+    # thread b: x reverses (-1), z agrees (+1) -> -2; thread c: x agrees (+1), z is
+    # constant (undefined, counts 0) -> 1.  Mean (2 - 2 + 1) / 3 = 1/3.
+    df = pd.DataFrame({"thread_id": list("aabbcc"), "y": [1, 2, 1, 2, 1, 2],
+                       "x": [1, 2, 2, 1, 1, 2], "z": [2, 1, 1, 2, 5, 5]})
+    c = sim.compare_recovery(df, "x", "z", target="y", n_boot=500)
+    assert c["difference"] == pytest.approx(1 / 3) and c["threads"] == 3
+    # resampled means of {2, -2, 1} lie in [-2, 2]; the interval holds the mean
+    assert -2 <= c["ci_low"] <= 1 / 3 <= c["ci_high"] <= 2
+    same = sim.compare_recovery(df, "x", "x", target="y")
+    assert same["difference"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0

@@ -354,11 +354,18 @@ def _has_checkpoint(path: Path) -> bool:
     return latest_checkpoint(path) is not None
 
 
-def run_pipeline(cfg: RunConfig, runners: dict[str, Runner] | None = None) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig, runners: dict[str, Runner] | None = None, until: str | None = None) -> dict[str, Any]:
     """Run (or finish) the pipeline of ``cfg`` in ``cfg.out``; return the run manifest.
 
-    ``runners`` replaces entries of :data:`RUNNERS` (the injection point)."""
-    return execute(Path(cfg.out), plan(cfg), {**RUNNERS, **(runners or {})}, to_dict(cfg))
+    ``runners`` replaces entries of :data:`RUNNERS` (the injection point); ``until`` stops
+    after the stage of that name (its later stages are left as they are)."""
+    stages = plan(cfg)
+    if until:
+        names = [s.name for s in stages]
+        if until not in names:
+            raise AmbientError(f"run: --until {until!r} is not a stage of this run; the stages are: {', '.join(names)}")
+        stages = stages[: names.index(until) + 1]
+    return execute(Path(cfg.out), stages, {**RUNNERS, **(runners or {})}, to_dict(cfg))
 
 
 DISTRIBUTED_KINDS = {"sft", "rl"}
@@ -514,6 +521,8 @@ def cli(argv: list[str]) -> int:
         description="The whole pipeline (simulate/data -> sft -> rm -> rl -> eval -> report) in one run directory. "
                     "Re-running skips finished stages and resumes an interrupted one.")
     p.add_argument("config_file", nargs="?", metavar="CONFIG", help="preset YAML (configs/*.yaml); default: the demo")
+    p.add_argument("--until", metavar="STAGE", default=None,
+                   help="stop after this stage (e.g. rm-gold or truth); re-run without it to finish")
     args = p.parse_args(rest)
     setup_logging(args.verbose)
     if args.help_config:
@@ -525,10 +534,10 @@ def cli(argv: list[str]) -> int:
     # `kill` (SIGTERM) stops the run like Ctrl-C: the stage is recorded as interrupted
     # and the next `ambient run` resumes it
     signal.signal(signal.SIGTERM, _interrupt)
-    m = run_pipeline(cfg)
+    m = run_pipeline(cfg, until=args.until)
     ran = [s for s in m["stages"] if s["status"] == "ran"]
-    print(f"{cfg.out}: {len(ran)} stage(s) ran, {len(m['stages']) - len(ran)} up to date; "
-          f"report: {Path(cfg.out) / 'report' / 'report.html'}")
+    where = f"stopped after {args.until}" if args.until else f"report: {Path(cfg.out) / 'report' / 'report.html'}"
+    print(f"{cfg.out}: {len(ran)} stage(s) ran, {len(m['stages']) - len(ran)} up to date; {where}")
     return 0
 
 

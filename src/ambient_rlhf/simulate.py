@@ -56,7 +56,12 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
     * ``labels``: the raw ``score`` and the confound-adjusted rank (``adjusted``) of the
       data stage, on every split and on ``split``;
     * ``reward_models``: each model's reward on the ``split`` answers (held out from all
-      training).
+      training);
+    * ``baselines``: text-only signals on the same answers: ``length`` (words; longer
+      wins);
+    * ``comparisons``: each reward model against the length baseline and against the raw
+      score, as the mean within-thread Spearman difference with a thread-bootstrap
+      interval (:func:`ambient_rlhf.data.simulate.compare_recovery`).
     Metrics: mean within-thread Spearman with the true utility and pair accuracy (see
     :func:`ambient_rlhf.data.simulate.recovery_stats`).  Writes ``out/eval.json`` and
     ``out/manifest.json`` (stage ``truth``); returns the result."""
@@ -65,7 +70,7 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
     import pandas as pd
 
     from ambient_rlhf.data.schema import RESPONSES_FILE
-    from ambient_rlhf.data.simulate import recovery_stats, true_utility
+    from ambient_rlhf.data.simulate import compare_recovery, recovery_stats, true_utility
     from ambient_rlhf.eval.policy_eval import EvalConfig, load_judge, score
     from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 
@@ -76,11 +81,15 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
     result: dict = {"split": split, "labels": {"all": recovery_stats(df, ["score", "adjusted"], "true_utility"),
                                               split: recovery_stats(held, ["score", "adjusted"], "true_utility")},
                     "reward_models": {}}
+    held["length"] = held["response"].str.split().str.len().astype(float)
+    result["baselines"] = {"length": recovery_stats(held, ["length"], "true_utility")["length"]}
+    result["comparisons"] = {}
     ecfg = EvalConfig(batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_response_tokens)
     for name, path in reward_models.items():
         rm, tok = load_judge(path)
         held[name] = score(rm, tok, held["prompt"].tolist(), held["response"].tolist(), ecfg)
         result["reward_models"][name] = recovery_stats(held, [name], "true_utility")[name]
+        result["comparisons"][name] = {f"vs_{o}": compare_recovery(held, name, o, "true_utility") for o in ("length", "score")}
         del rm
     result["seconds"] = round(time.time() - t0, 1)
     with atomic_dir(out, overwrite=True) as tmp:
@@ -90,8 +99,10 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
                                       "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens},
                        inputs=[data_dir, *reward_models.values()], counts=result["labels"][split]["n"])
     lab = result["labels"]["all"]
-    log.info("true-utility recovery (Spearman): score %.3f, adjusted %.3f; %s", lab["score"]["spearman"],
-             lab["adjusted"]["spearman"], ", ".join(f"{k} {v['spearman']:.3f}" for k, v in result["reward_models"].items()))
+    log.info("true-utility recovery on %s (Spearman): score %.3f, adjusted %.3f, length %.3f; %s", split,
+             result["labels"][split]["score"]["spearman"], result["labels"][split]["adjusted"]["spearman"],
+             result["baselines"]["length"]["spearman"],
+             ", ".join(f"{k} {v['spearman']:.3f}" for k, v in result["reward_models"].items()))
     return result
 
 

@@ -85,6 +85,9 @@ def test_every_stage_wrote_its_directory(run_dir):
     assert set(truth["reward_models"]) == {"rm-proxy", "rm-gold"}
     assert -1 <= truth["labels"]["all"]["adjusted"]["spearman"] <= 1
     assert 0 <= truth["reward_models"]["rm-gold"]["pair_accuracy"] <= 1
+    assert 0 <= truth["baselines"]["length"]["pair_accuracy"] <= 1
+    c = truth["comparisons"]["rm-proxy"]["vs_length"]
+    assert c["ci_low"] <= c["difference"] <= c["ci_high"]
     assert (run_dir / "report" / "report.html").is_file()
 
 

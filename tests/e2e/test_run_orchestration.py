@@ -193,3 +193,24 @@ def test_two_processes_share_the_training_stages_only(tmp_path):
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
     assert not list(run.glob("*/rank*"))  # nothing ran again, on either process
     assert _statuses(run) == {"data": "skipped", "sft": "skipped", "eval": "skipped"}
+
+
+def test_until_stops_after_the_named_stage_and_a_full_run_finishes(tmp_path):
+    from ambient_rlhf.run import RUNNERS, load_run_config, run_pipeline
+
+    calls: list[str] = []
+
+    def runner(cfg, resume: bool, out: str) -> None:
+        calls.append(Path(out).name)
+        write_manifest(out, "stub", {})
+
+    cfg = load_run_config(None, [f"out={tmp_path / 'run'}"])
+    runners = {k: runner for k in RUNNERS}
+    m = run_pipeline(cfg, runners, until="rm-gold")
+    assert calls == ["simulate", "data", "sft", "sft-tier", "rm-proxy", "rm-gold"]
+    assert [s["name"] for s in m["stages"]] == calls
+    calls.clear()
+    run_pipeline(cfg, runners)  # without --until: only the stages after rm-gold run
+    assert calls == ["truth", "rl", "eval", "eval-goal", "report"]
+    with pytest.raises(AmbientError, match="not a stage of this run.*rm-proxy"):
+        run_pipeline(cfg, runners, until="rm")

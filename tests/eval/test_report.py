@@ -265,11 +265,16 @@ def test_report_shows_true_utility_recovery_from_the_truth_stage(tmp_path):
                             "adjusted": {"spearman": 0.742, "pair_accuracy": 0.811},
                             "n": {"threads": 12, "responses": 60}}},
         "reward_models": {"rm-proxy": {"spearman": 0.183, "pair_accuracy": 0.567}},
+        "baselines": {"length": {"spearman": 0.301, "pair_accuracy": 0.612}},
+        "comparisons": {"rm-proxy": {"vs_length": {"difference": -0.118, "ci_low": -0.25, "ci_high": 0.02, "threads": 12},
+                                     "vs_score": {"difference": -0.572, "ci_low": -0.7, "ci_high": -0.4, "threads": 12}}},
     }))
     page = Path(write_report(run)).read_text()
     rows = re.findall(r"<tr>(.*?)</tr>", page, flags=re.S)
     cells = [re.sub(r"<[^>]+>", "|", r) for r in rows]
     assert any("raw score" in c and "0.755" in c and "0.817" in c for c in cells)
     assert any("adjusted rank" in c and "0.742" in c for c in cells)
-    assert any("rm-proxy" in c and "0.183" in c and "0.567" in c for c in cells)
+    assert any("rm-proxy" in c and "0.183" in c and "0.567" in c and "-0.118 [-0.250, +0.020]" in c
+               and "-0.572 [-0.700, -0.400]" in c for c in cells)
+    assert any("longer answer" in c and "0.301" in c and "0.612" in c for c in cells)
     assert "12 threads, 60 answers" in page

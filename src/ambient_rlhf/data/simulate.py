@@ -474,15 +474,39 @@ def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[st
     return subs, comments, pd.DataFrame(rows)
 
 
+def thread_spearmans(df: pd.DataFrame, col: str, target: str = "utility", group: str = "thread_id") -> pd.Series:
+    """Spearman correlation between ``col`` and ``target`` in each thread (index: the
+    thread); NaN for threads where either is constant or that have one answer."""
+    vals = {}
+    for t, g in df.groupby(group):
+        ok = len(g) >= 2 and g[col].nunique() >= 2 and g[target].nunique() >= 2
+        vals[t] = g[col].rank().corr(g[target].rank()) if ok else float("nan")
+    return pd.Series(vals, dtype=float)
+
+
 def within_thread_spearman(df: pd.DataFrame, col: str, target: str = "utility", group: str = "thread_id") -> float:
     """Mean over threads of the Spearman correlation between ``col`` and ``target``
     (threads where either is constant are skipped); NaN when no thread qualifies."""
-    vals = []
-    for _, g in df.groupby(group):
-        if len(g) < 2 or g[col].nunique() < 2 or g[target].nunique() < 2:
-            continue
-        vals.append(g[col].rank().corr(g[target].rank()))
-    return float(np.mean(vals)) if vals else float("nan")
+    vals = thread_spearmans(df, col, target, group).dropna()
+    return float(vals.mean()) if len(vals) else float("nan")
+
+
+def compare_recovery(df: pd.DataFrame, col: str, other: str, target: str = "utility", group: str = "thread_id",
+                     n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Is ``col`` a better recovery of ``target`` than ``other``?  The mean over threads
+    of the difference of their within-thread Spearman correlations, with a percentile
+    interval from resampling threads (a thread where either correlation is undefined
+    counts 0 for the undefined one, so both sides see the same threads)."""
+    a = thread_spearmans(df, col, target, group)
+    b = thread_spearmans(df, other, target, group)
+    keep = a.notna() | b.notna()
+    d = (a.fillna(0.0) - b.fillna(0.0))[keep].to_numpy(float)
+    if len(d) == 0:
+        return {"difference": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "threads": 0}
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"difference": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "threads": int(len(d))}
 
 
 def within_thread_pair_accuracy(df: pd.DataFrame, col: str, target: str = "utility", group: str = "thread_id") -> float:

@@ -379,12 +379,42 @@ def rm_bars(e: dict[str, Any]) -> list[tuple[str, Any]]:
     ps = e.get("preferred_shorter") or {}
     if ps.get("n") and _val(ps.get("accuracy")) is not None:
         bars.append((f"reward model, preferred answer shorter (n={ps['n']})", ps["accuracy"]))
+    sl = e.get("similar_length") or {}
+    if sl.get("n"):
+        for k, lab in (("accuracy", "reward model"), ("longer_wins", "longer wins")):
+            if _val(sl.get(k)) is not None:
+                bars.append((f"{lab}, similar length (n={sl['n']})", sl[k]))
     u = e.get("untimed_pairs") or {}
     if u.get("n"):
         for k, lab in (("accuracy", "reward model"), ("earlier_wins", "earlier wins"), ("longer_wins", "longer wins")):
             if _val(u.get(k)) is not None:
                 bars.append((f"{lab}, pairs without time rule (n={u['n']})", u[k]))
     return [(n, b) for n, b in bars if _val(b) is not None]
+
+
+def rm_length_html(e: dict[str, Any]) -> str:
+    """Did the reward model learn anything beyond length?  The cross-validated
+    length-only vs length+reward regressions, and accuracy by length-ratio bucket."""
+    out = []
+    bl = e.get("beyond_length") or {}
+    if bl.get("folds"):
+        lo, lr, g = bl.get("length_only") or {}, bl.get("length_reward") or {}, bl.get("gain") or {}
+        glo = lohi(g.get("log_loss"))[0]
+        what = ("<b>adds information beyond length</b>" if glo is not None and glo > 0 else
+                "<b>adds no clear information beyond length</b> (the log-loss gain interval includes or is below 0)")
+        out.append(f"<p>Beyond length: predicting the preference from the word-length difference alone gives "
+                   f"accuracy {interval(lo.get('accuracy'))}, log-loss {interval(lo.get('log_loss'))}; adding the "
+                   f"reward difference gives {interval(lr.get('accuracy'))}, log-loss {interval(lr.get('log_loss'))} "
+                   f"(gain: accuracy {interval(g.get('accuracy'))}, log-loss {interval(g.get('log_loss'))}; "
+                   f"logistic regressions, {fnum(bl.get('folds'))}-fold cross-validated by thread). The reward "
+                   f"{what}.</p>")
+    rows = e.get("by_length_ratio") or []
+    if rows:
+        keys = [k for k in rows[0] if k not in ("bucket", "n")]
+        out.append("<p>Accuracy by |log(words chosen / words rejected)|:</p>" + table(
+            ["|log word ratio|", "pairs", *[("reward model" if k == "accuracy" else k.replace("_", " ")) for k in keys]],
+            [[r.get("bucket"), r.get("n"), *[r.get(k) for k in keys]] for r in rows], "compact"))
+    return "".join(out)
 
 
 def rm_section(run, figs: Figures) -> str:
@@ -431,6 +461,7 @@ def rm_section(run, figs: Figures) -> str:
             if isinstance(lc, dict) and _val(lc.get("spearman")) is not None:
                 out.append(f"<p>Correlation of reward with response length: Spearman {fnum(lc.get('spearman'), 2)}, "
                            f"Pearson {fnum(lc.get('pearson'), 2)}.</p>")
+            out.append(rm_length_html(e))
             for name in e.get("plots") or []:  # the reward-model stage's own plots
                 if not isinstance(name, str) or "reliability" in name:
                     continue
@@ -674,15 +705,35 @@ def truth_table(e: dict[str, Any]) -> str:
         d = labels.get(key) or {}
         if d:
             rows.append([lab, d.get("spearman"), d.get("pair_accuracy")])
+    for name, d in (e.get("baselines") or {}).items():
+        rows.append([f"baseline: {'longer answer' if name == 'length' else name}", (d or {}).get("spearman"),
+                     (d or {}).get("pair_accuracy")])
+    comps = e.get("comparisons") or {}
+    has_comp = bool(comps)
+
+    def ci(c: dict | None) -> str:
+        if not c or c.get("difference") is None:
+            return "—"
+        return f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+
+    for r in rows:
+        r += ["", ""] if has_comp else []
     for name, d in (e.get("reward_models") or {}).items():
-        rows.append([f"reward model {name}", (d or {}).get("spearman"), (d or {}).get("pair_accuracy")])
+        row = [f"reward model {name}", (d or {}).get("spearman"), (d or {}).get("pair_accuracy")]
+        if has_comp:
+            c = comps.get(name) or {}
+            row += [ci(c.get("vs_length")), ci(c.get("vs_score"))]
+        rows.append(row)
     if not rows:
         return ""
     n = labels.get("n") or {}
     cap = (f"<p>Recovery of the hidden utility on the {esc(split)} split"
            + (f" ({esc(n.get('threads'))} threads, {esc(n.get('responses'))} answers)" if n else "")
-           + ": within-thread Spearman and pairwise agreement with the true utility.</p>")
-    return cap + table(["signal", "Spearman", "pair accuracy"], rows, "compact")
+           + ": within-thread Spearman and pairwise agreement with the true utility"
+           + ("; the last columns give each reward model's Spearman minus the longer-answer baseline's and minus "
+              "the raw score's, with 95% intervals from resampling threads" if has_comp else "") + ".</p>")
+    head = ["signal", "Spearman", "pair accuracy"] + (["Δ vs longer answer", "Δ vs raw score"] if has_comp else [])
+    return cap + table(head, rows, "compact")
 
 
 def curves_section(run, figs: Figures) -> str:

@@ -11,7 +11,12 @@ another) :func:`evaluate_reward` reports:
   log-likelihood of the response under a causal LM (summed and per token);
 * the accuracy on the pairs whose preferred answer is the shorter one (where the length
   shortcut fails);
-* accuracy by score-ratio bucket and by seconds_difference bucket;
+* accuracy by score-ratio bucket, by seconds_difference bucket, and by length-ratio
+  bucket (``|log(words_chosen / words_rejected)|``, :data:`LENGTH_EDGES`), and on the
+  similar-length pairs (``|log ratio| < SIMILAR_LENGTH``) where length says little;
+* "beyond length" (:func:`beyond_length`): whether the reward difference predicts the
+  preference better than the length difference alone, in thread-grouped
+  cross-validated logistic regressions;
 * on pairs built *without* the time rule: "the earlier answer wins" (the exposure
   confound; 0% on time-rule pairs by construction, so no baseline there), the longer
   answer, and the reward model.  They come from the data directory when it has them
@@ -45,6 +50,11 @@ RATIO_EDGES = (0.0, 2.0, 3.0, 5.0, 10.0, math.inf)
 HOUR_EDGES = (-math.inf, 0.0, 1.0, 6.0, 24.0, math.inf)
 NO_TIME_FILES = ("pairs_no_time_rule.parquet", "pairs_untimed.parquet")
 UNTIMED_MIN_RATIO, UNTIMED_MIN_SCORE, UNTIMED_PER_THREAD = 2.0, 2, 10
+# |log(words_chosen / words_rejected)|: 0.1 is about 10% longer, 0.25 about 28%, 0.5 about
+# 65%, 1 about 2.7 times; below 0.25 "the longer answer wins" has little to go on
+LENGTH_EDGES = (0.0, 0.1, 0.25, 0.5, 1.0, math.inf)
+SIMILAR_LENGTH = 0.25
+BEYOND_LENGTH_FOLDS, BEYOND_LENGTH_L2 = 5, 1.0
 
 
 # ---- metrics (pure numpy) -----------------------------------------------------------------
@@ -115,6 +125,135 @@ def bucket_table(edges, key: np.ndarray, columns: dict[str, np.ndarray], fmt=str
         rows.append({"bucket": f"[{fmt(lo)}, {fmt(hi)})", "n": int(m.sum()),
                      **{k: float(v[m].mean()) for k, v in columns.items()}})
     return rows
+
+
+def log_word_ratio(chosen, rejected) -> np.ndarray:
+    """(N,) ``log(words_chosen / words_rejected)``, words split on whitespace, an empty
+    text counted as one word (so the ratio stays finite)."""
+    wc = np.array([max(len(str(t).split()), 1) for t in chosen], float)
+    wr = np.array([max(len(str(t).split()), 1) for t in rejected], float)
+    return np.log(wc / wr)
+
+
+# ---- beyond length: does the reward add information over the length difference? ---------
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = BEYOND_LENGTH_L2, max_iter: int = 100,
+                 tol: float = 1e-10) -> np.ndarray:
+    """Logistic regression without intercept by Newton's method (IRLS) with a backtracking
+    line search: the ``w`` minimising ``sum_i logloss(sigmoid(X_i w), y_i) + l2/2 |w|^2``.
+
+    Args:
+        X: (N, d) features; y: (N,) labels in {0, 1}.
+        l2: ridge strength; it keeps ``w`` finite when the classes are separable and is
+            negligible against hundreds of pairs otherwise (features of scale 1).
+    Returns:
+        (d,) coefficients.
+    """
+    X, y = np.asarray(X, float), np.asarray(y, float)
+    d = X.shape[1]
+
+    def objective(w):
+        z = X @ w
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * w @ w)
+
+    w = np.zeros(d)
+    f = objective(w)
+    for _ in range(max_iter):
+        p = _sigmoid(X @ w)  # (N,)
+        g = X.T @ (p - y) + l2 * w  # (d,)
+        H = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(d)  # (d, d)
+        step = np.linalg.solve(H, g)
+        t = 1.0
+        while True:  # the objective is convex: halve the step until it decreases
+            f_new = objective(w - t * step)
+            if f_new <= f or t < 1e-8:
+                break
+            t /= 2
+        w, f = w - t * step, f_new
+        if np.max(np.abs(t * step)) < tol:
+            break
+    return w
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def grouped_folds(groups, k: int, seed: int = 0) -> np.ndarray:
+    """(N,) fold index in ``0..k-1`` per item such that all items of one group share a
+    fold: groups in a seeded random order, each to the fold with the fewest items so far
+    (balanced folds; with at least k groups none is empty)."""
+    uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+    sizes = np.bincount(inv, minlength=len(uniq))
+    fold_of_group = np.zeros(len(uniq), int)
+    load = np.zeros(k, int)
+    for gi in np.random.default_rng(seed).permutation(len(uniq)):
+        f = int(np.argmin(load))
+        fold_of_group[gi] = f
+        load[f] += sizes[gi]
+    return fold_of_group[inv]
+
+
+def beyond_length(d_length: np.ndarray, d_reward: np.ndarray, threads: np.ndarray, k: int = BEYOND_LENGTH_FOLDS,
+                  seed: int = 0, n_boot: int = 1000, l2: float = BEYOND_LENGTH_L2) -> dict[str, Any]:
+    """Does the reward difference predict the preference beyond the length difference?
+
+    Two logistic regressions without intercept, of "the first answer is the preferred
+    one" on [d_length] and on [d_length, d_reward] (differences chosen minus rejected;
+    each pair's orientation drawn at random with ``seed`` so the labels are balanced --
+    without an intercept the fit does not depend on the orientation, since
+    logloss(x, 1) = logloss(-x, 0)).  Each is judged by K-fold cross-validation in
+    which the folds are whole threads (``grouped_folds``), so no thread is in the
+    training and the test folds.  Features are scaled by their root mean square on the
+    training folds (so ``l2`` acts on comparable coefficients).
+
+    The gains (length+reward minus length-only accuracy; length-only minus
+    length+reward log-loss) are paired per pair on the same out-of-fold predictions,
+    with a 95% interval from resampling threads; it holds the fitted models fixed (two
+    or three coefficients fitted on hundreds of pairs vary little next to which threads
+    were sampled).  A gain whose interval is above 0 says the reward model learned
+    something about the preference that the length does not carry.
+
+    Returns:
+        ``{"folds", "n", "n_threads", "length_only": {"accuracy", "log_loss"},
+        "length_reward": {...}, "gain": {"accuracy", "log_loss"}, "coef": {"length",
+        "reward"}}``, intervals as :func:`bootstrap_ci`; ``coef`` is the length+reward
+        fit on all pairs in log-odds per unit of each difference.
+    """
+    d_length, d_reward = np.asarray(d_length, float), np.asarray(d_reward, float)
+    threads = np.asarray(threads)
+    n, G = len(d_length), len(np.unique(threads)) if len(threads) else 0
+    if G < 2:
+        return {"folds": 0, "n": int(n), "n_threads": int(G), "note": "needs pairs from at least 2 threads"}
+    rng = np.random.default_rng(seed)
+    sign = rng.choice([-1.0, 1.0], size=n)  # (N,) +1: the chosen answer is first
+    X = sign[:, None] * np.column_stack([d_length, d_reward])  # (N, 2) first minus second
+    y = (sign > 0).astype(float)
+    k = min(k, G)
+    folds = grouped_folds(threads, k, seed)
+    z = {"length_only": np.zeros(n), "length_reward": np.zeros(n)}  # out-of-fold logits
+    for f in range(k):
+        tr, te = folds != f, folds == f
+        for key, cols in (("length_only", [0]), ("length_reward", [0, 1])):
+            scale = np.sqrt(np.mean(X[tr][:, cols] ** 2, axis=0))
+            scale = np.where(scale > 0, scale, 1.0)
+            w = fit_logistic(X[tr][:, cols] / scale, y[tr], l2)
+            z[key][te] = (X[te][:, cols] / scale) @ w
+    per = {}
+    for key, zz in z.items():
+        right = np.where(zz == 0, 0.5, ((zz > 0) == (y > 0)).astype(float))
+        loss = np.logaddexp(0.0, zz) - y * zz  # -log p(y)
+        per[key] = (right, loss)
+    ci = lambda v: bootstrap_ci(v, threads, n_boot, seed)  # noqa: E731
+    scale = np.sqrt(np.mean(X ** 2, axis=0))
+    scale = np.where(scale > 0, scale, 1.0)
+    w_all = fit_logistic(X / scale, y, l2) / scale
+    return {
+        "folds": int(k), "n": int(n), "n_threads": int(G),
+        **{key: {"accuracy": ci(r), "log_loss": ci(lo)} for key, (r, lo) in per.items()},
+        "gain": {"accuracy": ci(per["length_reward"][0] - per["length_only"][0]),
+                 "log_loss": ci(per["length_only"][1] - per["length_reward"][1])},
+        "coef": {"length": float(w_all[0]), "reward": float(w_all[1])},
+    }
 
 
 def build_untimed_pairs(responses, per_thread: int = UNTIMED_PER_THREAD, seed: int = 0):
@@ -329,6 +468,16 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     hours = pairs["seconds_difference"].to_numpy(float) / 3600.0
     res["by_score_ratio"] = bucket_table(RATIO_EDGES, ratio, cols, fmt=lambda x: f"{x:g}")
     res["by_seconds_difference"] = bucket_table(HOUR_EDGES, hours, cols, fmt=lambda x: f"{x:g}h")
+    # how much of the accuracy is length: buckets of |log word ratio|, the similar-length
+    # pairs, and whether the reward adds to the length difference in a logistic regression
+    lr = log_word_ratio(pairs["chosen"], pairs["rejected"])
+    res["by_length_ratio"] = bucket_table(LENGTH_EDGES, np.abs(lr), cols, fmt=lambda x: f"{x:g}")
+    sim = np.abs(lr) < SIMILAR_LENGTH
+    res["similar_length"] = {"max_abs_log_word_ratio": SIMILAR_LENGTH, "n": int(sim.sum()),
+                             "n_threads": int(len(set(threads[sim]))),
+                             **{k: ci(v[sim], threads[sim]) for k, v in cols.items()}}
+    res["beyond_length"] = {"length": "log words", "reward": "normalised reward",
+                            **beyond_length(lr, r_c - r_r, threads, seed=seed, n_boot=n_boot)}
     if len(untimed):
         u_threads = untimed["thread_id"].to_numpy()
         earlier = win(-untimed["chosen_created_utc"].to_numpy(float), -untimed["rejected_created_utc"].to_numpy(float))
@@ -375,8 +524,9 @@ def _plots(res: dict[str, Any], rewards: np.ndarray, lengths: np.ndarray, out: P
     plt.close(fig)
     files.append("reliability.png")
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key, title in ((axes[0], "by_score_ratio", "score ratio"), (axes[1], "by_seconds_difference", "chosen later by")):
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.5))
+    for ax, key, title in ((axes[0], "by_score_ratio", "score ratio"), (axes[1], "by_seconds_difference", "chosen later by"),
+                           (axes[2], "by_length_ratio", "|log word ratio|")):
         rows = res[key]
         x = np.arange(len(rows))
         ax.bar(x - 0.2, [r["accuracy"] for r in rows], 0.4, label="reward model")
@@ -419,5 +569,17 @@ def format_summary(res: dict[str, Any]) -> str:
     if u.get("n"):
         lines.append(f"  untimed pairs (n={u['n']}): reward model {_fmt(u['accuracy'])}, earlier wins "
                      f"{_fmt(u['earlier_wins'])}, longer wins {_fmt(u['longer_wins'])}")
+    sl = res.get("similar_length") or {}
+    if sl.get("n"):
+        lines.append(f"  similar length (|log word ratio| < {sl['max_abs_log_word_ratio']:g}, n={sl['n']}): reward model "
+                     f"{_fmt(sl['accuracy'])}, longer wins {_fmt(sl['longer_wins'])}")
+    bl = res.get("beyond_length") or {}
+    if bl.get("folds"):
+        a0, a1, g = bl["length_only"]["accuracy"], bl["length_reward"]["accuracy"], bl["gain"]["accuracy"]
+        l0, l1, gl = bl["length_only"]["log_loss"], bl["length_reward"]["log_loss"], bl["gain"]["log_loss"]
+        lines.append(f"  beyond length: length-only {a0['value']:.3f} -> length+reward {a1['value']:.3f} "
+                     f"(gain {g['value']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]); log-loss {l0['value']:.3f} -> "
+                     f"{l1['value']:.3f} (gain {gl['value']:+.3f} [{gl['ci_low']:+.3f}, {gl['ci_high']:+.3f}]); "
+                     f"{bl['folds']}-fold cross-validated by thread")
     lines.append(f"  ECE {res['calibration']['ece']:.3f}; reward~length Spearman {res['length_correlation']['spearman']:.2f}")
     return "\n".join(lines)

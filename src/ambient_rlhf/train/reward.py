@@ -22,6 +22,14 @@ Training, top to bottom (:func:`train_reward`):
    distinct text in a batch scored once, the objective's loss, AdamW, checkpoints;
 5. fit the normalisation (valid-split reference responses -> mean 0, std 1), save,
    evaluate on ``eval_split`` with baselines (``eval.json``), write the manifest.
+
+Several processes (``torchrun --nproc_per_node N -m ambient_rlhf.cli rm ...`` or
+``accelerate launch --multi_gpu --num_processes N -m ambient_rlhf.cli rm ...``): every
+process builds the same global batches; each takes a contiguous share of whole units of
+a batch (:func:`split_units`) and weighs its loss by its share (:func:`loss_share`), so
+the gradients DDP averages are those of one process on the whole batch.  Cached
+features, the valid accuracy and the normalisation are split over the processes and
+gathered; only the main process writes files.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections import defaultdict
@@ -48,7 +57,8 @@ from ambient_rlhf.data import schema
 from ambient_rlhf.io import write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress, setup_logging
 from ambient_rlhf.rl import reward_losses as L
-from ambient_rlhf.train.common import LoraSettings, apply_lora, make_optimizer, make_scheduler, merge_lora
+from ambient_rlhf.train.common import (LoraSettings, apply_lora, make_optimizer, make_scheduler, merge_lora,
+                                       setup_accelerator)
 
 log = get_logger("rm")
 
@@ -157,7 +167,13 @@ class RewardConfig:
     overwrite: bool = False
     """Replace an existing ``out`` (without ``resume``)."""
     device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``.  With several processes each
+    takes its own GPU (or all run on the CPU, over gloo)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast of the trained part's forward pass in training: ``auto`` = bf16 on a GPU
+    that supports it, float32 on CPU (CPU bf16 is slower), as in ``sft`` and ``rl``
+    (``ambient run`` runs the stages in one process, where accelerate keeps one setting).
+    Frozen-part caching, evaluation and normalisation run in float32."""
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -366,6 +382,54 @@ def epoch_batches(units: list[Unit], lengths: list[int], batch_size: int, seed: 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def split_units(units: list[Unit], world: int) -> list[list[Unit]]:
+    """Cut one global batch into ``world`` contiguous shares of whole units (a pair, a
+    ranked thread, a response is never split) with about the same number of sequences:
+    a unit goes to the share in which the middle of its sequences falls.  Contiguous, so
+    a thread's units mostly stay together (its prompt is run once).  A share can be empty
+    (a batch of fewer units than processes)."""
+    if world == 1:
+        return [list(units)]
+    sizes = np.cumsum([len(u.rows) for u in units])
+    total = float(sizes[-1]) if len(units) else 1.0
+    shares: list[list[Unit]] = [[] for _ in range(world)]
+    for u, end in zip(units, sizes):
+        mid = float(end) - len(u.rows) / 2
+        shares[min(int(mid * world / total), world - 1)].append(u)
+    return shares
+
+
+def loss_share(objective: str, share: list[Unit], units: list[Unit]) -> float:
+    """The weight of a share's loss in the loss of its whole batch.
+
+    Every objective's batch loss is a mean over units -- pairs, responses, or for
+    ``ranking`` the threads with at least one pair (ties give none; each thread's pairs
+    are already weighted 1/P_g inside :func:`~ambient_rlhf.rl.reward_losses.ranking_loss`,
+    and a thread is never split) -- so ``loss(batch) = sum over shares of
+    n(share) / n(batch) * loss(share)``."""
+    if objective == "ranking":
+        def live(us: list[Unit]) -> int:
+            return sum(1 for u in us if len(set(u.target)) > 1)
+        return live(share) / max(live(units), 1)
+    return len(share) / max(len(units), 1)
+
+
+def rank_share(units: list[Unit], world: int, rank: int) -> tuple[list[Unit], list[int]]:
+    """This process's units of a global batch and the distinct rows it scores.  An empty
+    share scores the batch's first row with weight 0: DDP needs a backward pass from every
+    process."""
+    mine = split_units(units, world)[rank]
+    rows = sorted({r for u in mine for r in u.rows}) or [units[0].rows[0]]
+    return mine, rows
+
+
+def shard_rows(table: "TextTable", rows: list[int], rank: int, world: int) -> list[int]:
+    """This process's share of the texts of an evaluation: distinct rows by length, every
+    ``world``-th one (so every process gets short and long texts)."""
+    ordered = sorted(set(rows), key=lambda r: len(table.ids[r]))
+    return ordered[rank::world]
+
+
 # ---- scoring: the trained part of the network ---------------------------------------------
 class _Stop(Exception):
     pass
@@ -553,10 +617,12 @@ class Scorer:
         lens = mask.sum(1).tolist()
         return [got["h"][i, : lens[i]].float().cpu() for i in range(len(rows))]
 
-    def prepare(self, rows: list[int], batch_size: int, desc: str = "caching features") -> None:
-        """Fill the cache for ``rows`` (length-sorted batches, so little padding)."""
+    def prepare(self, rows: list[int], batch_size: int, desc: str = "caching features", save: bool = True) -> int:
+        """Fill the cache for ``rows`` (length-sorted batches, so little padding); return
+        how many texts were computed.  ``save``: write new features to the feature store
+        as they come (off for all but one of several processes, which save in turn)."""
         if self.mode == "full":
-            return
+            return 0
         if self.store is not None:
             for r in rows:
                 f = self.store.features.get(text_key(self.table.ids[r]))
@@ -571,11 +637,12 @@ class Scorer:
                 if self.store is not None:
                     self.store.features[text_key(self.table.ids[r])] = f
             bar.update(len(chunk))
-            if self.store is not None and (i // batch_size) % 50 == 49:
+            if save and self.store is not None and (i // batch_size) % 50 == 49:
                 self.store.save()  # a killed run keeps most of its work
         bar.close()
-        if self.store is not None and todo:
+        if save and self.store is not None and todo:
             self.store.save()
+        return len(todo)
 
     def outputs(self, rows: list[int]) -> torch.Tensor:
         """(len(rows), n_outputs) head outputs; differentiable in the trained part."""
@@ -595,6 +662,23 @@ class Scorer:
             ids, mask = self._ids(rows)
             ref = self.rm(ids, mask)
             return float((self.outputs(rows) - ref).abs().max())
+
+
+class ScoreRows(nn.Module):
+    """:meth:`Scorer.outputs` as one module whose forward scores text rows, so that
+    ``accelerator.prepare`` puts DDP around the whole computation of a training step (the
+    shared-prompt path calls the body and the head directly; called from outside a DDP
+    wrapper, they would skip the gradient sync).  It registers the trained module only,
+    so DDP sees exactly the trained parameters.  Evaluation calls the scorer directly (no
+    DDP: a process may score texts the others do not)."""
+
+    def __init__(self, scorer: Scorer):
+        super().__init__()
+        self.trained = scorer.module
+        self.__dict__["scorer"] = scorer  # not a submodule
+
+    def forward(self, rows: list[int]) -> torch.Tensor:
+        return self.scorer.outputs(rows)
 
 
 # ---- losses on a batch ----------------------------------------------------------------------
@@ -628,19 +712,26 @@ def batch_loss(objective: str, rm, out: torch.Tensor, pos: dict[int, int], units
 
 
 @torch.no_grad()
-def raw_rewards(scorer: Scorer, rows: list[int], batch_size: int) -> dict[int, float]:
-    """Unnormalised reward of each row."""
+def raw_rewards(scorer: Scorer, rows: list[int], batch_size: int, accelerator=None) -> dict[int, float]:
+    """Unnormalised reward of each row.  With several processes (``accelerator``) each
+    scores its :func:`shard_rows` share and every process receives all the rewards."""
     out: dict[int, float] = {}
-    rows = sorted(set(rows), key=lambda r: len(scorer.table.ids[r]))
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    rows = shard_rows(scorer.table, rows, rank, world)
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         r = scorer.rm.raw_reward(scorer.outputs(chunk).float())
         out.update(zip(chunk, r.tolist()))
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        out = dict(gather_object(list(out.items())))
     return out
 
 
-def pair_accuracy(scorer: Scorer, pairs: list[Unit], batch_size: int) -> float:
-    r = raw_rewards(scorer, [x for u in pairs for x in u.rows], batch_size)
+def pair_accuracy(scorer: Scorer, pairs: list[Unit], batch_size: int, accelerator=None) -> float:
+    r = raw_rewards(scorer, [x for u in pairs for x in u.rows], batch_size, accelerator)
     if not pairs:
         return float("nan")
     return float(np.mean([1.0 if r[u.rows[0]] > r[u.rows[1]] else 0.5 if r[u.rows[0]] == r[u.rows[1]] else 0.0
@@ -671,29 +762,44 @@ def _validate(cfg: RewardConfig) -> None:
         raise AmbientError(f"rm: max_ranked={cfg.max_ranked} must be >= 2")
 
 
-def _prepare_out(cfg: RewardConfig) -> Path | None:
-    """Create ``out``; return the checkpoint to resume from, if any."""
+def _prepare_out(cfg: RewardConfig, accelerator=None) -> Path | None:
+    """Create ``out``; return the checkpoint to resume from, if any.  Every process checks
+    (so all raise the same error), then the main process alone clears and creates."""
     out = Path(cfg.out)
+    ckpt, clear = None, False
     if out.exists() and any(out.iterdir()):
         if cfg.resume:
-            return latest_checkpoint(out)
-        if not cfg.overwrite:
+            ckpt = latest_checkpoint(out)
+        elif not cfg.overwrite:
             raise AmbientError(f"{out}: output directory exists; pass --overwrite, --resume, or another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return None
+        else:
+            clear = True
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if accelerator is None or accelerator.is_main_process:
+        if clear:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return ckpt
 
 
 def train_reward(cfg: RewardConfig) -> Path:
     """Train a reward model as configured; return its directory."""
     from ambient_rlhf.models.heads import ScalarHeadModel, body_of
-    from ambient_rlhf.models.load import default_device, load_causal_lm, load_tokenizer, resolve_model
+    from accelerate.utils import gather_object
+
+    from ambient_rlhf.models.load import load_causal_lm, load_tokenizer, resolve_model
 
     _validate(cfg)
     out = Path(cfg.out)
-    ckpt = _prepare_out(cfg)
+    # step 0. processes (one, or several under torchrun / accelerate launch), output directory
+    accelerator = setup_accelerator(1, cfg.mixed_precision, cpu=None if cfg.device == "auto" else cfg.device == "cpu")
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    ckpt = _prepare_out(cfg, accelerator)
     seed_everything(cfg.seed)
-    device = default_device() if cfg.device == "auto" else torch.device(cfg.device)
+    device = accelerator.device
     t_start = time.time()
 
     # step 1. data: units of the objective, texts tokenised once
@@ -721,8 +827,12 @@ def train_reward(cfg: RewardConfig) -> Path:
     n_layers = len(body.layers)
     if cfg.train_layers > n_layers:
         raise AmbientError(f"rm: train_layers={cfg.train_layers} but the model has {n_layers} layers")
-    for p in lm.parameters():  # the LM head is never used by a reward model
+    for p in lm.parameters():
         p.requires_grad_(cfg.train_layers == -1)
+    out_emb, in_emb = lm.get_output_embeddings(), lm.get_input_embeddings()
+    for p in (out_emb.parameters() if out_emb is not None else ()):
+        if in_emb is None or p is not in_emb.weight:  # the LM head is never used by a reward model:
+            p.requires_grad_(False)                   # no gradient (and DDP wants one for every trained tensor)
     if cfg.train_layers > 0:
         for m in list(body.layers)[n_layers - cfg.train_layers:] + [body.norm]:
             for p in m.parameters():
@@ -738,7 +848,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     if mode == "top":
         probe = train[0].rows[:2]
         scorer.prepare(probe, cfg.batch_size)
-        err = scorer.check(probe)
+        err = max(gather_object([scorer.check(probe)]))  # every process decides alike
         if err > 1e-3:
             log.warning("rm: cached top-layer path differs from the model by %.2g; not caching", err)
             scorer = Scorer(rm, table, "full", cfg.train_layers, device, tok.pad_token_id)
@@ -747,16 +857,33 @@ def train_reward(cfg: RewardConfig) -> Path:
     counts["mode"] = mode
     params = [p for p in scorer.module.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
-    log.info("rm: mode %s, %d trainable parameters", mode, n_params)
+    log.info("rm: mode %s, %d trainable parameters, %d processes", mode, n_params, world)
 
-    # step 3. cache what the frozen part computes (every text, once)
-    all_rows = sorted({r for u in train + valid_pairs + norm_units for r in u.rows})
-    scorer.prepare(all_rows, max(cfg.batch_size * 2, 8))
-
-    # step 4. the training loop
+    # step 3. cache what the frozen part computes (every text, once).  With several
+    # processes each caches only what it scores: its shares of the training batches and
+    # its shard of the evaluation texts; a feature store is written by each in turn.
     lengths = [len(x) for x in table.ids]
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    if world == 1:
+        need = sorted({r for u in train + valid_pairs + norm_units for r in u.rows})
+    else:
+        need_set = set(shard_rows(table, [r for u in valid_pairs for r in u.rows], rank, world))
+        need_set |= set(shard_rows(table, [u.rows[0] for u in norm_units], rank, world))
+        for e in range(math.ceil(total / steps_per_epoch)):
+            for b in epoch_batches(train, lengths, cfg.batch_size, cfg.seed, e, cfg.length_grouped)[
+                    : total - e * steps_per_epoch]:
+                need_set.update(rank_share(b, world, rank)[1])
+        need = sorted(need_set)
+    n_new = scorer.prepare(need, max(cfg.batch_size * 2, 8), save=main)
+    if store is not None and world > 1:
+        for r in range(1, world):  # after the main process's save, one at a time
+            accelerator.wait_for_everyone()
+            if rank == r and n_new:
+                store.save()
+        accelerator.wait_for_everyone()
+
+    # step 4. the training loop
     lr = _auto_lr(cfg)
     opt = make_optimizer(scorer.module, lr=lr, weight_decay=cfg.weight_decay)  # fused AdamW
     sched = make_scheduler(opt, cfg.schedule, int(cfg.warmup_ratio * total), total)
@@ -771,55 +898,81 @@ def train_reward(cfg: RewardConfig) -> Path:
         set_rng_state(state["rng"])
         step = state["step"]
         log.warning("rm: resuming from %s (step %d of %d)", ckpt, step, total)
-    metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None)
+    # DDP around the trained part when there are several processes (else the module as is)
+    step_fn, opt = accelerator.prepare(ScoreRows(scorer), opt)
+    metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main)
 
     def checkpoint(s: int) -> None:
-        trainable = {k: v.detach().cpu().clone() for k, v in scorer.module.named_parameters() if v.requires_grad}
-        save_checkpoint(out, s, {"step": s, "trainable": trainable, "optimizer": opt.state_dict(),
-                                 "scheduler": sched.state_dict(), "rng": rng_state(), "config": to_dict(cfg)})
+        if main:
+            trainable = {k: v.detach().cpu().clone() for k, v in scorer.module.named_parameters() if v.requires_grad}
+            save_checkpoint(out, s, {"step": s, "trainable": trainable, "optimizer": opt.state_dict(),
+                                     "scheduler": sched.state_dict(), "rng": rng_state(), "config": to_dict(cfg)})
+        accelerator.wait_for_everyone()
 
-    bar = progress(total=total, initial=step, desc=f"rm {cfg.objective}", unit="step")
+    bar = progress(total=total, initial=step, desc=f"rm {cfg.objective}", unit="step") if main else None
     epoch_cache: tuple[int, list] = (-1, [])
     t_loop = time.perf_counter()
     while step < total:
         epoch, k = divmod(step, steps_per_epoch)
         if epoch_cache[0] != epoch:
             epoch_cache = (epoch, epoch_batches(train, lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouped))
-        units = epoch_cache[1][k]
+        units = epoch_cache[1][k]  # the global batch, the same in every process
         t0 = time.perf_counter()
-        rows = sorted({r for u in units for r in u.rows})
+        mine, rows = rank_share(units, world, rank)  # one process: all of it
         pos = {r: i for i, r in enumerate(rows)}
-        out_rows = scorer.outputs(rows)  # each distinct text of the batch scored once
-        loss, acc = batch_loss(cfg.objective, rm, out_rows.float(), pos, units)
+        out_rows = step_fn(rows)  # each distinct text of the share scored once
+        if mine:
+            loss, acc = batch_loss(cfg.objective, rm, out_rows.float(), pos, mine)
+        else:
+            loss, acc = out_rows.float().sum() * 0.0, torch.tensor(float("nan"))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+        if world > 1:
+            # DDP averages gradients over processes: weigh each share so that the average
+            # is the gradient of the whole batch's loss
+            accelerator.backward(loss * (loss_share(cfg.objective, mine, units) * world))
+        else:
+            accelerator.backward(loss)
+        gnorm = accelerator.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
         opt.step()
         sched.step()
         step += 1
         dt = time.perf_counter() - t0
+        if world > 1:  # the logged loss and accuracy of the whole batch, from every share's outputs
+            got = dict(gather_object([(r, out_rows[i].detach().float().cpu()) for i, r in enumerate(rows)]))
+            every = sorted(got)
+            with torch.no_grad():
+                loss, acc = batch_loss(cfg.objective, rm, torch.stack([got[r] for r in every]),
+                                       {r: i for i, r in enumerate(every)}, units)
+        all_rows = sorted({r for u in units for r in u.rows})
         row = {"rm/loss": loss.item(), "rm/accuracy": acc.item(), "rm/lr": sched.get_last_lr()[0],
                "rm/grad_norm": float(gnorm), "perf/step_seconds": dt, "perf/units": len(units),
-               "perf/sequences": len(rows), "perf/tokens": sum(lengths[r] for r in rows), "epoch": step / steps_per_epoch}
+               "perf/sequences": len(all_rows), "perf/tokens": sum(lengths[r] for r in all_rows),
+               "epoch": step / steps_per_epoch}
         if valid_pairs and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == total):
-            row["rm/valid_accuracy"] = pair_accuracy(scorer, valid_pairs, max(cfg.batch_size * 2, 8))
+            row["rm/valid_accuracy"] = pair_accuracy(scorer, valid_pairs, max(cfg.batch_size * 2, 8), accelerator)
         metrics.log(step, row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['rm/loss']:.3f}", refresh=False)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['rm/loss']:.3f}", refresh=False)
         if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == total:
             checkpoint(step)
-    bar.close()
+    if bar is not None:
+        bar.close()
     metrics.close()
     loop_seconds = time.perf_counter() - t_loop
-    del opt, sched  # free the optimizer state before the evaluation loads the saved model
+    del opt, sched, step_fn  # free the optimizer state before the evaluation loads the saved model
 
-    # step 5. normalise on the reference responses, save, evaluate, manifest
+    # step 5. normalise on the reference responses, save, evaluate, manifest (main process)
     if cfg.lora.enabled:
         rm.lm = merge_lora(rm.lm)
-    ref = raw_rewards(scorer, [u.rows[0] for u in norm_units], max(cfg.batch_size * 2, 8))
-    mean, std = L.fit_normalization(torch.tensor(list(ref.values()))) if ref else (0.0, 1.0)
+    ref = raw_rewards(scorer, [u.rows[0] for u in norm_units], max(cfg.batch_size * 2, 8), accelerator)
+    mean, std = L.fit_normalization(torch.tensor([ref[r] for r in sorted(ref)])) if ref else (0.0, 1.0)
     if not ref:
         log.warning("rm: no valid-split responses; rewards are not normalised")
+    counts["processes"] = world
+    if not main:
+        accelerator.wait_for_everyone()
+        return out
     rm.set_normalization(mean, std)
     rm.meta = {"objective": cfg.objective, "template": template, "max_prompt_tokens": cfg.max_prompt_tokens,
                "max_response_tokens": cfg.max_response_tokens, "community_prefix": cfg.community_prefix,
