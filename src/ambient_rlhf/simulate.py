@@ -98,7 +98,6 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
         write_manifest(tmp, "truth", {"split": split, "reward_models": reward_models, "batch_size": batch_size,
                                       "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens},
                        inputs=[data_dir, *reward_models.values()], counts=result["labels"][split]["n"])
-    lab = result["labels"]["all"]
     log.info("true-utility recovery on %s (Spearman): score %.3f, adjusted %.3f, length %.3f; %s", split,
              result["labels"][split]["score"]["spearman"], result["labels"][split]["adjusted"]["spearman"],
              result["baselines"]["length"]["spearman"],
