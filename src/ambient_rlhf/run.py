@@ -368,7 +368,7 @@ def run_pipeline(cfg: RunConfig, runners: dict[str, Runner] | None = None, until
     return execute(Path(cfg.out), stages, {**RUNNERS, **(runners or {})}, to_dict(cfg))
 
 
-DISTRIBUTED_KINDS = {"sft", "rl"}
+DISTRIBUTED_KINDS = {"sft", "rm", "rl"}
 """Stage kinds that run on every process under ``accelerate launch`` / ``torchrun``
 (their trainers shard the batch); every other stage runs on the main process while the
 others wait at a barrier."""

@@ -523,7 +523,6 @@ class FeatureStore:
                 target.loglik.setdefault(k, v)
 
     def save(self) -> None:
-        import os
         import uuid
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -960,9 +959,12 @@ def train_reward(cfg: RewardConfig) -> Path:
         bar.close()
     metrics.close()
     loop_seconds = time.perf_counter() - t_loop
-    del opt, sched, step_fn  # free the optimizer state before the evaluation loads the saved model
+    opt = sched = step_fn = None  # free the optimizer state before the evaluation loads the saved model
+    accelerator.free_memory()  # (the accelerator's references too)
 
-    # step 5. normalise on the reference responses, save, evaluate, manifest (main process)
+    # step 5. normalise on the reference responses (scored by all processes), save,
+    # evaluate, manifest (the main process; the others return once the model is saved, so
+    # a long evaluation holds no barrier, whose timeout is 10-30 minutes)
     if cfg.lora.enabled:
         rm.lm = merge_lora(rm.lm)
     ref = raw_rewards(scorer, [u.rows[0] for u in norm_units], max(cfg.batch_size * 2, 8), accelerator)
@@ -971,7 +973,7 @@ def train_reward(cfg: RewardConfig) -> Path:
         log.warning("rm: no valid-split responses; rewards are not normalised")
     counts["processes"] = world
     if not main:
-        accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()  # paired with the main process's, after its save
         return out
     rm.set_normalization(mean, std)
     rm.meta = {"objective": cfg.objective, "template": template, "max_prompt_tokens": cfg.max_prompt_tokens,
@@ -980,6 +982,7 @@ def train_reward(cfg: RewardConfig) -> Path:
                "base_model": cfg.model, "norm_reference": {"split": "valid", "n": len(ref)}}
     rm.cpu()
     rm.save_pretrained(out, tok)  # reward_config.json is written last: it marks a complete model
+    accelerator.wait_for_everyone()
     result: dict[str, Any] = {}
     if cfg.eval_split:
         from ambient_rlhf.eval.reward_eval import evaluate_reward
@@ -1109,5 +1112,7 @@ def cli(argv: list[str]) -> int:
     if args.overwrite:
         flags.append("overwrite=true")
     cfg = load_config(RewardConfig, args.config, flags + overrides)
-    print(train_reward(cfg))
+    out = train_reward(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line from several processes
+        print(out)
     return 0
