@@ -210,3 +210,12 @@ def test_compare_recovery_by_hand():
     assert -2 <= c["ci_low"] <= 1 / 3 <= c["ci_high"] <= 2
     same = sim.compare_recovery(df, "x", "x", target="y")
     assert same["difference"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
+
+
+def test_trim_to_sentence_by_hand():
+    assert sim.trim_to_sentence("Water it weekly. Use a pot with holes and") == "Water it weekly."
+    assert sim.trim_to_sentence('He said "stop!" then we left and the') == 'He said "stop!"'
+    assert sim.trim_to_sentence("Done. Really done!") == "Done. Really done!"  # already finished
+    assert sim.trim_to_sentence("no sentence end at all") == "no sentence end at all"
+    assert sim.trim_to_sentence("Version 2.5 is out and") == "Version 2.5 is out and"  # '2.5' is no sentence end
+    assert sim.trim_to_sentence("Try it. Step 1.5 helps") == "Try it."

@@ -92,20 +92,21 @@ def stage_config_types() -> dict[str, type]:
 # ---- the run configuration -----------------------------------------------------------------
 # The defaults are the demo (configs/demo.yaml states the same values): a simulated
 # community answered by SmolLM2, sized for ~15 minutes on a 2-core CPU.  Stage budgets
-# (measured, shared 2-core machine): simulate 96 x 3 answers at batch 32 ~2 min; SFT ~7 s per
-# step of 8 sequences; reward models train the head on cached features (one forward
-# pass over the answers, then 20 cheap epochs; ~1 min each); RL is RLOO (no value model, one pass per batch) with 2 prompts x 4 samples.
-DEMO_SIMULATE = dict(threads=96, responses=3, max_new_tokens=40, batch_size=32)
+# (measured on a 2-core CPU): simulate 200 x 4 answers at batch 32 ~5 min; SFT ~7 s per step
+# of 8 sequences; each reward model trains the top 2 layers + head on cached hidden states
+# (one forward pass over its ~300 answers, then cheap epochs; ~1.5 min each); RL is RLOO (no
+# value model, one pass per batch) with 2 prompts x 4 samples.
+DEMO_SIMULATE = dict(threads=200, responses=4, max_new_tokens=48, batch_size=32)
 DEMO_DATA = dict(splits=dict(train=0.6, valid=0.1, test=0.3), labels=dict(min_prompt_score=2, min_score_ratio=1.5,
                                                                          delay_weight=0.2))
 DEMO_SFT = dict(steps=12, batch_size=4, grad_accum=2, lr=5e-5, warmup_steps=2, max_prompt_tokens=128,
                 max_response_tokens=64, eval_every=0, eval_examples=32, checkpoint_every=6, sample_prompts=2,
                 sample_max_new_tokens=32)
-DEMO_RM = dict(objective="tiers", train_layers=0, epochs=20.0, lr=3e-3, weight_decay=0.1, max_prompt_tokens=128, max_response_tokens=64,
-               eval_every=0, norm_max_responses=128, save_every=0)
-DEMO_RL = dict(algo="rloo", steps=10, batch_size=2, rloo_k=4, response_length=48, max_prompt_tokens=128,
-               sample_every=5, samples_per_log=2, save_every=5)
-DEMO_EVAL = dict(n_prompts=12, samples_per_prompt=1, max_new_tokens=48, max_prompt_tokens=128)
+DEMO_RM = dict(objective="ranking", train_layers=2, epochs=8.0, lr=1e-4, weight_decay=0.0, batch_size=4,
+               max_prompt_tokens=128, max_response_tokens=64, eval_every=0, norm_max_responses=128, save_every=0)
+DEMO_RL = dict(algo="rloo", steps=12, lr=3e-5, batch_size=2, rloo_k=4, response_length=48, max_prompt_tokens=128,
+               sample_every=4, samples_per_log=2, save_every=4)
+DEMO_EVAL = dict(n_prompts=24, samples_per_prompt=1, max_new_tokens=48, max_prompt_tokens=128)
 
 
 def _demo(cls_name: str, values: dict) -> Callable[[], Any]:
@@ -237,9 +238,12 @@ def plan(cfg: RunConfig) -> list[Stage]:
     if cfg.goal_model:
         stages.append(Stage("sft-tier", "sft", r(sft, condition="tier", out=d["sft-tier"]), ["data"], resumable=True))
     rm_model, rm_deps = (d["sft"], ["data", "sft"]) if cfg.rm_init == "sft" else (cfg.model, ["data"])
+    # head-only reward models share one on-disk feature cache per run (keyed by backbone
+    # and token ids): the two halves' common texts and the evaluations are computed once
+    rm_cache = cfg.rm.feature_cache or (str(run / "cache" / "rm-features") if cfg.rm.train_layers == 0 else "")
     for name, half, seed in (("rm-proxy", "a", cfg.rm.seed), ("rm-gold", "b", cfg.rm.seed + 1)):
         # own threads and own seed (head init, batch order): the judge is independent of the proxy
-        rm = r(cfg.rm, data=[d["data"]], model=rm_model, out=d[name], train_half=half, seed=seed)
+        rm = r(cfg.rm, data=[d["data"]], model=rm_model, out=d[name], train_half=half, seed=seed, feature_cache=rm_cache)
         stages.append(Stage(name, "rm", _volatile_off(rm), rm_deps, resumable=hasattr(rm, "resume")))
     if not cfg.sources:  # the hidden utility is known: how well do labels and reward models recover it?
         truth = {"data": d["data"], "reward_models": {"rm-proxy": d["rm-proxy"], "rm-gold": d["rm-gold"]},

@@ -177,3 +177,22 @@ def test_shared_prompt_pass_equals_full_sequences(tiny_model_path):
     b, gb = run(lambda: R.shared_prompt_outputs(rm, t, rows, "cpu"))
     assert torch.allclose(a, b, atol=1e-5) and a.std() > 1e-3
     assert len(ga) == len(gb) and all(torch.allclose(x, y, atol=1e-4) for x, y in zip(ga, gb))
+
+
+def test_balance_by_length_by_hand():
+    from ambient_rlhf.train.reward import Unit, balance_by_length
+
+    def pair(tid, n_chosen, n_rejected):
+        return Unit(tid, [("q", "w " * n_chosen), ("q", "w " * n_rejected)])
+
+    # 5 pairs where the preferred answer is longer, 2 where it is shorter, 1 tie
+    units = [pair("a", 5, 2), pair("a", 4, 1), pair("b", 9, 3), pair("b", 2, 6), pair("c", 3, 3),
+             pair("c", 7, 1), pair("d", 1, 8), pair("d", 6, 2)]
+    counts: dict = {}
+    out = balance_by_length(units, seed=0, counts=counts)
+    longer = sum(len(u.texts[0][1].split()) > len(u.texts[1][1].split()) for u in out)
+    shorter = sum(len(u.texts[0][1].split()) < len(u.texts[1][1].split()) for u in out)
+    assert (longer, shorter) == (2, 2) and counts["length_balance_dropped"] == 3
+    assert any(u.texts[0][1] == u.texts[1][1] for u in out)  # the tie stays
+    assert [units.index(u) for u in out] == sorted(units.index(u) for u in out)  # order kept
+    assert balance_by_length(out, seed=0) == out  # already balanced: nothing dropped

@@ -206,6 +206,11 @@ class SimulateConfig:
     model's answers differ in length, tone and relevance like a crowd's do."""
     max_new_tokens: int = 64
     """Longest generated answer in tokens (~45 words; the readers like 40 words)."""
+    trim_unfinished: bool = True
+    """Cut an answer that stops mid-sentence (it ran out of ``max_new_tokens``) back to
+    its last complete sentence, as a person would have finished it; an answer without a
+    complete sentence stays as it is.  Without this, the SFT model learns to end answers
+    mid-sentence and an RL policy rarely emits EOS within its budget."""
     temperature: float = 0.9
     """Sampling temperature of the answers: a little above the usual 0.7 so the K
     answers of one question differ."""
@@ -404,6 +409,20 @@ def _base36(n: int) -> str:
             return s
 
 
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """``text`` up to and including its last sentence end (``.``, ``!`` or ``?``, with
+    closing quotes or brackets, followed by whitespace or the end); unchanged when it
+    already ends a sentence or has no sentence end at all."""
+    text = text.rstrip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not ends or ends[-1] == len(text):
+        return text
+    return text[: ends[-1]]
+
+
 def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[str]]) -> tuple[list[dict], list[dict], pd.DataFrame]:
     """Simulate the community: returns (submissions, comments, utility table).
 
@@ -418,6 +437,8 @@ def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[st
     answers = [a.strip() for a in respond(gen_prompts)]
     if len(answers) != len(gen_prompts):
         raise AmbientError(f"responder returned {len(answers)} answers for {len(gen_prompts)} prompts")
+    if cfg.trim_unfinished:
+        answers = [trim_to_sentence(a) for a in answers]
 
     span = cfg.span_days * 86400
     created = np.sort(cfg.start_utc + rng.uniform(0, span, size=cfg.threads)).astype(np.int64)

@@ -96,6 +96,13 @@ class RewardConfig:
     affordable on a laptop CPU; raise both on a GPU."""
     max_response_tokens: int = 128
     """Response budget in tokens including EOS (cut from the right, no EOS when cut)."""
+    balance_length: bool = False
+    """``pairwise``: drop training pairs at random (seeded) until the preferred answer is
+    the longer one (in words) in exactly half of them.  On SHP-rule Reddit pairs the
+    longer answer wins ~65% of the time, and a small reward model learns that before
+    anything else; balanced pairs carry no length signal, so what the model learns must
+    come from the content (``ambient rm eval`` reports both, including the beyond-length
+    test).  Pairs of equal length are kept; the drop count goes into the manifest."""
     max_ranked: int = 8
     """``ranking``: at most this many responses per thread (a seeded random subset);
     InstructGPT ranked K = 4..9.  Bounds the batch of a very large thread."""
@@ -337,6 +344,21 @@ def load_units(cfg: RewardConfig, split: str, objective: str | None = None,
                 p = format_prompt(r.prompt, com, cfg.community_prefix)
                 units.append(Unit(f"{com}/{r.thread_id}", [(p, r.response)], target))
     return units
+
+
+def balance_by_length(units: list[Unit], seed: int, counts: dict | None = None) -> list[Unit]:
+    """Pairwise units with as many "preferred is longer" as "preferred is shorter" pairs
+    (in whitespace words): a seeded random subset of the larger side is dropped; pairs of
+    equal length stay.  Order is kept.  ``counts["length_balance_dropped"]`` says how many
+    went."""
+    longer = [i for i, u in enumerate(units) if len(u.texts[0][1].split()) > len(u.texts[1][1].split())]
+    shorter = [i for i, u in enumerate(units) if len(u.texts[0][1].split()) < len(u.texts[1][1].split())]
+    big, small = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
+    rng = np.random.RandomState(seed)
+    drop = set(rng.choice(big, len(big) - len(small), replace=False).tolist()) if len(big) > len(small) else set()
+    if counts is not None:
+        counts["length_balance_dropped"] = counts.get("length_balance_dropped", 0) + len(drop)
+    return [u for i, u in enumerate(units) if i not in drop]
 
 
 def subset_threads(units: list[Unit], n: int, seed: int) -> list[Unit]:
@@ -759,6 +781,8 @@ def _validate(cfg: RewardConfig) -> None:
         raise AmbientError("rm: lora.enabled=true needs train_layers=-1 (LoRA adapts every layer)")
     if cfg.max_ranked < 2:
         raise AmbientError(f"rm: max_ranked={cfg.max_ranked} must be >= 2")
+    if cfg.balance_length and cfg.objective != "pairwise":
+        raise AmbientError(f"rm: balance_length=true applies to objective=pairwise, not {cfg.objective}")
 
 
 def _prepare_out(cfg: RewardConfig, accelerator=None) -> Path | None:
@@ -806,8 +830,10 @@ def train_reward(cfg: RewardConfig) -> Path:
     template = cfg.template
     table = TextTable(tok, cfg.max_prompt_tokens, cfg.max_response_tokens, template)
     counts: dict[str, Any] = {}
-    train = index_units(subset_threads(load_units(cfg, "train", half=cfg.train_half, counts=counts),
-                                       cfg.max_train_units, cfg.seed), table)
+    train_units = load_units(cfg, "train", half=cfg.train_half, counts=counts)
+    if cfg.balance_length:
+        train_units = balance_by_length(train_units, cfg.seed, counts)
+    train = index_units(subset_threads(train_units, cfg.max_train_units, cfg.seed), table)
     if not train:
         raise AmbientError(f"rm: no training {cfg.objective} units in {cfg.data} (split train, half {cfg.train_half})")
     valid_pairs = index_units(subset_threads(load_units(cfg, "valid", objective="pairwise", counts=counts),
