@@ -278,3 +278,8 @@ def test_report_shows_true_utility_recovery_from_the_truth_stage(tmp_path):
                and "-0.572 [-0.700, -0.400]" in c for c in cells)
     assert any("longer answer" in c and "0.301" in c and "0.612" in c for c in cells)
     assert "12 threads, 60 answers" in page
+    # the headline states the comparison with the length baseline; the interval
+    # [-0.25, +0.02] straddles 0, so no claim either way
+    head = page[page.index("id='headline'"):]
+    assert "rm-proxy (within-thread Spearman 0.18) <b>does not clearly beat</b> the longer-answer baseline (0.30)" in head
+    assert "-0.12 [-0.25, +0.02] over 12 held-out threads" in head

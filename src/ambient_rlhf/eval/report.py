@@ -260,7 +260,32 @@ def headline(run: dict[str, list[StageDir]]) -> str:
                 txt += (f"; it <b>beats {'all' if len(beaten) == len(base) else 'some'}</b> of them clearly"
                         f" (intervals apart: {esc(', '.join(beaten))})" if beaten else
                         "; it does <b>not clearly beat</b> the baselines (the intervals overlap)")
+            g = ((e.get("beyond_length") or {}).get("gain") or {}).get("log_loss")
+            if _val(g) is not None:
+                glo = lohi(g)[0]
+                txt += (f"; beyond length (paired, cross-validated by thread): log-loss gain {interval(g)}, "
+                        + ("<b>it adds information that length does not have</b>" if glo is not None and glo > 0 else
+                           "no clear information beyond length"))
             rm_parts.append(txt + ".</li>")
+    for s in run.get("truth", []):
+        e = s.eval or {}
+        for name, c in (e.get("comparisons") or {}).items():
+            d, rec = c.get("vs_length") or {}, (e.get("reward_models") or {}).get(name) or {}
+            if d.get("difference") is None or rec.get("spearman") is None:
+                continue
+            base = ((e.get("baselines") or {}).get("length") or {}).get("spearman")
+            better = d["ci_low"] > 0
+            worse = d["ci_high"] < 0
+            word = "<b>recovers it better</b> than" if better else "<b>recovers it worse</b> than" if worse else \
+                "<b>does not clearly beat</b>"
+            sc = c.get("vs_score") or {}
+            rm_parts.append(
+                f"<li>[truth] Hidden utility of the simulated community: reward model {esc(name)} (within-thread "
+                f"Spearman {fnum(rec['spearman'], 2)}) {word} the longer-answer baseline ({fnum(base, 2)}): "
+                f"difference {d['difference']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] over "
+                f"{fnum(d.get('threads'))} held-out threads"
+                + (f"; against the raw upvote score {sc['difference']:+.2f} [{sc['ci_low']:+.2f}, {sc['ci_high']:+.2f}]"
+                   if sc.get("difference") is not None else "") + ".</li>")
     for s in evals:
         e = s.eval
         w = e.get("win_rate", {})
