@@ -206,11 +206,15 @@ class SimulateConfig:
     model's answers differ in length, tone and relevance like a crowd's do."""
     max_new_tokens: int = 64
     """Longest generated answer in tokens (~45 words; the readers like 40 words)."""
-    trim_unfinished: bool = True
+    trim_unfinished: bool = False
     """Cut an answer that stops mid-sentence (it ran out of ``max_new_tokens``) back to
-    its last complete sentence, as a person would have finished it; an answer without a
-    complete sentence stays as it is.  Without this, the SFT model learns to end answers
-    mid-sentence and an RL policy rarely emits EOS within its budget."""
+    its last complete sentence; an answer without a complete sentence stays as it is.
+    Off by default: trimmed answers are shorter than the readers' preferred 40 words, so
+    "longer is better" explains much more of the utility (within-thread Spearman of
+    length with utility 0.56 against 0.37 untrimmed, 200 x 4 answers of <= 48 tokens),
+    which leaves a reward model less to find.  Untrimmed answers end mid-sentence, so
+    give RL a response budget above ``max_new_tokens`` (the demo: 64 against 48) or
+    most samples get the missing-EOS penalty."""
     temperature: float = 0.9
     """Sampling temperature of the answers: a little above the usual 0.7 so the K
     answers of one question differ."""
