@@ -102,7 +102,7 @@ DEMO_DATA = dict(splits=dict(train=0.6, valid=0.1, test=0.3), labels=dict(min_pr
 DEMO_SFT = dict(steps=12, batch_size=4, grad_accum=2, lr=5e-5, warmup_steps=2, max_prompt_tokens=128,
                 max_response_tokens=64, eval_every=0, eval_examples=32, checkpoint_every=6, sample_prompts=2,
                 sample_max_new_tokens=32)
-DEMO_RM = dict(objective="ranking", train_layers=2, epochs=5.0, lr=1e-4, weight_decay=0.0, batch_size=4,
+DEMO_RM = dict(objective="ranking", train_layers=2, epochs=8.0, lr=1e-4, weight_decay=0.0, batch_size=4,
                max_prompt_tokens=128, max_response_tokens=64, eval_every=0, norm_max_responses=128, save_every=0)
 DEMO_RL = dict(algo="rloo", steps=12, lr=3e-5, batch_size=2, rloo_k=4, response_length=64, max_prompt_tokens=128,
                sample_every=4, samples_per_log=2, save_every=4)
