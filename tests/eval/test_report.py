@@ -283,3 +283,21 @@ def test_report_shows_true_utility_recovery_from_the_truth_stage(tmp_path):
     head = page[page.index("id='headline'"):]
     assert "rm-proxy (within-thread Spearman 0.18) <b>does not clearly beat</b> the longer-answer baseline (0.30)" in head
     assert "-0.12 [-0.25, +0.02] over 12 held-out threads" in head
+
+
+def test_headline_says_when_a_reward_model_beats_length_on_the_hidden_utility(tmp_path):
+    run = tmp_path / "run"
+    truth = run / "truth"
+    _manifest(truth, "truth")
+    (truth / "eval.json").write_text(json.dumps({
+        "split": "test",
+        "labels": {"test": {"score": {"spearman": 0.65, "pair_accuracy": 0.78}, "n": {"threads": 51, "responses": 204}}},
+        "reward_models": {"rm-proxy": {"spearman": 0.545, "pair_accuracy": 0.745}},
+        "baselines": {"length": {"spearman": 0.367, "pair_accuracy": 0.647}},
+        "comparisons": {"rm-proxy": {"vs_length": {"difference": 0.178, "ci_low": 0.045, "ci_high": 0.309, "threads": 51}}},
+    }))
+    page = Path(write_report(run)).read_text()
+    head = page[page.index("id='headline'"):]
+    assert "rm-proxy (within-thread Spearman 0.55) <b>recovers it better</b> than the longer-answer baseline (0.37)" in head
+    assert "+0.18 [+0.04, +0.31] over 51 held-out threads" in head
+    assert "raw upvote score" not in head  # no comparison with the score was given
