@@ -92,7 +92,7 @@ def stage_config_types() -> dict[str, type]:
 # ---- the run configuration -----------------------------------------------------------------
 # The defaults are the demo (configs/demo.yaml states the same values): a simulated
 # community answered by SmolLM2, sized for ~15 minutes on a 2-core CPU.  Stage budgets
-# (measured on a 2-core CPU): simulate 200 x 4 answers at batch 32 ~5 min; SFT ~7 s per step
+# (measured on a 2-core CPU): simulate 200 x 4 answers at batch 32 ~3.6 min; SFT ~5 s per step
 # of 8 sequences; each reward model trains the top 2 layers + head on cached hidden states
 # (one forward pass over its ~300 answers, then cheap epochs; ~1.5 min each); RL is RLOO (no
 # value model, one pass per batch) with 2 prompts x 4 samples.
