@@ -255,11 +255,16 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
     assert img[..., :3].std() > 0.05  # text and figures, not one flat colour
 
 
-def test_report_shows_true_utility_recovery_from_the_truth_stage(tmp_path):
+def _truth_report(tmp_path: Path, truth_eval: dict) -> str:
+    """The report of a run that has only a truth stage with this eval.json."""
     run = tmp_path / "run"
-    truth = run / "truth"
-    _manifest(truth, "truth")
-    (truth / "eval.json").write_text(json.dumps({
+    _manifest(run / "truth", "truth")
+    (run / "truth" / "eval.json").write_text(json.dumps(truth_eval))
+    return Path(write_report(run)).read_text()
+
+
+def test_report_shows_true_utility_recovery_from_the_truth_stage(tmp_path):
+    page = _truth_report(tmp_path, {
         "split": "test",
         "labels": {"test": {"score": {"spearman": 0.755, "pair_accuracy": 0.817},
                             "adjusted": {"spearman": 0.742, "pair_accuracy": 0.811},
@@ -268,8 +273,7 @@ def test_report_shows_true_utility_recovery_from_the_truth_stage(tmp_path):
         "baselines": {"length": {"spearman": 0.301, "pair_accuracy": 0.612}},
         "comparisons": {"rm-proxy": {"vs_length": {"difference": -0.118, "ci_low": -0.25, "ci_high": 0.02, "threads": 12},
                                      "vs_score": {"difference": -0.572, "ci_low": -0.7, "ci_high": -0.4, "threads": 12}}},
-    }))
-    page = Path(write_report(run)).read_text()
+    })
     rows = re.findall(r"<tr>(.*?)</tr>", page, flags=re.S)
     cells = [re.sub(r"<[^>]+>", "|", r) for r in rows]
     assert any("raw score" in c and "0.755" in c and "0.817" in c for c in cells)
@@ -286,17 +290,13 @@ def test_report_shows_true_utility_recovery_from_the_truth_stage(tmp_path):
 
 
 def test_headline_says_when_a_reward_model_beats_length_on_the_hidden_utility(tmp_path):
-    run = tmp_path / "run"
-    truth = run / "truth"
-    _manifest(truth, "truth")
-    (truth / "eval.json").write_text(json.dumps({
+    page = _truth_report(tmp_path, {
         "split": "test",
         "labels": {"test": {"score": {"spearman": 0.65, "pair_accuracy": 0.78}, "n": {"threads": 51, "responses": 204}}},
         "reward_models": {"rm-proxy": {"spearman": 0.545, "pair_accuracy": 0.745}},
         "baselines": {"length": {"spearman": 0.367, "pair_accuracy": 0.647}},
         "comparisons": {"rm-proxy": {"vs_length": {"difference": 0.178, "ci_low": 0.045, "ci_high": 0.309, "threads": 51}}},
-    }))
-    page = Path(write_report(run)).read_text()
+    })
     head = page[page.index("id='headline'"):]
     assert "rm-proxy (within-thread Spearman 0.55) <b>recovers it better</b> than the longer-answer baseline (0.37)" in head
     assert "+0.18 [+0.04, +0.31] over 51 held-out threads" in head
