@@ -33,7 +33,7 @@ from pathlib import Path
 
 def ours(args, work: Path) -> dict:
     from ambient_rlhf.logging import read_jsonl
-    from ambient_rlhf.train.reward import cli
+    from ambient_rlhf.cli.rm import cli
 
     out = work / "ours"
     argv = ["--data", args.data, "--model", args.model, "--out", str(out), "--objective", "pairwise", "--overwrite",
@@ -59,7 +59,7 @@ def same_pairs(args):
                                              f"max_prompt_tokens={args.max_prompt}",
                                              f"max_response_tokens={args.max_response}"])
     tok = load_tokenizer(args.model)
-    table = R.TextTable(tok, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.template)
+    table = R.TextTable.of(tok, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.template)
     units = R.index_units(R.subset_threads(R.load_units(cfg, "train"), args.steps * args.batch, cfg.seed), table)
     return tok, [table.ids[u.rows[0]] for u in units], [table.ids[u.rows[1]] for u in units]
 

@@ -247,8 +247,7 @@ def plan(cfg: RunConfig) -> list[Stage]:
         stages.append(Stage(name, "rm", _volatile_off(rm), rm_deps, resumable=hasattr(rm, "resume")))
     if not cfg.sources:  # the hidden utility is known: how well do labels and reward models recover it?
         truth = {"data": d["data"], "reward_models": {"rm-proxy": d["rm-proxy"], "rm-gold": d["rm-gold"]},
-                 "split": cfg.eval.split, "batch_size": cfg.eval.batch_size,
-                 "max_prompt_tokens": cfg.rm.max_prompt_tokens, "max_response_tokens": cfg.rm.max_response_tokens}
+                 "split": cfg.eval.split, "batch_size": cfg.eval.batch_size}
         stages.append(Stage("truth", "truth", truth, ["data", "rm-proxy", "rm-gold"]))
     rl = r(cfg.rl, policy=d["sft"], reward=d["rm-proxy"], data=d["data"], out=d["rl"])
     stages.append(Stage("rl", "rl", _volatile_off(rl), ["data", "sft", "rm-proxy"], resumable=hasattr(rl, "resume")))
@@ -319,8 +318,7 @@ def _run_eval(cfg: Any, resume: bool, out: str) -> None:
 def _run_truth(spec: dict, resume: bool, out: str) -> None:
     from ambient_rlhf.simulate import evaluate_recovery
 
-    evaluate_recovery(spec["data"], spec["reward_models"], out, split=spec["split"], batch_size=spec["batch_size"],
-                      max_prompt_tokens=spec["max_prompt_tokens"], max_response_tokens=spec["max_response_tokens"])
+    evaluate_recovery(spec["data"], spec["reward_models"], out, split=spec["split"], batch_size=spec["batch_size"])
 
 
 def _run_report(spec: dict, resume: bool, out: str) -> None:

@@ -49,14 +49,14 @@ def simulate(out: str | Path, cfg: SimulateConfig, overwrite: bool = False) -> P
 
 
 def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: str | Path, split: str = "test",
-                      batch_size: int = 8, max_prompt_tokens: int = 128, max_response_tokens: int = 128) -> dict:
+                      batch_size: int = 8) -> dict:
     """What only a simulated community can show: how well the labels and the reward
     models recover the hidden utility, within threads.
 
     * ``labels``: the raw ``score`` and the confound-adjusted rank (``adjusted``) of the
       data stage, on every split and on ``split``;
     * ``reward_models``: each model's reward on the ``split`` answers (held out from all
-      training);
+      training), each reading the text as it was trained on (``models.reward_inputs``);
     * ``baselines``: text-only signals on the same answers: ``length`` (words; longer
       wins);
     * ``comparisons``: each reward model against the length baseline and against the raw
@@ -71,7 +71,8 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
 
     from ambient_rlhf.data.schema import RESPONSES_FILE
     from ambient_rlhf.data.simulate import compare_recovery, recovery_stats, true_utility
-    from ambient_rlhf.eval.policy_eval import EvalConfig, load_judge, score
+    from ambient_rlhf.data.tables import community_name
+    from ambient_rlhf.eval.policy_eval import load_judge, score
     from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 
     t0 = time.time()
@@ -84,10 +85,10 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
     held["length"] = held["response"].str.split().str.len().astype(float)
     result["baselines"] = {"length": recovery_stats(held, ["length"], "true_utility")["length"]}
     result["comparisons"] = {}
-    ecfg = EvalConfig(batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_response_tokens)
+    community = community_name(data_dir)
     for name, path in reward_models.items():
-        rm, tok = load_judge(path)
-        held[name] = score(rm, tok, held["prompt"].tolist(), held["response"].tolist(), ecfg)
+        rm, _ = load_judge(path)
+        held[name] = score(rm, held["prompt"].tolist(), held["response"].tolist(), community, batch_size=batch_size)
         result["reward_models"][name] = recovery_stats(held, [name], "true_utility")[name]
         result["comparisons"][name] = {f"vs_{o}": compare_recovery(held, name, o, "true_utility") for o in ("length", "score")}
         del rm
@@ -95,8 +96,7 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / "eval.json", result)
         held.drop(columns=["prompt"]).to_parquet(tmp / "scores.parquet", index=False)
-        write_manifest(tmp, "truth", {"split": split, "reward_models": reward_models, "batch_size": batch_size,
-                                      "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens},
+        write_manifest(tmp, "truth", {"split": split, "reward_models": reward_models, "batch_size": batch_size},
                        inputs=[data_dir, *reward_models.values()], counts=result["labels"][split]["n"])
     log.info("true-utility recovery on %s (Spearman): score %.3f, adjusted %.3f, length %.3f; %s", split,
              result["labels"][split]["score"]["spearman"], result["labels"][split]["adjusted"]["spearman"],

@@ -41,7 +41,7 @@ def test_config_documented():
 
 def test_text_table_matches_encode_pair(tiny_model_path):
     tok = load_tokenizer(tiny_model_path)
-    t = R.TextTable(tok, 40, 5, "auto")
+    t = R.TextTable.of(tok, 40, 5, "auto")
     cases = [("a short question?", "yes"), ("a much longer question " * 5, "one two three four five six seven"),
              ("a short question?", "one two three")]
     for p, r in cases:
@@ -82,7 +82,7 @@ def test_normalization_gives_mean0_std1_on_reference(planted, data):
 
     rm = load_reward_model(planted)
     cfg_ = cfg(data, planted)
-    table = R.TextTable(rm.tokenizer, cfg_.max_prompt_tokens, cfg_.max_response_tokens, "auto")
+    table = R.TextTable.of(rm.tokenizer, cfg_.max_prompt_tokens, cfg_.max_response_tokens, "auto")
     rows = [u.rows[0] for u in R.index_units(R.reference_units(cfg_), table)]
     assert len(rows) == 24  # 6 valid threads x 4 responses
     r = torch.tensor(list(score_rows(rm, table, rows)["reward"].values()))
@@ -113,7 +113,7 @@ def test_resume_equals_uninterrupted(data, tmp_path):
 def test_cached_top_layers_equal_the_full_model(data, tiny_model_path):
     tok = load_tokenizer(tiny_model_path)
     rm = ScalarHeadModel(load_causal_lm(tiny_model_path)).eval()
-    table = R.TextTable(tok, 48, 16, "auto")
+    table = R.TextTable.of(tok, 48, 16, "auto")
     rows = [table.add("what is it?", "a stone"), table.add("what is it, really, in the end?", "a bridge over water")]
     for mode, n in (("top", 1), ("top", 2), ("head", 0)):
         s = R.Scorer(rm, table, mode, n, torch.device("cpu"), tok.pad_token_id)
@@ -162,7 +162,7 @@ def test_shared_prompt_pass_equals_full_sequences(tiny_model_path):
     torch.manual_seed(0)
     tok = load_tokenizer(tiny_model_path)
     rm = ScalarHeadModel(load_causal_lm(tiny_model_path)).eval()
-    t = R.TextTable(tok, 48, 16, "auto")
+    t = R.TextTable.of(tok, 48, 16, "auto")
     rows = [t.add("what is it?", "a stone"), t.add("a longer question, what is it really?", "no"),
             t.add("what is it?", "a bridge over the water and more"),
             t.add("a longer question, what is it really?", "yes it is"), t.add("x?", "alone")]
@@ -173,7 +173,7 @@ def test_shared_prompt_pass_equals_full_sequences(tiny_model_path):
         (out * torch.arange(1.0, 6.0).unsqueeze(1)).sum().backward()
         return out.detach(), [p.grad.clone() for p in rm.parameters() if p.grad is not None]
 
-    a, ga = run(lambda: rm(*R._pad([torch.tensor(t.ids[r]) for r in rows], "cpu")))
+    a, ga = run(lambda: rm(*R.pad_tensors([torch.tensor(t.ids[r]) for r in rows], "cpu")))
     b, gb = run(lambda: R.shared_prompt_outputs(rm, t, rows, "cpu"))
     assert torch.allclose(a, b, atol=1e-5) and a.std() > 1e-3
     assert len(ga) == len(gb) and all(torch.allclose(x, y, atol=1e-4) for x, y in zip(ga, gb))

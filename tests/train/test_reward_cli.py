@@ -10,7 +10,8 @@ from helpers import make_data_dir
 from ambient_rlhf import AmbientError
 from ambient_rlhf.cli import main
 from ambient_rlhf.models.heads import CompositeReward, load_reward_model
-from ambient_rlhf.models.tokenize import pad_batch
+from ambient_rlhf.models.reward_inputs import RewardFunction
+from ambient_rlhf.models.tokenize import encode_pair
 
 
 def test_cli_train_eval_combine(tmp_path, capsys):
@@ -41,10 +42,19 @@ def test_cli_train_eval_combine(tmp_path, capsys):
     c = load_reward_model(comb)
     assert isinstance(c, CompositeReward) and c.tokenizer is not None
     a, b = load_reward_model(rank), load_reward_model(pair)
-    ids, mask = pad_batch([[5, 6, 7, 2], [8, 9, 2]], c.tokenizer.pad_token_id, "left")
+    # each member reads the text as it was trained: `rank` with the community prefix,
+    # `pair` without; both under the default budgets (128 + 128)
+    texts = [("Is a stone alive?", "No, it is not."), ("Why?", "Because the sky is blue " * 3)]
+    tok = c.tokenizer
     with torch.no_grad():
-        want = 1.0 * a.reward(ids, mask) + 0.5 * b.reward(ids, mask)
-        assert torch.allclose(c.reward(ids, mask), want, atol=1e-6)
+        want = []
+        for q, r in texts:
+            ea = encode_pair(tok, "[askbar] " + q, r, 128, 128)
+            eb = encode_pair(tok, q, r, 128, 128)
+            one = lambda m, e: m.reward(torch.tensor([e.input_ids]), torch.ones(1, len(e.input_ids), dtype=torch.long))
+            want.append((1.0 * one(a, ea) + 0.5 * one(b, eb)).item())
+        got = RewardFunction(c, batch_size=2).texts([q for q, _ in texts], [r for _, r in texts], ["askbar"] * 2)
+    assert got.tolist() == pytest.approx(want, abs=1e-6)
 
     # members must share a tokenizer
     other = tmp_path / "other"
@@ -58,6 +68,6 @@ def test_cli_train_eval_combine(tmp_path, capsys):
 
 
 def main_raises(argv):
-    from ambient_rlhf.train.reward import cli
+    from ambient_rlhf.cli.rm import cli
 
     return cli(argv[1:])

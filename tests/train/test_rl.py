@@ -122,8 +122,11 @@ def test_reward_model_scores_policy_tokens_and_inits_value_model(tmp_path, data_
     resp = torch.tensor([[11, 12, 13, 2], [21, 2, 0, 0]])  # right-padded responses, EOS = 2
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     got = scorer([0, 1], resp, mask)
+    from ambient_rlhf.models.tokenize import encode_prompt
+
     for i, r in enumerate(([11, 12, 13, 2], [21, 2])):
-        ids = scorer.rm_prompt_ids[i] + r
+        # a reward model saved without budgets reads prompts under the default 128 tokens
+        ids = encode_prompt(tok, prompts[i], 128)[0] + r
         with torch.no_grad():
             expect = rm.reward(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
         assert got[i].item() == pytest.approx(expect.item(), abs=1e-5)

@@ -257,25 +257,17 @@ def load_judge(path: str, device=None):
     return rm, rm.tokenizer
 
 
-def score(rm, tok, prompts: list[str], responses: list[str], cfg: EvalConfig, device=None) -> np.ndarray:
+def score(rm, prompts: list[str], responses: list[str], community: str | None = None,
+          ended: list[bool] | np.ndarray | None = None, batch_size: int = 8, device=None) -> np.ndarray:
     """Normalised reward of each (prompt, response), (N,).  No goal token: the judge sees
-    the question and the answer only, in the template it was trained with (its
-    ``meta["template"]`` when it records one, else ``cfg.template``)."""
-    import torch
+    the question and the answer only, rendered as it was trained (its own template,
+    community prefix and budgets; ``models.reward_inputs``).  ``ended``: whether each
+    answer stopped by itself (no EOS for one cut at the generation limit); default all."""
+    from ambient_rlhf.models.reward_inputs import RewardFunction
 
-    from ambient_rlhf.models.tokenize import pad_batch
-
-    template = getattr(rm, "meta", {}).get("template", cfg.template)
-    device = device or next(rm.parameters()).device
-    out = np.zeros(len(prompts))
-    for start in range(0, len(prompts), cfg.batch_size):
-        seqs = [_encode(tok, p, r, cfg, template, None).input_ids for p, r in zip(prompts[start:start + cfg.batch_size],
-                                                                        responses[start:start + cfg.batch_size])]
-        ids, mask = pad_batch(seqs, tok.pad_token_id, side="right")
-        with torch.no_grad():
-            r = rm.reward(ids.to(device), mask.to(device))
-        out[start:start + len(seqs)] = r.float().cpu().numpy()
-    return out
+    fn = RewardFunction(rm, device=device, batch_size=batch_size)
+    ended_l = [bool(e) for e in ended] if ended is not None else None
+    return fn.texts(prompts, responses, [community] * len(prompts), ended_l).double().numpy()
 
 
 # ---- step 5: the simulated community's hidden utility -------------------------------------
@@ -327,6 +319,7 @@ def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) ->
     ``true_utility``: a ``(prompt, response) -> float`` to use instead of the simulated
     community's (tests pass one); otherwise chosen by ``cfg.true_utility``."""
     from ambient_rlhf.checkpoint import seed_everything
+    from ambient_rlhf.data.tables import community_name
     from ambient_rlhf.models.load import default_device
 
     _validate(cfg)
@@ -341,6 +334,7 @@ def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) ->
     k = cfg.samples_per_prompt
     tids = [t for t, _ in chosen for _ in range(k)]
     prompts = [p for _, p in chosen for _ in range(k)]
+    community = community_name(cfg.data)
     log.info("evaluating on %d prompts x %d samples", len(chosen), k)
 
     with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
@@ -374,9 +368,9 @@ def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) ->
         for name, path in (("judge", cfg.judge), ("proxy", cfg.proxy)):
             if not path:
                 continue
-            rm, rm_tok = load_judge(path, device)
-            scores[name] = (score(rm, rm_tok, prompts, pol_text, cfg, device),
-                            score(rm, rm_tok, prompts, ref_text, cfg, device))
+            rm, _ = load_judge(path, device)
+            scores[name] = (score(rm, prompts, pol_text, community, stop_pol, cfg.batch_size, device),
+                            score(rm, prompts, ref_text, community, stop_ref, cfg.batch_size, device))
             del rm
             gc.collect()
         timings["score_s"] = time.time() - t

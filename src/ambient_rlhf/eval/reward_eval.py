@@ -283,10 +283,12 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
     token) under ``loglik`` (``"self"``: the reward model's own LM, from the same forward
     pass; a causal LM; or None), for each row of ``table``.
 
-    ``store``: a :class:`~ambient_rlhf.train.reward.FeatureStore` of the backbone of a
-    head-only model: rows found there skip the backbone, new rows are added to it."""
+    ``store``: a :class:`~ambient_rlhf.models.features.FeatureStore` of the backbone of a
+    head-only model: rows found there skip the backbone, new rows are added to it.
+    A combined reward model is scored through ``models.reward_inputs.RewardFunction``
+    (each member renders the rows' texts itself)."""
+    from ambient_rlhf.models.features import pad_tensors, text_key
     from ambient_rlhf.models.heads import ScalarHeadModel, last_token_index
-    from ambient_rlhf.train.reward import _pad, text_key
 
     dev = next(rm.parameters()).device
     res: dict[str, dict[int, float]] = {"reward": {}, "loglik_sum": {}, "loglik_mean": {}}
@@ -307,10 +309,19 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
         rows = [r for r in rows if r not in res["reward"]]
     else:
         store = None
+    if not isinstance(rm, ScalarHeadModel):
+        from ambient_rlhf.models.reward_inputs import RewardFunction
+
+        texts = [table.texts[r] for r in rows]
+        got = RewardFunction(rm, device=dev, batch_size=batch_size).texts(
+            [t[0] for t in texts], [t[1] for t in texts], [t[2] for t in texts])
+        res["reward"].update(zip(rows, got.tolist()))
+        if loglik is None:
+            return res
     bar = progress(total=len(rows), desc="scoring", unit="text")
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        ids, mask = _pad([torch.tensor(table.ids[r]) for r in chunk], dev)
+        ids, mask = pad_tensors([torch.tensor(table.ids[r]) for r in chunk], dev)
         h = None
         if isinstance(rm, ScalarHeadModel):
             h = rm.hidden_states(ids, mask)  # (n, T, d)
@@ -320,9 +331,7 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
             if store is not None:
                 for r, f in zip(chunk, last.float().cpu()):
                     store.features[text_key(table.ids[r])] = f.clone()
-        else:
-            rew = rm.reward(ids, mask)
-        res["reward"].update(zip(chunk, rew.float().tolist()))
+            res["reward"].update(zip(chunk, rew.float().tolist()))
         if loglik is not None:
             labels = ids.clone()
             for j, r in enumerate(chunk):
@@ -377,7 +386,7 @@ def _load_untimed(data_dir: Path, split: str, seed: int):
             if "split" in df.columns:
                 df = df[df["split"] == split]
             return df.reset_index(drop=True), f"file:{name}"
-    from ambient_rlhf.train.reward import read_table
+    from ambient_rlhf.data.tables import read_table
 
     resp = read_table(data_dir, schema.RESPONSES_FILE, ("thread_id", "prompt", "response", "score", "created_utc", "split"), split)
     return build_untimed_pairs(resp, seed=seed), "built from responses.parquet without the time rule"
@@ -397,17 +406,19 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     (its backbone features and log-likelihoods are reused and extended)."""
     import pandas as pd
 
+    from ambient_rlhf.data.tables import community_name, read_table
     from ambient_rlhf.models.heads import ScalarHeadModel, load_reward_model
     from ambient_rlhf.models.load import load_causal_lm
-    from ambient_rlhf.train.reward import TextTable, community_name, format_prompt, read_table
+    from ambient_rlhf.models.reward_inputs import TextTable, reward_inputs_of
 
     data_dir = Path(data_dir)
     rm = model if model is not None else load_reward_model(model_dir)
     meta = getattr(rm, "meta", {}) or {}
     community = community_name(data_dir)
-    prefix = bool(meta.get("community_prefix", False))
-    table = TextTable(rm.tokenizer, int(meta.get("max_prompt_tokens", 128)), int(meta.get("max_response_tokens", 128)),
-                      meta.get("template", "auto"))
+    # the texts as the reward model reads them (a combined model's members each render
+    # their own when scored; the table then follows the first member, for lengths and
+    # the log-likelihood baseline)
+    table = TextTable(reward_inputs_of(rm.members[0] if hasattr(rm, "members") else rm))
     pairs = _subset(read_table(data_dir, schema.PAIRS_FILE, schema.PAIR_COLUMNS, split), max_pairs, seed)
     if len(pairs) == 0:
         raise AmbientError(f"{data_dir / schema.PAIRS_FILE}: no pairs in split {split!r}")
@@ -417,8 +428,8 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
         untimed = pd.concat([untimed[same], _subset(untimed[~same], max_pairs, seed)]).head(max_pairs).reset_index(drop=True)
 
     def rows_of(df):
-        c = [table.add(format_prompt(p, community, prefix), x) for p, x in zip(df["prompt"], df["chosen"])]
-        r = [table.add(format_prompt(p, community, prefix), x) for p, x in zip(df["prompt"], df["rejected"])]
+        c = [table.add(p, x, community) for p, x in zip(df["prompt"], df["chosen"])]
+        r = [table.add(p, x, community) for p, x in zip(df["prompt"], df["rejected"])]
         return np.array(c, dtype=int), np.array(r, dtype=int)
 
     pc, pr = rows_of(pairs)
@@ -433,8 +444,8 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
         ll = load_causal_lm(loglik_model).to(next(rm.parameters()).device).eval()
     store = None
     if feature_cache and isinstance(rm, ScalarHeadModel) and meta.get("train_layers") == 0:
+        from ambient_rlhf.models.features import FeatureStore
         from ambient_rlhf.models.load import resolve_model
-        from ambient_rlhf.train.reward import FeatureStore
 
         store = FeatureStore(feature_cache, resolve_model(meta.get("base_model", model_dir)))
     scores = score_rows(rm, table, list(pc) + list(pr) + list(uc) + list(ur), batch_size, ll, store)

@@ -173,9 +173,11 @@ def _vocab_fingerprint(tokenizer) -> tuple:
 class CompositeReward(nn.Module):
     """Weighted sum of the normalised rewards of several reward models.
 
-    Same reward API as :class:`ScalarHeadModel`: ``.reward(input_ids, attention_mask) -> (B,)``
-    and ``.tokenizer``.  Members must share a tokenizer (checked at construction), so a
-    policy's token ids can be scored directly."""
+    Score it through :class:`ambient_rlhf.models.reward_inputs.RewardFunction`, which lets
+    each member read the text rendered from its own saved config (template, community
+    prefix, token budgets): the members of a combination may have been trained with
+    different budgets, so there is no single token sequence to give them all.  Members
+    must share a tokenizer (checked here), so a policy's token ids mean the same to each."""
 
     def __init__(self, members: list[nn.Module], weights: list[float], paths: list[str] | None = None):
         super().__init__()
@@ -187,20 +189,11 @@ class CompositeReward(nn.Module):
                 where = f" ({paths[0]} vs {paths[i]})" if paths else ""
                 raise AmbientError(f"composite reward: members 0 and {i} have different tokenizers{where}; "
                                    "combine reward models trained from the same base model")
-        templates = {m.meta.get("template") for m in members}
-        if len(templates) > 1:
-            raise AmbientError(f"composite reward: members use different prompt templates {sorted(map(str, templates))}")
         self.members = nn.ModuleList(members)
         self.weights = [float(w) for w in weights]
         self.paths = list(paths or [])
         self.tokenizer = members[0].tokenizer
-        self.meta = {"kind": COMPOSITE_KIND, "template": members[0].meta.get("template", "auto"),
-                     "max_prompt_tokens": min(m.meta.get("max_prompt_tokens", 10**9) for m in members),
-                     "max_response_tokens": min(m.meta.get("max_response_tokens", 10**9) for m in members)}
-
-    def reward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B,) ``sum_i w_i * reward_i``."""
-        return sum(w * m.reward(input_ids, attention_mask) for w, m in zip(self.weights, self.members))
+        self.meta = {"kind": COMPOSITE_KIND}
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """A directory holding the tokenizer and ``reward_config.json`` naming the members."""
@@ -214,8 +207,9 @@ class CompositeReward(nn.Module):
 def load_reward_model(path: str | Path, dtype=None) -> "ScalarHeadModel | CompositeReward":
     """Load a reward model directory written by ``ambient rm`` or ``ambient rm combine``.
 
-    Returns a :class:`ScalarHeadModel` (in eval mode) or a :class:`CompositeReward`; both
-    have ``.reward(input_ids, attention_mask) -> (B,)`` and ``.tokenizer``."""
+    Returns a :class:`ScalarHeadModel` (in eval mode) or a :class:`CompositeReward`, each
+    with ``.tokenizer``; score either with
+    :class:`~ambient_rlhf.models.reward_inputs.RewardFunction`."""
     from ambient_rlhf.models.load import load_tokenizer
 
     p = Path(path)

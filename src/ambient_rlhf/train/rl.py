@@ -246,24 +246,21 @@ class PythonScorer(Scorer):
 
 
 class RewardModelScorer(Scorer):
-    """A reward model scoring [its prompt rendering + the policy's response tokens]."""
+    """A reward model scoring the policy's response tokens after the prompt as the reward
+    model renders it (``models.reward_inputs``: its own template, community prefix and
+    token budgets -- the text it was trained on, not the policy's prompt)."""
 
-    def __init__(self, rm, rm_prompt_ids: list[list[int]], pad_id: int, device, drop_ids: list[int] = ()):
-        self.rm, self.rm_prompt_ids, self.pad_id, self.device = rm, rm_prompt_ids, pad_id, device
-        self.drop = torch.tensor(list(drop_ids), dtype=torch.long)
+    def __init__(self, rm, prompts: list[str], community: str | None, device, drop_ids: list[int] = ()):
+        from ambient_rlhf.models.reward_inputs import RewardFunction
+
+        self.fn = RewardFunction(rm, device=device, batch_size=64, drop_ids=drop_ids)
+        self.prompts, self.community = prompts, community
         self.name = "reward-model"
 
     @torch.no_grad()
     def __call__(self, prompt_idx, response, mask):
-        keep = mask.bool() & ~torch.isin(response, self.drop)  # (B, R) real tokens the RM knows
-        seqs = [self.rm_prompt_ids[i] + r[k].tolist() for i, r, k in zip(prompt_idx, response, keep)]
-        T = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
-        att = torch.zeros((len(seqs), T), dtype=torch.long)
-        for i, s in enumerate(seqs):  # right padding: the score is read at the last real token
-            ids[i, : len(s)] = torch.tensor(s)
-            att[i, : len(s)] = 1
-        return self.rm.reward(ids.to(self.device), att.to(self.device)).float().cpu()
+        resp = [r[m.bool()].tolist() for r, m in zip(response, mask)]  # (B,) real tokens, EOS last if it ended
+        return self.fn.tokens([self.prompts[i] for i in prompt_idx], resp, [self.community] * len(resp))
 
 
 def policy_only_ids(rm_tok, policy_tok) -> list[int] | None:
@@ -301,8 +298,8 @@ def make_scorer(cfg: RLConfig, tokenizer, prompts: list[str], device):
         except (ImportError, AttributeError) as e:
             raise AmbientError(f"reward={spec!r}: cannot import ({e})") from None
         return PythonScorer(spec, fn, prompts, tokenizer), None
+    from ambient_rlhf.data.tables import community_name
     from ambient_rlhf.models.heads import is_reward_dir, load_reward_model
-    from ambient_rlhf.models.tokenize import encode_prompt
 
     if not is_reward_dir(spec):
         raise AmbientError(f"reward={spec!r}: not a reward-model directory (train one with `ambient rm`), "
@@ -315,10 +312,7 @@ def make_scorer(cfg: RLConfig, tokenizer, prompts: list[str], device):
     for p in rm.parameters():
         p.requires_grad_(False)
     rm.to(device)
-    template = rm.meta.get("template", cfg.template) if hasattr(rm, "meta") else cfg.template
-    budget = int(rm.meta.get("max_prompt_tokens", cfg.max_prompt_tokens)) if hasattr(rm, "meta") else cfg.max_prompt_tokens
-    rm_ids = [encode_prompt(tokenizer, p, min(budget, cfg.max_prompt_tokens), template)[0] for p in prompts]
-    return RewardModelScorer(rm, rm_ids, tokenizer.pad_token_id, device, drop), rm
+    return RewardModelScorer(rm, prompts, community_name(cfg.data), device, drop), rm
 
 
 # ---- data ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("ambient_rlhf.data.cli", "build a data directory from dumps/tables (build), or simulate a community (simulate)"),
     "sft": ("ambient_rlhf.train.sft", "behaviour cloning: fine-tune a causal LM on prompt -> response"),
     "generate": ("ambient_rlhf.train.generate", "sample completions from a model"),
-    "rm": ("ambient_rlhf.train.reward", "train (default), evaluate (eval) or combine (combine) reward models"),
+    "rm": ("ambient_rlhf.cli.rm", "train (default), evaluate (eval) or combine (combine) reward models"),
     "rl": ("ambient_rlhf.train.rl", "policy optimisation against a reward model: ppo, rloo, reinforce"),
     "eval": ("ambient_rlhf.eval.policy_eval", "compare a policy with its reference on held-out prompts"),
     "report": ("ambient_rlhf.eval.report", "write report.html for a run directory"),
@@ -100,7 +100,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

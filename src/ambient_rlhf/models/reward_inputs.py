@@ -1,0 +1,262 @@
+"""The one place where the text a reward model reads is rendered into token ids.
+
+A reward model is trained on ``render_prompt(prefix + prompt) + response + EOS`` under
+its own budgets; it must be scored on exactly that, whoever scores it: the reward
+trainer (``ambient rm``), ``ambient rm eval``, the RL reward, ``ambient eval`` and the
+members of a combined reward model.  All of them go through :class:`RewardInputs`,
+built from the reward model's saved config (``reward_config.json``), never from the
+caller's own settings:
+
+* ``template``: the prompt template (``models.tokenize.render_prompt``);
+* ``community_prefix``: ``[community] `` before the prompt text;
+* ``max_prompt_tokens``: the rendered prompt's budget; the user's text is cut from the
+  **left** (the question's end is kept, the template's tokens always are);
+* ``max_response_tokens``: the response's budget *including* EOS; a response cut to fit
+  (or one that never ended, like a policy sample that hit its length limit) has no EOS.
+
+:class:`RewardFunction` scores (prompt, response, community) triples -- given as text
+or as the policy's token ids -- with any reward model (single or combined); a combined
+model's members each render their own inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from ambient_rlhf import AmbientError
+
+PROMPT_TRUNCATION = "left"
+RESPONSE_TRUNCATION = "right"
+
+
+@dataclass(frozen=True)
+class RewardInputSpec:
+    """How a reward model's inputs are rendered (saved in its ``reward_config.json``)."""
+
+    template: str = "auto"
+    """``auto``, ``chat`` or ``plain`` (see ``models.tokenize.render_prompt``)."""
+    max_prompt_tokens: int = 128
+    """Budget of the rendered prompt; the user's text is cut from the left."""
+    max_response_tokens: int = 128
+    """Budget of the response including EOS; cut from the right (then no EOS)."""
+    community_prefix: bool = False
+    """Prefix the prompt with ``[community] ``."""
+    prompt_truncation: str = PROMPT_TRUNCATION
+    """Which end of the prompt text is cut: always ``left``."""
+    response_truncation: str = RESPONSE_TRUNCATION
+    """Which end of the response is cut: always ``right``."""
+
+    def __post_init__(self):
+        if self.prompt_truncation != PROMPT_TRUNCATION or self.response_truncation != RESPONSE_TRUNCATION:
+            raise AmbientError(f"reward inputs: truncation sides prompt={self.prompt_truncation!r} "
+                               f"response={self.response_truncation!r} are not supported (left / right)")
+        if self.max_prompt_tokens < 1 or self.max_response_tokens < 1:
+            raise AmbientError(f"reward inputs: token budgets must be >= 1 (max_prompt_tokens="
+                               f"{self.max_prompt_tokens}, max_response_tokens={self.max_response_tokens})")
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "RewardInputSpec":
+        """From a ``reward_config.json``; keys it lacks (older directories) take the
+        defaults those directories were trained with."""
+        d = cls()
+        return cls(template=str(meta.get("template", d.template)),
+                   max_prompt_tokens=int(meta.get("max_prompt_tokens", d.max_prompt_tokens)),
+                   max_response_tokens=int(meta.get("max_response_tokens", d.max_response_tokens)),
+                   community_prefix=bool(meta.get("community_prefix", d.community_prefix)),
+                   prompt_truncation=str(meta.get("prompt_truncation", d.prompt_truncation)),
+                   response_truncation=str(meta.get("response_truncation", d.response_truncation)))
+
+    def to_meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prompt_text(prompt: str, community: str | None, prefix: bool) -> str:
+    """The prompt as the reward model reads it, before the template."""
+    return f"[{community}] {prompt}" if prefix and community else prompt
+
+
+@dataclass
+class RewardEncoding:
+    input_ids: list[int]
+    """Rendered prompt ids followed by response ids (EOS when the response ended and fits)."""
+    prompt_len: int
+    """Number of leading prompt tokens."""
+    prompt_truncated: bool
+    response_truncated: bool
+
+
+class RewardInputs:
+    """Token ids of reward-model inputs, from one reward model's :class:`RewardInputSpec`.
+
+    Prompts are rendered once per (prompt, community) and cached: a thread's responses,
+    and an RL run's repeated prompts, share them."""
+
+    def __init__(self, tokenizer, spec: RewardInputSpec):
+        from ambient_rlhf.models.tokenize import resolve_template
+
+        self.tok = tokenizer
+        self.spec = spec
+        try:
+            self.template = resolve_template(tokenizer, spec.template)
+        except ValueError as e:
+            raise AmbientError(f"reward inputs: {e}") from None
+        self._prompts: dict[tuple[str, str | None], tuple[list[int], bool]] = {}
+
+    def prompt_ids(self, prompt: str, community: str | None = None) -> tuple[list[int], bool]:
+        """``(ids, truncated)`` of the rendered prompt."""
+        key = (prompt, community if self.spec.community_prefix else None)
+        got = self._prompts.get(key)
+        if got is None:
+            from ambient_rlhf.models.tokenize import encode_prompt
+
+            text = prompt_text(prompt, community, self.spec.community_prefix)
+            try:
+                got = encode_prompt(self.tok, text, self.spec.max_prompt_tokens, self.template)
+            except ValueError as e:  # a budget smaller than the template
+                raise AmbientError(f"reward model max_prompt_tokens / template: {e}") from None
+            self._prompts[key] = got
+        return got
+
+    def response_ids(self, response: str, ended: bool = True) -> tuple[list[int], bool]:
+        """``(ids, truncated)`` of a response given as text: its tokens, then EOS when it
+        ended (a human answer did; a sample that hit its length limit did not) and the
+        EOS fits in the budget."""
+        ids = self.tok(response, add_special_tokens=False)["input_ids"]
+        return self.clip_response(ids + [self.tok.eos_token_id] if ended else ids, ended)
+
+    def clip_response(self, ids: Sequence[int], ended: bool) -> tuple[list[int], bool]:
+        """``(ids, truncated)`` of response token ids -- EOS included when ``ended`` -- cut
+        to the budget from the right.  A response that loses its EOS counts as truncated."""
+        ids = list(ids)
+        n = self.spec.max_response_tokens
+        cut = len(ids) > n
+        return (ids[:n] if cut else ids), cut
+
+    def encode(self, prompt: str, response: str, community: str | None = None,
+               ended: bool = True) -> RewardEncoding:
+        p_ids, p_cut = self.prompt_ids(prompt, community)
+        r_ids, r_cut = self.response_ids(response, ended)
+        return RewardEncoding(p_ids + r_ids, len(p_ids), p_cut, r_cut)
+
+    def encode_tokens(self, prompt: str, response_ids: Sequence[int], community: str | None = None,
+                      ended: bool = True) -> RewardEncoding:
+        """A policy sample's token ids (EOS last when ``ended``), not re-tokenised."""
+        p_ids, p_cut = self.prompt_ids(prompt, community)
+        r_ids, r_cut = self.clip_response(response_ids, ended)
+        return RewardEncoding(p_ids + r_ids, len(p_ids), p_cut, r_cut)
+
+
+def reward_inputs_of(rm) -> RewardInputs:
+    """The :class:`RewardInputs` of a loaded single reward model (``ScalarHeadModel``
+    with ``.tokenizer`` and ``.meta``)."""
+    return RewardInputs(rm.tokenizer, RewardInputSpec.from_meta(getattr(rm, "meta", {}) or {}))
+
+
+class RewardFunction:
+    """Normalised rewards of (prompt, response, community) triples under any reward model.
+
+    ``rm``: a single reward model or a combined one (``models.heads.CompositeReward``:
+    the weighted sum of its members' rewards, each member scoring its own rendering).
+    ``drop_ids``: token ids the policy has and the reward model lacks (goal tokens),
+    removed from token-id responses before scoring."""
+
+    def __init__(self, rm, device=None, batch_size: int = 8, drop_ids: Sequence[int] = ()):
+        self.rm = rm
+        self.batch_size = max(int(batch_size), 1)
+        self.drop = set(int(i) for i in drop_ids)
+        members = getattr(rm, "members", None)
+        if members is not None:
+            self.parts = [(float(w), m, reward_inputs_of(m)) for w, m in zip(rm.weights, members)]
+        else:
+            self.parts = [(1.0, rm, reward_inputs_of(rm))]
+        self.device = device if device is not None else next(rm.parameters()).device
+
+    def _score(self, model, encodings: list[RewardEncoding], pad_id: int):
+        import torch
+
+        from ambient_rlhf.models.tokenize import pad_batch
+
+        out = torch.zeros(len(encodings))
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))  # little padding
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            ids, mask = pad_batch([encodings[i].input_ids for i in idx], pad_id, side="right")
+            with torch.no_grad():
+                r = model.reward(ids.to(self.device), mask.to(self.device)).float().cpu()
+            out[torch.tensor(idx)] = r
+        return out
+
+    def texts(self, prompts: Sequence[str], responses: Sequence[str], communities: Sequence[str | None] | None = None,
+              ended: Sequence[bool] | None = None):
+        """(N,) float32 tensor of rewards of text responses (``ended``: default all True)."""
+        import torch
+
+        n = len(prompts)
+        communities = communities if communities is not None else [None] * n
+        ended = ended if ended is not None else [True] * n
+        total = torch.zeros(n)
+        for w, model, inputs in self.parts:
+            enc = [inputs.encode(p, r, c, e) for p, r, c, e in zip(prompts, responses, communities, ended)]
+            total += w * self._score(model, enc, inputs.tok.pad_token_id)
+        return total
+
+    def tokens(self, prompts: Sequence[str], responses: Sequence[Sequence[int]],
+               communities: Sequence[str | None] | None = None, ended: Sequence[bool] | None = None):
+        """(N,) float32 tensor of rewards of responses given as the policy's token ids
+        (EOS last when ``ended``; by default a response ended when its last id is EOS)."""
+        import torch
+
+        n = len(prompts)
+        communities = communities if communities is not None else [None] * n
+        resp = [[int(t) for t in r if int(t) not in self.drop] for r in responses]
+        total = torch.zeros(n)
+        for w, model, inputs in self.parts:
+            eos = inputs.tok.eos_token_id
+            end = ended if ended is not None else [bool(r) and r[-1] == eos for r in resp]
+            enc = [inputs.encode_tokens(p, r, c, e) for p, r, c, e in zip(prompts, resp, communities, end)]
+            total += w * self._score(model, enc, inputs.tok.pad_token_id)
+        return total
+
+
+class TextTable:
+    """Distinct (prompt, response, community) texts of a reward model, each rendered once
+    by :class:`RewardInputs`; rows are indices into ``ids``.  The reward trainer and
+    ``rm eval`` score rows of a table."""
+
+    def __init__(self, inputs: RewardInputs):
+        self.inputs = inputs
+        self.tok = inputs.tok
+        self.ids: list[list[int]] = []
+        self.prompt_len: list[int] = []
+        self.resp_chars: list[int] = []
+        self.texts: list[tuple[str, str, str | None]] = []
+        self.index: dict[tuple[str, str, str | None], int] = {}
+        self.prompt_truncated = 0
+        self.response_truncated = 0
+
+    @classmethod
+    def of(cls, tokenizer, max_prompt_tokens: int, max_response_tokens: int, template: str = "auto",
+           community_prefix: bool = False) -> "TextTable":
+        """A table for the given tokenizer and budgets."""
+        return cls(RewardInputs(tokenizer, RewardInputSpec(template, max_prompt_tokens, max_response_tokens,
+                                                           community_prefix)))
+
+    def add(self, prompt: str, response: str, community: str | None = None) -> int:
+        key = (prompt, response, community if self.inputs.spec.community_prefix else None)
+        i = self.index.get(key)
+        if i is not None:
+            return i
+        e = self.inputs.encode(prompt, response, community)
+        self.prompt_truncated += e.prompt_truncated
+        self.response_truncated += e.response_truncated
+        i = len(self.ids)
+        self.index[key] = i
+        self.ids.append(e.input_ids)
+        self.prompt_len.append(e.prompt_len)
+        self.resp_chars.append(len(response))
+        self.texts.append((prompt, response, community))
+        return i
+
+    def __len__(self) -> int:
+        return len(self.ids)

@@ -1,0 +1,163 @@
+"""The reward stage's configuration: :class:`RewardConfig`, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.models.reward_inputs import RewardInputSpec
+from ambient_rlhf.train.common import LoraSettings
+
+OBJECTIVES = ("pairwise", "ranking", "tiers", "reply-sentiment")
+
+
+@dataclass
+class RewardConfig:
+    data: list[str] = field(default_factory=list)
+    """Data directories (``ambient data build`` output).  Several directories train one
+    model on several communities (the seed's merged reward model)."""
+    model: str = "default"
+    """Model to start from: best the SFT model's directory (reward models not started
+    from an SFT model sat at chance in other toolkits); ``default`` = SmolLM2-135M-Instruct."""
+    out: str = ""
+    """Output directory (reward model + metrics.jsonl + eval.json + manifest.json)."""
+    objective: Literal["pairwise", "ranking", "tiers", "reply-sentiment"] = "pairwise"
+    """``pairwise``: Bradley-Terry on pairs.parquet; ``ranking``: InstructGPT K-way loss on
+    rankings.parquet (each thread's responses scored once, every thread weighs the same);
+    ``tiers``: good/ok/bad classifier, reward = expected tier value; ``reply-sentiment``:
+    regress the sentiment of a response's replies (responses with replies only)."""
+    train_half: Literal["all", "a", "b"] = "all"
+    """Which threads to train on: ``all``, or half ``a``/``b`` by the parity of a salted
+    hash of thread_id.  ``ambient run`` trains a proxy model on one half and a gold judge
+    on the other, so the judge has not seen the proxy's data."""
+    community_prefix: bool = False
+    """Prefix every prompt with ``[community] `` (the data directory's community name).
+    For a model trained on several communities, so it can tell them apart; off by default
+    because a single-community model gains nothing from it."""
+    template: Literal["auto", "chat", "plain"] = "auto"
+    """Prompt template (``models.tokenize.render_prompt``); must match the policy's, so
+    ``auto`` (the tokenizer's chat template when it has one), like the SFT stage."""
+    max_prompt_tokens: int = 128
+    """Prompt budget in tokens (cut from the left).  128 + 128 keeps a 135M forward pass
+    affordable on a laptop CPU; raise both on a GPU."""
+    max_response_tokens: int = 128
+    """Response budget in tokens including EOS (cut from the right, no EOS when cut)."""
+    balance_length: bool = False
+    """``pairwise``: drop training pairs at random (seeded) until the preferred answer is
+    the longer one (in words) in exactly half of them.  On SHP-rule Reddit pairs the
+    longer answer wins ~65% of the time, and a small reward model learns that before
+    anything else; balanced pairs carry no length signal, so what the model learns must
+    come from the content (``ambient rm eval`` reports both, including the beyond-length
+    test).  Pairs of equal length are kept; the drop count goes into the manifest."""
+    max_ranked: int = 8
+    """``ranking``: at most this many responses per thread (a seeded random subset);
+    InstructGPT ranked K = 4..9.  Bounds the batch of a very large thread."""
+    max_train_units: int = 0
+    """Use at most this many training units (pairs / threads / responses), a seeded
+    random subset of threads; 0 = all.  For CPU-sized runs."""
+    batch_size: int = 4
+    """Units per optimizer step (pairs, threads for ``ranking``, responses otherwise).
+    4 pairs = at most 8 sequences of 256 tokens: the CPU budget here."""
+    length_grouped: bool = True
+    """Form batches from threads of similar length (within shuffled windows of 64
+    batches) and keep a thread's units together, so each distinct response of a batch is
+    scored once and little compute goes to padding.  Off: plain shuffled units."""
+    lr: float = 0.0
+    """Peak learning rate; 0 = by what trains: 1e-3 head only, 5e-5 top layers,
+    1e-4 LoRA, 1e-5 full (InstructGPT used 9e-6 for its full 6B reward model)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not on biases/norms).  0: short runs, the data is the regulariser."""
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    """LR schedule after warmup; linear decay to 0 as in InstructGPT's reward model."""
+    warmup_ratio: float = 0.05
+    """Fraction of the steps spent warming up linearly."""
+    epochs: float = 1.0
+    """Passes over the training units (fractions allowed).  One epoch: reward models
+    overfit after one (InstructGPT, Stiennon et al.).  Ignored when ``max_steps`` > 0."""
+    max_steps: int = 0
+    """Optimizer steps; 0 = ``epochs`` worth."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this (0 = off); guards the first steps of a fresh head."""
+    train_layers: int = -1
+    """How much of the network trains: -1 = all of it (full fine-tuning, or LoRA with
+    ``lora.enabled``); 0 = the head only (backbone frozen); N = the top N transformer
+    layers, the final norm and the head."""
+    cache_features: bool = True
+    """With a frozen bottom (``train_layers`` >= 0), compute its output once per text and
+    reuse it every step (exact: the frozen part never changes).  What makes a reward
+    model practical on a CPU.  Off: run the frozen part each step (no gradient through it)."""
+    share_prompts: bool = True
+    """When the whole network runs each step (no cached features), run each distinct prompt
+    of a batch once and the responses of that prompt on top of its keys/values (exact:
+    same outputs and gradients).  Batches keep a thread's units together, so its responses
+    share one prompt pass.  Off: every sequence runs in full."""
+    feature_cache: str = ""
+    """Directory in which head-only runs (``train_layers=0``) keep the backbone's
+    last-token features, keyed by model and token ids, so further reward models from the
+    same backbone (another objective, another seed) and their evaluation skip the
+    backbone entirely; '' = keep them in memory for this run only."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA adapters (``lora.enabled=true``, with ``train_layers=-1``); merged into the
+    backbone at the end so the output loads as a plain model."""
+    seed: int = 0
+    """Seed for the head init, subsets and batch order."""
+    eval_every: int = 50
+    """Log the valid-split pair accuracy every this many steps (0 = only at the end)."""
+    eval_max_pairs: int = 256
+    """Valid pairs used by the periodic evaluation (a seeded subset; 0 = all)."""
+    norm_max_responses: int = 512
+    """Valid-split reference responses used to fit the normalisation (seeded subset; 0 =
+    all).  512 pins mean and std to about 5% of a std."""
+    eval_split: str = "test"
+    """Split evaluated at the end with baselines into eval.json ('' = skip)."""
+    eval_loglik: str = "auto"
+    """Log-likelihood baseline model for the final evaluation: ``auto`` (the reward
+    model's own backbone when it was frozen, else skip), ``none``, ``self``, or a model."""
+    save_every: int = 200
+    """Checkpoint every this many steps (and at the end); 0 = only at the end."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``out``."""
+    overwrite: bool = False
+    """Replace an existing ``out`` (without ``resume``)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``.  With several processes each
+    takes its own GPU (or all run on the CPU, over gloo)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast of the trained part's forward pass in training: ``auto`` = bf16 on a GPU
+    that supports it, float32 on CPU (CPU bf16 is slower), as in ``sft`` and ``rl``
+    (``ambient run`` runs the stages in one process, where accelerate keeps one setting).
+    Frozen-part caching, evaluation and normalisation run in float32."""
+
+
+
+def _auto_lr(cfg: RewardConfig) -> float:
+    if cfg.lr > 0:
+        return cfg.lr
+    if cfg.train_layers == 0:
+        return 1e-3
+    if cfg.train_layers > 0:
+        return 5e-5
+    return 1e-4 if cfg.lora.enabled else 1e-5
+
+
+def _validate(cfg: RewardConfig) -> None:
+    if not cfg.data:
+        raise AmbientError("rm: no data directory; pass --data DIR (several for a merged model)")
+    if not cfg.out:
+        raise AmbientError("rm: no output directory; pass --out DIR")
+    if cfg.batch_size < 1:
+        raise AmbientError(f"rm: batch_size={cfg.batch_size} must be >= 1")
+    if cfg.lora.enabled and cfg.train_layers != -1:
+        raise AmbientError("rm: lora.enabled=true needs train_layers=-1 (LoRA adapts every layer)")
+    if cfg.max_ranked < 2:
+        raise AmbientError(f"rm: max_ranked={cfg.max_ranked} must be >= 2")
+    if cfg.balance_length and cfg.objective != "pairwise":
+        raise AmbientError(f"rm: balance_length=true applies to objective=pairwise, not {cfg.objective}")
+
+
+def input_spec(cfg: RewardConfig) -> RewardInputSpec:
+    """How the reward model's inputs are rendered; saved with the model, so every later
+    reader (rm eval, RL, ambient eval) renders the same text."""
+    return RewardInputSpec(template=cfg.template, max_prompt_tokens=cfg.max_prompt_tokens,
+                           max_response_tokens=cfg.max_response_tokens, community_prefix=cfg.community_prefix)

@@ -1,0 +1,273 @@
+"""``train_reward``: the reward model's training, top to bottom."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ambient_rlhf.config import to_dict
+from ambient_rlhf.data.tables import community_name
+from ambient_rlhf.io import write_json, write_manifest
+from ambient_rlhf.logging import MetricsWriter, get_logger, progress
+from ambient_rlhf.models.features import FeatureStore
+from ambient_rlhf.models.reward_inputs import RewardInputs, TextTable
+from ambient_rlhf.rl import reward_losses as L
+from ambient_rlhf.train.common import apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator
+from ambient_rlhf.train.reward.batching import epoch_batches, loss_share, rank_share, shard_rows
+from ambient_rlhf.train.reward.config import RewardConfig, _auto_lr, _validate, input_spec
+from ambient_rlhf.train.reward.scoring import Scorer, ScoreRows, batch_loss, pair_accuracy, raw_rewards
+from ambient_rlhf.train.reward.units import (balance_by_length, index_units, load_units, reference_units,
+                                             subset_threads)
+
+log = get_logger("rm")
+
+
+def _prepare_out(cfg: RewardConfig, accelerator=None) -> Path | None:
+    """Create ``out``; return the checkpoint to resume from, if any.  Every process checks
+    (so all raise the same error), then the main process alone clears and creates."""
+    out = Path(cfg.out)
+    ckpt, clear = None, False
+    if out.exists() and any(out.iterdir()):
+        if cfg.resume:
+            ckpt = latest_checkpoint(out)
+        elif not cfg.overwrite:
+            raise AmbientError(f"{out}: output directory exists; pass --overwrite, --resume, or another --out")
+        else:
+            clear = True
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if accelerator is None or accelerator.is_main_process:
+        if clear:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return ckpt
+
+
+def train_reward(cfg: RewardConfig) -> Path:
+    """Train a reward model as configured; return its directory."""
+    from ambient_rlhf.models.heads import ScalarHeadModel, body_of
+    from accelerate.utils import gather_object
+
+    from ambient_rlhf.models.load import load_causal_lm, load_tokenizer, resolve_model
+
+    _validate(cfg)
+    out = Path(cfg.out)
+    # step 0. processes (one, or several under torchrun / accelerate launch), output directory
+    accelerator = setup_accelerator(1, cfg.mixed_precision, cpu=None if cfg.device == "auto" else cfg.device == "cpu")
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    ckpt = _prepare_out(cfg, accelerator)
+    seed_everything(cfg.seed)
+    device = accelerator.device
+    t_start = time.time()
+
+    # step 1. data: units of the objective, texts tokenised once
+    tok = load_tokenizer(cfg.model, padding_side="right")
+    # the reward model's inputs, rendered from the spec it saves with itself: rm eval, the RL
+    # reward and ambient eval render them from that saved spec the same way
+    spec = input_spec(cfg)
+    table = TextTable(RewardInputs(tok, spec))
+    counts: dict[str, Any] = {}
+    train_units = load_units(cfg, "train", half=cfg.train_half, counts=counts)
+    if cfg.balance_length:
+        train_units = balance_by_length(train_units, cfg.seed, counts)
+    train = index_units(subset_threads(train_units, cfg.max_train_units, cfg.seed), table)
+    if not train:
+        raise AmbientError(f"rm: no training {cfg.objective} units in {cfg.data} (split train, half {cfg.train_half})")
+    valid_pairs = index_units(subset_threads(load_units(cfg, "valid", objective="pairwise", counts=counts),
+                                             cfg.eval_max_pairs, cfg.seed), table)
+    norm_units = index_units(subset_threads(reference_units(cfg), cfg.norm_max_responses, cfg.seed), table)
+    counts.update(train_units=len(train), train_threads=len({u.thread for u in train}), texts=len(table),
+                  valid_pairs=len(valid_pairs), reference_responses=len(norm_units),
+                  prompt_truncated=table.prompt_truncated, response_truncated=table.response_truncated)
+    log.info("rm: %d train %s units, %d texts, %d valid pairs", len(train), cfg.objective, len(table), len(valid_pairs))
+
+    # step 2. model: body + small head; choose what trains
+    lm = load_causal_lm(cfg.model)
+    kind = "tiers" if cfg.objective == "tiers" else "scalar"
+    rm = ScalarHeadModel(lm, kind=kind)
+    body = body_of(lm)
+    n_layers = len(body.layers)
+    if cfg.train_layers > n_layers:
+        raise AmbientError(f"rm: train_layers={cfg.train_layers} but the model has {n_layers} layers")
+    for p in lm.parameters():
+        p.requires_grad_(cfg.train_layers == -1)
+    out_emb, in_emb = lm.get_output_embeddings(), lm.get_input_embeddings()
+    for p in (out_emb.parameters() if out_emb is not None else ()):
+        if in_emb is None or p is not in_emb.weight:  # the LM head is never used by a reward model:
+            p.requires_grad_(False)                   # no gradient (and DDP wants one for every trained tensor)
+    if cfg.train_layers > 0:
+        for m in list(body.layers)[n_layers - cfg.train_layers:] + [body.norm]:
+            for p in m.parameters():
+                p.requires_grad_(True)
+    if cfg.lora.enabled:
+        rm.lm = apply_lora(lm, cfg.lora)
+    rm.to(device).eval()  # dropout is off anyway; eval() keeps any stochastic layer quiet
+    mode = "full"
+    if cfg.train_layers >= 0 and cfg.cache_features:
+        mode = "head" if cfg.train_layers == 0 else "top"
+    store = FeatureStore(cfg.feature_cache, resolve_model(cfg.model)) if (mode == "head" and cfg.feature_cache) else None
+    scorer = Scorer(rm, table, mode, cfg.train_layers, device, tok.pad_token_id, store)
+    if mode == "top":
+        probe = train[0].rows[:2]
+        scorer.prepare(probe, cfg.batch_size)
+        err = max(gather_object([scorer.check(probe)]))  # every process decides alike
+        if err > 1e-3:
+            log.warning("rm: cached top-layer path differs from the model by %.2g; not caching", err)
+            scorer = Scorer(rm, table, "full", cfg.train_layers, device, tok.pad_token_id)
+            mode = "full"
+    scorer.share_prompts = mode == "full" and cfg.share_prompts
+    counts["mode"] = mode
+    params = [p for p in scorer.module.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+    log.info("rm: mode %s, %d trainable parameters, %d processes", mode, n_params, world)
+
+    # step 3. cache what the frozen part computes (every text, once).  With several
+    # processes each caches only what it scores: its shares of the training batches and
+    # its shard of the evaluation texts; a feature store is written by each in turn.
+    lengths = [len(x) for x in table.ids]
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    if world == 1:
+        need = sorted({r for u in train + valid_pairs + norm_units for r in u.rows})
+    else:
+        need_set = set(shard_rows(table, [r for u in valid_pairs for r in u.rows], rank, world))
+        need_set |= set(shard_rows(table, [u.rows[0] for u in norm_units], rank, world))
+        for e in range(math.ceil(total / steps_per_epoch)):
+            for b in epoch_batches(train, lengths, cfg.batch_size, cfg.seed, e, cfg.length_grouped)[
+                    : total - e * steps_per_epoch]:
+                need_set.update(rank_share(b, world, rank)[1])
+        need = sorted(need_set)
+    n_new = scorer.prepare(need, max(cfg.batch_size * 2, 8), save=main)
+    if store is not None and world > 1:
+        for r in range(1, world):  # after the main process's save, one at a time
+            accelerator.wait_for_everyone()
+            if rank == r and n_new:
+                store.save()
+        accelerator.wait_for_everyone()
+
+    # step 4. the training loop
+    lr = _auto_lr(cfg)
+    opt = make_optimizer(scorer.module, lr=lr, weight_decay=cfg.weight_decay)  # fused AdamW
+    sched = make_scheduler(opt, cfg.schedule, int(cfg.warmup_ratio * total), total)
+    step = 0
+    if ckpt is not None:
+        state = load_state(ckpt)
+        named = dict(scorer.module.named_parameters())
+        for k, v in state["trainable"].items():
+            named[k].data.copy_(v.to(device))
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        log.warning("rm: resuming from %s (step %d of %d)", ckpt, step, total)
+    # DDP around the trained part when there are several processes (else the module as is)
+    step_fn, opt = accelerator.prepare(ScoreRows(scorer), opt)
+    metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main)
+
+    def checkpoint(s: int) -> None:
+        if main:
+            trainable = {k: v.detach().cpu().clone() for k, v in scorer.module.named_parameters() if v.requires_grad}
+            save_checkpoint(out, s, {"step": s, "trainable": trainable, "optimizer": opt.state_dict(),
+                                     "scheduler": sched.state_dict(), "rng": rng_state(), "config": to_dict(cfg)})
+        accelerator.wait_for_everyone()
+
+    bar = progress(total=total, initial=step, desc=f"rm {cfg.objective}", unit="step") if main else None
+    epoch_cache: tuple[int, list] = (-1, [])
+    t_loop = time.perf_counter()
+    while step < total:
+        epoch, k = divmod(step, steps_per_epoch)
+        if epoch_cache[0] != epoch:
+            epoch_cache = (epoch, epoch_batches(train, lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouped))
+        units = epoch_cache[1][k]  # the global batch, the same in every process
+        t0 = time.perf_counter()
+        mine, rows = rank_share(units, world, rank)  # one process: all of it
+        pos = {r: i for i, r in enumerate(rows)}
+        out_rows = step_fn(rows)  # each distinct text of the share scored once
+        if mine:
+            loss, acc = batch_loss(cfg.objective, rm, out_rows.float(), pos, mine)
+        else:
+            loss, acc = out_rows.float().sum() * 0.0, torch.tensor(float("nan"))
+        opt.zero_grad(set_to_none=True)
+        if world > 1:
+            # DDP averages gradients over processes: weigh each share so that the average
+            # is the gradient of the whole batch's loss
+            accelerator.backward(loss * (loss_share(cfg.objective, mine, units) * world))
+        else:
+            accelerator.backward(loss)
+        gnorm = accelerator.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+        opt.step()
+        sched.step()
+        step += 1
+        dt = time.perf_counter() - t0
+        if world > 1:  # the logged loss and accuracy of the whole batch, from every share's outputs
+            got = dict(gather_object([(r, out_rows[i].detach().float().cpu()) for i, r in enumerate(rows)]))
+            every = sorted(got)
+            with torch.no_grad():
+                loss, acc = batch_loss(cfg.objective, rm, torch.stack([got[r] for r in every]),
+                                       {r: i for i, r in enumerate(every)}, units)
+        all_rows = sorted({r for u in units for r in u.rows})
+        row = {"rm/loss": loss.item(), "rm/accuracy": acc.item(), "rm/lr": sched.get_last_lr()[0],
+               "rm/grad_norm": float(gnorm), "perf/step_seconds": dt, "perf/units": len(units),
+               "perf/sequences": len(all_rows), "perf/tokens": sum(lengths[r] for r in all_rows),
+               "epoch": step / steps_per_epoch}
+        if valid_pairs and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == total):
+            row["rm/valid_accuracy"] = pair_accuracy(scorer, valid_pairs, max(cfg.batch_size * 2, 8), accelerator)
+        metrics.log(step, row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['rm/loss']:.3f}", refresh=False)
+        if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == total:
+            checkpoint(step)
+    if bar is not None:
+        bar.close()
+    metrics.close()
+    loop_seconds = time.perf_counter() - t_loop
+    opt = sched = step_fn = None  # free the optimizer state before the evaluation loads the saved model
+    accelerator.free_memory()  # (the accelerator's references too)
+
+    # step 5. normalise on the reference responses (scored by all processes), save,
+    # evaluate, manifest (the main process; the others return once the model is saved, so
+    # a long evaluation holds no barrier, whose timeout is 10-30 minutes)
+    if cfg.lora.enabled:
+        rm.lm = merge_lora(rm.lm)
+    ref = raw_rewards(scorer, [u.rows[0] for u in norm_units], max(cfg.batch_size * 2, 8), accelerator)
+    mean, std = L.fit_normalization(torch.tensor([ref[r] for r in sorted(ref)])) if ref else (0.0, 1.0)
+    if not ref:
+        log.warning("rm: no valid-split responses; rewards are not normalised")
+    counts["processes"] = world
+    if not main:
+        accelerator.wait_for_everyone()  # paired with the main process's, after its save
+        return out
+    rm.set_normalization(mean, std)
+    rm.meta = {"objective": cfg.objective, **spec.to_meta(), "template": table.inputs.template,
+               "communities": [community_name(d) for d in cfg.data], "train_layers": cfg.train_layers,
+               "base_model": cfg.model, "norm_reference": {"split": "valid", "n": len(ref)}}
+    rm.cpu()
+    rm.save_pretrained(out, tok)  # reward_config.json is written last: it marks a complete model
+    accelerator.wait_for_everyone()
+    result: dict[str, Any] = {}
+    if cfg.eval_split:
+        from ambient_rlhf.eval.reward_eval import evaluate_reward
+
+        per = {}
+        for d in cfg.data:
+            name = community_name(d)
+            per[name] = evaluate_reward(out, d, split=cfg.eval_split, out=out / "eval" / f"{name}-{cfg.eval_split}",
+                                        loglik_model=cfg.eval_loglik, max_pairs=cfg.eval_max_pairs,
+                                        batch_size=max(cfg.batch_size * 2, 8), seed=cfg.seed,
+                                        feature_cache=cfg.feature_cache or None)
+        result = next(iter(per.values())) if len(per) == 1 else {"communities": per}
+        write_json(out / "eval.json", result)
+    write_manifest(out, "rm", to_dict(cfg), inputs=[*cfg.data, resolve_model(cfg.model)], counts=counts,
+                   normalization={"mean": mean, "std": std}, trainable_parameters=n_params, steps=total,
+                   timings={"total_seconds": round(time.time() - t_start, 2), "loop_seconds": round(loop_seconds, 2)})
+    return out

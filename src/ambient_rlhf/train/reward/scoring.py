@@ -1,0 +1,270 @@
+"""Scoring text rows through the part of a reward model that trains (head on cached
+features, top layers on cached hidden states, or the whole model), and the objectives'
+losses on a batch of scored rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ambient_rlhf.logging import progress
+from ambient_rlhf.models.features import FeatureStore, pad_tensors, text_key
+from ambient_rlhf.models.reward_inputs import TextTable
+from ambient_rlhf.rl import reward_losses as L
+from ambient_rlhf.train.reward.batching import shard_rows
+from ambient_rlhf.train.reward.units import Unit
+
+
+# ---- scoring: the trained part of the network ---------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+class HeadOnFeatures(nn.Module):
+    """Head-only model on cached last-token features: (n, d) -> (n, n_out)."""
+
+    def __init__(self, head: nn.Linear):
+        super().__init__()
+        self.head = head
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats)
+
+
+class TopLayers(nn.Module):
+    """The top ``n`` layers + final norm + head, run on cached hidden states that enter
+    layer ``L - n``.  Runs the body's own forward with ``inputs_embeds`` = the cached
+    states and its layer list cut to the top ``n`` (so masks and rotary embeddings are
+    the body's own); checked against the full model before use."""
+
+    def __init__(self, rm, n: int):
+        super().__init__()
+        from ambient_rlhf.models.heads import body_of
+
+        body = body_of(rm.lm)
+        self.__dict__["_body"] = body  # not a submodule: only the trained part is registered
+        self.layers = nn.ModuleList(list(body.layers)[len(body.layers) - n:])
+        self.norm = body.norm
+        self.head = rm.head
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from ambient_rlhf.models.heads import last_token_index
+
+        body = self._body
+        full = body.layers
+        body.layers = self.layers
+        try:
+            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            out = body(inputs_embeds=hidden, attention_mask=attention_mask, position_ids=pos, use_cache=False)
+        finally:
+            body.layers = full
+        h = out.last_hidden_state  # (n, T, d)
+        last = h[torch.arange(h.shape[0], device=h.device), last_token_index(attention_mask)]
+        return self.head(last)
+
+
+
+def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torch.Tensor:
+    """Head outputs of ``rows`` through the whole model, each distinct prompt run once.
+
+    Rows that share a prompt (the responses of one thread) reuse its keys and values: the
+    prompts run first (right-padded, with a cache), the cache is gathered per row, and the
+    responses run on top with positions continuing after their prompt; gradients flow
+    into the prompt pass through the cache.  Same numbers as scoring each full sequence
+    (a test checks outputs and gradients), for a fraction of the prompt compute when a
+    thread's responses share a batch.  Returns (len(rows), n_outputs)."""
+    from ambient_rlhf.models.heads import body_of
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for r in rows:
+        groups.setdefault(tuple(table.ids[r][: table.prompt_len[r]]), []).append(r)
+    if len(groups) == len(rows) or any(len(p) == 0 for p in groups):  # nothing shared: one plain pass
+        ids, mask = pad_tensors([torch.tensor(table.ids[r]) for r in rows], device)
+        return rm(ids, mask)
+    body = body_of(rm.lm)
+    prompts = list(groups)
+    p_ids, p_mask = pad_tensors([torch.tensor(p) for p in prompts], device)  # (G, Tp)
+    out = body(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+               use_cache=True)
+    cache = out.past_key_values
+    order = [r for p in prompts for r in groups[p]]
+    g = torch.tensor([i for i, p in enumerate(prompts) for _ in groups[p]], device=device)  # (B,) prompt of each row
+    cache.batch_select_indices(g)  # every layer's keys/values: (G, ...) -> (B, ...)
+    r_ids, r_mask = pad_tensors([torch.tensor(table.ids[r][table.prompt_len[r]:]) for r in order], device)  # (B, Tr)
+    p_len = torch.tensor([table.prompt_len[r] for r in order], device=device)
+    r_pos = p_len.unsqueeze(1) + torch.arange(r_ids.shape[1], device=device).unsqueeze(0)  # (B, Tr)
+    full_mask = torch.cat([p_mask[g], r_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
+    h = body(input_ids=r_ids, attention_mask=full_mask, position_ids=r_pos, past_key_values=cache,
+             use_cache=True).last_hidden_state  # (B, Tr, d)
+    last = h[torch.arange(len(order), device=device), r_mask.sum(1) - 1]  # (B, d) last real response token
+    res = rm.head(last.to(rm.head.weight.dtype))
+    where = {r: i for i, r in enumerate(order)}
+    return res[torch.tensor([where[r] for r in rows], device=device)]
+
+
+class Scorer:
+    """Head outputs of text rows through the part of the network that trains.
+
+    ``mode``: ``head`` (cached last-token features), ``top`` (cached hidden states into
+    the top layers) or ``full`` (token ids through the whole model)."""
+
+    def __init__(self, rm, table: TextTable, mode: str, n_top: int, device, pad_id: int,
+                 store: FeatureStore | None = None):
+        self.rm, self.table, self.mode, self.n_top, self.device, self.pad_id = rm, table, mode, n_top, device, pad_id
+        self.cache: dict[int, torch.Tensor] = {}
+        self.store = store if mode == "head" else None
+        self.share_prompts = False
+        self.module: nn.Module = (HeadOnFeatures(rm.head) if mode == "head" else
+                                  TopLayers(rm, n_top) if mode == "top" else rm)
+
+    def _ids(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_tensors([torch.tensor(self.table.ids[r]) for r in rows], self.device)
+
+    @torch.no_grad()
+    def _frozen(self, rows: list[int]) -> list[torch.Tensor]:
+        """Output of the frozen bottom for each row (CPU float32)."""
+        from ambient_rlhf.models.heads import body_of, last_token_index
+
+        ids, mask = self._ids(rows)
+        if self.mode == "head":
+            h = self.rm.hidden_states(ids, mask)  # (n, T, d)
+            last = h[torch.arange(h.shape[0], device=h.device), last_token_index(mask)]
+            return [x.float().cpu() for x in last]
+        body = body_of(self.rm.lm)
+        layer = body.layers[len(body.layers) - self.n_top]
+        got: dict[str, torch.Tensor] = {}
+
+        def grab(module, args, kwargs):
+            got["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.rm.hidden_states(ids, mask)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        lens = mask.sum(1).tolist()
+        return [got["h"][i, : lens[i]].float().cpu() for i in range(len(rows))]
+
+    def prepare(self, rows: list[int], batch_size: int, desc: str = "caching features", save: bool = True) -> int:
+        """Fill the cache for ``rows`` (length-sorted batches, so little padding); return
+        how many texts were computed.  ``save``: write new features to the feature store
+        as they come (off for all but one of several processes, which save in turn)."""
+        if self.mode == "full":
+            return 0
+        if self.store is not None:
+            for r in rows:
+                f = self.store.features.get(text_key(self.table.ids[r]))
+                if f is not None:
+                    self.cache[r] = f
+        todo = sorted({r for r in rows if r not in self.cache}, key=lambda r: len(self.table.ids[r]))
+        bar = progress(total=len(todo), desc=desc, unit="text")
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            for r, f in zip(chunk, self._frozen(chunk)):
+                self.cache[r] = f
+                if self.store is not None:
+                    self.store.features[text_key(self.table.ids[r])] = f
+            bar.update(len(chunk))
+            if save and self.store is not None and (i // batch_size) % 50 == 49:
+                self.store.save()  # a killed run keeps most of its work
+        bar.close()
+        if save and self.store is not None and todo:
+            self.store.save()
+        return len(todo)
+
+    def outputs(self, rows: list[int]) -> torch.Tensor:
+        """(len(rows), n_outputs) head outputs; differentiable in the trained part."""
+        if self.mode == "head":
+            return self.module(torch.stack([self.cache[r] for r in rows]).to(self.device))
+        if self.mode == "top":
+            h, mask = pad_tensors([self.cache[r] for r in rows], self.device)
+            return self.module(h, mask)
+        if self.share_prompts:
+            return shared_prompt_outputs(self.rm, self.table, rows, self.device)
+        ids, mask = self._ids(rows)
+        return self.module(ids, mask)
+
+    def check(self, rows: list[int]) -> float:
+        """Largest difference between the cached path and the plain full model."""
+        with torch.no_grad():
+            ids, mask = self._ids(rows)
+            ref = self.rm(ids, mask)
+            return float((self.outputs(rows) - ref).abs().max())
+
+
+class ScoreRows(nn.Module):
+    """:meth:`Scorer.outputs` as one module whose forward scores text rows, so that
+    ``accelerator.prepare`` puts DDP around the whole computation of a training step (the
+    shared-prompt path calls the body and the head directly; called from outside a DDP
+    wrapper, they would skip the gradient sync).  It registers the trained module only,
+    so DDP sees exactly the trained parameters.  Evaluation calls the scorer directly (no
+    DDP: a process may score texts the others do not)."""
+
+    def __init__(self, scorer: Scorer):
+        super().__init__()
+        self.trained = scorer.module
+        self.__dict__["scorer"] = scorer  # not a submodule
+
+    def forward(self, rows: list[int]) -> torch.Tensor:
+        return self.scorer.outputs(rows)
+
+
+# ---- losses on a batch ----------------------------------------------------------------------
+def batch_loss(objective: str, rm, out: torch.Tensor, pos: dict[int, int], units: list[Unit]):
+    """Loss and accuracy of a batch.  ``out``: (n_rows, n_outputs) head outputs of the
+    batch's distinct rows; ``pos``: row -> position in ``out``."""
+    if objective == "pairwise":
+        r = rm.raw_reward(out)
+        c = torch.tensor([pos[u.rows[0]] for u in units], device=out.device)
+        j = torch.tensor([pos[u.rows[1]] for u in units], device=out.device)
+        return L.pairwise_loss(r[c], r[j]), (r[c] > r[j]).float().mean()
+    if objective == "ranking":
+        r = rm.raw_reward(out)
+        idx, grp, sc = [], [], []
+        for g, u in enumerate(units):
+            idx += [pos[x] for x in u.rows]
+            grp += [g] * len(u.rows)
+            sc += list(u.target)
+        idx_t = torch.tensor(idx, device=out.device)
+        grp_t = torch.tensor(grp, device=out.device)
+        sc_t = torch.tensor(sc, device=out.device)
+        return L.ranking_loss(r[idx_t], grp_t, sc_t), L.ranking_accuracy(r[idx_t], grp_t, sc_t)
+    i = torch.tensor([pos[u.rows[0]] for u in units], device=out.device)
+    if objective == "tiers":
+        y = torch.tensor([u.target for u in units], device=out.device)
+        logits = out[i]
+        return L.tier_loss(logits, y), (logits.argmax(-1) == y).float().mean()
+    y = torch.tensor([u.target for u in units], dtype=out.dtype, device=out.device)
+    pred = out[i, 0]
+    return L.sentiment_loss(pred, y), torch.corrcoef(torch.stack([pred, y]))[0, 1] if len(units) > 1 else torch.tensor(float("nan"))
+
+
+@torch.no_grad()
+def raw_rewards(scorer: Scorer, rows: list[int], batch_size: int, accelerator=None) -> dict[int, float]:
+    """Unnormalised reward of each row.  With several processes (``accelerator``) each
+    scores its :func:`shard_rows` share and every process receives all the rewards."""
+    out: dict[int, float] = {}
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    rows = shard_rows(scorer.table, rows, rank, world)
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        r = scorer.rm.raw_reward(scorer.outputs(chunk).float())
+        out.update(zip(chunk, r.tolist()))
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        out = dict(gather_object(list(out.items())))
+    return out
+
+
+def pair_accuracy(scorer: Scorer, pairs: list[Unit], batch_size: int, accelerator=None) -> float:
+    r = raw_rewards(scorer, [x for u in pairs for x in u.rows], batch_size, accelerator)
+    if not pairs:
+        return float("nan")
+    return float(np.mean([1.0 if r[u.rows[0]] > r[u.rows[1]] else 0.5 if r[u.rows[0]] == r[u.rows[1]] else 0.0
+                          for u in pairs]))

@@ -1,0 +1,136 @@
+"""Training units of each objective (pairs, ranked threads, single responses), read from
+data directories, and the subsets taken of them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.data import schema
+from ambient_rlhf.data.tables import community_name, read_table
+from ambient_rlhf.models.reward_inputs import TextTable
+from ambient_rlhf.train.reward.config import RewardConfig
+
+
+def half_of(thread_id: str) -> str:
+    """``a`` or ``b``: parity of a salted hash.  Salted so the halves are independent of the
+    data stage's hash split (an unsalted hash of the same id could correlate with it)."""
+    h = hashlib.sha256(("ambient-half:" + str(thread_id)).encode()).digest()
+    return "a" if h[0] % 2 == 0 else "b"
+
+
+@dataclass
+class Unit:
+    """One training example: its thread, its (prompt, response) texts as written in the
+    data, and its target.  ``rows`` (their indices in a :class:`TextTable`, which renders
+    them for the reward model) are filled by :func:`index_units`, after subsetting, so
+    only the texts in use are tokenised."""
+    thread: str
+    texts: list[tuple[str, str]]
+    target: Any = None
+    """pairwise: None (rows = [chosen, rejected]); ranking: list of scores (higher is
+    better); tiers: tier index; reply-sentiment: the sentiment."""
+    rows: list[int] = field(default_factory=list)
+    community: str | None = None
+    """The community of the thread (the reward model may prefix it to the prompt)."""
+
+
+def index_units(units: list[Unit], table: TextTable) -> list[Unit]:
+    """Tokenise the units' texts into ``table`` (each distinct text once); set ``rows``."""
+    for u in units:
+        u.rows = [table.add(p, r, u.community) for p, r in u.texts]
+    return units
+
+
+def load_units(cfg: RewardConfig, split: str, objective: str | None = None,
+               half: str = "all", counts: dict | None = None) -> list[Unit]:
+    """Units of ``objective`` from every data directory's ``split``."""
+    objective = objective or cfg.objective
+    counts = counts if counts is not None else {}
+    units: list[Unit] = []
+    rng = np.random.RandomState(cfg.seed)
+    for d in cfg.data:
+        com = community_name(d)
+        keep = (lambda t: True) if half == "all" else (lambda t: half_of(t) == half)
+        if objective == "pairwise":
+            df = read_table(d, schema.PAIRS_FILE, schema.PAIR_COLUMNS, split)
+            for r in df.itertuples(index=False):
+                if not keep(r.thread_id):
+                    continue
+                units.append(Unit(f"{com}/{r.thread_id}", [(r.prompt, r.chosen), (r.prompt, r.rejected)], community=com))
+        elif objective == "ranking":
+            df = read_table(d, schema.RANKINGS_FILE, schema.RANKING_COLUMNS, split)
+            for r in df.itertuples(index=False):
+                if not keep(r.thread_id) or len(r.responses) < 2:
+                    continue
+                idx = np.arange(len(r.responses))
+                if len(idx) > cfg.max_ranked:
+                    idx = np.sort(rng.choice(idx, cfg.max_ranked, replace=False))
+                    counts["ranking_responses_dropped"] = counts.get("ranking_responses_dropped", 0) + len(r.responses) - len(idx)
+                units.append(Unit(f"{com}/{r.thread_id}", [(r.prompt, r.responses[i]) for i in idx],
+                                  [float(r.adjusted[i]) for i in idx], community=com))
+        else:
+            df = read_table(d, schema.RESPONSES_FILE, schema.RESPONSE_COLUMNS, split)
+            col = "tier" if objective == "tiers" else "reply_sentiment"
+            n0 = len(df)
+            df = df[df[col].notna()]
+            counts[f"{split}_without_{col}"] = counts.get(f"{split}_without_{col}", 0) + n0 - len(df)
+            for r in df.itertuples(index=False):
+                if not keep(r.thread_id):
+                    continue
+                if objective == "tiers" and r.tier not in schema.TIERS:
+                    raise AmbientError(f"{Path(d) / schema.RESPONSES_FILE}: tier {r.tier!r} of response "
+                                       f"{r.response_id} is not one of {schema.TIERS}")
+                target = schema.TIERS.index(r.tier) if objective == "tiers" else float(r.reply_sentiment)
+                units.append(Unit(f"{com}/{r.thread_id}", [(r.prompt, r.response)], target, community=com))
+    return units
+
+
+def balance_by_length(units: list[Unit], seed: int, counts: dict | None = None) -> list[Unit]:
+    """Pairwise units with as many "preferred is longer" as "preferred is shorter" pairs
+    (in whitespace words): a seeded random subset of the larger side is dropped; pairs of
+    equal length stay.  Order is kept.  ``counts["length_balance_dropped"]`` says how many
+    went."""
+    longer = [i for i, u in enumerate(units) if len(u.texts[0][1].split()) > len(u.texts[1][1].split())]
+    shorter = [i for i, u in enumerate(units) if len(u.texts[0][1].split()) < len(u.texts[1][1].split())]
+    big, small = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
+    rng = np.random.RandomState(seed)
+    drop = set(rng.choice(big, len(big) - len(small), replace=False).tolist()) if len(big) > len(small) else set()
+    if counts is not None:
+        counts["length_balance_dropped"] = counts.get("length_balance_dropped", 0) + len(drop)
+    return [u for i, u in enumerate(units) if i not in drop]
+
+
+def subset_threads(units: list[Unit], n: int, seed: int) -> list[Unit]:
+    """At most ``n`` units, taking whole threads in a seeded random order."""
+    if n <= 0 or len(units) <= n:
+        return units
+    threads = sorted({u.thread for u in units})
+    order = np.random.RandomState(seed).permutation(len(threads))
+    by = defaultdict(list)
+    for u in units:
+        by[u.thread].append(u)
+    out: list[Unit] = []
+    for i in order:
+        out.extend(by[threads[i]])
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def reference_units(cfg: RewardConfig) -> list[Unit]:
+    """The valid split's responses (all of them: the human responses are the reference the
+    policy's samples are compared against), one unit each."""
+    units = []
+    for d in cfg.data:
+        com = community_name(d)
+        df = read_table(d, schema.RESPONSES_FILE, ("thread_id", "prompt", "response", "split"), "valid")
+        for r in df.itertuples(index=False):
+            units.append(Unit(f"{com}/{r.thread_id}", [(r.prompt, r.response)], community=com))
+    return units
