@@ -134,6 +134,36 @@ def test_hidden_feature_carried_by_reward_only():
     assert abs(r["coef"]["reward"] - 3.0) < 0.9 and abs(r["coef"]["length"]) < 0.7
 
 
+def test_reversed_reward_does_not_count_as_beyond_length():
+    # the same world as above, but the reward is -h: anti-correlated with the preference.
+    # An unconstrained fit would take it with a negative coefficient and "gain" ~0.3 in
+    # accuracy; only a positive coefficient may count, so the length+reward model falls
+    # back to length alone in every fold (gain exactly 0) and the verdict says reversed.
+    rng = np.random.default_rng(4)
+    n = 600
+    d_h, d_len = rng.normal(size=n), rng.normal(scale=0.5, size=n)
+    first = rng.random(n) < _sig(3.0 * d_h)
+    o = np.where(first, 1.0, -1.0)
+    threads = np.repeat(np.arange(60), 10)
+    r = E.beyond_length(o * d_len, -o * d_h, threads, n_boot=300)
+    assert r["gain"]["accuracy"]["value"] == 0.0 and r["gain"]["log_loss"]["value"] == 0.0
+    assert r["coef"]["reward"] < -2.0 and r["verdict"] == "reversed"
+    assert E.beyond_length(o * d_len, o * d_h, threads, n_boot=300)["verdict"] == "adds"
+    # a reward unrelated to the preference: no verdict of either kind
+    assert E.beyond_length(o * d_len, rng.normal(size=n), threads, n_boot=300)["verdict"] == "none"
+
+
+def test_beyond_length_claims_no_interval_under_20_threads():
+    rng = np.random.default_rng(5)
+    d_h = rng.normal(size=190)
+    threads = np.repeat(np.arange(19), 10)  # 19 threads
+    r = E.beyond_length(rng.normal(size=190), d_h, threads, n_boot=100)
+    assert r["verdict"] == "too_few_threads" and r["n_threads"] == 19
+    assert r["gain"]["log_loss"]["ci_low"] is None and r["gain"]["log_loss"]["ci_high"] is None
+    threads20 = np.arange(190) % 20  # 20 threads
+    assert E.beyond_length(rng.normal(size=190), d_h, threads20, n_boot=100)["gain"]["log_loss"]["ci_low"] is not None
+
+
 def test_evaluate_reward_reports_length_controls(tmp_path, tiny_model_path):
     from helpers import make_data_dir
 
@@ -175,5 +205,13 @@ def test_report_shows_length_controls():
     html = report.rm_length_html(e)
     assert "adds information beyond length" in html and "0.640 [0.620, 0.660]" in html and "[0, 0.1)" in html
     e["beyond_length"]["gain"]["log_loss"] = ci(0.01, -0.002, 0.02)  # interval reaches 0
+    assert "adds no clear information beyond length" in report.rm_length_html(e)
+    # the verdict written by rm eval wins over the numbers: a reversed reward never "adds"
+    e["beyond_length"]["gain"]["log_loss"] = ci(0.05, 0.02, 0.08)
+    e["beyond_length"]["verdict"] = "reversed"
+    html = report.rm_length_html(e)
+    assert "is reversed" in html and "adds information beyond length" not in html
+    e["beyond_length"].pop("verdict")
+    e["beyond_length"]["coef"] = {"length": 1.0, "reward": -0.5}  # an old eval.json: the sign decides
     assert "adds no clear information beyond length" in report.rm_length_html(e)
     assert report.rm_length_html({}) == ""  # an eval.json from before these keys

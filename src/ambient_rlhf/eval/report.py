@@ -260,12 +260,11 @@ def headline(run: dict[str, list[StageDir]]) -> str:
                 txt += (f"; it <b>beats {'all' if len(beaten) == len(base) else 'some'}</b> of them clearly"
                         f" (intervals apart: {esc(', '.join(beaten))})" if beaten else
                         "; it does <b>not clearly beat</b> the baselines (the intervals overlap)")
-            g = ((e.get("beyond_length") or {}).get("gain") or {}).get("log_loss")
+            bl = e.get("beyond_length") or {}
+            g = (bl.get("gain") or {}).get("log_loss")
             if _val(g) is not None:
-                glo = lohi(g)[0]
                 txt += (f"; beyond length (paired, cross-validated by thread): log-loss gain {interval(g)}, "
-                        + ("<b>it adds information that length does not have</b>" if glo is not None and glo > 0 else
-                           "no clear information beyond length"))
+                        + BEYOND_LENGTH_WORDS[beyond_length_verdict(bl)])
             rm_parts.append(txt + ".</li>")
     for s in run.get("truth", []):
         e = s.eval or {}
@@ -417,6 +416,24 @@ def rm_bars(e: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(n, b) for n, b in bars if _val(b) is not None]
 
 
+BEYOND_LENGTH_WORDS = {
+    "adds": "<b>adds information beyond length</b>",
+    "none": "<b>adds no clear information beyond length</b> (the log-loss gain interval includes or is below 0)",
+    "reversed": "<b>is reversed</b>: it predicts the preference only with its sign flipped, which counts for nothing",
+    "too_few_threads": "cannot be judged: <b>too few threads</b> for an interval",
+}
+
+
+def beyond_length_verdict(bl: dict[str, Any]) -> str:
+    """``rm eval``'s verdict; for an eval.json written before it had one, the same rule
+    from the numbers (a positive reward coefficient and a log-loss gain interval above 0)."""
+    if bl.get("verdict") in BEYOND_LENGTH_WORDS:
+        return bl["verdict"]
+    glo = lohi((bl.get("gain") or {}).get("log_loss"))[0]
+    coef = (bl.get("coef") or {}).get("reward")
+    return "adds" if glo is not None and glo > 0 and (coef is None or coef > 0) else "none"
+
+
 def rm_length_html(e: dict[str, Any]) -> str:
     """Did the reward model learn anything beyond length?  The cross-validated
     length-only vs length+reward regressions, and accuracy by length-ratio bucket."""
@@ -424,9 +441,7 @@ def rm_length_html(e: dict[str, Any]) -> str:
     bl = e.get("beyond_length") or {}
     if bl.get("folds"):
         lo, lr, g = bl.get("length_only") or {}, bl.get("length_reward") or {}, bl.get("gain") or {}
-        glo = lohi(g.get("log_loss"))[0]
-        what = ("<b>adds information beyond length</b>" if glo is not None and glo > 0 else
-                "<b>adds no clear information beyond length</b> (the log-loss gain interval includes or is below 0)")
+        what = BEYOND_LENGTH_WORDS[beyond_length_verdict(bl)]
         out.append(f"<p>Beyond length: predicting the preference from the word-length difference alone gives "
                    f"accuracy {interval(lo.get('accuracy'))}, log-loss {interval(lo.get('log_loss'))}; adding the "
                    f"reward difference gives {interval(lr.get('accuracy'))}, log-loss {interval(lr.get('log_loss'))} "

@@ -55,6 +55,8 @@ UNTIMED_MIN_RATIO, UNTIMED_MIN_SCORE, UNTIMED_PER_THREAD = 2.0, 2, 10
 LENGTH_EDGES = (0.0, 0.1, 0.25, 0.5, 1.0, math.inf)
 SIMILAR_LENGTH = 0.25
 BEYOND_LENGTH_FOLDS, BEYOND_LENGTH_L2 = 5, 1.0
+# fewer threads than this: the thread bootstrap has too little to resample, no interval is claimed
+BEYOND_LENGTH_MIN_THREADS = 20
 
 
 # ---- metrics (pure numpy) -----------------------------------------------------------------
@@ -211,13 +213,21 @@ def beyond_length(d_length: np.ndarray, d_reward: np.ndarray, threads: np.ndarra
     with a 95% interval from resampling threads; it holds the fitted models fixed (two
     or three coefficients fitted on hundreds of pairs vary little next to which threads
     were sampled).  A gain whose interval is above 0 says the reward model learned
-    something about the preference that the length does not carry.
+    something about the preference that the length does not carry -- if it points the
+    right way.  A reward anti-correlated with the preference would "add information"
+    through a negative coefficient, so in a fold where the fitted reward coefficient is
+    not positive the length+reward prediction is the length-only one, and ``verdict`` is
+    ``adds`` only when the log-loss gain's interval is above 0 *and* the reward's
+    coefficient on all pairs is positive, with at least
+    :data:`BEYOND_LENGTH_MIN_THREADS` threads (fewer: ``too_few_threads``, and no
+    interval is claimed); ``reversed`` when the reward predicts the preference only with
+    its sign flipped; else ``none``.
 
     Returns:
         ``{"folds", "n", "n_threads", "length_only": {"accuracy", "log_loss"},
         "length_reward": {...}, "gain": {"accuracy", "log_loss"}, "coef": {"length",
-        "reward"}}``, intervals as :func:`bootstrap_ci`; ``coef`` is the length+reward
-        fit on all pairs in log-odds per unit of each difference.
+        "reward"}, "verdict"}``, intervals as :func:`bootstrap_ci`; ``coef`` is the
+        length+reward fit on all pairs in log-odds per unit of each difference.
     """
     d_length, d_reward = np.asarray(d_length, float), np.asarray(d_reward, float)
     threads = np.asarray(threads)
@@ -237,23 +247,51 @@ def beyond_length(d_length: np.ndarray, d_reward: np.ndarray, threads: np.ndarra
             scale = np.sqrt(np.mean(X[tr][:, cols] ** 2, axis=0))
             scale = np.where(scale > 0, scale, 1.0)
             w = fit_logistic(X[tr][:, cols] / scale, y[tr], l2)
+            if key == "length_reward" and w[1] <= 0:  # a reversed reward may not count
+                w = np.array([*fit_logistic(X[tr][:, [0]] / scale[:1], y[tr], l2), 0.0])
             z[key][te] = (X[te][:, cols] / scale) @ w
     per = {}
     for key, zz in z.items():
         right = np.where(zz == 0, 0.5, ((zz > 0) == (y > 0)).astype(float))
         loss = np.logaddexp(0.0, zz) - y * zz  # -log p(y)
         per[key] = (right, loss)
-    ci = lambda v: bootstrap_ci(v, threads, n_boot, seed)  # noqa: E731
+    few = G < BEYOND_LENGTH_MIN_THREADS
+    if few:  # a point estimate only
+        ci = lambda v: {"value": float(np.mean(v)), "ci_low": None, "ci_high": None, "n": int(len(v))}  # noqa: E731
+    else:
+        ci = lambda v: bootstrap_ci(v, threads, n_boot, seed)  # noqa: E731
     scale = np.sqrt(np.mean(X ** 2, axis=0))
     scale = np.where(scale > 0, scale, 1.0)
     w_all = fit_logistic(X / scale, y, l2) / scale
+    gain = {"accuracy": ci(per["length_reward"][0] - per["length_only"][0]),
+            "log_loss": ci(per["length_only"][1] - per["length_reward"][1])}
+    if few:
+        verdict = "too_few_threads"
+    elif gain["log_loss"]["ci_low"] > 0 and w_all[1] > 0:
+        verdict = "adds"
+    elif w_all[1] < 0 and _reversed_helps(X, y, folds, k, l2):
+        verdict = "reversed"
+    else:
+        verdict = "none"
     return {
         "folds": int(k), "n": int(n), "n_threads": int(G),
         **{key: {"accuracy": ci(r), "log_loss": ci(lo)} for key, (r, lo) in per.items()},
-        "gain": {"accuracy": ci(per["length_reward"][0] - per["length_only"][0]),
-                 "log_loss": ci(per["length_only"][1] - per["length_reward"][1])},
-        "coef": {"length": float(w_all[0]), "reward": float(w_all[1])},
+        "gain": gain, "coef": {"length": float(w_all[0]), "reward": float(w_all[1])}, "verdict": verdict,
     }
+
+
+def _reversed_helps(X: np.ndarray, y: np.ndarray, folds: np.ndarray, k: int, l2: float) -> bool:
+    """Whether the unconstrained length+reward fit (any sign) beats length alone in
+    cross-validated log-loss: then the reward carries the preference upside down."""
+    loss = np.zeros(2)
+    for f in range(k):
+        tr, te = folds != f, folds == f
+        for j, cols in enumerate(([0], [0, 1])):
+            scale = np.sqrt(np.mean(X[tr][:, cols] ** 2, axis=0))
+            scale = np.where(scale > 0, scale, 1.0)
+            z = (X[te][:, cols] / scale) @ fit_logistic(X[tr][:, cols] / scale, y[tr], l2)
+            loss[j] += float(np.sum(np.logaddexp(0.0, z) - y[te] * z))
+    return bool(loss[1] < loss[0])
 
 
 def build_untimed_pairs(responses, per_thread: int = UNTIMED_PER_THREAD, seed: int = 0):
@@ -588,9 +626,10 @@ def format_summary(res: dict[str, Any]) -> str:
     if bl.get("folds"):
         a0, a1, g = bl["length_only"]["accuracy"], bl["length_reward"]["accuracy"], bl["gain"]["accuracy"]
         l0, l1, gl = bl["length_only"]["log_loss"], bl["length_reward"]["log_loss"], bl["gain"]["log_loss"]
+        iv = lambda c: f" [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if c.get("ci_low") is not None else ""  # noqa: E731
         lines.append(f"  beyond length: length-only {a0['value']:.3f} -> length+reward {a1['value']:.3f} "
-                     f"(gain {g['value']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]); log-loss {l0['value']:.3f} -> "
-                     f"{l1['value']:.3f} (gain {gl['value']:+.3f} [{gl['ci_low']:+.3f}, {gl['ci_high']:+.3f}]); "
-                     f"{bl['folds']}-fold cross-validated by thread")
+                     f"(gain {g['value']:+.3f}{iv(g)}); log-loss {l0['value']:.3f} -> "
+                     f"{l1['value']:.3f} (gain {gl['value']:+.3f}{iv(gl)}); "
+                     f"{bl['folds']}-fold cross-validated by thread; verdict: {bl.get('verdict', '?')}")
     lines.append(f"  ECE {res['calibration']['ece']:.3f}; reward~length Spearman {res['length_correlation']['spearman']:.2f}")
     return "\n".join(lines)
