@@ -14,6 +14,14 @@ def hash_unit(thread_id: str, salt: str = "") -> float:
     return int.from_bytes(h[:8], "big") / 2.0**64
 
 
+def half_of(thread_id: str) -> str:
+    """``a`` or ``b``: parity of a salted hash.  Salted so the halves are independent of the
+    data stage's hash split (an unsalted hash of the same id could correlate with it).
+    ``ambient rm train_half=a|b`` trains on one half."""
+    h = hashlib.sha256(("ambient-half:" + str(thread_id)).encode()).digest()
+    return "a" if h[0] % 2 == 0 else "b"
+
+
 def split_of(thread_id: str, fractions: tuple[float, float, float], salt: str = "") -> str:
     """``"train"`` when the hash is below ``fractions[0]``, ``"valid"`` below
     ``fractions[0] + fractions[1]``, else ``"test"``."""

@@ -27,6 +27,14 @@ another) :func:`evaluate_reward` reports:
   reliability by confidence bin (``max(p, 1-p)`` against the fraction ordered right) and
   the expected calibration error;
 * the correlation of the reward with response length (Pearson and Spearman);
+* the bag-of-words baseline (:class:`~ambient_rlhf.eval.baselines.BagOfWordsReward`:
+  TF-IDF + log length, fitted on the reward model's own training pairs, which its
+  ``reward_config.json`` names) on every pair set above, and ``which_part``: one table of
+  the reward model next to the length-only, delay-only (earlier wins, on the pairs
+  without the time rule) and bag-of-words baselines -- accuracy on all pairs, on the
+  pairs whose chosen answer is the shorter one, on similar-length pairs, on the pairs
+  without the time rule and on those of them the time rule drops (the chosen answer came
+  first), and the Spearman correlation of each score with length;
 * PNG plots next to ``eval.json``.
 """
 
@@ -294,6 +302,70 @@ def _reversed_helps(X: np.ndarray, y: np.ndarray, folds: np.ndarray, k: int, l2:
     return bool(loss[1] < loss[0])
 
 
+def which_part(scores_of: dict[str, dict[int, float]], sets: dict[str, tuple], lengths: np.ndarray,
+               rows: list[int], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of every scorer on every pair set, plus ``earlier wins`` (the delay-only
+    baseline), and each scorer's Spearman correlation with response length.
+
+    Args:
+        scores_of: scorer name -> {text row: score} (higher = preferred).
+        sets: set name -> ``(chosen_rows, rejected_rows, threads, earlier_wins, mask)``:
+            the pairs, their threads, the (N,) wins of the earlier answer and a (N,) bool
+            mask selecting the set's pairs.
+        lengths, rows: the length of each text row in ``rows`` (for the correlations).
+    Returns:
+        ``{"sets": {set: {"n": pairs, scorer: interval, "earlier wins": interval}},
+        "spearman_length": {scorer: value}}``; intervals resample threads.
+    """
+    out: dict[str, Any] = {"sets": {}, "spearman_length": {}}
+    for name, (c, r, thr, earlier, mask) in sets.items():
+        mask = np.asarray(mask, bool)
+        cell: dict[str, Any] = {"n": int(mask.sum())}
+        for scorer, sc in scores_of.items():
+            w = win([sc[i] for i in np.asarray(c)[mask]], [sc[i] for i in np.asarray(r)[mask]])
+            cell[scorer] = bootstrap_ci(w, np.asarray(thr)[mask], n_boot, seed)
+        cell["earlier wins"] = bootstrap_ci(np.asarray(earlier)[mask], np.asarray(thr)[mask], n_boot, seed)
+        out["sets"][name] = cell
+    for scorer, sc in scores_of.items():
+        out["spearman_length"][scorer] = correlations(np.array([sc[i] for i in rows]), lengths)["spearman"]
+    return out
+
+
+BOW_MAX_TRAIN = 100_000
+
+
+def _bag_of_words(meta: dict[str, Any], bow_train: Any, seed: int):
+    """The bag-of-words baseline fitted on ``bow_train`` (see :func:`evaluate_reward`), or None."""
+    import pandas as pd
+
+    from ambient_rlhf.data.splits import half_of
+    from ambient_rlhf.data.tables import read_table
+    from ambient_rlhf.eval.baselines import BagOfWordsReward
+
+    if bow_train is None or (isinstance(bow_train, str) and bow_train == "none"):
+        return None
+    if isinstance(bow_train, str):
+        dirs = [d for d in meta.get("train_data") or [] if (Path(d) / schema.PAIRS_FILE).is_file()]
+        if not dirs:
+            log.info("rm eval: the reward model's config names no training data here; no bag-of-words baseline")
+            return None
+        half = meta.get("train_half", "all")
+        frames = []
+        for d in dirs:
+            df = read_table(d, schema.PAIRS_FILE, ("thread_id", "chosen", "rejected", "split"), "train")
+            if half in ("a", "b"):
+                df = df[[half_of(t) == half for t in df["thread_id"]]]
+            frames.append(df)
+        bow_train = pd.concat(frames, ignore_index=True)
+    if len(bow_train) < 2:
+        return None
+    if len(bow_train) > BOW_MAX_TRAIN:
+        bow_train = bow_train.sample(BOW_MAX_TRAIN, random_state=seed)
+    bow = BagOfWordsReward(seed=seed).fit(bow_train["chosen"].tolist(), bow_train["rejected"].tolist())
+    bow.n_train = int(len(bow_train))
+    return bow
+
+
 def build_untimed_pairs(responses, per_thread: int = UNTIMED_PER_THREAD, seed: int = 0):
     """Pairs ignoring the time rule (module doc), as a DataFrame in the pairs layout."""
     import pandas as pd
@@ -433,7 +505,8 @@ def _load_untimed(data_dir: Path, split: str, seed: int):
 # ---- the evaluation ----------------------------------------------------------------------
 def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "test", out: str | Path | None = None,
                     loglik_model: str = "auto", max_pairs: int = 0, batch_size: int = 8, n_boot: int = 1000,
-                    seed: int = 0, plots: bool = True, model=None, feature_cache: str | None = None) -> dict[str, Any]:
+                    seed: int = 0, plots: bool = True, model=None, feature_cache: str | None = None,
+                    bow_train: Any = "auto") -> dict[str, Any]:
     """Evaluate a reward model directory on ``split`` of ``data_dir``; write ``eval.json``
     (and plots) into ``out`` (default ``model_dir/eval/<community>-<split>``).
 
@@ -441,7 +514,10 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     i.e. it still is the base LM; else none), ``none``, ``self``, or a model name/dir.
     ``model``: an already loaded reward model (skips loading ``model_dir``).
     ``feature_cache``: the ``feature_cache`` directory of a head-only model's training
-    (its backbone features and log-likelihoods are reused and extended)."""
+    (its backbone features and log-likelihoods are reused and extended).
+    ``bow_train``: the training pairs of the bag-of-words baseline: ``auto`` (the reward
+    model's own training pairs, from the data directories and half its config names),
+    ``none``, or a DataFrame with ``chosen`` and ``rejected``."""
     import pandas as pd
 
     from ambient_rlhf.data.tables import community_name, read_table
@@ -537,6 +613,31 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
                                 "accuracy": bootstrap_ci(win([rew[i] for i in uc], [rew[i] for i in ur]), u_threads, n_boot, seed)}
     else:
         res["untimed_pairs"] = {"source": untimed_src, "n": 0}
+    # which part is learned: the reward model beside the length-only, delay-only and
+    # bag-of-words baselines on the same pair sets, and each score's correlation with length
+    rows_all = sorted(rew)
+    scores_of = {"reward model": rew, "longer wins": dict(zip(rows_all, (float(table.resp_chars[i]) for i in rows_all)))}
+    bow = _bag_of_words(meta, bow_train, seed)
+    if bow is not None:
+        scores_of["bag of words"] = dict(zip(rows_all, bow.score([table.texts[i][1] for i in rows_all]).tolist()))
+        res["bag_of_words"] = {"train_pairs": bow.n_train, "length_coef": bow.length_coef,
+                               "note": "TF-IDF (1-2 grams) + log length, fitted on the reward model's train pairs"}
+        bw = win([scores_of["bag of words"][i] for i in pc], [scores_of["bag of words"][i] for i in pr])
+        res["baselines"]["bag_of_words"] = ci(bw)
+        res["similar_length"]["bag_of_words"] = ci(bw[sim], threads[sim])
+        res["preferred_shorter"]["bag_of_words"] = float(bw[short].mean()) if short.any() else float("nan")
+    delay = win(-pairs["chosen_created_utc"].to_numpy(float), -pairs["rejected_created_utc"].to_numpy(float))
+    sets = {"all": (pc, pr, threads, delay, np.ones(len(pc), bool)),
+            "chosen shorter": (pc, pr, threads, delay, short),
+            "similar length": (pc, pr, threads, delay, sim)}
+    if len(untimed):
+        u_delay = win(-untimed["chosen_created_utc"].to_numpy(float), -untimed["rejected_created_utc"].to_numpy(float))
+        u_thr = untimed["thread_id"].to_numpy()
+        sets["no time rule"] = (uc, ur, u_thr, u_delay, np.ones(len(uc), bool))
+        first = untimed["chosen_created_utc"].to_numpy(float) < untimed["rejected_created_utc"].to_numpy(float)
+        sets["dropped by time rule"] = (uc, ur, u_thr, u_delay, first)
+    lengths = np.array([table.resp_chars[i] for i in rows_all], float)
+    res["which_part"] = which_part(scores_of, sets, lengths, rows_all, n_boot, seed)
     scale = float(rm.norm_std) if isinstance(rm, ScalarHeadModel) else 1.0
     p = 1.0 / (1.0 + np.exp(-(r_c - r_r) * scale))
     res["calibration"] = {"scale": "raw" if isinstance(rm, ScalarHeadModel) else "normalised", **reliability(p)}
@@ -632,4 +733,14 @@ def format_summary(res: dict[str, Any]) -> str:
                      f"{l1['value']:.3f} (gain {gl['value']:+.3f}{iv(gl)}); "
                      f"{bl['folds']}-fold cross-validated by thread; verdict: {bl.get('verdict', '?')}")
     lines.append(f"  ECE {res['calibration']['ece']:.3f}; reward~length Spearman {res['length_correlation']['spearman']:.2f}")
+    wp = res.get("which_part") or {}
+    if wp.get("sets"):
+        scorers = [k for k in next(iter(wp["sets"].values())) if k != "n"]
+        lines.append("  which part is learned (accuracy; Spearman with length last):")
+        lines.append("    " + f"{'pairs':<22}{'n':>6}" + "".join(f"{k:>16}" for k in scorers))
+        for name, cell in wp["sets"].items():
+            lines.append("    " + f"{name:<22}{cell['n']:>6}" + "".join(f"{cell[k]['value']:>16.3f}" for k in scorers))
+        sp = wp.get("spearman_length") or {}
+        lines.append("    " + f"{'Spearman(score, length)':<28}" + "".join(
+            f"{sp[k]:>16.2f}" if k in sp else f"{'':>16}" for k in scorers))
     return "\n".join(lines)

@@ -250,6 +250,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     rm.set_normalization(mean, std)
     rm.meta = {"objective": cfg.objective, **spec.to_meta(), "template": table.inputs.template,
                "communities": [community_name(d) for d in cfg.data], "train_layers": cfg.train_layers,
+               "train_data": [str(Path(d).resolve()) for d in cfg.data], "train_half": cfg.train_half,
                "base_model": cfg.model, "norm_reference": {"split": "valid", "n": len(ref)}}
     rm.cpu()
     rm.save_pretrained(out, tok)  # reward_config.json is written last: it marks a complete model

@@ -3,7 +3,6 @@ data directories, and the subsets taken of them."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,16 +12,10 @@ import numpy as np
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.data import schema
+from ambient_rlhf.data.splits import half_of
 from ambient_rlhf.data.tables import community_name, read_table
 from ambient_rlhf.models.reward_inputs import TextTable
 from ambient_rlhf.train.reward.config import RewardConfig
-
-
-def half_of(thread_id: str) -> str:
-    """``a`` or ``b``: parity of a salted hash.  Salted so the halves are independent of the
-    data stage's hash split (an unsalted hash of the same id could correlate with it)."""
-    h = hashlib.sha256(("ambient-half:" + str(thread_id)).encode()).digest()
-    return "a" if h[0] % 2 == 0 else "b"
 
 
 @dataclass
