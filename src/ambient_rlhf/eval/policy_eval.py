@@ -37,7 +37,7 @@ import numpy as np
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.config import to_dict
-from ambient_rlhf.eval import stats
+from ambient_rlhf import stats
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import get_logger
 

@@ -39,10 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ambient_rlhf import AmbientError
+from ambient_rlhf import AmbientError, stats
 from ambient_rlhf.data import schema
 from ambient_rlhf.io import write_json
 from ambient_rlhf.logging import get_logger, progress
+from ambient_rlhf.stats import win_outcomes
 
 log = get_logger("rm.eval")
 
@@ -58,27 +59,14 @@ BEYOND_LENGTH_FOLDS, BEYOND_LENGTH_L2 = 5, 1.0
 
 
 # ---- metrics (pure numpy) -----------------------------------------------------------------
-def win(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """1 where a > b, 0.5 where equal, 0 where a < b."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
-
-
 def bootstrap_ci(values: np.ndarray, clusters: np.ndarray, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, float]:
-    """Mean of ``values`` with a percentile interval from resampling whole clusters."""
+    """Mean of ``values`` with a percentile interval from resampling whole clusters
+    (:func:`ambient_rlhf.stats.bootstrap_ci`), in eval.json's form: ``{"value", "ci_low",
+    "ci_high", "n"}`` with ``n`` the number of values (pairs), not of clusters."""
     values = np.asarray(values, float)
-    if len(values) == 0:
-        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
-    _, inv = np.unique(np.asarray(clusters), return_inverse=True)
-    G = inv.max() + 1
-    sums = np.bincount(inv, weights=values, minlength=G)  # (G,)
-    cnts = np.bincount(inv, minlength=G).astype(float)  # (G,)
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(G, np.full(G, 1.0 / G), size=n_boot)  # (n_boot, G) times each cluster is drawn
-    boot = (w @ sums) / np.maximum(w @ cnts, 1e-12)
-    lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return {"value": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(len(values))}
+    r = stats.bootstrap_ci(values, n_resamples=n_boot, confidence=level, seed=seed, clusters=clusters)
+    return {"value": r["value"], "ci_low": r["low"], "ci_high": r["high"], "n": int(len(values))}
 
 
 def reliability(p: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
@@ -102,18 +90,11 @@ def reliability(p: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
     return {"ece": float(ece) if len(p) else float("nan"), "bins": bins}
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    import pandas as pd
-
-    return pd.Series(x).rank().to_numpy()
-
-
 def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or x.std() == 0 or y.std() == 0:
         return {"pearson": float("nan"), "spearman": float("nan"), "n": int(len(x))}
-    return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]),
-            "n": int(len(x))}
+    return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": stats.spearman(x, y), "n": int(len(x))}
 
 
 def bucket_table(edges, key: np.ndarray, columns: dict[str, np.ndarray], fmt=str) -> list[dict[str, Any]]:
@@ -442,10 +423,10 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     r_c = np.array([rew[i] for i in pc])
     r_r = np.array([rew[i] for i in pr])
     threads = pairs["thread_id"].to_numpy()
-    correct = win(r_c, r_r)
+    correct = win_outcomes(r_c, r_r)
     len_c = np.array([table.resp_chars[i] for i in pc])
     len_r = np.array([table.resp_chars[i] for i in pr])
-    longer = win(len_c, len_r)
+    longer = win_outcomes(len_c, len_r)
     ci = lambda v, cl=threads: bootstrap_ci(v, cl, n_boot, seed)  # noqa: E731
 
     res: dict[str, Any] = {
@@ -457,7 +438,7 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     cols = {"accuracy": correct, "longer_wins": longer}
     if ll is not None:
         for k in ("loglik_sum", "loglik_mean"):
-            w = win([scores[k][i] for i in pc], [scores[k][i] for i in pr])
+            w = win_outcomes([scores[k][i] for i in pc], [scores[k][i] for i in pr])
             res["baselines"][k] = ci(w)
             cols[k] = w
         res["baselines"]["loglik_model"] = "reward model backbone" if ll == "self" else str(loglik_model)
@@ -480,12 +461,12 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
                             **beyond_length(lr, r_c - r_r, threads, seed=seed, n_boot=n_boot)}
     if len(untimed):
         u_threads = untimed["thread_id"].to_numpy()
-        earlier = win(-untimed["chosen_created_utc"].to_numpy(float), -untimed["rejected_created_utc"].to_numpy(float))
-        u_len = win([table.resp_chars[i] for i in uc], [table.resp_chars[i] for i in ur])
+        earlier = win_outcomes(-untimed["chosen_created_utc"].to_numpy(float), -untimed["rejected_created_utc"].to_numpy(float))
+        u_len = win_outcomes([table.resp_chars[i] for i in uc], [table.resp_chars[i] for i in ur])
         res["untimed_pairs"] = {"source": untimed_src, "n": int(len(untimed)),
                                 "earlier_wins": bootstrap_ci(earlier, u_threads, n_boot, seed),
                                 "longer_wins": bootstrap_ci(u_len, u_threads, n_boot, seed),
-                                "accuracy": bootstrap_ci(win([rew[i] for i in uc], [rew[i] for i in ur]), u_threads, n_boot, seed)}
+                                "accuracy": bootstrap_ci(win_outcomes([rew[i] for i in uc], [rew[i] for i in ur]), u_threads, n_boot, seed)}
     else:
         res["untimed_pairs"] = {"source": untimed_src, "n": 0}
     scale = float(rm.norm_std) if isinstance(rm, ScalarHeadModel) else 1.0
