@@ -21,12 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.data.schema import TIERS
 
 
 class PromptBudgetError(AmbientError, ValueError):
     """``max_prompt_tokens`` cannot hold the prompt template (a user-facing config error)."""
 
-TIERS = ("good", "ok", "bad")
 PLAIN_TEMPLATE = "Prompt: {prompt}\nResponse: "
 
 

@@ -21,6 +21,7 @@ import torch
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.cli import common_parser, split_overrides
+from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.logging import get_logger, progress, setup_logging
 
 log = get_logger("generate")
@@ -151,7 +152,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("prompt", nargs="?", help="one prompt (or use --prompts)")
     p.add_argument("--model", default="default", help="model directory or name (default: default)")
     p.add_argument("--prompts", help="file of prompts: .jsonl with a 'prompt' field, or one per line")
-    p.add_argument("--goal", choices=["good", "ok", "bad"], help="tier to ask for (tier-conditioned models)")
+    p.add_argument("--goal", choices=list(TIERS), help="tier to ask for (tier-conditioned models)")
     p.add_argument("--out", help="write JSONL here instead of printing")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.7)

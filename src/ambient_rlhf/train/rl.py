@@ -53,7 +53,7 @@ from ambient_rlhf.rl.losses import explained_variance, ppo_policy_loss, ppo_valu
 from ambient_rlhf.rl.masking import masked_whiten
 from ambient_rlhf.rl.rewards import apply_missing_eos_score, kl_per_token, sequence_rewards, shaped_rewards
 from ambient_rlhf.train.common import LoraSettings, apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator
-from ambient_rlhf.models.tokenize import TIERS
+from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.train.rollout import PolicyWithValue, ValueModel, response_logits, sample
 
 log = get_logger("rl")
