@@ -209,6 +209,7 @@ def response_logprobs(side: Side, prompts: list[str], responses: list[str], cfg:
     the last ``max response length + 1`` positions."""
     import torch
 
+    from ambient_rlhf.models.tokenize import pad_batch
     from ambient_rlhf.rl.logprobs import logprobs_from_logits
 
     model = side.model
@@ -221,14 +222,9 @@ def response_logprobs(side: Side, prompts: list[str], responses: list[str], cfg:
                                                                 responses[start:start + cfg.batch_size])]
         T = max(len(e.input_ids) for e in enc)
         L = max(max(len(e.input_ids) - e.prompt_len for e in enc), 1)  # longest response
-        ids = torch.full((len(enc), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(enc), T), dtype=torch.long)
-        resp = torch.zeros((len(enc), T), dtype=torch.bool)  # True at response tokens
-        for i, e in enumerate(enc):
-            n = len(e.input_ids)
-            ids[i, T - n:] = torch.tensor(e.input_ids)
-            mask[i, T - n:] = 1
-            resp[i, T - n + e.prompt_len:] = True
+        resp_masks = [[0] * e.prompt_len + [1] * (len(e.input_ids) - e.prompt_len) for e in enc]
+        ids, mask, labels = pad_batch([e.input_ids for e in enc], pad, "left", label_masks=resp_masks)
+        resp = labels != -100  # (B, T) True at response tokens
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         kw = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), use_cache=False)
         with torch.no_grad():

@@ -266,8 +266,10 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
 
     ``store``: a :class:`~ambient_rlhf.train.reward.FeatureStore` of the backbone of a
     head-only model: rows found there skip the backbone, new rows are added to it."""
-    from ambient_rlhf.models.heads import ScalarHeadModel, last_token_index
-    from ambient_rlhf.train.reward import _pad, text_key
+    from ambient_rlhf.models.heads import ScalarHeadModel
+    from ambient_rlhf.models.tokenize import pad_batch
+    from ambient_rlhf.rl.masking import last_token_index
+    from ambient_rlhf.train.reward import text_key
 
     dev = next(rm.parameters()).device
     res: dict[str, dict[int, float]] = {"reward": {}, "loglik_sum": {}, "loglik_mean": {}}
@@ -291,7 +293,8 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
     bar = progress(total=len(rows), desc="scoring", unit="text")
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        ids, mask = _pad([torch.tensor(table.ids[r]) for r in chunk], dev)
+        ids, mask = pad_batch([table.ids[r] for r in chunk], 0, "right")  # (n, T); the pad value is never attended to
+        ids, mask = ids.to(dev), mask.to(dev)
         h = None
         if isinstance(rm, ScalarHeadModel):
             h = rm.hidden_states(ids, mask)  # (n, T, d)

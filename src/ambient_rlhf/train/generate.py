@@ -65,7 +65,7 @@ def generate(model, prompts: list[str], goal: str | None = None, max_new_tokens:
             caller's global RNG state is left untouched.
         return_ids: return the new token ids (EOS and what follows removed) instead of text.
     Returns: the new text of each prompt (special tokens removed), in prompt order."""
-    from ambient_rlhf.models.tokenize import encode_prompt, goal_token_ids, has_goal_tokens
+    from ambient_rlhf.models.tokenize import encode_prompt, goal_token_ids, has_goal_tokens, pad_batch
 
     if isinstance(model, (tuple, list)):
         lm, tok = model
@@ -105,12 +105,8 @@ def generate(model, prompts: list[str], goal: str | None = None, max_new_tokens:
         for start in progress(range(0, len(order), batch_size), desc="generate", unit="batch"):
             idx = order[start:start + batch_size]
             seqs = [encoded[i] for i in idx]
-            T = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-            att = torch.zeros((len(seqs), T), dtype=torch.long)
-            for r, s in enumerate(seqs):  # left padding: the last prompt token is at T-1
-                ids[r, T - len(s):] = torch.tensor(s, dtype=torch.long)
-                att[r, T - len(s):] = 1
+            ids, att = pad_batch(seqs, pad_id, "left")  # left padding: the last prompt token is at T-1
+            T = ids.shape[1]
             out = lm.generate(input_ids=ids.to(device), attention_mask=att.to(device), **gen_kw)
             for r, i in enumerate(idx):
                 new = out[r, T:].tolist()
