@@ -361,7 +361,7 @@ def _load_untimed(data_dir: Path, split: str, seed: int):
             if "split" in df.columns:
                 df = df[df["split"] == split]
             return df.reset_index(drop=True), f"file:{name}"
-    from ambient_rlhf.train.reward import read_table
+    from ambient_rlhf.data.tables import read_table
 
     resp = read_table(data_dir, schema.RESPONSES_FILE, ("thread_id", "prompt", "response", "score", "created_utc", "split"), split)
     return build_untimed_pairs(resp, seed=seed), "built from responses.parquet without the time rule"
@@ -383,7 +383,8 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
 
     from ambient_rlhf.models.heads import ScalarHeadModel, load_reward_model
     from ambient_rlhf.models.load import load_causal_lm
-    from ambient_rlhf.train.reward import TextTable, community_name, format_prompt, read_table
+    from ambient_rlhf.data.tables import community_name, read_table
+    from ambient_rlhf.train.reward import TextTable, format_prompt
 
     data_dir = Path(data_dir)
     rm = model if model is not None else load_reward_model(model_dir)
