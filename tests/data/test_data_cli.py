@@ -59,13 +59,6 @@ def test_simulate_dispatches_to_the_simulator(monkeypatch):
     assert seen == [["--out", "x", "seed=1"]]
 
 
-def test_simulate_missing_is_a_clear_error(monkeypatch, capsys):
-    for name in ("ambient_rlhf.simulate", "ambient_rlhf.data.simulate"):
-        monkeypatch.setitem(sys.modules, name, None)  # import -> ModuleNotFoundError
-    assert main(["data", "simulate", "--out", "x"]) == 2
-    assert "not available" in capsys.readouterr().err
-
-
 def test_data_stage_imports_no_transformers_nor_upper_modules(dump_dir, tmp_path):
     code = (
         "import sys; from ambient_rlhf.cli import main; "

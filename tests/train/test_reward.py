@@ -173,7 +173,7 @@ def test_shared_prompt_pass_equals_full_sequences(tiny_model_path):
         (out * torch.arange(1.0, 6.0).unsqueeze(1)).sum().backward()
         return out.detach(), [p.grad.clone() for p in rm.parameters() if p.grad is not None]
 
-    a, ga = run(lambda: rm(*R.pad_tensors([torch.tensor(t.ids[r]) for r in rows], "cpu")))
+    a, ga = run(lambda: rm(*pad_batch([t.ids[r] for r in rows], 0, "right")))
     b, gb = run(lambda: R.shared_prompt_outputs(rm, t, rows, "cpu"))
     assert torch.allclose(a, b, atol=1e-5) and a.std() > 1e-3
     assert len(ga) == len(gb) and all(torch.allclose(x, y, atol=1e-4) for x, y in zip(ga, gb))

@@ -1,5 +1,7 @@
-"""The ``ambient`` command.  The only entry point; each stage module parses its own
-arguments in a ``cli(argv) -> int`` function."""
+"""The ``ambient`` command.  The only entry point; each command parses its own
+arguments in a ``cli(argv) -> int`` function (``ambient_rlhf.cli.<command>`` where the
+command's glue would otherwise reach above its library layer, e.g. ``cli.data``).
+Library code never imports this package's command modules."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from ambient_rlhf import AmbientError, __version__
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("ambient_rlhf.data.cli", "build a data directory from dumps/tables (build), or simulate a community (simulate)"),
+    "data": ("ambient_rlhf.cli.data", "build a data directory from dumps/tables (build), or simulate a community (simulate)"),
     "sft": ("ambient_rlhf.train.sft", "behaviour cloning: fine-tune a causal LM on prompt -> response"),
     "generate": ("ambient_rlhf.train.generate", "sample completions from a model"),
     "rm": ("ambient_rlhf.cli.rm", "train (default), evaluate (eval) or combine (combine) reward models"),

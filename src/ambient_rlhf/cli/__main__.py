@@ -1,4 +1,4 @@
-"""``python -m ambient_rlhf.cli ...`` (what ``torchrun`` and ``accelerate launch`` run)."""
+"""``python -m ambient_rlhf.cli`` (what torchrun / accelerate launch run): the ``ambient`` command."""
 
 import sys
 

@@ -21,6 +21,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ambient_rlhf.data.schema import TIERS
+
+GOOD, OK, BAD = TIERS
+
 
 def rank_by_score(scores: Sequence[float]) -> np.ndarray:
     """Rank within a thread, 0 = highest score, ties share the best rank of their group.
@@ -92,18 +96,18 @@ def assign_tier(adjusted: float, lo: float, hi: float) -> str:
 
     Values exactly on a threshold go to ``ok`` (the middle tier absorbs ties)."""
     if adjusted < lo:
-        return "bad"
+        return BAD
     if adjusted > hi:
-        return "good"
-    return "ok"
+        return GOOD
+    return OK
 
 
 def assign_tiers(adjusted: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Vectorised :func:`assign_tier` -> array of ``"good"|"ok"|"bad"`` strings."""
     a = np.asarray(adjusted, dtype=np.float64)
-    out = np.full(a.shape, "ok", dtype=object)
-    out[a < lo] = "bad"
-    out[a > hi] = "good"
+    out = np.full(a.shape, OK, dtype=object)
+    out[a < lo] = BAD
+    out[a > hi] = GOOD
     return out
 
 

@@ -62,7 +62,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ambient_rlhf import AmbientError
+from ambient_rlhf import AmbientError, stats
 from ambient_rlhf.io import atomic_dir, write_manifest
 from ambient_rlhf.logging import get_logger
 
@@ -505,7 +505,7 @@ def thread_spearmans(df: pd.DataFrame, col: str, target: str = "utility", group:
     vals = {}
     for t, g in df.groupby(group):
         ok = len(g) >= 2 and g[col].nunique() >= 2 and g[target].nunique() >= 2
-        vals[t] = g[col].rank().corr(g[target].rank()) if ok else float("nan")
+        vals[t] = stats.spearman(g[col].to_numpy(float), g[target].to_numpy(float)) if ok else float("nan")
     return pd.Series(vals, dtype=float)
 
 
@@ -528,10 +528,8 @@ def compare_recovery(df: pd.DataFrame, col: str, other: str, target: str = "util
     d = (a.fillna(0.0) - b.fillna(0.0))[keep].to_numpy(float)
     if len(d) == 0:
         return {"difference": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "threads": 0}
-    rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    return {"difference": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "threads": int(len(d))}
+    ci = stats.bootstrap_ci(d, n_resamples=n_boot, confidence=0.95, seed=seed)
+    return {"difference": ci["value"], "ci_low": ci["low"], "ci_high": ci["high"], "threads": int(len(d))}
 
 
 def within_thread_pair_accuracy(df: pd.DataFrame, col: str, target: str = "utility", group: str = "thread_id") -> float:

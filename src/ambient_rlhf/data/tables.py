@@ -1,5 +1,8 @@
-"""Reading a data directory's tables and its community name (used by every stage that
-reads ``ambient data build`` output)."""
+"""Reading a data directory's tables (the contract of :mod:`ambient_rlhf.data.schema`).
+
+Shared by every stage that reads a data directory (reward models, their evaluation, the
+policy evaluation), so it lives in ``data/``.
+"""
 
 from __future__ import annotations
 
@@ -47,4 +50,3 @@ def read_table(data_dir: str | Path, name: str, columns: tuple[str, ...], split:
     if split is not None:
         df = df[df["split"] == split].reset_index(drop=True)
     return df
-

@@ -28,15 +28,13 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.data import labels as L
+from ambient_rlhf.data.config import ColumnMap, DataConfig, FilterConfig
 from ambient_rlhf.data.sources import BadRecords, Input, iter_json_objects, iter_table_rows, table_columns
 from ambient_rlhf.logging import get_logger
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ambient_rlhf.data.build import ColumnMap, DataConfig, FilterConfig
 
 log = get_logger("data.threads")
 
@@ -172,7 +170,7 @@ def strip_prefix(name: str) -> str:
 
 def response_drop_reason(
     text: str, author: str | None, op_author: str | None, stickied: bool, distinguished: str | None,
-    filters: "FilterConfig", bots: frozenset[str],
+    filters: FilterConfig, bots: frozenset[str],
 ) -> str | None:
     """Why a candidate response is dropped (None = keep), checked in this order:
     ``deleted_text, deleted_author, bot, op_reply, stickied_distinguished, empty, too_long``.
@@ -196,7 +194,7 @@ def response_drop_reason(
     return None
 
 
-def maturity_reason(retrieved: float | None, thread_created: float, filters: "FilterConfig") -> str | None:
+def maturity_reason(retrieved: float | None, thread_created: float, filters: FilterConfig) -> str | None:
     """Score maturity: the thread must be ``min_age_days`` old when the record's score was
     retrieved (``retrieved - thread_created``).  A record without a retrieval time is
     dropped as ``no_retrieved_on`` unless ``allow_missing_retrieved_on``."""
@@ -213,7 +211,7 @@ def prompt_text(title: str, body: str | None) -> str:
     return f"{title.strip()}\n\n{body}" if body else title.strip()
 
 
-def bot_set(filters: "FilterConfig") -> frozenset[str]:
+def bot_set(filters: FilterConfig) -> frozenset[str]:
     return frozenset(b.lower() for b in filters.bots)
 
 
@@ -241,7 +239,7 @@ def _retrieved(o: dict) -> float | None:
     return v
 
 
-def read_submissions(path: Path, cfg: "DataConfig", counts: Counts, bad: BadRecords) -> dict[str, Any]:
+def read_submissions(path: Path, cfg: DataConfig, counts: Counts, bad: BadRecords) -> dict[str, Any]:
     """Pass 1: ``{id: SubMeta}`` for kept submissions, ``{id: _DROPPED}`` for the others."""
     f = cfg.filters
     status: dict[str, Any] = {}
@@ -300,7 +298,7 @@ class _Open:
         self.responses: dict[str, Response] = {}  # fullname t1_... -> Response
 
 
-def read_reddit(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -> Iterator[Thread]:
+def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> Iterator[Thread]:
     """Pass 1 over submissions, then stream comments and yield threads as they close."""
     f = cfg.filters
     bots = bot_set(f)
@@ -446,11 +444,11 @@ def _children_texts(cell: Any) -> list[str]:
     return out
 
 
-def read_table(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -> Iterator[Thread]:
+def read_table(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> Iterator[Thread]:
     """Threads from a responses table whose rows are grouped by prompt id."""
     path = inp.paths[0]
     f = cfg.filters
-    cm: "ColumnMap" = cfg.source.columns
+    cm: ColumnMap = cfg.source.columns
     bots = bot_set(f)
     cols = set(table_columns(path))  # JSONL: the first object's keys (required ones must be there)
     required = {k: getattr(cm, k) for k in (
@@ -541,7 +539,7 @@ def read_table(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -
 
 # ---------------------------------------------------------------- SHP pair files
 
-def read_shp(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -> Iterator[Thread]:
+def read_shp(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> Iterator[Thread]:
     """Threads (with their given pairs) from an SHP file, grouped by ``post_id``."""
     path = inp.paths[0]
     f = cfg.filters
@@ -601,7 +599,7 @@ def read_shp(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -> 
         yield th
 
 
-def read_input(inp: Input, cfg: "DataConfig", counts: Counts, bad: BadRecords) -> Iterator[Thread]:
+def read_input(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> Iterator[Thread]:
     if inp.kind == "reddit":
         return read_reddit(inp, cfg, counts, bad)
     if inp.kind == "table":

@@ -35,9 +35,9 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from ambient_rlhf import AmbientError
+from ambient_rlhf import AmbientError, stats
 from ambient_rlhf.config import to_dict
-from ambient_rlhf.eval import stats
+from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import get_logger
 
@@ -113,8 +113,8 @@ def _validate(cfg: EvalConfig) -> None:
     for key in ("policy", "reference", "judge", "data"):
         if not getattr(cfg, key):
             raise AmbientError(f"eval: config key '{key}' is required (--{key} DIR)")
-    if cfg.goal is not None and cfg.goal not in ("good", "ok", "bad"):
-        raise AmbientError(f"eval: goal={cfg.goal!r}; expected good, ok or bad")
+    if cfg.goal is not None and cfg.goal not in TIERS:
+        raise AmbientError(f"eval: goal={cfg.goal!r}; expected one of {', '.join(TIERS)}")
     if cfg.n_prompts < 1 or cfg.samples_per_prompt < 1 or cfg.max_new_tokens < 1:
         raise AmbientError("eval: n_prompts, samples_per_prompt and max_new_tokens must be >= 1")
     if cfg.temperature <= 0:
@@ -209,6 +209,7 @@ def response_logprobs(side: Side, prompts: list[str], responses: list[str], cfg:
     the last ``max response length + 1`` positions."""
     import torch
 
+    from ambient_rlhf.models.tokenize import pad_batch
     from ambient_rlhf.rl.logprobs import logprobs_from_logits
 
     model = side.model
@@ -221,14 +222,9 @@ def response_logprobs(side: Side, prompts: list[str], responses: list[str], cfg:
                                                                 responses[start:start + cfg.batch_size])]
         T = max(len(e.input_ids) for e in enc)
         L = max(max(len(e.input_ids) - e.prompt_len for e in enc), 1)  # longest response
-        ids = torch.full((len(enc), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(enc), T), dtype=torch.long)
-        resp = torch.zeros((len(enc), T), dtype=torch.bool)  # True at response tokens
-        for i, e in enumerate(enc):
-            n = len(e.input_ids)
-            ids[i, T - n:] = torch.tensor(e.input_ids)
-            mask[i, T - n:] = 1
-            resp[i, T - n + e.prompt_len:] = True
+        resp_masks = [[0] * e.prompt_len + [1] * (len(e.input_ids) - e.prompt_len) for e in enc]
+        ids, mask, labels = pad_batch([e.input_ids for e in enc], pad, "left", label_masks=resp_masks)
+        resp = labels != -100  # (B, T) True at response tokens
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         kw = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), use_cache=False)
         with torch.no_grad():
@@ -501,7 +497,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--data", help="data directory")
     p.add_argument("--proxy", help="optional: the reward model RL optimised, scored alongside")
     p.add_argument("--out", help="output directory (default: eval)")
-    p.add_argument("--goal", choices=["good", "ok", "bad"], help="goal token for a tier-conditioned policy")
+    p.add_argument("--goal", choices=list(TIERS), help="goal token for a tier-conditioned policy")
     p.add_argument("--split", help="split of the prompts (default: test)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args, cfg = parse_stage(p, argv, EvalConfig,

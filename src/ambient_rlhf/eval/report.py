@@ -131,7 +131,7 @@ def fnum(x: Any, nd: int = 3) -> str:
 
 
 def lohi(d: Any) -> tuple[float | None, float | None]:
-    """Interval ends of ``{"low", "high"}`` (eval.stats) or ``{"ci_low", "ci_high"}``
+    """Interval ends of ``{"low", "high"}`` (ambient_rlhf.stats) or ``{"ci_low", "ci_high"}``
     (reward-model evaluation); ``(None, None)`` when absent."""
     if not isinstance(d, dict):
         return None, None

@@ -47,10 +47,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ambient_rlhf import AmbientError
+from ambient_rlhf import AmbientError, stats
 from ambient_rlhf.data import schema
 from ambient_rlhf.io import write_json
 from ambient_rlhf.logging import get_logger, progress
+from ambient_rlhf.stats import win_outcomes
 
 log = get_logger("rm.eval")
 
@@ -68,27 +69,14 @@ BEYOND_LENGTH_MIN_THREADS = 20
 
 
 # ---- metrics (pure numpy) -----------------------------------------------------------------
-def win(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """1 where a > b, 0.5 where equal, 0 where a < b."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
-
-
 def bootstrap_ci(values: np.ndarray, clusters: np.ndarray, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, float]:
-    """Mean of ``values`` with a percentile interval from resampling whole clusters."""
+    """Mean of ``values`` with a percentile interval from resampling whole clusters
+    (:func:`ambient_rlhf.stats.bootstrap_ci`), in eval.json's form: ``{"value", "ci_low",
+    "ci_high", "n"}`` with ``n`` the number of values (pairs), not of clusters."""
     values = np.asarray(values, float)
-    if len(values) == 0:
-        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
-    _, inv = np.unique(np.asarray(clusters), return_inverse=True)
-    G = inv.max() + 1
-    sums = np.bincount(inv, weights=values, minlength=G)  # (G,)
-    cnts = np.bincount(inv, minlength=G).astype(float)  # (G,)
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(G, np.full(G, 1.0 / G), size=n_boot)  # (n_boot, G) times each cluster is drawn
-    boot = (w @ sums) / np.maximum(w @ cnts, 1e-12)
-    lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return {"value": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(len(values))}
+    r = stats.bootstrap_ci(values, n_resamples=n_boot, confidence=level, seed=seed, clusters=clusters)
+    return {"value": r["value"], "ci_low": r["low"], "ci_high": r["high"], "n": int(len(values))}
 
 
 def reliability(p: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
@@ -112,18 +100,11 @@ def reliability(p: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
     return {"ece": float(ece) if len(p) else float("nan"), "bins": bins}
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    import pandas as pd
-
-    return pd.Series(x).rank().to_numpy()
-
-
 def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or x.std() == 0 or y.std() == 0:
         return {"pearson": float("nan"), "spearman": float("nan"), "n": int(len(x))}
-    return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]),
-            "n": int(len(x))}
+    return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": stats.spearman(x, y), "n": int(len(x))}
 
 
 def bucket_table(edges, key: np.ndarray, columns: dict[str, np.ndarray], fmt=str) -> list[dict[str, Any]]:
@@ -322,7 +303,7 @@ def which_part(scores_of: dict[str, dict[int, float]], sets: dict[str, tuple], l
         mask = np.asarray(mask, bool)
         cell: dict[str, Any] = {"n": int(mask.sum())}
         for scorer, sc in scores_of.items():
-            w = win([sc[i] for i in np.asarray(c)[mask]], [sc[i] for i in np.asarray(r)[mask]])
+            w = win_outcomes([sc[i] for i in np.asarray(c)[mask]], [sc[i] for i in np.asarray(r)[mask]])
             cell[scorer] = bootstrap_ci(w, np.asarray(thr)[mask], n_boot, seed)
         cell["earlier wins"] = bootstrap_ci(np.asarray(earlier)[mask], np.asarray(thr)[mask], n_boot, seed)
         out["sets"][name] = cell
@@ -397,8 +378,10 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
     head-only model: rows found there skip the backbone, new rows are added to it.
     A combined reward model is scored through ``models.reward_inputs.RewardFunction``
     (each member renders the rows' texts itself)."""
-    from ambient_rlhf.models.features import pad_tensors, text_key
-    from ambient_rlhf.models.heads import ScalarHeadModel, last_token_index
+    from ambient_rlhf.models.features import text_key
+    from ambient_rlhf.models.heads import ScalarHeadModel
+    from ambient_rlhf.models.tokenize import pad_batch
+    from ambient_rlhf.rl.masking import last_token_index
 
     dev = next(rm.parameters()).device
     res: dict[str, dict[int, float]] = {"reward": {}, "loglik_sum": {}, "loglik_mean": {}}
@@ -431,7 +414,8 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
     bar = progress(total=len(rows), desc="scoring", unit="text")
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        ids, mask = pad_tensors([torch.tensor(table.ids[r]) for r in chunk], dev)
+        ids, mask = pad_batch([table.ids[r] for r in chunk], 0, "right")  # (n, T); the pad value is never attended to
+        ids, mask = ids.to(dev), mask.to(dev)
         h = None
         if isinstance(rm, ScalarHeadModel):
             h = rm.hidden_states(ids, mask)  # (n, T, d)
@@ -567,10 +551,10 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     r_c = np.array([rew[i] for i in pc])
     r_r = np.array([rew[i] for i in pr])
     threads = pairs["thread_id"].to_numpy()
-    correct = win(r_c, r_r)
+    correct = win_outcomes(r_c, r_r)
     len_c = np.array([table.resp_chars[i] for i in pc])
     len_r = np.array([table.resp_chars[i] for i in pr])
-    longer = win(len_c, len_r)
+    longer = win_outcomes(len_c, len_r)
     ci = lambda v, cl=threads: bootstrap_ci(v, cl, n_boot, seed)  # noqa: E731
 
     res: dict[str, Any] = {
@@ -582,7 +566,7 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     cols = {"accuracy": correct, "longer_wins": longer}
     if ll is not None:
         for k in ("loglik_sum", "loglik_mean"):
-            w = win([scores[k][i] for i in pc], [scores[k][i] for i in pr])
+            w = win_outcomes([scores[k][i] for i in pc], [scores[k][i] for i in pr])
             res["baselines"][k] = ci(w)
             cols[k] = w
         res["baselines"]["loglik_model"] = "reward model backbone" if ll == "self" else str(loglik_model)
@@ -605,12 +589,12 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
                             **beyond_length(lr, r_c - r_r, threads, seed=seed, n_boot=n_boot)}
     if len(untimed):
         u_threads = untimed["thread_id"].to_numpy()
-        earlier = win(-untimed["chosen_created_utc"].to_numpy(float), -untimed["rejected_created_utc"].to_numpy(float))
-        u_len = win([table.resp_chars[i] for i in uc], [table.resp_chars[i] for i in ur])
+        earlier = win_outcomes(-untimed["chosen_created_utc"].to_numpy(float), -untimed["rejected_created_utc"].to_numpy(float))
+        u_len = win_outcomes([table.resp_chars[i] for i in uc], [table.resp_chars[i] for i in ur])
         res["untimed_pairs"] = {"source": untimed_src, "n": int(len(untimed)),
                                 "earlier_wins": bootstrap_ci(earlier, u_threads, n_boot, seed),
                                 "longer_wins": bootstrap_ci(u_len, u_threads, n_boot, seed),
-                                "accuracy": bootstrap_ci(win([rew[i] for i in uc], [rew[i] for i in ur]), u_threads, n_boot, seed)}
+                                "accuracy": bootstrap_ci(win_outcomes([rew[i] for i in uc], [rew[i] for i in ur]), u_threads, n_boot, seed)}
     else:
         res["untimed_pairs"] = {"source": untimed_src, "n": 0}
     # which part is learned: the reward model beside the length-only, delay-only and
@@ -622,16 +606,16 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
         scores_of["bag of words"] = dict(zip(rows_all, bow.score([table.texts[i][1] for i in rows_all]).tolist()))
         res["bag_of_words"] = {"train_pairs": bow.n_train, "length_coef": bow.length_coef,
                                "note": "TF-IDF (1-2 grams) + log length, fitted on the reward model's train pairs"}
-        bw = win([scores_of["bag of words"][i] for i in pc], [scores_of["bag of words"][i] for i in pr])
+        bw = win_outcomes([scores_of["bag of words"][i] for i in pc], [scores_of["bag of words"][i] for i in pr])
         res["baselines"]["bag_of_words"] = ci(bw)
         res["similar_length"]["bag_of_words"] = ci(bw[sim], threads[sim])
         res["preferred_shorter"]["bag_of_words"] = float(bw[short].mean()) if short.any() else float("nan")
-    delay = win(-pairs["chosen_created_utc"].to_numpy(float), -pairs["rejected_created_utc"].to_numpy(float))
+    delay = win_outcomes(-pairs["chosen_created_utc"].to_numpy(float), -pairs["rejected_created_utc"].to_numpy(float))
     sets = {"all": (pc, pr, threads, delay, np.ones(len(pc), bool)),
             "chosen shorter": (pc, pr, threads, delay, short),
             "similar length": (pc, pr, threads, delay, sim)}
     if len(untimed):
-        u_delay = win(-untimed["chosen_created_utc"].to_numpy(float), -untimed["rejected_created_utc"].to_numpy(float))
+        u_delay = win_outcomes(-untimed["chosen_created_utc"].to_numpy(float), -untimed["rejected_created_utc"].to_numpy(float))
         u_thr = untimed["thread_id"].to_numpy()
         sets["no time rule"] = (uc, ur, u_thr, u_delay, np.ones(len(uc), bool))
         first = untimed["chosen_created_utc"].to_numpy(float) < untimed["rejected_created_utc"].to_numpy(float)

@@ -1,5 +1,4 @@
-"""Backbone features of reward-model texts, cached on disk, and the padding of
-per-text tensors.
+"""Backbone features of reward-model texts, cached on disk.
 
 A head-only reward model (``train_layers=0``) reads one feature per text: the backbone's
 hidden state at the last real token.  The backbone never changes, so the feature can be
@@ -19,17 +18,6 @@ import torch
 from ambient_rlhf.logging import get_logger
 
 log = get_logger("rm")
-
-
-def pad_tensors(seqs: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (len_i, ...) tensors into (n, T, ...) plus an (n, T) mask."""
-    T = max(s.shape[0] for s in seqs)
-    out = seqs[0].new_zeros((len(seqs), T) + tuple(seqs[0].shape[1:]))
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : s.shape[0]] = s
-        mask[i, : s.shape[0]] = 1
-    return out.to(device), mask.to(device)
 
 
 def text_key(ids: list[int]) -> str:

@@ -31,19 +31,10 @@ import torch
 from torch import nn
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.rl.masking import last_token_index
 
 HEAD_FILE = "reward_head.pt"
 CONFIG_FILE = "reward_config.json"
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last position whose mask is 1, per row.
-
-    Args: attention_mask (B, T) of 0/1.  Returns: (B,) long.
-    Works for left padding, right padding, or none."""
-    T = attention_mask.shape[1]
-    pos = torch.arange(T, device=attention_mask.device).unsqueeze(0)  # (1, T)
-    return (attention_mask.long() * (pos + 1)).argmax(dim=1)
 
 
 def body_of(lm: nn.Module) -> nn.Module:

@@ -21,12 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.data.schema import TIERS
 
 
 class PromptBudgetError(AmbientError, ValueError):
     """``max_prompt_tokens`` cannot hold the prompt template (a user-facing config error)."""
 
-TIERS = ("good", "ok", "bad")
 PLAIN_TEMPLATE = "Prompt: {prompt}\nResponse: "
 
 
@@ -207,22 +207,36 @@ def encode_pairs(
     return out
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right", label_masks: list[list[int]] | None = None):
-    """Pad lists of ids into ``(input_ids, attention_mask)`` LongTensors, (B, T).
+def pad_batch(seqs, pad_id: int | float, side: str = "right", label_masks: list[list[int]] | None = None):
+    """Pad sequences into ``(input_ids, attention_mask)``, (B, T) each: the one padding
+    helper of the package.
+
+    ``seqs``: lists of token ids (-> a LongTensor), or tensors of shape (len_i, ...) (->
+    (B, T, ...) of their dtype, e.g. cached hidden states (len_i, d) -> (B, T, d)).
+    ``pad_id`` fills the padding; ``side`` is ``"right"`` (real tokens first: training,
+    reward models) or ``"left"`` (real tokens last: prompts to generate from).  The
+    attention mask is a LongTensor, 1 at real tokens.  Tensors stay on their device;
+    lists give CPU tensors.
 
     With ``label_masks`` (1 = token counts in the loss) also returns ``labels``: the ids
     where the mask is 1 and -100 elsewhere (padding included)."""
     import torch
 
+    if side not in ("right", "left"):
+        raise ValueError(f"pad_batch: side must be 'right' or 'left', got {side!r}")
     T = max(len(s) for s in seqs)
     B = len(seqs)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    att = torch.zeros((B, T), dtype=torch.long)
+    first = seqs[0]
+    if isinstance(first, torch.Tensor):
+        ids = first.new_full((B, T) + tuple(first.shape[1:]), pad_id)
+    else:
+        ids = torch.full((B, T), pad_id, dtype=torch.long)
+    att = torch.zeros((B, T), dtype=torch.long, device=ids.device)
     labels = torch.full((B, T), -100, dtype=torch.long) if label_masks is not None else None
     for i, s in enumerate(seqs):
         n = len(s)
         sl = slice(0, n) if side == "right" else slice(T - n, T)
-        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        ids[i, sl] = s if isinstance(s, torch.Tensor) else torch.tensor(s, dtype=torch.long)
         att[i, sl] = 1
         if labels is not None:
             m = torch.tensor(label_masks[i], dtype=torch.bool)

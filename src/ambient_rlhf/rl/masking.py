@@ -64,3 +64,15 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     if not shift_mean:
         out = out + mean
     return out * mask.to(x.dtype)
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is set, per row.
+
+    Shapes: mask (B, T) of 0/1 or bool -> (B,) long.  Works for left padding, right
+    padding or none (a response mask too); a row with no set position gives 0.  Where the
+    reward is read: the reward model's head (``models/heads``) and the score in the shaped
+    rewards (``rl/rewards``)."""
+    T = mask.shape[1]
+    pos = torch.arange(T, device=mask.device).unsqueeze(0)  # (1, T)
+    return (mask.long() * (pos + 1)).argmax(dim=1)

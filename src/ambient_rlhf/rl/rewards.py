@@ -19,6 +19,8 @@ from typing import Literal
 
 import torch
 
+from ambient_rlhf.rl.masking import last_token_index
+
 KLEstimator = Literal["k1", "k3"]
 
 
@@ -36,15 +38,6 @@ def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: 
     if estimator == "k3":
         return torch.expm1(-log_ratio) + log_ratio  # (q/p - 1) - log(q/p)
     raise ValueError(f"unknown KL estimator {estimator!r}; use k1 or k3")
-
-
-def last_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last set position per row of a response mask.
-
-    Shapes: mask (B, T) -> (B,) long.  Rows must have at least one set position."""
-    T = mask.shape[1]
-    pos = torch.arange(T, device=mask.device).unsqueeze(0)  # (1, T)
-    return (mask.long() * (pos + 1)).argmax(dim=1)
 
 
 def apply_missing_eos_score(scores: torch.Tensor, has_eos: torch.Tensor, value: float | None) -> torch.Tensor:
@@ -68,7 +61,7 @@ def shaped_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: t
     m = mask.to(logprobs.dtype)
     non_score = -beta * kl_per_token(logprobs, ref_logprobs, estimator) * m
     rewards = non_score.clone()
-    idx = last_index(mask)
+    idx = last_token_index(mask)
     rewards[torch.arange(rewards.shape[0], device=rewards.device), idx] += scores.to(rewards.dtype)
     return rewards, non_score
 

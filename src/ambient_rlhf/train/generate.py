@@ -21,6 +21,7 @@ import torch
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.cli import common_parser, split_overrides
+from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.logging import get_logger, progress, setup_logging
 
 log = get_logger("generate")
@@ -64,7 +65,7 @@ def generate(model, prompts: list[str], goal: str | None = None, max_new_tokens:
             caller's global RNG state is left untouched.
         return_ids: return the new token ids (EOS and what follows removed) instead of text.
     Returns: the new text of each prompt (special tokens removed), in prompt order."""
-    from ambient_rlhf.models.tokenize import encode_prompt, goal_token_ids, has_goal_tokens
+    from ambient_rlhf.models.tokenize import encode_prompt, goal_token_ids, has_goal_tokens, pad_batch
 
     if isinstance(model, (tuple, list)):
         lm, tok = model
@@ -104,12 +105,8 @@ def generate(model, prompts: list[str], goal: str | None = None, max_new_tokens:
         for start in progress(range(0, len(order), batch_size), desc="generate", unit="batch"):
             idx = order[start:start + batch_size]
             seqs = [encoded[i] for i in idx]
-            T = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-            att = torch.zeros((len(seqs), T), dtype=torch.long)
-            for r, s in enumerate(seqs):  # left padding: the last prompt token is at T-1
-                ids[r, T - len(s):] = torch.tensor(s, dtype=torch.long)
-                att[r, T - len(s):] = 1
+            ids, att = pad_batch(seqs, pad_id, "left")  # left padding: the last prompt token is at T-1
+            T = ids.shape[1]
             out = lm.generate(input_ids=ids.to(device), attention_mask=att.to(device), **gen_kw)
             for r, i in enumerate(idx):
                 new = out[r, T:].tolist()
@@ -151,7 +148,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("prompt", nargs="?", help="one prompt (or use --prompts)")
     p.add_argument("--model", default="default", help="model directory or name (default: default)")
     p.add_argument("--prompts", help="file of prompts: .jsonl with a 'prompt' field, or one per line")
-    p.add_argument("--goal", choices=["good", "ok", "bad"], help="tier to ask for (tier-conditioned models)")
+    p.add_argument("--goal", choices=list(TIERS), help="tier to ask for (tier-conditioned models)")
     p.add_argument("--out", help="write JSONL here instead of printing")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.7)

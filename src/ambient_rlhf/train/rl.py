@@ -53,7 +53,7 @@ from ambient_rlhf.rl.losses import explained_variance, ppo_policy_loss, ppo_valu
 from ambient_rlhf.rl.masking import masked_whiten
 from ambient_rlhf.rl.rewards import apply_missing_eos_score, kl_per_token, sequence_rewards, shaped_rewards
 from ambient_rlhf.train.common import LoraSettings, apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator
-from ambient_rlhf.models.tokenize import TIERS
+from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.train.rollout import PolicyWithValue, ValueModel, response_logits, sample
 
 log = get_logger("rl")
@@ -367,7 +367,7 @@ def train_rl(cfg: RLConfig) -> Path:
     """Run policy optimisation (see the module docstring for the steps); return ``cfg.out``."""
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
     from ambient_rlhf.models.heads import ScalarHeadModel
-    from ambient_rlhf.models.tokenize import encode_prompt, has_goal_tokens, render_prompt
+    from ambient_rlhf.models.tokenize import encode_prompt, has_goal_tokens, pad_batch, render_prompt
 
     acc = setup_accelerator(mixed_precision=cfg.mixed_precision)
     _validate(cfg, acc.num_processes)
@@ -476,14 +476,8 @@ def train_rl(cfg: RLConfig) -> Path:
         idx = prompt_indices(len(prompts), data_pos + acc.process_index * per_proc, per_proc, cfg.seed)
         data_pos += cfg.batch_size
         idx = [i for i in idx for _ in range(k)]  # the k samples of a prompt are contiguous
-        seqs = [prompt_ids[i] for i in idx]
-        Tp = max(len(s) for s in seqs)
-        q = torch.full((len(seqs), Tp), pad_id, dtype=torch.long)
-        q_mask = torch.zeros_like(q)
-        for i, s in enumerate(seqs):
-            q[i, Tp - len(s):] = torch.tensor(s)
-            q_mask[i, Tp - len(s):] = 1
-        q, q_mask = q.to(device), q_mask.to(device)
+        q, q_mask = pad_batch([prompt_ids[i] for i in idx], pad_id, "left")  # (N, Tp)
+        q, q_mask, Tp = q.to(device), q_mask.to(device), q.shape[1]
 
         # step 2. generate with the KV cache, truncate after EOS
         t0 = time.perf_counter()

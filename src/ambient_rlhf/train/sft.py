@@ -49,6 +49,7 @@ from ambient_rlhf import AmbientError
 from ambient_rlhf.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
 from ambient_rlhf.cli import common_parser, parse_stage
 from ambient_rlhf.config import to_dict
+from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress
 from ambient_rlhf.train.common import (CausalLMLoss, LoraSettings, TokenMeter, all_sum, apply_lora, is_peft,
@@ -200,7 +201,7 @@ def select_examples(df, split: str, cfg: SFTConfig) -> tuple[list[tuple[str, str
         counts["filtered_by_select"] = int((~keep).sum())
         d = d[keep]
     if cfg.condition == "tier":
-        has_tier = d["tier"].isin(("good", "ok", "bad"))
+        has_tier = d["tier"].isin(TIERS)
         counts["skipped_no_tier"] = int((~has_tier).sum())
         d = d[has_tier]
     sort_cols = [c for c in ("thread_id", "response_id") if c in d.columns]

@@ -25,7 +25,7 @@ The command line lives in :mod:`ambient_rlhf.cli.rm`.
 """
 
 from ambient_rlhf.data.tables import community_name, read_table
-from ambient_rlhf.models.features import FeatureStore, pad_tensors, text_key
+from ambient_rlhf.models.features import FeatureStore, text_key
 from ambient_rlhf.models.reward_inputs import TextTable
 from ambient_rlhf.train.reward.batching import epoch_batches, loss_share, rank_share, shard_rows, split_units
 from ambient_rlhf.train.reward.combine import combine
@@ -38,6 +38,6 @@ from ambient_rlhf.train.reward.units import (Unit, balance_by_length, half_of, i
 
 __all__ = ["OBJECTIVES", "FeatureStore", "HeadOnFeatures", "RewardConfig", "Scorer", "ScoreRows", "TextTable",
            "TopLayers", "Unit", "balance_by_length", "batch_loss", "combine", "community_name", "epoch_batches",
-           "half_of", "index_units", "load_units", "loss_share", "pad_tensors", "pair_accuracy", "rank_share",
+           "half_of", "index_units", "load_units", "loss_share", "pair_accuracy", "rank_share",
            "raw_rewards", "read_table", "reference_units", "shard_rows", "shared_prompt_outputs",
            "split_units", "subset_threads", "text_key", "train_reward"]

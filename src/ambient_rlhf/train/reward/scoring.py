@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ambient_rlhf.logging import progress
-from ambient_rlhf.models.features import FeatureStore, pad_tensors, text_key
+from ambient_rlhf.models.features import FeatureStore, text_key
+from ambient_rlhf.models.tokenize import pad_batch
 from ambient_rlhf.models.reward_inputs import TextTable
 from ambient_rlhf.rl import reward_losses as L
 from ambient_rlhf.train.reward.batching import shard_rows
@@ -17,6 +18,12 @@ from ambient_rlhf.train.reward.units import Unit
 
 
 # ---- scoring: the trained part of the network ---------------------------------------------
+def _padded(seqs, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(values, mask)`` on ``device`` (``models.tokenize.pad_batch``)."""
+    values, mask = pad_batch(seqs, 0, "right")
+    return values.to(device), mask.to(device)
+
+
 class _Stop(Exception):
     pass
 
@@ -80,18 +87,18 @@ def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torc
     for r in rows:
         groups.setdefault(tuple(table.ids[r][: table.prompt_len[r]]), []).append(r)
     if len(groups) == len(rows) or any(len(p) == 0 for p in groups):  # nothing shared: one plain pass
-        ids, mask = pad_tensors([torch.tensor(table.ids[r]) for r in rows], device)
+        ids, mask = _padded([table.ids[r] for r in rows], device)
         return rm(ids, mask)
     body = body_of(rm.lm)
     prompts = list(groups)
-    p_ids, p_mask = pad_tensors([torch.tensor(p) for p in prompts], device)  # (G, Tp)
+    p_ids, p_mask = _padded(list(prompts), device)  # (G, Tp)
     out = body(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
                use_cache=True)
     cache = out.past_key_values
     order = [r for p in prompts for r in groups[p]]
     g = torch.tensor([i for i, p in enumerate(prompts) for _ in groups[p]], device=device)  # (B,) prompt of each row
     cache.batch_select_indices(g)  # every layer's keys/values: (G, ...) -> (B, ...)
-    r_ids, r_mask = pad_tensors([torch.tensor(table.ids[r][table.prompt_len[r]:]) for r in order], device)  # (B, Tr)
+    r_ids, r_mask = _padded([table.ids[r][table.prompt_len[r]:] for r in order], device)  # (B, Tr)
     p_len = torch.tensor([table.prompt_len[r] for r in order], device=device)
     r_pos = p_len.unsqueeze(1) + torch.arange(r_ids.shape[1], device=device).unsqueeze(0)  # (B, Tr)
     full_mask = torch.cat([p_mask[g], r_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
@@ -119,7 +126,7 @@ class Scorer:
                                   TopLayers(rm, n_top) if mode == "top" else rm)
 
     def _ids(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_tensors([torch.tensor(self.table.ids[r]) for r in rows], self.device)
+        return _padded([self.table.ids[r] for r in rows], self.device)
 
     @torch.no_grad()
     def _frozen(self, rows: list[int]) -> list[torch.Tensor]:
@@ -181,7 +188,7 @@ class Scorer:
         if self.mode == "head":
             return self.module(torch.stack([self.cache[r] for r in rows]).to(self.device))
         if self.mode == "top":
-            h, mask = pad_tensors([self.cache[r] for r in rows], self.device)
+            h, mask = _padded([self.cache[r] for r in rows], self.device)
             return self.module(h, mask)
         if self.share_prompts:
             return shared_prompt_outputs(self.rm, self.table, rows, self.device)

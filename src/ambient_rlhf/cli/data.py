@@ -1,9 +1,12 @@
-"""``ambient data build|simulate``."""
+"""``ambient data build|simulate``: argument parsing only.
+
+It lives in the command layer, not in ``data/``: ``simulate`` samples answers from a
+language model (:mod:`ambient_rlhf.simulate`, which builds on ``train/``), and ``data/``
+imports nothing above it."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 
@@ -31,22 +34,10 @@ def cli(argv: list[str]) -> int:
     raise AmbientError(f"unknown data subcommand '{sub}'; valid: build, simulate")
 
 
-SIMULATE_MODULES = ("ambient_rlhf.simulate", "ambient_rlhf.data.simulate")
-
-
 def _simulate(argv: list[str]) -> int:
-    """Dispatch to the simulator's ``cli(argv)``, imported lazily (another module owns it)."""
-    for name in SIMULATE_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
-                continue  # this module does not exist; try the next
-            raise
-        if hasattr(mod, "cli"):
-            return int(mod.cli(argv) or 0)
-    raise AmbientError("`ambient data simulate` is not available in this installation: no module "
-                       f"{' or '.join(SIMULATE_MODULES)} with a cli(argv) function")
+    from ambient_rlhf.simulate import cli as simulate_cli
+
+    return int(simulate_cli(argv) or 0)
 
 
 def build_cli(argv: list[str]) -> int:

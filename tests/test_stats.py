@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ambient_rlhf.eval import stats
+from ambient_rlhf import stats
 
 
 def test_bootstrap_constant_values_give_a_point_interval():

@@ -1,7 +1,9 @@
 """Small statistics for evaluations: bootstrap intervals, win rates, distinct-n, ranks.
 
 Pure functions over numbers and strings (numpy only), so the reward-model evaluation,
-the policy evaluation and the report share one definition of each.
+the policy evaluation, the report and the simulated community's recovery statistics
+(``data/simulate.py``) share one definition of each.  It sits at the package root, next
+to ``config`` and ``io``, because ``data/`` may import nothing from ``eval/``.
 
 * :func:`bootstrap_ci`: percentile bootstrap interval of a statistic (Efron &
   Tibshirani 1993, ch. 13).  Resample the *independent units*: with ``clusters`` (the
