@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -12,6 +14,12 @@ from ambient_rlhf.logging import read_jsonl
 from ambient_rlhf.train.rl import RLConfig, train_rl
 
 NEWLINE = 198  # the token the peaked tiny model emits most often ("\n")
+# PPO settings under which the first value loss can be derived by hand: no KL in the reward
+# (beta 0), rewards not whitened, gamma = lambda = 1 (the return at every token is the
+# score), one epoch of one minibatch (the value model's prediction equals its rollout value)
+EXACT_PPO = ("kl.kind=fixed", "kl.init_beta=0", "lam=1.0", "whiten_rewards=false", "ppo_epochs=1",
+             "num_minibatches=1")
+PROMPT_LENGTH = "reward=python:helpers:prompt_length_reward"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +43,20 @@ def peaked_model(tmp_path_factory, tiny_model_path):
     lm.save_pretrained(out)
     load_tokenizer(tiny_model_path).save_pretrained(out)
     return str(out)
+
+
+def _constant_rm(path, tiny_model_path, kind, bias, norm=(0.0, 1.0)):
+    """A reward-model directory whose head ignores the text (weight 0): its outputs are ``bias``."""
+    from ambient_rlhf.models.heads import ScalarHeadModel
+    from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
+
+    rm = ScalarHeadModel(load_causal_lm(tiny_model_path), kind=kind)
+    with torch.no_grad():
+        rm.head.weight.zero_()
+        rm.head.bias.copy_(torch.tensor(bias))
+    rm.set_normalization(*norm)
+    rm.save_pretrained(path, load_tokenizer(tiny_model_path))
+    return path
 
 
 def _run(tmp_path, data_dir, model, algo, *overrides):
@@ -191,3 +213,17 @@ def test_tier_conditioned_policy_with_base_reward_model(tmp_path, data_dir, tiny
                      "goal=good", "sample_every=1")
     assert len(rows) == 1 and rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
     assert "<|tier:good|>" in json.loads((out / "manifest.json").read_text())["example_prompt"]
+
+
+def test_ppo_with_a_tiers_reward_model(tmp_path, data_dir, tiny_model_path):
+    """A tiers reward model gives its expected tier value as the score; PPO's value model
+    (from that reward model) has one output."""
+    # head logits (ln 3, 0, 0) for (good, ok, bad) whatever the text: softmax (3/5, 1/5, 1/5),
+    # tier values (1, 0, -1) -> every score is 3/5 - 1/5 = 0.4
+    rm = _constant_rm(tmp_path / "rm", tiny_model_path, "tiers", [math.log(3.0), 0.0, 0.0])
+    rows, _ = _run(tmp_path, data_dir, tiny_model_path, "ppo", "steps=1", "batch_size=2", f"reward={rm}",
+                   "value_model=reward", *EXACT_PPO)
+    assert rows[0]["objective/score"] == pytest.approx(0.4, abs=1e-6)
+    # an expectation over tiers has no exact one-output linear form: the value head starts at
+    # V = 0, the return is 0.4 at every token, so the first value loss is 0.5 * 0.4^2 = 0.08
+    assert rows[0]["ppo/value_loss"] == pytest.approx(0.08, abs=1e-6)

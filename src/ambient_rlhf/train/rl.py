@@ -372,7 +372,6 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
 def train_rl(cfg: RLConfig) -> Path:
     """Run policy optimisation (see the module docstring for the steps); return ``cfg.out``."""
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
-    from ambient_rlhf.models.heads import ScalarHeadModel
     from ambient_rlhf.models.tokenize import encode_prompt, has_goal_tokens, render_prompt
 
     acc = setup_accelerator(mixed_precision=cfg.mixed_precision)
@@ -411,20 +410,7 @@ def train_rl(cfg: RLConfig) -> Path:
     scorer, rm = make_scorer(cfg, tok, prompts, device)
     value = None
     if cfg.algo == "ppo" and cfg.value_model != "shared":
-        if cfg.value_model == "reward" and rm is not None and isinstance(rm, ScalarHeadModel):
-            vm = ScalarHeadModel.from_pretrained(cfg.reward)
-        else:
-            if cfg.value_model == "reward":
-                log.warning("value_model=reward but the reward is not a single reward model; initialising the "
-                            "value model from the policy")
-            vm = ScalarHeadModel(load_causal_lm(cfg.policy))
-            torch.nn.init.zeros_(vm.head.weight)  # a fresh head starts at V = 0 (see value_model)
-        if vm.lm.get_input_embeddings().num_embeddings < len(tok):  # the policy's goal tokens
-            vm.lm.resize_token_embeddings(len(tok), mean_resizing=True)
-        vm.lm = apply_lora(vm.lm, cfg.lora)
-        for p in vm.head.parameters():
-            p.requires_grad_(True)
-        value = ValueModel(vm).to(device).eval()
+        value = _value_model(cfg, rm, len(tok)).to(device).eval()
 
     # optimizers: one per trained model, linear decay over all optimizer steps (2019)
     per_proc = cfg.batch_size // acc.num_processes
@@ -652,6 +638,39 @@ def train_rl(cfg: RLConfig) -> Path:
                        example_prompt=render_prompt(tok, prompts[0], cfg.template, cfg.goal))
     acc.wait_for_everyone()
     return out
+
+
+def _value_model(cfg: RLConfig, rm, n_tokens: int) -> ValueModel:
+    """The separate PPO value model: a body and a **one-output** head read at every response
+    position.
+
+    ``value_model=reward`` with a single reward model: its body, and its head when that is a
+    scalar head.  A ``tiers`` reward model has three outputs and its reward, the expected
+    tier value ``sum(softmax(z) * values)``, is not linear in them, so no one-output head
+    reproduces it: the value head starts at zero (V = 0).  Otherwise the body is the
+    policy's and the head starts at zero."""
+    from ambient_rlhf.models.heads import ScalarHeadModel
+    from ambient_rlhf.models.load import load_causal_lm
+
+    if cfg.value_model == "reward" and isinstance(rm, ScalarHeadModel):
+        vm = ScalarHeadModel.from_pretrained(cfg.reward)
+        if vm.kind != "scalar":
+            dtype = vm.head.weight.dtype
+            vm.kind, vm.head = "scalar", torch.nn.Linear(vm.head.in_features, 1, dtype=dtype)
+            torch.nn.init.zeros_(vm.head.weight)
+            torch.nn.init.zeros_(vm.head.bias)
+    else:
+        if cfg.value_model == "reward":
+            log.warning("value_model=reward but the reward is not a single reward model; initialising the "
+                        "value model from the policy")
+        vm = ScalarHeadModel(load_causal_lm(cfg.policy))
+        torch.nn.init.zeros_(vm.head.weight)  # a fresh head starts at V = 0 (see value_model)
+    if vm.lm.get_input_embeddings().num_embeddings < n_tokens:  # the policy's goal tokens
+        vm.lm.resize_token_embeddings(n_tokens, mean_resizing=True)
+    vm.lm = apply_lora(vm.lm, cfg.lora)
+    for p in vm.head.parameters():
+        p.requires_grad_(True)
+    return ValueModel(vm)
 
 
 def _adam(module: torch.nn.Module, cfg: RLConfig) -> torch.optim.Optimizer:
