@@ -227,3 +227,22 @@ def test_ppo_with_a_tiers_reward_model(tmp_path, data_dir, tiny_model_path):
     # an expectation over tiers has no exact one-output linear form: the value head starts at
     # V = 0, the return is 0.4 at every token, so the first value loss is 0.5 * 0.4^2 = 0.08
     assert rows[0]["ppo/value_loss"] == pytest.approx(0.08, abs=1e-6)
+
+
+def test_running_baseline_is_not_undone_by_whitening(tmp_path, data_dir, tiny_model_path):
+    """reinforce_baseline=running with whitened advantages: the advantages keep the running
+    baseline as their centre (whitening only scales them)."""
+    rows, out = _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=2", "batch_size=4", PROMPT_LENGTH,
+                     "reinforce_baseline=running", "kl.kind=fixed", "kl.init_beta=0", "sample_every=1",
+                     "samples_per_log=4")
+    samples = read_jsonl(out / "samples.jsonl")
+    s1 = [x["score"] for x in samples if x["step"] == 1]
+    s2 = [x["score"] for x in samples if x["step"] == 2]
+    # step 1: the first batch sets the baseline to its own mean -> advantages of mean 0 -> on
+    # fresh samples (ratio 1) the loss -mean(A) is 0.  Step 2: A = (r - mean(s1)) / std(s2),
+    # so the loss is -(mean(s2) - mean(s1)) / std(s2) (population std).  Subtracting the batch
+    # mean again (today's whitening) would give 0 whatever the baseline.
+    m1, m2, sd2 = statistics.fmean(s1), statistics.fmean(s2), statistics.pstdev(s2)
+    assert abs(m2 - m1) > 0.1 * sd2, (s1, s2)  # the batches differ, so the check can fail
+    assert rows[0]["ppo/policy_loss"] == pytest.approx(0.0, abs=1e-5)
+    assert rows[1]["ppo/policy_loss"] == pytest.approx(-(m2 - m1) / sd2, rel=1e-4)

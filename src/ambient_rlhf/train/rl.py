@@ -46,7 +46,8 @@ from ambient_rlhf.cli import common_parser, parse_stage
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.io import write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress, read_jsonl
-from ambient_rlhf.rl.advantages import RunningBaseline, gae, mean_baseline_advantages, rloo_advantages
+from ambient_rlhf.rl.advantages import (RunningBaseline, gae, mean_baseline_advantages, rloo_advantages,
+                                        scale_advantages)
 from ambient_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from ambient_rlhf.rl.logprobs import logprobs_from_logits
 from ambient_rlhf.rl.losses import explained_variance, ppo_policy_loss, ppo_value_loss, sequence_policy_loss
@@ -116,7 +117,10 @@ class RLConfig:
     2024 (k=4 recovered most of the gain of larger k)."""
     reinforce_baseline: Literal["mean", "running"] = "mean"
     """REINFORCE baseline: the batch mean reward, or a moving average of past batch means
-    (``baseline_decay``); both keep the gradient unbiased up to O(1/B) (Williams 1992)."""
+    (``baseline_decay``; it does not depend on the current batch, so the gradient is
+    unbiased -- the batch mean's bias is O(1/B)) (Williams 1992).  With ``running``,
+    ``whiten_advantages`` only scales the advantages (centring them would put the batch
+    mean back in place of the running baseline; docs/rl.md)."""
     baseline_decay: float = 0.9
     """Decay of the running REINFORCE baseline (weight of the past per step)."""
     response_length: int = 64
@@ -163,7 +167,8 @@ class RLConfig:
     ``whiten_rewards=True``, ``whiten(rewards, shift_mean=False)``)."""
     whiten_advantages: bool = True
     """Normalise advantages to mean 0, variance 1 over the batch (2019 ``whiten(advantages)``;
-    N details)."""
+    N details).  REINFORCE with ``reinforce_baseline=running``: variance 1 only, the
+    running baseline stays the centre."""
     value_model: Literal["reward", "policy", "shared"] = "reward"
     """PPO value function: ``reward`` = a separate model initialised from the reward model
     (Stiennon et al. 2020, N details) -- from the policy when the reward is programmatic;
@@ -536,7 +541,10 @@ def train_rl(cfg: RLConfig) -> Path:
             else:
                 adv = baseline.advantages(seq_r)
             if cfg.whiten_advantages and adv.numel() > 1:
-                adv = masked_whiten(adv[None], torch.ones_like(adv[None]))[0]
+                if cfg.algo == "reinforce" and cfg.reinforce_baseline == "running":
+                    adv = scale_advantages(adv)  # centring would swap the running baseline for the batch mean
+                else:
+                    adv = masked_whiten(adv[None], torch.ones_like(adv[None]))[0]
 
         # step 7. optimisation epochs over shuffled minibatches
         t0 = time.perf_counter()
