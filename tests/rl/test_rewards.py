@@ -36,3 +36,34 @@ def test_missing_eos_score_replaces():
     out = apply_missing_eos_score(s, torch.tensor([True, False]), -1.0)
     assert out.tolist() == [2.0, -1.0]
     assert apply_missing_eos_score(s, torch.tensor([False, False]), None).tolist() == [2.0, 3.0]
+
+
+def test_kl_penalty_gradients_by_enumeration():
+    """The identities docs/rl.md derives, checked exactly on a 3-outcome distribution.
+
+    p = softmax(theta) is the policy, q a fixed reference.  Sum over outcomes instead of
+    sampling: sum_x p(x) f(x) is E_p[f]."""
+    theta = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64, requires_grad=True)
+    logq = torch.log(torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64))
+
+    def grad(f):
+        (g,) = torch.autograd.grad(f(torch.log_softmax(theta, 0)), theta)
+        return g
+
+    def kl_pq(logp):
+        return (logp.exp() * (logp - logq)).sum()
+
+    def kl_qp(logp):
+        return (logq.exp() * (logq - logp)).sum()
+
+    def reward_gradient(estimator):  # a penalty in the reward: E_p[k * grad log p], k detached
+        return grad(lambda logp: (logp.exp().detach() * kl_per_token(logp, logq, estimator).detach() * logp).sum())
+
+    # k1 in the reward: the score-function gradient is exactly grad KL(p||q)
+    assert torch.allclose(reward_gradient("k1"), grad(kl_pq), atol=1e-12)
+    # k3 in the reward: grad KL(p||q) - grad KL(q||p), not the gradient of KL(p||q)
+    assert torch.allclose(reward_gradient("k3"), grad(kl_pq) - grad(kl_qp), atol=1e-12)
+    assert not torch.allclose(reward_gradient("k3"), grad(kl_pq), atol=1e-3)
+    # k3 in the loss, differentiated through log p on fixed samples: grad KL(q||p)
+    loss_gradient = grad(lambda logp: (logp.exp().detach() * kl_per_token(logp, logq, "k3")).sum())
+    assert torch.allclose(loss_gradient, grad(kl_qp), atol=1e-12)

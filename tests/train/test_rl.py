@@ -246,3 +246,27 @@ def test_running_baseline_is_not_undone_by_whitening(tmp_path, data_dir, tiny_mo
     assert abs(m2 - m1) > 0.1 * sd2, (s1, s2)  # the batches differ, so the check can fail
     assert rows[0]["ppo/policy_loss"] == pytest.approx(0.0, abs=1e-5)
     assert rows[1]["ppo/policy_loss"] == pytest.approx(-(m2 - m1) / sd2, rel=1e-4)
+
+
+def test_k3_is_refused_in_the_reward(tmp_path, data_dir, tiny_model_path):
+    from ambient_rlhf import AmbientError
+
+    with pytest.raises(AmbientError, match=r"kl.estimator=k3 .*kl.in_loss=true"):
+        _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=1", "kl.estimator=k3")
+    with pytest.raises(AmbientError, match=r"kl.in_loss=true with kl.estimator=k1.*expected gradient 0"):
+        _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=1", "kl.in_loss=true")
+    assert not (tmp_path / "reinforce").exists()
+
+
+@pytest.mark.parametrize("algo,extra", [("reinforce", ()), ("ppo", ("ppo_epochs=1",))])
+def test_k3_in_the_loss(tmp_path, data_dir, tiny_model_path, algo, extra):
+    """kl.in_loss=true: beta * k3 is a loss term; the reward carries no KL."""
+    rows, _ = _run(tmp_path, data_dir, tiny_model_path, algo, "steps=2", "batch_size=4", PROMPT_LENGTH,
+                   "kl.in_loss=true", "kl.estimator=k3", "kl.kind=fixed", "kl.init_beta=0.5", "lr=1e-2", *extra)
+    # step 1: policy == reference, k3 = 0 on every token
+    assert rows[0]["ppo/kl_loss"] == pytest.approx(0.0, abs=1e-6)
+    # step 2: the policy has moved (lr 1e-2); k3 >= 0 and now positive, and objective/kl is still k1
+    assert rows[1]["ppo/kl_loss"] > 1e-4 and rows[1]["objective/kl"] != 0.0
+    # the reward holds no KL term: rlhf_reward = score - beta * KL is logged as before
+    r = rows[1]
+    assert r["objective/rlhf_reward"] == pytest.approx(r["objective/score"] - 0.5 * r["objective/kl"], rel=1e-5)

@@ -13,11 +13,13 @@ One iteration of :func:`train_rl` (the numbered comments in the loop are these s
    adapter disabled, so no second copy in memory); the policy's own log-probs too;
 5. values (PPO): a separate value model (initialised from the reward model by default)
    or a value head on the policy;
-6. shaped rewards ``-beta * KL_t`` plus the score at the last response token, advantages
+6. shaped rewards ``-beta * k1_t`` (none with ``kl.in_loss``) plus the score at the last
+   response token, advantages
    (GAE for PPO; leave-one-out over the k samples of a prompt for RLOO; a mean or running
    baseline for REINFORCE), whitened;
 7. optimisation epochs over shuffled minibatches (PPO: 4 epochs, clip 0.2, value clip
-   0.2, vf_coef 0.1; RLOO/REINFORCE: one on-policy pass);
+   0.2, vf_coef 0.1; RLOO/REINFORCE: one on-policy pass); ``kl.in_loss`` adds
+   ``beta * k3`` to the loss;
 8. update the KL controller; log metrics, samples and checkpoints.
 
 Outputs in ``out``: the final policy (``save_pretrained``, loadable with
@@ -50,7 +52,8 @@ from ambient_rlhf.rl.advantages import (RunningBaseline, gae, mean_baseline_adva
                                         scale_advantages)
 from ambient_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from ambient_rlhf.rl.logprobs import logprobs_from_logits
-from ambient_rlhf.rl.losses import explained_variance, ppo_policy_loss, ppo_value_loss, sequence_policy_loss
+from ambient_rlhf.rl.losses import (explained_variance, kl_penalty_loss, ppo_policy_loss, ppo_value_loss,
+                                    sequence_policy_loss)
 from ambient_rlhf.rl.masking import masked_whiten
 from ambient_rlhf.rl.rewards import apply_missing_eos_score, kl_per_token, sequence_rewards, shaped_rewards
 from ambient_rlhf.train.common import LoraSettings, apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator
@@ -75,9 +78,16 @@ class KLSettings:
     """Adaptive controller horizon in episodes (rollouts): beta moves by at most
     20% * episodes/horizon per step. 10000, the 2019 default (``AdaptiveKLParams``)."""
     estimator: Literal["k1", "k3"] = "k1"
-    """KL estimator in the reward penalty. ``k1 = log p - log q`` is the 2019 penalty;
-    ``k3`` (Schulman 2020) is non-negative with lower variance. ``objective/kl`` always
-    reports k1, the quantity the adaptive controller is defined on."""
+    """KL estimator of the penalty: ``k1 = log p - log q`` per token in the reward (the 2019
+    and TRL penalty), or ``k3 = q/p - 1 - log(q/p)`` (Schulman 2020) as a loss term, which
+    needs ``in_loss=true``: in the reward k3's policy gradient is grad KL(p||q) - grad
+    KL(q||p) and can push the policy away from the reference (docs/rl.md).
+    ``objective/kl`` always reports k1, the quantity the adaptive controller is defined on."""
+    in_loss: bool = False
+    """``false``: the penalty ``-beta * k1`` is part of each token's reward (2019, TRL PPO).
+    ``true``: ``beta * k3`` is added to the policy loss and differentiated through log p
+    (GRPO, Shao et al. 2024); the reward then carries no KL.  Needs ``estimator=k3`` (k1 in
+    the loss has expected gradient 0)."""
 
 
 @dataclass
@@ -370,6 +380,14 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
         raise AmbientError("rloo_k must be >= 2 for RLOO")
     if cfg.temperature <= 0:
         raise AmbientError("temperature must be > 0")
+    if cfg.kl.estimator == "k3" and not cfg.kl.in_loss:
+        raise AmbientError("kl.estimator=k3 in the reward: the policy gradient of a k3 reward penalty is "
+                           "grad KL(p||ref) - grad KL(ref||p), which can push the policy away from the reference "
+                           "(docs/rl.md); use kl.estimator=k1 in the reward (the 2019 and TRL penalty), or "
+                           "kl.in_loss=true to add beta * k3 to the loss with its gradient (GRPO)")
+    if cfg.kl.in_loss and cfg.kl.estimator != "k3":
+        raise AmbientError(f"kl.in_loss=true with kl.estimator={cfg.kl.estimator}: k1 as a loss term has expected "
+                           "gradient 0 on the policy's own samples; use kl.estimator=k3, or kl.in_loss=false")
     if cfg.goal is not None and cfg.goal not in TIERS:
         raise AmbientError(f"goal={cfg.goal!r}: expected one of {list(TIERS)} (or null)")
 
@@ -524,8 +542,9 @@ def train_rl(cfg: RLConfig) -> Path:
 
         # step 6. rewards and advantages
         beta = kl_ctl.value
+        reward_beta = 0.0 if cfg.kl.in_loss else beta  # kl.in_loss: the penalty is a loss term (step 7)
         if cfg.algo == "ppo":
-            rewards, non_score = shaped_rewards(scores, old_logp, ref_logp, r_mask, beta, cfg.kl.estimator)
+            rewards, non_score = shaped_rewards(scores, old_logp, ref_logp, r_mask, reward_beta)
             if cfg.whiten_rewards:
                 rewards = masked_whiten(rewards, r_mask, shift_mean=False)
             old_values = old_values * m
@@ -533,7 +552,7 @@ def train_rl(cfg: RLConfig) -> Path:
             if cfg.whiten_advantages:
                 adv = masked_whiten(adv, r_mask)
         else:
-            seq_r = sequence_rewards(scores, old_logp, ref_logp, r_mask, beta, cfg.kl.estimator)  # (N,)
+            seq_r = sequence_rewards(scores, old_logp, ref_logp, r_mask, reward_beta)  # (N,)
             if cfg.algo == "rloo":
                 adv = rloo_advantages(seq_r, k)
             elif cfg.reinforce_baseline == "mean":
@@ -567,8 +586,12 @@ def train_rl(cfg: RLConfig) -> Path:
                         loss = pg_loss + cfg.vf_coef * vf_loss
                         st = {**st, "value_loss": vf_loss.detach(), "value_clipfrac": vf_clip}
                     else:
-                        loss, st = sequence_policy_loss(new_logp, old_logp[b], adv[b], r_mask[b], cfg.clip)
-                        pg_loss = loss
+                        pg_loss, st = sequence_policy_loss(new_logp, old_logp[b], adv[b], r_mask[b], cfg.clip)
+                        loss = pg_loss
+                    if cfg.kl.in_loss:  # beta * k3 with its gradient (GRPO); summed per sequence off PPO
+                        kl_loss = kl_penalty_loss(new_logp, ref_logp[b], r_mask[b], per_sequence=cfg.algo != "ppo")
+                        loss = loss + beta * kl_loss
+                        st["kl_loss"] = kl_loss.detach()
                 opt.zero_grad(set_to_none=True)
                 if v_opt is not None:
                     v_opt.zero_grad(set_to_none=True)
