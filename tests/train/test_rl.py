@@ -128,12 +128,18 @@ def test_reward_model_scores_policy_tokens_and_inits_value_model(tmp_path, data_
     from ambient_rlhf.models.heads import ScalarHeadModel
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
 
+    # raw output 3 whatever the text, normalisation (mean 1, std 2): every score is (3 - 1) / 2 = 1
+    const = _constant_rm(tmp_path / "const", tiny_model_path, "scalar", [3.0], norm=(1.0, 2.0))
+    rows, out = _run(tmp_path, data_dir, tiny_model_path, "ppo", "steps=1", "batch_size=2", f"reward={const}",
+                     "sample_every=1", *EXACT_PPO)
+    assert rows[0]["objective/score"] == pytest.approx(1.0, abs=1e-6) and (out / "config.json").is_file()
+    # the value model starts from the reward model on the score's scale: head (0, 3) folded
+    # with the normalisation is (0 / 2, (3 - 1) / 2) = (0, 1), so V = 1 = the return at every
+    # token and the first value loss is 0 (the unfolded head would give 0.5 * (3 - 1)^2 = 2)
+    assert rows[0]["ppo/value_loss"] == pytest.approx(0.0, abs=1e-6)
     rm_dir = tmp_path / "rm"
     torch.manual_seed(0)
     ScalarHeadModel(load_causal_lm(tiny_model_path)).save_pretrained(rm_dir, load_tokenizer(tiny_model_path))
-    rows, out = _run(tmp_path, data_dir, tiny_model_path, "ppo", "steps=1", "batch_size=2", f"reward={rm_dir}",
-                     "sample_every=1")
-    assert rows[0]["objective/score"] != 0.0 and (out / "config.json").is_file()
     # the scorer reads the RM at the last real token of [prompt + response], whatever the padding
     from ambient_rlhf.train.rl import make_scorer
 
@@ -270,3 +276,37 @@ def test_k3_in_the_loss(tmp_path, data_dir, tiny_model_path, algo, extra):
     # the reward holds no KL term: rlhf_reward = score - beta * KL is logged as before
     r = rows[1]
     assert r["objective/rlhf_reward"] == pytest.approx(r["objective/score"] - 0.5 * r["objective/kl"], rel=1e-5)
+
+
+@pytest.mark.parametrize("lora", ["false", "true"])  # the reference: its own model, or the adapter off
+def test_reward_normalize_reference(tmp_path, data_dir, tiny_model_path, monkeypatch, lora):
+    """reward_normalize=reference: gain and bias fitted on reference-policy samples of the
+    training prompts (mean 0, std 1), kept in the checkpoint and the manifest."""
+    args = ("steps=2", "batch_size=4", PROMPT_LENGTH, "reward_normalize=reference", "reward_normalize_samples=4",
+            "sample_every=1", "samples_per_log=4", "save_every=1", f"lora.enabled={lora}")
+    rows, out = _run(tmp_path, data_dir, tiny_model_path, "reinforce", *args)
+    samples = read_jsonl(out / "samples.jsonl")
+    step1 = [x for x in samples if x["step"] == 1]
+    # the reference samples are for the first 4 prompts of the training stream -- the prompts
+    # of step 1 -- and the reward is the prompt's length, so gain = 1 / pstdev(lengths) and
+    # bias = -mean(lengths) / pstdev(lengths), and step 1's scores have mean 0 and std 1
+    lengths = [len(x["prompt"]) for x in step1]
+    sd = statistics.pstdev(lengths)
+    norm = json.loads((out / "manifest.json").read_text())["reward_normalization"]
+    assert norm["gain"] == pytest.approx(1 / sd, rel=1e-6)
+    assert norm["bias"] == pytest.approx(-statistics.fmean(lengths) / sd, rel=1e-6)
+    scores = [x["score"] for x in step1]
+    assert statistics.fmean(scores) == pytest.approx(0.0, abs=1e-5)
+    assert statistics.pstdev(scores) == pytest.approx(1.0, rel=1e-5)
+    assert rows[0]["objective/score"] == pytest.approx(0.0, abs=1e-5)
+    state = torch.load(out / "checkpoints" / "step-1" / "state.pt", weights_only=False)
+    assert state["reward_normalization"] == norm
+    # a resumed run takes them from the checkpoint instead of sampling again
+    import ambient_rlhf.train.rl as rl
+
+    def no_sampling(*a, **k):
+        raise AssertionError("reference normalisation recomputed on resume")
+
+    monkeypatch.setattr(rl, "_reference_normalization", no_sampling)
+    _run(tmp_path, data_dir, tiny_model_path, "reinforce", *args, "resume=true")
+    assert json.loads((out / "manifest.json").read_text())["reward_normalization"] == norm

@@ -88,3 +88,27 @@ def sequence_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs:
     whole completion as one action with this reward)."""
     kl = (kl_per_token(logprobs, ref_logprobs, "k1") * mask.to(logprobs.dtype)).sum(1)
     return scores.to(logprobs.dtype) - beta * kl
+
+
+def reference_normalization(scores: torch.Tensor) -> tuple[float, float]:
+    """Gain and bias that give ``scores`` mean 0 and standard deviation 1.
+
+    Shapes: scores (N,) -> (gain, bias): ``gain = 1 / std``, ``bias = -mean / std``, with
+    the population standard deviation, as lm-human-preferences (``train_reward.py``,
+    ``normalize_after``) fits them on reference-policy samples.  ValueError when the
+    scores do not vary (no gain can give them std 1)."""
+    x = scores.double().flatten()
+    mean = float(x.mean())
+    std = float(x.var(unbiased=False).sqrt()) if x.numel() > 1 else 0.0
+    if not std > 1e-12 * max(1.0, abs(mean)):
+        raise ValueError(f"{x.numel()} reference scores do not vary (mean {mean:.6g}, std {std:.3g})")
+    return 1.0 / std, -mean / std
+
+
+def fold_affine(weight: torch.Tensor, bias: torch.Tensor, scale: float, shift: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear head followed by ``y -> scale * y + shift``, as one linear head.
+
+    Shapes: weight (n, d), bias (n,) -> (scale * weight (n, d), scale * bias + shift (n,)).
+    Used to start a value head from a reward head on the scale of the scores RL sees."""
+    return weight * scale, bias * scale + shift

@@ -8,11 +8,13 @@ One iteration of :func:`train_rl` (the numbered comments in the loop are these s
    ``max_prompt_tokens``); RLOO repeats each prompt ``rloo_k`` times;
 2. generate with the KV cache (temperature 0.7, top-k off, top-p 1), truncate after EOS;
 3. score prompt + response (the policy's own tokens) with the reward model (or a
-   programmatic reward); replace the score of responses without EOS by ``missing_eos_score``;
+   programmatic reward), times the gain plus the bias of ``reward_normalize`` (fitted on
+   reference samples before step 1, or 1 and 0); replace the score of responses without
+   EOS by ``missing_eos_score``;
 4. reference log-probs from the frozen reference (with LoRA: the same model with the
    adapter disabled, so no second copy in memory); the policy's own log-probs too;
-5. values (PPO): a separate value model (initialised from the reward model by default)
-   or a value head on the policy;
+5. values (PPO): a separate value model (initialised from the reward model by default,
+   its one-output head on the scale of the scores) or a value head on the policy;
 6. shaped rewards ``-beta * k1_t`` (none with ``kl.in_loss``) plus the score at the last
    response token, advantages
    (GAE for PPO; leave-one-out over the k samples of a prompt for RLOO; a mean or running
@@ -55,7 +57,8 @@ from ambient_rlhf.rl.logprobs import logprobs_from_logits
 from ambient_rlhf.rl.losses import (explained_variance, kl_penalty_loss, ppo_policy_loss, ppo_value_loss,
                                     sequence_policy_loss)
 from ambient_rlhf.rl.masking import masked_whiten
-from ambient_rlhf.rl.rewards import apply_missing_eos_score, kl_per_token, sequence_rewards, shaped_rewards
+from ambient_rlhf.rl.rewards import (apply_missing_eos_score, fold_affine, kl_per_token, reference_normalization,
+                                     sequence_rewards, shaped_rewards)
 from ambient_rlhf.train.common import LoraSettings, apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator
 from ambient_rlhf.models.tokenize import TIERS
 from ambient_rlhf.train.rollout import PolicyWithValue, ValueModel, response_logits, sample
@@ -156,6 +159,18 @@ class RLConfig:
     """Score given to responses that produced no EOS within ``response_length``, replacing
     the reward-model score (``penalty_reward_value=-1`` in lm-human-preferences; the N
     details do the same). ``null`` turns it off."""
+    reward_normalize: Literal["none", "reference"] = "none"
+    """An affine map applied to every score before it enters the reward.  ``none``: scores as
+    the reward returns them (a reward model's already carry the normalisation fitted when it
+    was trained, on the valid split's reference responses).  ``reference``: before the first
+    step, score ``reward_normalize_samples`` responses of the reference policy to the first
+    training prompts and set gain and bias so that they have mean 0 and standard deviation
+    1 (lm-human-preferences ``normalize_after``): the scores are then measured on the
+    policy's own starting distribution, and beta means the same whatever the reward's scale.
+    Gain and bias go into the manifest and every checkpoint (a resumed run reuses them)."""
+    reward_normalize_samples: int = 64
+    """Reference responses scored for ``reward_normalize=reference`` (2019: 256; 64 keeps the
+    start of a CPU run short).  Read only then."""
     kl: KLSettings = field(default_factory=KLSettings)
     """KL penalty to the reference policy."""
     ppo_epochs: int = 4
@@ -380,6 +395,8 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
         raise AmbientError("rloo_k must be >= 2 for RLOO")
     if cfg.temperature <= 0:
         raise AmbientError("temperature must be > 0")
+    if cfg.reward_normalize == "reference" and cfg.reward_normalize_samples < 2:
+        raise AmbientError(f"reward_normalize_samples={cfg.reward_normalize_samples}: needs at least 2 samples")
     if cfg.kl.estimator == "k3" and not cfg.kl.in_loss:
         raise AmbientError("kl.estimator=k3 in the reward: the policy gradient of a k3 reward penalty is "
                            "grad KL(p||ref) - grad KL(ref||p), which can push the policy away from the reference "
@@ -431,9 +448,19 @@ def train_rl(cfg: RLConfig) -> Path:
     lm = apply_lora(lm, cfg.lora)
     policy = PolicyWithValue(lm, value_head=(cfg.algo == "ppo" and cfg.value_model == "shared")).to(device).eval()
     scorer, rm = make_scorer(cfg, tok, prompts, device)
+    # reward normalisation: score = gain * scorer output + bias (gain 1, bias 0 unless
+    # reward_normalize=reference); a resumed run takes them from its checkpoint
+    state = load_state(ckpt) if ckpt is not None else None
+    if state is not None and "reward_normalization" in state:
+        reward_norm = state["reward_normalization"]
+    elif cfg.reward_normalize == "reference":
+        reward_norm = _reference_normalization(cfg, acc, ref_lm, policy, scorer, prompt_ids, tok)
+    else:
+        reward_norm = {"mode": "none", "gain": 1.0, "bias": 0.0}
+    gain, bias = reward_norm["gain"], reward_norm["bias"]
     value = None
     if cfg.algo == "ppo" and cfg.value_model != "shared":
-        value = _value_model(cfg, rm, len(tok)).to(device).eval()
+        value = _value_model(cfg, rm, len(tok), gain, bias).to(device).eval()
 
     # optimizers: one per trained model, linear decay over all optimizer steps (2019)
     per_proc = cfg.batch_size // acc.num_processes
@@ -452,7 +479,6 @@ def train_rl(cfg: RLConfig) -> Path:
     # resume: trainable weights, optimizers, schedulers, controller, baseline, RNG, data position
     start_step, data_pos = 0, 0
     if ckpt is not None:
-        state = load_state(ckpt)
         policy.load_state_dict(torch.load(ckpt / "policy_trainable.pt", map_location="cpu"), strict=False)
         if value is not None:
             value.load_state_dict(torch.load(ckpt / "value_trainable.pt", map_location="cpu"), strict=False)
@@ -491,14 +517,9 @@ def train_rl(cfg: RLConfig) -> Path:
         idx = prompt_indices(len(prompts), data_pos + acc.process_index * per_proc, per_proc, cfg.seed)
         data_pos += cfg.batch_size
         idx = [i for i in idx for _ in range(k)]  # the k samples of a prompt are contiguous
-        seqs = [prompt_ids[i] for i in idx]
-        Tp = max(len(s) for s in seqs)
-        q = torch.full((len(seqs), Tp), pad_id, dtype=torch.long)
-        q_mask = torch.zeros_like(q)
-        for i, s in enumerate(seqs):
-            q[i, Tp - len(s):] = torch.tensor(s)
-            q_mask[i, Tp - len(s):] = 1
+        q, q_mask = _left_pad([prompt_ids[i] for i in idx], pad_id)
         q, q_mask = q.to(device), q_mask.to(device)
+        Tp = q.shape[1]
 
         # step 2. generate with the KV cache, truncate after EOS
         t0 = time.perf_counter()
@@ -514,6 +535,7 @@ def train_rl(cfg: RLConfig) -> Path:
         t0 = time.perf_counter()
         with acc.autocast():
             raw_scores = scorer(idx, resp.cpu(), r_mask.cpu()).to(device)  # (N,)
+        raw_scores = gain * raw_scores + bias  # reward_normalize; the identity by default
         scores = apply_missing_eos_score(raw_scores, smp.has_eos, cfg.missing_eos_score)
         timings["time/score"] = time.perf_counter() - t0
 
@@ -651,7 +673,7 @@ def train_rl(cfg: RLConfig) -> Path:
 
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
             _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp if value is not None else None, opt, sched,
-                        v_opt, v_sched, kl_ctl, baseline, cfg)
+                        v_opt, v_sched, kl_ctl, baseline, reward_norm, cfg)
     bar.close()
     metrics.close()
 
@@ -665,27 +687,91 @@ def train_rl(cfg: RLConfig) -> Path:
         write_manifest(out, "rl", to_dict(cfg), inputs=[p for p in (cfg.policy, cfg.data, cfg.reward) if Path(p).exists()],
                        counts={"prompts": len(prompts), "steps": cfg.steps, "episodes": cfg.steps * cfg.batch_size * k,
                                "processes": acc.num_processes},
-                       reward=scorer.name, seconds=round(time.perf_counter() - run_t0, 1),
+                       reward=scorer.name, reward_normalization=reward_norm,
+                       seconds=round(time.perf_counter() - run_t0, 1),
                        example_prompt=render_prompt(tok, prompts[0], cfg.template, cfg.goal))
     acc.wait_for_everyone()
     return out
 
 
-def _value_model(cfg: RLConfig, rm, n_tokens: int) -> ValueModel:
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> ids, mask (B, T) left-padded to the longest."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):] = torch.tensor(s)
+        mask[i, T - len(s):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def _reference_normalization(cfg: RLConfig, acc, ref_lm, policy: PolicyWithValue, scorer: Scorer,
+                             prompt_ids: list[list[int]], tok) -> dict[str, Any]:
+    """``reward_normalize=reference``: gain and bias from reference-policy samples.
+
+    The first ``reward_normalize_samples`` prompts of the training stream (each process
+    takes its share, in batches of its per-step batch), one response each from the
+    reference (with LoRA: the policy with the adapter off), scored; the scores of all
+    processes give ``gain, bias`` (``rl.rewards.reference_normalization``)."""
+    share = -(-cfg.reward_normalize_samples // acc.num_processes)  # ceil
+    chunk = cfg.batch_size // acc.num_processes
+    order = prompt_indices(len(prompt_ids), acc.process_index * share, share, cfg.seed)
+    out = []
+    for s in range(0, share, chunk):
+        idx = order[s:s + chunk]
+        q, q_mask = _left_pad([prompt_ids[i] for i in idx], tok.pad_token_id)
+        q, q_mask = q.to(acc.device), q_mask.to(acc.device)
+        with acc.autocast():
+            args = (q, q_mask, cfg.response_length, cfg.temperature, tok.eos_token_id, tok.pad_token_id, cfg.top_k,
+                    cfg.top_p)
+            if ref_lm is not None:
+                smp = sample(ref_lm, *args)
+            else:
+                with policy.lm.disable_adapter():
+                    smp = sample(policy.lm, *args)
+            out.append(scorer(idx, smp.response.cpu(), smp.mask.cpu()).float())
+    scores = torch.cat(out).to(acc.device)
+    if acc.num_processes > 1:
+        scores = acc.gather(scores)
+    scores = scores.cpu().double()
+    try:
+        gain, bias = reference_normalization(scores)
+    except ValueError as e:
+        raise AmbientError(f"reward_normalize=reference: {e}; the reward does not tell the reference policy's "
+                           "responses apart -- use reward_normalize=none or more reward_normalize_samples") from None
+    log.info("reward_normalize=reference: %d reference scores, mean %.4g, std %.4g -> gain %.4g, bias %.4g",
+             scores.numel(), float(scores.mean()), 1 / gain, gain, bias)
+    return {"mode": "reference", "samples": int(scores.numel()), "reference_mean": float(scores.mean()),
+            "reference_std": 1.0 / gain, "gain": gain, "bias": bias}
+
+
+def _value_model(cfg: RLConfig, rm, n_tokens: int, gain: float, bias: float) -> ValueModel:
     """The separate PPO value model: a body and a **one-output** head read at every response
     position.
 
     ``value_model=reward`` with a single reward model: its body, and its head when that is a
-    scalar head.  A ``tiers`` reward model has three outputs and its reward, the expected
-    tier value ``sum(softmax(z) * values)``, is not linear in them, so no one-output head
-    reproduces it: the value head starts at zero (V = 0).  Otherwise the body is the
-    policy's and the head starts at zero."""
+    scalar head, moved to the scale of the scores RL sees.  The RL score of an output ``y``
+    is ``gain * (y - norm_mean) / norm_std + bias`` (the reward model's normalisation, then
+    ``reward_normalize``), so the head becomes ``w * s``, ``b * s + t`` with
+    ``s = gain / norm_std`` and ``t = bias - gain * norm_mean / norm_std``.  A ``tiers``
+    reward model has three outputs and its reward, the expected tier value
+    ``sum(softmax(z) * values)``, is not linear in them, so no one-output head reproduces
+    it: the value head starts at zero (V = 0).  Otherwise the body is the policy's and the
+    head starts at zero."""
     from ambient_rlhf.models.heads import ScalarHeadModel
     from ambient_rlhf.models.load import load_causal_lm
 
     if cfg.value_model == "reward" and isinstance(rm, ScalarHeadModel):
         vm = ScalarHeadModel.from_pretrained(cfg.reward)
-        if vm.kind != "scalar":
+        if vm.kind == "scalar":
+            scale = gain / vm.norm_std
+            with torch.no_grad():
+                w, b = fold_affine(vm.head.weight, vm.head.bias, scale, bias - scale * vm.norm_mean)
+                vm.head.weight.copy_(w)
+                vm.head.bias.copy_(b)
+            vm.set_normalization(0.0, 1.0)
+        else:
             dtype = vm.head.weight.dtype
             vm.kind, vm.head = "scalar", torch.nn.Linear(vm.head.in_features, 1, dtype=dtype)
             torch.nn.init.zeros_(vm.head.weight)
@@ -715,7 +801,8 @@ def _trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().cpu() for n, t in module.state_dict(keep_vars=True).items() if n in names}
 
 
-def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_opt, v_sched, kl_ctl, baseline, cfg):
+def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_opt, v_sched, kl_ctl, baseline,
+                reward_norm, cfg):
     from accelerate.utils import gather_object
 
     rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
@@ -723,6 +810,7 @@ def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_o
         state = {
             "step": step, "data_pos": data_pos, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "kl_controller": kl_ctl.state_dict(), "baseline": baseline.state_dict(), "rng": rngs,
+            "reward_normalization": reward_norm,
             "config": to_dict(cfg),
         }
         if v_opt is not None:
