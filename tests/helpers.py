@@ -68,3 +68,10 @@ def make_data_dir(out: str | Path, n_threads: int = 24, k: int = 4, seed: int = 
     pd.DataFrame(rankings).to_parquet(out / "rankings.parquet", index=False)
     (out / "manifest.json").write_text(json.dumps({"stage": "data", "synthetic": True}) + "\n")
     return out
+
+
+def prompt_length_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """A ``python:helpers:prompt_length_reward`` RL reward that ignores the response: the
+    prompt's length in characters.  Its scores are known before sampling, so RL tests can
+    derive their expectations from the prompts alone."""
+    return [float(len(p)) for p in prompts]

@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from ambient_rlhf.rl.advantages import RunningBaseline, gae, mean_baseline_advantages, rloo_advantages
+from ambient_rlhf.rl.advantages import (RunningBaseline, gae, mean_baseline_advantages, rloo_advantages,
+                                        scale_advantages)
 from ambient_rlhf.rl.masking import masked_whiten
 from ambient_rlhf.rl.rewards import shaped_rewards
 
@@ -90,3 +91,16 @@ def test_baselines():
     # second batch mean 6: advantages against b=2 -> (2, 6); b = 0.5*2 + 0.5*6 = 4
     assert b.advantages(torch.tensor([4.0, 8.0])).tolist() == [2.0, 6.0]
     assert b.value == 4.0
+
+
+def test_scale_advantages_keeps_the_centre():
+    # A = (1, 3, 5, 7): mean 4, population variance (9 + 1 + 1 + 9) / 4 = 5 -> A / sqrt(5),
+    # not (A - 4) / sqrt(5) as whitening would give
+    a = torch.tensor([1.0, 3.0, 5.0, 7.0], dtype=torch.float64)
+    expect = torch.tensor([1.0, 3.0, 5.0, 7.0], dtype=torch.float64) / 5 ** 0.5
+    assert torch.allclose(scale_advantages(a, eps=0.0), expect, rtol=0, atol=1e-12)
+    # eps guards a batch of equal advantages: 2 / sqrt(0 + 1e-8) = 2e4
+    assert scale_advantages(torch.tensor([2.0, 2.0], dtype=torch.float64)).tolist() == [2e4, 2e4]
+    # for centred advantages (mean and leave-one-out baselines) it equals whitening
+    c = a - a.mean()
+    assert torch.allclose(scale_advantages(c), masked_whiten(c[None], torch.ones(1, 4))[0], atol=1e-12)

@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from ambient_rlhf.rl.losses import explained_variance, ppo_policy_loss, ppo_value_loss, sequence_policy_loss
+from ambient_rlhf.rl.losses import (explained_variance, kl_penalty_loss, ppo_policy_loss, ppo_value_loss,
+                                   sequence_policy_loss)
 
 
 def test_ppo_policy_loss_by_hand():
@@ -55,3 +56,26 @@ def test_explained_variance():
     assert abs(explained_variance(R, R, torch.ones(1, 3)).item() - 1.0) < 1e-6
     # V = 0 explains nothing
     assert abs(explained_variance(torch.zeros(1, 3), R, torch.ones(1, 3)).item()) < 1e-6
+
+
+def test_kl_penalty_loss_by_hand():
+    # token (p, q) = (0.5, 0.25): q/p = 1/2, k3 = -1/2 + ln 2 = 0.193147, d k3/d log p = 1 - 1/2 = 1/2
+    # token (0.2, 0.4): q/p = 2, k3 = 1 - ln 2 = 0.306853, d k3/d log p = 1 - 2 = -1
+    # row 0: those two tokens and a padded one (any values: no loss, no gradient);
+    # row 1: the first kind of token, then padding
+    lp = torch.tensor([[math.log(0.5), math.log(0.2), -30.0], [math.log(0.5), 5.0, 0.0]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25), math.log(0.4), 0.0], [math.log(0.25), -40.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    a, b = -0.5 + math.log(2), 1 - math.log(2)
+    # over tokens: (a + b + a) / 3; d/d log p = (1/2, -1, 0; 1/2, 0, 0) / 3
+    loss = kl_penalty_loss(lp, ref, mask)
+    assert abs(loss.item() - (2 * a + b) / 3) < 1e-6
+    (g,) = torch.autograd.grad(loss, lp)
+    assert torch.allclose(g, torch.tensor([[0.5, -1.0, 0.0], [0.5, 0.0, 0.0]]) / 3, atol=1e-6)
+    # per sequence: rows sum to a + b = 0.5 and a; mean over the 2 rows; gradient halved
+    loss = kl_penalty_loss(lp, ref, mask, per_sequence=True)
+    assert abs(loss.item() - (0.5 + a) / 2) < 1e-6
+    (g,) = torch.autograd.grad(loss, lp)
+    assert torch.allclose(g, torch.tensor([[0.5, -1.0, 0.0], [0.5, 0.0, 0.0]]) / 2, atol=1e-6)
+    # the policy equal to the reference: 0
+    assert kl_penalty_loss(ref, ref, mask).item() == 0.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -12,6 +14,12 @@ from ambient_rlhf.logging import read_jsonl
 from ambient_rlhf.train.rl import RLConfig, train_rl
 
 NEWLINE = 198  # the token the peaked tiny model emits most often ("\n")
+# PPO settings under which the first value loss can be derived by hand: no KL in the reward
+# (beta 0), rewards not whitened, gamma = lambda = 1 (the return at every token is the
+# score), one epoch of one minibatch (the value model's prediction equals its rollout value)
+EXACT_PPO = ("kl.kind=fixed", "kl.init_beta=0", "lam=1.0", "whiten_rewards=false", "ppo_epochs=1",
+             "num_minibatches=1")
+PROMPT_LENGTH = "reward=python:helpers:prompt_length_reward"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +43,20 @@ def peaked_model(tmp_path_factory, tiny_model_path):
     lm.save_pretrained(out)
     load_tokenizer(tiny_model_path).save_pretrained(out)
     return str(out)
+
+
+def _constant_rm(path, tiny_model_path, kind, bias, norm=(0.0, 1.0)):
+    """A reward-model directory whose head ignores the text (weight 0): its outputs are ``bias``."""
+    from ambient_rlhf.models.heads import ScalarHeadModel
+    from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
+
+    rm = ScalarHeadModel(load_causal_lm(tiny_model_path), kind=kind)
+    with torch.no_grad():
+        rm.head.weight.zero_()
+        rm.head.bias.copy_(torch.tensor(bias))
+    rm.set_normalization(*norm)
+    rm.save_pretrained(path, load_tokenizer(tiny_model_path))
+    return path
 
 
 def _run(tmp_path, data_dir, model, algo, *overrides):
@@ -106,12 +128,18 @@ def test_reward_model_scores_policy_tokens_and_inits_value_model(tmp_path, data_
     from ambient_rlhf.models.heads import ScalarHeadModel
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
 
+    # raw output 3 whatever the text, normalisation (mean 1, std 2): every score is (3 - 1) / 2 = 1
+    const = _constant_rm(tmp_path / "const", tiny_model_path, "scalar", [3.0], norm=(1.0, 2.0))
+    rows, out = _run(tmp_path, data_dir, tiny_model_path, "ppo", "steps=1", "batch_size=2", f"reward={const}",
+                     "sample_every=1", *EXACT_PPO)
+    assert rows[0]["objective/score"] == pytest.approx(1.0, abs=1e-6) and (out / "config.json").is_file()
+    # the value model starts from the reward model on the score's scale: head (0, 3) folded
+    # with the normalisation is (0 / 2, (3 - 1) / 2) = (0, 1), so V = 1 = the return at every
+    # token and the first value loss is 0 (the unfolded head would give 0.5 * (3 - 1)^2 = 2)
+    assert rows[0]["ppo/value_loss"] == pytest.approx(0.0, abs=1e-6)
     rm_dir = tmp_path / "rm"
     torch.manual_seed(0)
     ScalarHeadModel(load_causal_lm(tiny_model_path)).save_pretrained(rm_dir, load_tokenizer(tiny_model_path))
-    rows, out = _run(tmp_path, data_dir, tiny_model_path, "ppo", "steps=1", "batch_size=2", f"reward={rm_dir}",
-                     "sample_every=1")
-    assert rows[0]["objective/score"] != 0.0 and (out / "config.json").is_file()
     # the scorer reads the RM at the last real token of [prompt + response], whatever the padding
     from ambient_rlhf.train.rl import make_scorer
 
@@ -194,3 +222,94 @@ def test_tier_conditioned_policy_with_base_reward_model(tmp_path, data_dir, tiny
                      "goal=good", "sample_every=1")
     assert len(rows) == 1 and rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
     assert "<|tier:good|>" in json.loads((out / "manifest.json").read_text())["example_prompt"]
+
+
+def test_ppo_with_a_tiers_reward_model(tmp_path, data_dir, tiny_model_path):
+    """A tiers reward model gives its expected tier value as the score; PPO's value model
+    (from that reward model) has one output."""
+    # head logits (ln 3, 0, 0) for (good, ok, bad) whatever the text: softmax (3/5, 1/5, 1/5),
+    # tier values (1, 0, -1) -> every score is 3/5 - 1/5 = 0.4
+    rm = _constant_rm(tmp_path / "rm", tiny_model_path, "tiers", [math.log(3.0), 0.0, 0.0])
+    rows, _ = _run(tmp_path, data_dir, tiny_model_path, "ppo", "steps=1", "batch_size=2", f"reward={rm}",
+                   "value_model=reward", *EXACT_PPO)
+    assert rows[0]["objective/score"] == pytest.approx(0.4, abs=1e-6)
+    # an expectation over tiers has no exact one-output linear form: the value head starts at
+    # V = 0, the return is 0.4 at every token, so the first value loss is 0.5 * 0.4^2 = 0.08
+    assert rows[0]["ppo/value_loss"] == pytest.approx(0.08, abs=1e-6)
+
+
+def test_running_baseline_is_not_undone_by_whitening(tmp_path, data_dir, tiny_model_path):
+    """reinforce_baseline=running with whitened advantages: the advantages keep the running
+    baseline as their centre (whitening only scales them)."""
+    rows, out = _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=2", "batch_size=4", PROMPT_LENGTH,
+                     "reinforce_baseline=running", "kl.kind=fixed", "kl.init_beta=0", "sample_every=1",
+                     "samples_per_log=4")
+    samples = read_jsonl(out / "samples.jsonl")
+    s1 = [x["score"] for x in samples if x["step"] == 1]
+    s2 = [x["score"] for x in samples if x["step"] == 2]
+    # step 1: the first batch sets the baseline to its own mean -> advantages of mean 0 -> on
+    # fresh samples (ratio 1) the loss -mean(A) is 0.  Step 2: A = (r - mean(s1)) / std(s2),
+    # so the loss is -(mean(s2) - mean(s1)) / std(s2) (population std).  Subtracting the batch
+    # mean again (today's whitening) would give 0 whatever the baseline.
+    m1, m2, sd2 = statistics.fmean(s1), statistics.fmean(s2), statistics.pstdev(s2)
+    assert abs(m2 - m1) > 0.1 * sd2, (s1, s2)  # the batches differ, so the check can fail
+    assert rows[0]["ppo/policy_loss"] == pytest.approx(0.0, abs=1e-5)
+    assert rows[1]["ppo/policy_loss"] == pytest.approx(-(m2 - m1) / sd2, rel=1e-4)
+
+
+def test_k3_is_refused_in_the_reward(tmp_path, data_dir, tiny_model_path):
+    from ambient_rlhf import AmbientError
+
+    with pytest.raises(AmbientError, match=r"kl.estimator=k3 .*kl.in_loss=true"):
+        _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=1", "kl.estimator=k3")
+    with pytest.raises(AmbientError, match=r"kl.in_loss=true with kl.estimator=k1.*expected gradient 0"):
+        _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=1", "kl.in_loss=true")
+    assert not (tmp_path / "reinforce").exists()
+
+
+@pytest.mark.parametrize("algo,extra", [("reinforce", ()), ("ppo", ("ppo_epochs=1",))])
+def test_k3_in_the_loss(tmp_path, data_dir, tiny_model_path, algo, extra):
+    """kl.in_loss=true: beta * k3 is a loss term; the reward carries no KL."""
+    rows, _ = _run(tmp_path, data_dir, tiny_model_path, algo, "steps=2", "batch_size=4", PROMPT_LENGTH,
+                   "kl.in_loss=true", "kl.estimator=k3", "kl.kind=fixed", "kl.init_beta=0.5", "lr=1e-2", *extra)
+    # step 1: policy == reference, k3 = 0 on every token
+    assert rows[0]["ppo/kl_loss"] == pytest.approx(0.0, abs=1e-6)
+    # step 2: the policy has moved (lr 1e-2); k3 >= 0 and now positive, and objective/kl is still k1
+    assert rows[1]["ppo/kl_loss"] > 1e-4 and rows[1]["objective/kl"] != 0.0
+    # the reward holds no KL term: rlhf_reward = score - beta * KL is logged as before
+    r = rows[1]
+    assert r["objective/rlhf_reward"] == pytest.approx(r["objective/score"] - 0.5 * r["objective/kl"], rel=1e-5)
+
+
+@pytest.mark.parametrize("lora", ["false", "true"])  # the reference: its own model, or the adapter off
+def test_reward_normalize_reference(tmp_path, data_dir, tiny_model_path, monkeypatch, lora):
+    """reward_normalize=reference: gain and bias fitted on reference-policy samples of the
+    training prompts (mean 0, std 1), kept in the checkpoint and the manifest."""
+    args = ("steps=2", "batch_size=4", PROMPT_LENGTH, "reward_normalize=reference", "reward_normalize_samples=4",
+            "sample_every=1", "samples_per_log=4", "save_every=1", f"lora.enabled={lora}")
+    rows, out = _run(tmp_path, data_dir, tiny_model_path, "reinforce", *args)
+    samples = read_jsonl(out / "samples.jsonl")
+    step1 = [x for x in samples if x["step"] == 1]
+    # the reference samples are for the first 4 prompts of the training stream -- the prompts
+    # of step 1 -- and the reward is the prompt's length, so gain = 1 / pstdev(lengths) and
+    # bias = -mean(lengths) / pstdev(lengths), and step 1's scores have mean 0 and std 1
+    lengths = [len(x["prompt"]) for x in step1]
+    sd = statistics.pstdev(lengths)
+    norm = json.loads((out / "manifest.json").read_text())["reward_normalization"]
+    assert norm["gain"] == pytest.approx(1 / sd, rel=1e-6)
+    assert norm["bias"] == pytest.approx(-statistics.fmean(lengths) / sd, rel=1e-6)
+    scores = [x["score"] for x in step1]
+    assert statistics.fmean(scores) == pytest.approx(0.0, abs=1e-5)
+    assert statistics.pstdev(scores) == pytest.approx(1.0, rel=1e-5)
+    assert rows[0]["objective/score"] == pytest.approx(0.0, abs=1e-5)
+    state = torch.load(out / "checkpoints" / "step-1" / "state.pt", weights_only=False)
+    assert state["reward_normalization"] == norm
+    # a resumed run takes them from the checkpoint instead of sampling again
+    import ambient_rlhf.train.rl as rl
+
+    def no_sampling(*a, **k):
+        raise AssertionError("reference normalisation recomputed on resume")
+
+    monkeypatch.setattr(rl, "_reference_normalization", no_sampling)
+    _run(tmp_path, data_dir, tiny_model_path, "reinforce", *args, "resume=true")
+    assert json.loads((out / "manifest.json").read_text())["reward_normalization"] == norm

@@ -83,16 +83,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Two processes against one: greedy sampling (top_k=1) makes the responses independent of
+# each process's RNG, and with no whitening every per-sample quantity is independent of
+# which process holds the sample.  Each process holds 1 prompt, and every response is cut
+# at the same length (checked: no EOS), so the average over processes of per-process token
+# means is the global token mean, and DDP's averaged gradient is the single process's.
+DETERMINISTIC = ["--algo", "ppo", "steps=2", "batch_size=2", "ppo_epochs=2", "response_length=6", "top_k=1",
+                 "whiten_rewards=false", "whiten_advantages=false", "missing_eos_score=null",
+                 "reward=token-count:0-4095", "lr=1e-3", "save_every=1"]
+
+
 @pytest.mark.slow
 def test_two_processes(tmp_path, data_dir, tiny_model_path):
     """``torchrun --nproc_per_node 2`` (gloo on CPU) runs the same code: each process takes
-    half the prompts, gradients are averaged, rank 0 writes."""
-    out = tmp_path / "ddp"
+    half the prompts, gradients are averaged, rank 0 writes -- and the metrics are those of
+    the same run in one process."""
+    out, single = tmp_path / "ddp", tmp_path / "single"
+    cli = ["-m", "ambient_rlhf.cli", "rl", "--policy", tiny_model_path, "--data", str(data_dir)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "ambient_rlhf.cli", "rl", "--policy", tiny_model_path, "--data", str(data_dir),
-           "--out", str(out), "--algo", "rloo", "steps=2", "batch_size=2", "rloo_k=2", "response_length=6",
-           "missing_eos_score=null", "reward=token-count:0-4095", "save_every=1"]
+           str(_free_port()), *cli, "--out", str(out), *DETERMINISTIC]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, *cli, "--out", str(single), *DETERMINISTIC], env=_env(),
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["processes"] == 2
@@ -104,3 +117,12 @@ def test_two_processes(tmp_path, data_dir, tiny_model_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)
+    # the same metrics as one process (float sums in another order: ~1e-7 relative seen, 1e-5 allowed).
+    # explained_variance is a ratio of variances, which a mean over processes does not
+    # reproduce; it is left out.
+    one = read_jsonl(single / "metrics.jsonl")
+    assert all(x["gen/eos_rate"] == 0.0 and x["gen/length"] == 6.0 for x in rows + one)
+    assert rows[1]["objective/kl"] > 1e-4  # step 2 follows a real update, so it tests the gradients
+    for a, b in zip(_comparable(rows), _comparable(one)):
+        for key in a.keys() - {"ppo/explained_variance"}:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key, a[key], b[key])

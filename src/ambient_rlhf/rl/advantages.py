@@ -55,6 +55,19 @@ def mean_baseline_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - rewards.mean()
 
 
+def scale_advantages(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Divide advantages by their batch standard deviation, without centring them.
+
+    Shapes: (B,) -> (B,).  ``A / sqrt(var(A) + eps)`` with the population variance (about
+    the batch mean, as :func:`ambient_rlhf.rl.masking.masked_var`).  For a baseline that
+    does not come from the batch (:class:`RunningBaseline`) whitening would subtract the
+    batch mean and so replace that baseline by the batch mean; scaling alone keeps it.
+    For the batch-mean and leave-one-out baselines the advantages already have mean 0,
+    and this equals whitening."""
+    var = advantages.var(unbiased=False) if advantages.numel() > 1 else advantages.new_zeros(())
+    return advantages * torch.rsqrt(var + eps)
+
+
 class RunningBaseline:
     """Exponential moving average of the batch mean reward, used as a REINFORCE baseline.
 

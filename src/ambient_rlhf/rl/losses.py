@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ambient_rlhf.rl.masking import masked_mean, masked_var
+from ambient_rlhf.rl.rewards import kl_per_token
 
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
@@ -73,6 +74,25 @@ def sequence_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adv
             "ratio_max": ratio.max(),
         }
     return loss, stats
+
+
+def kl_penalty_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                    per_sequence: bool = False) -> torch.Tensor:
+    """The k3 estimate of KL(policy || reference) as a loss term, differentiated through
+    ``logprobs`` (GRPO, Shao et al. 2024; the trainer multiplies it by beta).
+
+    Shapes: logprobs (B, T) with grad, ref_logprobs (B, T), mask (B, T) -> ().
+    ``k3 = q/p - 1 - log(q/p)`` per token, ``d k3 / d log p = 1 - q/p``.  Aggregated like
+    the policy loss it is added to: a masked mean over tokens (PPO), or per sequence the
+    sum over its tokens, averaged over sequences (``per_sequence``: RLOO, REINFORCE, whose
+    penalty in the reward is a per-sequence sum too).  Masked positions count 0 and get no
+    gradient.  On samples of the policy its expected gradient is that of KL(q||p)
+    (docs/rl.md): a divergence to the reference, so it pulls the policy back."""
+    m = mask.to(logprobs.dtype)
+    k3 = kl_per_token(logprobs * m, ref_logprobs * m, "k3") * m  # log ratio 0 on padding: k3 = 0
+    if per_sequence:
+        return k3.sum(1).mean()
+    return masked_mean(k3, mask)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

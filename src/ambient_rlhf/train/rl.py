@@ -8,16 +8,20 @@ One iteration of :func:`train_rl` (the numbered comments in the loop are these s
    ``max_prompt_tokens``); RLOO repeats each prompt ``rloo_k`` times;
 2. generate with the KV cache (temperature 0.7, top-k off, top-p 1), truncate after EOS;
 3. score prompt + response (the policy's own tokens) with the reward model (or a
-   programmatic reward); replace the score of responses without EOS by ``missing_eos_score``;
+   programmatic reward), times the gain plus the bias of ``reward_normalize`` (fitted on
+   reference samples before step 1, or 1 and 0); replace the score of responses without
+   EOS by ``missing_eos_score``;
 4. reference log-probs from the frozen reference (with LoRA: the same model with the
    adapter disabled, so no second copy in memory); the policy's own log-probs too;
-5. values (PPO): a separate value model (initialised from the reward model by default)
-   or a value head on the policy;
-6. shaped rewards ``-beta * KL_t`` plus the score at the last response token, advantages
+5. values (PPO): a separate value model (initialised from the reward model by default,
+   its one-output head on the scale of the scores) or a value head on the policy;
+6. shaped rewards ``-beta * k1_t`` (none with ``kl.in_loss``) plus the score at the last
+   response token, advantages
    (GAE for PPO; leave-one-out over the k samples of a prompt for RLOO; a mean or running
    baseline for REINFORCE), whitened;
 7. optimisation epochs over shuffled minibatches (PPO: 4 epochs, clip 0.2, value clip
-   0.2, vf_coef 0.1; RLOO/REINFORCE: one on-policy pass);
+   0.2, vf_coef 0.1; RLOO/REINFORCE: one on-policy pass); ``kl.in_loss`` adds
+   ``beta * k3`` to the loss;
 8. update the KL controller; log metrics, samples and checkpoints.
 
 Outputs in ``out``: the final policy (``save_pretrained``, loadable with
@@ -46,12 +50,15 @@ from ambient_rlhf.cli import common_parser, parse_stage
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.io import write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress, read_jsonl
-from ambient_rlhf.rl.advantages import RunningBaseline, gae, mean_baseline_advantages, rloo_advantages
+from ambient_rlhf.rl.advantages import (RunningBaseline, gae, mean_baseline_advantages, rloo_advantages,
+                                        scale_advantages)
 from ambient_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from ambient_rlhf.rl.logprobs import logprobs_from_logits
-from ambient_rlhf.rl.losses import explained_variance, ppo_policy_loss, ppo_value_loss, sequence_policy_loss
+from ambient_rlhf.rl.losses import (explained_variance, kl_penalty_loss, ppo_policy_loss, ppo_value_loss,
+                                    sequence_policy_loss)
 from ambient_rlhf.rl.masking import masked_whiten
-from ambient_rlhf.rl.rewards import apply_missing_eos_score, kl_per_token, sequence_rewards, shaped_rewards
+from ambient_rlhf.rl.rewards import (apply_missing_eos_score, fold_affine, kl_per_token, reference_normalization,
+                                     sequence_rewards, shaped_rewards)
 from ambient_rlhf.train.common import LoraSettings, apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator
 from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.train.rollout import PolicyWithValue, ValueModel, response_logits, sample
@@ -74,9 +81,16 @@ class KLSettings:
     """Adaptive controller horizon in episodes (rollouts): beta moves by at most
     20% * episodes/horizon per step. 10000, the 2019 default (``AdaptiveKLParams``)."""
     estimator: Literal["k1", "k3"] = "k1"
-    """KL estimator in the reward penalty. ``k1 = log p - log q`` is the 2019 penalty;
-    ``k3`` (Schulman 2020) is non-negative with lower variance. ``objective/kl`` always
-    reports k1, the quantity the adaptive controller is defined on."""
+    """KL estimator of the penalty: ``k1 = log p - log q`` per token in the reward (the 2019
+    and TRL penalty), or ``k3 = q/p - 1 - log(q/p)`` (Schulman 2020) as a loss term, which
+    needs ``in_loss=true``: in the reward k3's policy gradient is grad KL(p||q) - grad
+    KL(q||p) and can push the policy away from the reference (docs/rl.md).
+    ``objective/kl`` always reports k1, the quantity the adaptive controller is defined on."""
+    in_loss: bool = False
+    """``false``: the penalty ``-beta * k1`` is part of each token's reward (2019, TRL PPO).
+    ``true``: ``beta * k3`` is added to the policy loss and differentiated through log p
+    (GRPO, Shao et al. 2024); the reward then carries no KL.  Needs ``estimator=k3`` (k1 in
+    the loss has expected gradient 0)."""
 
 
 @dataclass
@@ -116,7 +130,10 @@ class RLConfig:
     2024 (k=4 recovered most of the gain of larger k)."""
     reinforce_baseline: Literal["mean", "running"] = "mean"
     """REINFORCE baseline: the batch mean reward, or a moving average of past batch means
-    (``baseline_decay``); both keep the gradient unbiased up to O(1/B) (Williams 1992)."""
+    (``baseline_decay``; it does not depend on the current batch, so the gradient is
+    unbiased -- the batch mean's bias is O(1/B)) (Williams 1992).  With ``running``,
+    ``whiten_advantages`` only scales the advantages (centring them would put the batch
+    mean back in place of the running baseline; docs/rl.md)."""
     baseline_decay: float = 0.9
     """Decay of the running REINFORCE baseline (weight of the past per step)."""
     response_length: int = 64
@@ -142,6 +159,18 @@ class RLConfig:
     """Score given to responses that produced no EOS within ``response_length``, replacing
     the reward-model score (``penalty_reward_value=-1`` in lm-human-preferences; the N
     details do the same). ``null`` turns it off."""
+    reward_normalize: Literal["none", "reference"] = "none"
+    """An affine map applied to every score before it enters the reward.  ``none``: scores as
+    the reward returns them (a reward model's already carry the normalisation fitted when it
+    was trained, on the valid split's reference responses).  ``reference``: before the first
+    step, score ``reward_normalize_samples`` responses of the reference policy to the first
+    training prompts and set gain and bias so that they have mean 0 and standard deviation
+    1 (lm-human-preferences ``normalize_after``): the scores are then measured on the
+    policy's own starting distribution, and beta means the same whatever the reward's scale.
+    Gain and bias go into the manifest and every checkpoint (a resumed run reuses them)."""
+    reward_normalize_samples: int = 64
+    """Reference responses scored for ``reward_normalize=reference`` (2019: 256; 64 keeps the
+    start of a CPU run short).  Read only then."""
     kl: KLSettings = field(default_factory=KLSettings)
     """KL penalty to the reference policy."""
     ppo_epochs: int = 4
@@ -163,7 +192,8 @@ class RLConfig:
     ``whiten_rewards=True``, ``whiten(rewards, shift_mean=False)``)."""
     whiten_advantages: bool = True
     """Normalise advantages to mean 0, variance 1 over the batch (2019 ``whiten(advantages)``;
-    N details)."""
+    N details).  REINFORCE with ``reinforce_baseline=running``: variance 1 only, the
+    running baseline stays the centre."""
     value_model: Literal["reward", "policy", "shared"] = "reward"
     """PPO value function: ``reward`` = a separate model initialised from the reward model
     (Stiennon et al. 2020, N details) -- from the policy when the reward is programmatic;
@@ -359,6 +389,16 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
         raise AmbientError("rloo_k must be >= 2 for RLOO")
     if cfg.temperature <= 0:
         raise AmbientError("temperature must be > 0")
+    if cfg.reward_normalize == "reference" and cfg.reward_normalize_samples < 2:
+        raise AmbientError(f"reward_normalize_samples={cfg.reward_normalize_samples}: needs at least 2 samples")
+    if cfg.kl.estimator == "k3" and not cfg.kl.in_loss:
+        raise AmbientError("kl.estimator=k3 in the reward: the policy gradient of a k3 reward penalty is "
+                           "grad KL(p||ref) - grad KL(ref||p), which can push the policy away from the reference "
+                           "(docs/rl.md); use kl.estimator=k1 in the reward (the 2019 and TRL penalty), or "
+                           "kl.in_loss=true to add beta * k3 to the loss with its gradient (GRPO)")
+    if cfg.kl.in_loss and cfg.kl.estimator != "k3":
+        raise AmbientError(f"kl.in_loss=true with kl.estimator={cfg.kl.estimator}: k1 as a loss term has expected "
+                           "gradient 0 on the policy's own samples; use kl.estimator=k3, or kl.in_loss=false")
     if cfg.goal is not None and cfg.goal not in TIERS:
         raise AmbientError(f"goal={cfg.goal!r}: expected one of {list(TIERS)} (or null)")
 
@@ -366,7 +406,6 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
 def train_rl(cfg: RLConfig) -> Path:
     """Run policy optimisation (see the module docstring for the steps); return ``cfg.out``."""
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
-    from ambient_rlhf.models.heads import ScalarHeadModel
     from ambient_rlhf.models.tokenize import encode_prompt, has_goal_tokens, pad_batch, render_prompt
 
     acc = setup_accelerator(mixed_precision=cfg.mixed_precision)
@@ -403,22 +442,19 @@ def train_rl(cfg: RLConfig) -> Path:
     lm = apply_lora(lm, cfg.lora)
     policy = PolicyWithValue(lm, value_head=(cfg.algo == "ppo" and cfg.value_model == "shared")).to(device).eval()
     scorer, rm = make_scorer(cfg, tok, prompts, device)
+    # reward normalisation: score = gain * scorer output + bias (gain 1, bias 0 unless
+    # reward_normalize=reference); a resumed run takes them from its checkpoint
+    state = load_state(ckpt) if ckpt is not None else None
+    if state is not None and "reward_normalization" in state:
+        reward_norm = state["reward_normalization"]
+    elif cfg.reward_normalize == "reference":
+        reward_norm = _reference_normalization(cfg, acc, ref_lm, policy, scorer, prompt_ids, tok)
+    else:
+        reward_norm = {"mode": "none", "gain": 1.0, "bias": 0.0}
+    gain, bias = reward_norm["gain"], reward_norm["bias"]
     value = None
     if cfg.algo == "ppo" and cfg.value_model != "shared":
-        if cfg.value_model == "reward" and rm is not None and isinstance(rm, ScalarHeadModel):
-            vm = ScalarHeadModel.from_pretrained(cfg.reward)
-        else:
-            if cfg.value_model == "reward":
-                log.warning("value_model=reward but the reward is not a single reward model; initialising the "
-                            "value model from the policy")
-            vm = ScalarHeadModel(load_causal_lm(cfg.policy))
-            torch.nn.init.zeros_(vm.head.weight)  # a fresh head starts at V = 0 (see value_model)
-        if vm.lm.get_input_embeddings().num_embeddings < len(tok):  # the policy's goal tokens
-            vm.lm.resize_token_embeddings(len(tok), mean_resizing=True)
-        vm.lm = apply_lora(vm.lm, cfg.lora)
-        for p in vm.head.parameters():
-            p.requires_grad_(True)
-        value = ValueModel(vm).to(device).eval()
+        value = _value_model(cfg, rm, len(tok), gain, bias).to(device).eval()
 
     # optimizers: one per trained model, linear decay over all optimizer steps (2019)
     per_proc = cfg.batch_size // acc.num_processes
@@ -437,7 +473,6 @@ def train_rl(cfg: RLConfig) -> Path:
     # resume: trainable weights, optimizers, schedulers, controller, baseline, RNG, data position
     start_step, data_pos = 0, 0
     if ckpt is not None:
-        state = load_state(ckpt)
         policy.load_state_dict(torch.load(ckpt / "policy_trainable.pt", map_location="cpu"), strict=False)
         if value is not None:
             value.load_state_dict(torch.load(ckpt / "value_trainable.pt", map_location="cpu"), strict=False)
@@ -493,6 +528,7 @@ def train_rl(cfg: RLConfig) -> Path:
         t0 = time.perf_counter()
         with acc.autocast():
             raw_scores = scorer(idx, resp.cpu(), r_mask.cpu()).to(device)  # (N,)
+        raw_scores = gain * raw_scores + bias  # reward_normalize; the identity by default
         scores = apply_missing_eos_score(raw_scores, smp.has_eos, cfg.missing_eos_score)
         timings["time/score"] = time.perf_counter() - t0
 
@@ -521,8 +557,9 @@ def train_rl(cfg: RLConfig) -> Path:
 
         # step 6. rewards and advantages
         beta = kl_ctl.value
+        reward_beta = 0.0 if cfg.kl.in_loss else beta  # kl.in_loss: the penalty is a loss term (step 7)
         if cfg.algo == "ppo":
-            rewards, non_score = shaped_rewards(scores, old_logp, ref_logp, r_mask, beta, cfg.kl.estimator)
+            rewards, non_score = shaped_rewards(scores, old_logp, ref_logp, r_mask, reward_beta)
             if cfg.whiten_rewards:
                 rewards = masked_whiten(rewards, r_mask, shift_mean=False)
             old_values = old_values * m
@@ -530,7 +567,7 @@ def train_rl(cfg: RLConfig) -> Path:
             if cfg.whiten_advantages:
                 adv = masked_whiten(adv, r_mask)
         else:
-            seq_r = sequence_rewards(scores, old_logp, ref_logp, r_mask, beta, cfg.kl.estimator)  # (N,)
+            seq_r = sequence_rewards(scores, old_logp, ref_logp, r_mask, reward_beta)  # (N,)
             if cfg.algo == "rloo":
                 adv = rloo_advantages(seq_r, k)
             elif cfg.reinforce_baseline == "mean":
@@ -538,7 +575,10 @@ def train_rl(cfg: RLConfig) -> Path:
             else:
                 adv = baseline.advantages(seq_r)
             if cfg.whiten_advantages and adv.numel() > 1:
-                adv = masked_whiten(adv[None], torch.ones_like(adv[None]))[0]
+                if cfg.algo == "reinforce" and cfg.reinforce_baseline == "running":
+                    adv = scale_advantages(adv)  # centring would swap the running baseline for the batch mean
+                else:
+                    adv = masked_whiten(adv[None], torch.ones_like(adv[None]))[0]
 
         # step 7. optimisation epochs over shuffled minibatches
         t0 = time.perf_counter()
@@ -561,8 +601,12 @@ def train_rl(cfg: RLConfig) -> Path:
                         loss = pg_loss + cfg.vf_coef * vf_loss
                         st = {**st, "value_loss": vf_loss.detach(), "value_clipfrac": vf_clip}
                     else:
-                        loss, st = sequence_policy_loss(new_logp, old_logp[b], adv[b], r_mask[b], cfg.clip)
-                        pg_loss = loss
+                        pg_loss, st = sequence_policy_loss(new_logp, old_logp[b], adv[b], r_mask[b], cfg.clip)
+                        loss = pg_loss
+                    if cfg.kl.in_loss:  # beta * k3 with its gradient (GRPO); summed per sequence off PPO
+                        kl_loss = kl_penalty_loss(new_logp, ref_logp[b], r_mask[b], per_sequence=cfg.algo != "ppo")
+                        loss = loss + beta * kl_loss
+                        st["kl_loss"] = kl_loss.detach()
                 opt.zero_grad(set_to_none=True)
                 if v_opt is not None:
                     v_opt.zero_grad(set_to_none=True)
@@ -622,7 +666,7 @@ def train_rl(cfg: RLConfig) -> Path:
 
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
             _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp if value is not None else None, opt, sched,
-                        v_opt, v_sched, kl_ctl, baseline, cfg)
+                        v_opt, v_sched, kl_ctl, baseline, reward_norm, cfg)
     bar.close()
     metrics.close()
 
@@ -636,10 +680,98 @@ def train_rl(cfg: RLConfig) -> Path:
         write_manifest(out, "rl", to_dict(cfg), inputs=[p for p in (cfg.policy, cfg.data, cfg.reward) if Path(p).exists()],
                        counts={"prompts": len(prompts), "steps": cfg.steps, "episodes": cfg.steps * cfg.batch_size * k,
                                "processes": acc.num_processes},
-                       reward=scorer.name, seconds=round(time.perf_counter() - run_t0, 1),
+                       reward=scorer.name, reward_normalization=reward_norm,
+                       seconds=round(time.perf_counter() - run_t0, 1),
                        example_prompt=render_prompt(tok, prompts[0], cfg.template, cfg.goal))
     acc.wait_for_everyone()
     return out
+
+
+@torch.no_grad()
+def _reference_normalization(cfg: RLConfig, acc, ref_lm, policy: PolicyWithValue, scorer: Scorer,
+                             prompt_ids: list[list[int]], tok) -> dict[str, Any]:
+    """``reward_normalize=reference``: gain and bias from reference-policy samples.
+
+    The first ``reward_normalize_samples`` prompts of the training stream (each process
+    takes its share, in batches of its per-step batch), one response each from the
+    reference (with LoRA: the policy with the adapter off), scored; the scores of all
+    processes give ``gain, bias`` (``rl.rewards.reference_normalization``)."""
+    from ambient_rlhf.models.tokenize import pad_batch
+
+    share = -(-cfg.reward_normalize_samples // acc.num_processes)  # ceil
+    chunk = cfg.batch_size // acc.num_processes
+    order = prompt_indices(len(prompt_ids), acc.process_index * share, share, cfg.seed)
+    out = []
+    for s in range(0, share, chunk):
+        idx = order[s:s + chunk]
+        q, q_mask = pad_batch([prompt_ids[i] for i in idx], tok.pad_token_id, "left")
+        q, q_mask = q.to(acc.device), q_mask.to(acc.device)
+        with acc.autocast():
+            args = (q, q_mask, cfg.response_length, cfg.temperature, tok.eos_token_id, tok.pad_token_id, cfg.top_k,
+                    cfg.top_p)
+            if ref_lm is not None:
+                smp = sample(ref_lm, *args)
+            else:
+                with policy.lm.disable_adapter():
+                    smp = sample(policy.lm, *args)
+            out.append(scorer(idx, smp.response.cpu(), smp.mask.cpu()).float())
+    scores = torch.cat(out).to(acc.device)
+    if acc.num_processes > 1:
+        scores = acc.gather(scores)
+    scores = scores.cpu().double()
+    try:
+        gain, bias = reference_normalization(scores)
+    except ValueError as e:
+        raise AmbientError(f"reward_normalize=reference: {e}; the reward does not tell the reference policy's "
+                           "responses apart -- use reward_normalize=none or more reward_normalize_samples") from None
+    log.info("reward_normalize=reference: %d reference scores, mean %.4g, std %.4g -> gain %.4g, bias %.4g",
+             scores.numel(), float(scores.mean()), 1 / gain, gain, bias)
+    return {"mode": "reference", "samples": int(scores.numel()), "reference_mean": float(scores.mean()),
+            "reference_std": 1.0 / gain, "gain": gain, "bias": bias}
+
+
+def _value_model(cfg: RLConfig, rm, n_tokens: int, gain: float, bias: float) -> ValueModel:
+    """The separate PPO value model: a body and a **one-output** head read at every response
+    position.
+
+    ``value_model=reward`` with a single reward model: its body, and its head when that is a
+    scalar head, moved to the scale of the scores RL sees.  The RL score of an output ``y``
+    is ``gain * (y - norm_mean) / norm_std + bias`` (the reward model's normalisation, then
+    ``reward_normalize``), so the head becomes ``w * s``, ``b * s + t`` with
+    ``s = gain / norm_std`` and ``t = bias - gain * norm_mean / norm_std``.  A ``tiers``
+    reward model has three outputs and its reward, the expected tier value
+    ``sum(softmax(z) * values)``, is not linear in them, so no one-output head reproduces
+    it: the value head starts at zero (V = 0).  Otherwise the body is the policy's and the
+    head starts at zero."""
+    from ambient_rlhf.models.heads import ScalarHeadModel
+    from ambient_rlhf.models.load import load_causal_lm
+
+    if cfg.value_model == "reward" and isinstance(rm, ScalarHeadModel):
+        vm = ScalarHeadModel.from_pretrained(cfg.reward)
+        if vm.kind == "scalar":
+            scale = gain / vm.norm_std
+            with torch.no_grad():
+                w, b = fold_affine(vm.head.weight, vm.head.bias, scale, bias - scale * vm.norm_mean)
+                vm.head.weight.copy_(w)
+                vm.head.bias.copy_(b)
+            vm.set_normalization(0.0, 1.0)
+        else:
+            dtype = vm.head.weight.dtype
+            vm.kind, vm.head = "scalar", torch.nn.Linear(vm.head.in_features, 1, dtype=dtype)
+            torch.nn.init.zeros_(vm.head.weight)
+            torch.nn.init.zeros_(vm.head.bias)
+    else:
+        if cfg.value_model == "reward":
+            log.warning("value_model=reward but the reward is not a single reward model; initialising the "
+                        "value model from the policy")
+        vm = ScalarHeadModel(load_causal_lm(cfg.policy))
+        torch.nn.init.zeros_(vm.head.weight)  # a fresh head starts at V = 0 (see value_model)
+    if vm.lm.get_input_embeddings().num_embeddings < n_tokens:  # the policy's goal tokens
+        vm.lm.resize_token_embeddings(n_tokens, mean_resizing=True)
+    vm.lm = apply_lora(vm.lm, cfg.lora)
+    for p in vm.head.parameters():
+        p.requires_grad_(True)
+    return ValueModel(vm)
 
 
 def _adam(module: torch.nn.Module, cfg: RLConfig) -> torch.optim.Optimizer:
@@ -653,7 +785,8 @@ def _trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().cpu() for n, t in module.state_dict(keep_vars=True).items() if n in names}
 
 
-def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_opt, v_sched, kl_ctl, baseline, cfg):
+def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_opt, v_sched, kl_ctl, baseline,
+                reward_norm, cfg):
     from accelerate.utils import gather_object
 
     rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
@@ -661,6 +794,7 @@ def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_o
         state = {
             "step": step, "data_pos": data_pos, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "kl_controller": kl_ctl.state_dict(), "baseline": baseline.state_dict(), "rng": rngs,
+            "reward_normalization": reward_norm,
             "config": to_dict(cfg),
         }
         if v_opt is not None:

@@ -154,6 +154,8 @@ class ValueModel(nn.Module):
 
     def __init__(self, scalar_head_model: nn.Module):
         super().__init__()
+        if scalar_head_model.head.out_features != 1:
+            raise ValueError(f"a value model needs a one-output head, not {scalar_head_model.head.out_features}")
         self.model = scalar_head_model
 
     def forward(self, query_response: torch.Tensor, mask: torch.Tensor, n_prompt: int) -> torch.Tensor:
