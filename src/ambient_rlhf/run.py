@@ -1,8 +1,15 @@
 """``ambient run [CONFIG] [key=value ...]``: the whole pipeline in one run directory.
 
     ambient run                                   # the demo: a simulated community, SmolLM2
-    ambient run configs/askacademia.yaml data.sources=../shared/data/reddit-askacademia
-    ambient run configs/demo.yaml out=runs/x sft.steps=10 rl.steps=5
+    ambient run askacademia data.sources=../shared/data/reddit-askacademia
+    ambient run demo out=runs/x sft.steps=10 rl.steps=5
+    ambient run my-run.yaml                       # a YAML file of your own
+
+CONFIG is a preset shipped in ``ambient_rlhf/presets/`` (by name) or a YAML file; its keys
+go on top of the demo preset's, then ``key=value`` overrides.  Keys that connect the
+stages (paths, ``sft.condition``, ``rm.train_half``, ``eval.goal``, ...; :data:`RUN_SET`)
+are set by the run, and giving one is an error.  The resolved config is written to
+``RUN_DIR/config.resolved.yaml``.
 
 Stages, each in its own subdirectory of ``out`` with its ``manifest.json``::
 
@@ -45,7 +52,9 @@ process; the other stages run on the main process while the rest wait at a barri
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -89,88 +98,157 @@ def stage_config_types() -> dict[str, type]:
     return types_
 
 
-# ---- the run configuration -----------------------------------------------------------------
-# The defaults are the demo (configs/demo.yaml states the same values): a simulated
-# community answered by SmolLM2, sized for ~15 minutes on a 2-core CPU.  Stage budgets
-# (measured on a 2-core CPU): simulate 200 x 4 answers at batch 32 ~3.6 min; SFT ~5 s per step
-# of 8 sequences; each reward model trains the top 2 layers + head on cached hidden states
-# (one forward pass over its ~300 answers, then cheap epochs; ~1.5 min each); RL is RLOO (no
-# value model, one pass per batch) with 2 prompts x 4 samples.
-DEMO_SIMULATE = dict(threads=200, responses=4, max_new_tokens=48, batch_size=32)
-DEMO_DATA = dict(splits=dict(train=0.6, valid=0.1, test=0.3), labels=dict(min_prompt_score=2, min_score_ratio=1.5,
-                                                                         delay_weight=0.2))
-DEMO_SFT = dict(steps=12, batch_size=4, grad_accum=2, lr=5e-5, warmup_steps=2, max_prompt_tokens=128,
-                max_response_tokens=64, eval_every=0, eval_examples=32, checkpoint_every=6, sample_prompts=2,
-                sample_max_new_tokens=32)
-DEMO_RM = dict(objective="ranking", train_layers=2, epochs=8.0, lr=1e-4, weight_decay=0.0, batch_size=4,
-               max_prompt_tokens=128, max_response_tokens=64, eval_every=0, norm_max_responses=128, save_every=0)
-DEMO_RL = dict(algo="rloo", steps=12, lr=3e-5, batch_size=2, rloo_k=4, response_length=64, max_prompt_tokens=128,
-               sample_every=4, samples_per_log=2, save_every=4)
-DEMO_EVAL = dict(n_prompts=16, samples_per_prompt=1, max_new_tokens=64, max_prompt_tokens=128)
+# ---- presets and the run configuration -----------------------------------------------------
+PRESETS = Path(__file__).resolve().parent / "presets"
+"""The presets ``ambient run`` ships (package data), one YAML each: ``ambient run NAME``."""
+DEMO = "demo"
+"""The preset whose values are :class:`RunConfig`'s defaults: its YAML is the only place
+the demo's numbers are written (a simulated community answered by SmolLM2, sized for
+~15 minutes on a 2-core CPU; the file's comments give the measured reasons)."""
 
 
-def _demo(cls_name: str, values: dict) -> Callable[[], Any]:
-    """default_factory: the stage's config with the demo's settings (nested sections
-    built through :func:`~ambient_rlhf.config.from_dict`, so they are validated)."""
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def find_preset(config: str | Path) -> Path:
+    """The YAML file of a CONFIG argument: an existing file, else a shipped preset by
+    name (``askacademia``, ``askacademia.yaml``, or its old place ``configs/askacademia.yaml``)."""
+    p = Path(config)
+    if p.is_file():
+        return p
+    stem = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+    if (PRESETS / f"{stem}.yaml").is_file() and str(p.parent) in (".", "configs"):
+        return PRESETS / f"{stem}.yaml"
+    raise AmbientError(f"{config}: no such file and no such preset; give a YAML file or one of the presets: "
+                       f"{', '.join(preset_names())} (e.g. `ambient run askacademia`)")
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_values() -> dict[str, Any]:
+    from ambient_rlhf.config import read_yaml
+
+    return read_yaml(PRESETS / f"{DEMO}.yaml")
+
+
+def _demo(key: str, cls_name: str | None = None, fallback: Any = None) -> Callable[[], Any]:
+    """default_factory: the demo preset's value of ``key`` (a section is built through
+    :func:`~ambient_rlhf.config.from_dict`, so it is validated like a user's)."""
     def make() -> Any:
         from ambient_rlhf.config import from_dict
 
-        return from_dict(stage_config_types()[cls_name], values, prefix=_SECTION[cls_name] + ".")
+        value = copy.deepcopy(_demo_values().get(key, fallback))
+        if cls_name is None:
+            return value
+        cls = SimulateConfig if cls_name == "SimulateConfig" else stage_config_types()[cls_name]
+        return from_dict(cls, value or {}, prefix=key + ".")
     return make
-
-
-_SECTION = {"DataConfig": "data", "SFTConfig": "sft", "RewardConfig": "rm", "RLConfig": "rl", "EvalConfig": "eval"}
 
 
 @dataclass
 class RunConfig:
-    out: str = "runs/demo"
+    out: str = field(default_factory=_demo("out"))
     """Run directory; every stage writes a subdirectory of it."""
-    model: str = "default"
+    model: str = field(default_factory=_demo("model"))
     """Base model of the run (SFT starts from it; the simulated community's answers come
     from ``simulate.model``): ``default`` (SmolLM2-135M-Instruct, offline),
     ``tiny-random`` (smoke tests), a model directory or a hub id."""
-    sources: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=_demo("sources", fallback=[]))
     """Data to build from: dump files, directories or tables (``ambient data build``'s
     SOURCE arguments). Empty = simulate a community (``simulate.*``) and build from it.
     ``data.sources=...`` is accepted as a synonym."""
-    goal_model: bool = True
+    goal_model: bool = field(default_factory=_demo("goal_model"))
     """Also train the tier-conditioned SFT model and evaluate it with ``<|tier:good|>``
     against plain SFT on the same judge (goal tokens vs RL)."""
-    rm_init: Literal["sft", "base"] = "sft"
+    rm_init: Literal["sft", "base"] = field(default_factory=_demo("rm_init"))
     """Reward models start from the ``sft`` model (InstructGPT/Stiennon et al.: the
     reward model shares the policy's view of the text) or from the ``base`` model."""
-    simulate: SimulateConfig = field(default_factory=lambda: SimulateConfig(**DEMO_SIMULATE))
+    simulate: SimulateConfig = field(default_factory=_demo("simulate", "SimulateConfig"))
     """The simulated community (used when ``sources`` is empty); see ``ambient data simulate --help-config``."""
-    data: DataConfig = field(default_factory=_demo("DataConfig", DEMO_DATA))  # noqa: F821
+    data: DataConfig = field(default_factory=_demo("data", "DataConfig"))  # noqa: F821
     """``ambient data build`` settings (the sources come from ``sources``)."""
-    sft: SFTConfig = field(default_factory=_demo("SFTConfig", DEMO_SFT))  # noqa: F821
-    """Behaviour cloning; ``data``, ``model``, ``out`` are set by the run. The tier model
-    uses the same settings with ``condition=tier``."""
-    rm: RewardConfig = field(default_factory=_demo("RewardConfig", DEMO_RM))  # noqa: F821
-    """Reward models (proxy and gold share these settings; the run sets ``train_half``
-    to ``a`` and ``b``, and ``data``, ``model``, ``out``)."""
-    rl: RLConfig = field(default_factory=_demo("RLConfig", DEMO_RL))  # noqa: F821
-    """Policy optimisation; ``policy``, ``reward``, ``data``, ``out`` are set by the run."""
-    eval: EvalConfig = field(default_factory=_demo("EvalConfig", DEMO_EVAL))  # noqa: F821
-    """Policy evaluation (both evaluations); model paths, ``data``, ``out``, ``goal`` are set by the run."""
+    sft: SFTConfig = field(default_factory=_demo("sft", "SFTConfig"))  # noqa: F821
+    """Behaviour cloning. The run sets ``data``, ``model`` (from the run's ``model``),
+    ``out``, ``resume``, ``overwrite`` and ``condition`` (``none`` for ``sft/``, ``tier``
+    for ``sft-tier/``); giving one of them is an error."""
+    rm: RewardConfig = field(default_factory=_demo("rm", "RewardConfig"))  # noqa: F821
+    """Reward models: proxy and gold share these settings. The run sets ``train_half``
+    (``a`` for the proxy, ``b`` for the gold model), ``data``, ``model``, ``out``,
+    ``resume``, ``overwrite`` (giving one is an error); ``seed`` seeds the proxy and
+    ``seed + 1`` the gold model, so the judge starts independently."""
+    rl: RLConfig = field(default_factory=_demo("rl", "RLConfig"))  # noqa: F821
+    """Policy optimisation. The run sets ``policy``, ``reward``, ``data``, ``out``,
+    ``resume``, ``overwrite`` (giving one is an error)."""
+    eval: EvalConfig = field(default_factory=_demo("eval", "EvalConfig"))  # noqa: F821
+    """Policy evaluation (both evaluations). The run sets the model paths, ``data``,
+    ``out``, ``overwrite`` and ``goal`` (none for ``eval/``, ``good`` for ``eval-goal/``);
+    giving one is an error."""
+
+
+RUN_SET = {
+    "sft": {"data": "the run's data/", "model": "the run's `model`: set model=... instead",
+            "out": "the run's sft/ and sft-tier/", "condition": "none for sft/, tier for sft-tier/ (goal_model=true)",
+            "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
+    "rm": {"data": "the run's data/", "model": "the sft/ model or the run's `model` (rm_init)",
+           "out": "the run's rm-proxy/ and rm-gold/", "train_half": "a for rm-proxy, b for rm-gold",
+           "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
+    "rl": {"policy": "the run's sft/", "reward": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's rl/",
+           "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
+    "eval": {"policy": "rl/ or sft-tier/", "reference": "the run's sft/", "judge": "the run's rm-gold/",
+             "proxy": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's eval/ and eval-goal/",
+             "goal": "none for eval/, good for eval-goal/", "overwrite": "the run decides"},
+}
+"""Stage keys that :func:`plan` sets, with what it sets them to.  A user's value for one
+of them is refused (never silently replaced)."""
+
+
+def _refuse_run_set(given: dict[str, Any], where: str) -> None:
+    bad = [f"{sec}.{k} ({why})" for sec, keys in RUN_SET.items() if isinstance(given.get(sec), dict)
+           for k, why in keys.items() if k in given[sec]]
+    if bad:
+        raise AmbientError(f"run: {where} sets {'; '.join(bad)}: the run sets "
+                           f"{'this key' if len(bad) == 1 else 'these keys'} itself; remove "
+                           f"{'it' if len(bad) == 1 else 'them'} (a single stage runs with `ambient <stage>`)")
 
 
 def load_run_config(config_file: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults (the demo) <- YAML <- ``key=value``.  Sections start from the run's
-    defaults, so ``sft.lr=1e-4`` changes the learning rate and keeps the demo's schedule."""
+    """The demo preset <- YAML (a path or a preset name) <- ``key=value``.  Sections start
+    from the demo's, so ``sft.lr=1e-4`` changes the learning rate and keeps the demo's
+    schedule.  A key the run sets itself (:data:`RUN_SET`) is refused."""
     from ambient_rlhf.config import deep_merge, from_dict, overrides_to_dict, read_yaml
 
     stage_config_types()
     data = to_dict(RunConfig())
     if config_file is not None:
-        data = deep_merge(data, read_yaml(config_file))
+        path = find_preset(config_file)
+        given = read_yaml(path)
+        _refuse_run_set(given, str(path))
+        data = deep_merge(data, given)
     if overrides:
-        data = deep_merge(data, overrides_to_dict(overrides))
+        given = overrides_to_dict(overrides)
+        _refuse_run_set(given, "the command line")
+        data = deep_merge(data, given)
     sec = data.get("data")
     if isinstance(sec, dict) and "sources" in sec and "sources" not in _field_names(DataConfig):  # noqa: F821
         data = dict(data, data={k: v for k, v in sec.items() if k != "sources"}, sources=sec["sources"])
     return from_dict(RunConfig, data)
+
+
+RESOLVED_FILE = "config.resolved.yaml"
+"""Written into the run directory: every key of the run's config, as resolved."""
+
+
+def resolved_yaml(cfg: dict[str, Any]) -> str:
+    """The run's config (``to_dict(RunConfig)``) as YAML, without the keys the run sets
+    itself, so that ``ambient run RUN_DIR/config.resolved.yaml`` runs it again."""
+    import yaml
+
+    body = {k: ({kk: vv for kk, vv in v.items() if kk not in RUN_SET.get(k, {})} if isinstance(v, dict) else v)
+            for k, v in cfg.items()}
+    return ("# written by `ambient run`: the resolved config of this run (the stages' own settings, with the\n"
+            "# paths that connect them, are in each stage's manifest.json). Run it again with:\n"
+            f"#   ambient run {Path(str(cfg.get('out', '.'))) / RESOLVED_FILE}\n"
+            + yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
 
 
 def _field_names(cls: type) -> set[str]:
@@ -403,12 +481,15 @@ def _processes() -> tuple[int, int, Callable[[], None]]:
 def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], config: dict | None = None) -> dict[str, Any]:
     """Run ``stages`` in order into ``run_dir``: skip those whose manifest carries their
     current key, resume an interrupted resumable one, run the rest from scratch.
-    Writes and returns the run manifest (``config`` is recorded in it)."""
+    Writes and returns the run manifest (``config`` is recorded in it and, as YAML, in
+    ``config.resolved.yaml``)."""
     run_dir = Path(run_dir)
     rank, world, barrier = _processes()
     main = rank == 0
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (run_dir / RESOLVED_FILE).write_text(resolved_yaml(config))
     barrier()
     previous = {s["name"]: s for s in (_read_json(run_dir / RUN_MANIFEST) or {}).get("stages", [])}
     records: list[dict[str, Any]] = []
@@ -511,7 +592,8 @@ def run_config_help() -> str:
                       ("rm", types_["RewardConfig"]), ("rl", types_["RLConfig"]), ("eval", types_["EvalConfig"])):
         stage_defaults.update(_flatten(to_dict(cls()), f"{name}."))
     diff = [f"  {k} = {v!r}" for k, v in run_defaults.items() if k in stage_defaults and stage_defaults[k] != v]
-    return text + "\n\nDefaults of `ambient run` (the demo, configs/demo.yaml) that differ from the stage defaults above:\n" + "\n".join(diff)
+    return (text + f"\n\nDefaults of `ambient run` (the demo, {PRESETS / (DEMO + '.yaml')}) that differ from the "
+            "stage defaults above:\n" + "\n".join(diff))
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -524,7 +606,8 @@ def cli(argv: list[str]) -> int:
         prog="ambient run", parents=[common_parser()],
         description="The whole pipeline (simulate/data -> sft -> rm -> rl -> eval -> report) in one run directory. "
                     "Re-running skips finished stages and resumes an interrupted one.")
-    p.add_argument("config_file", nargs="?", metavar="CONFIG", help="preset YAML (configs/*.yaml); default: the demo")
+    p.add_argument("config_file", nargs="?", metavar="CONFIG",
+                   help=f"a preset ({', '.join(preset_names())}) or a YAML file; default: the demo")
     p.add_argument("--until", metavar="STAGE", default=None,
                    help="stop after this stage (e.g. rm-gold or truth); re-run without it to finish")
     args = p.parse_args(rest)
