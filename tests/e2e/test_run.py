@@ -22,7 +22,10 @@ TINY = [
     "sft.steps=2", "sft.batch_size=2", "sft.grad_accum=1", "sft.checkpoint_every=1", "sft.sample_prompts=0",
     "sft.log_every=1",
     "rm.epochs=1", "rm.train_layers=1",
+    # 8 tokens end no tiny-random answer: with the default missing_eos_score every sample
+    # would score -1, every RLOO advantage be 0 and RL leave the policy as it was
     "rl.steps=2", "rl.batch_size=2", "rl.rloo_k=2", "rl.response_length=8", "rl.save_every=1",
+    "rl.missing_eos_score=null",
     "eval.n_prompts=4", "eval.max_new_tokens=8", "eval.bootstrap_resamples=100",
 ]
 ALL = ["simulate", "data", "sft", "sft-tier", "rm-proxy", "rm-gold", "truth", "rl", "eval", "eval-goal", "report"]
