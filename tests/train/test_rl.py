@@ -140,8 +140,10 @@ def test_config_is_documented_and_rejects_unknown_keys():
 def test_reward_spec_errors(tmp_path, data_dir, tiny_model_path):
     from ambient_rlhf import AmbientError
 
+    not_rm = tmp_path / "not-an-rm"  # beside the output directory: an input holding it is refused first
+    not_rm.mkdir()
     for spec, msg in (("token-count:abc", "token-count"), ("token-count:99999999", "outside"),
-                      (str(tmp_path), "not a reward-model directory"), ("python:nope_module:f", "cannot import")):
+                      (str(not_rm), "not a reward-model directory"), ("python:nope_module:f", "cannot import")):
         with pytest.raises(AmbientError, match=msg):
             _run(tmp_path / "e", data_dir, tiny_model_path, "reinforce", "steps=1", f"reward={spec}", "overwrite=true")
 
