@@ -1,5 +1,7 @@
-"""Every YAML in configs/ loads: the ``ambient run`` presets into RunConfig (and plan),
-the accelerate config through accelerate's own loader."""
+"""Every preset loads: the ``ambient run`` presets (package data, ``ambient_rlhf/presets``)
+into RunConfig (and plan), the accelerate config in configs/ through accelerate's own
+loader; the demo preset is the one source of the run's defaults; the run refuses keys it
+sets itself and writes the resolved config."""
 
 from __future__ import annotations
 
@@ -9,35 +11,112 @@ import pytest
 
 from ambient_rlhf.config import check_documented, to_dict
 
+from ambient_rlhf import AmbientError
+from ambient_rlhf.run import PRESETS as PRESET_DIR
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ACCELERATE = {"accelerate-deepspeed-zero2.yaml"}
-PRESETS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in ACCELERATE)
+PRESETS = sorted(p.name for p in PRESET_DIR.glob("*.yaml"))
 
 
-def test_presets_exist():
+def test_presets_exist_once():
     assert {"demo.yaml", "askacademia.yaml", "gpu-smollm2.yaml", "multi-gpu-deepspeed.yaml"} <= set(PRESETS)
     assert all((CONFIGS / a).is_file() for a in ACCELERATE)
-    assert not list(CONFIGS.glob("*.yml")), "name presets *.yaml so this test finds them"
+    assert not list(PRESET_DIR.glob("*.yml")), "name presets *.yaml so this test finds them"
+    # no second copy in configs/: it holds the accelerate config only
+    assert {p.name for p in CONFIGS.glob("*.y*ml")} == ACCELERATE
+    # shipped as package data
+    import tomllib
+
+    pyproject = tomllib.loads((CONFIGS.parent / "pyproject.toml").read_text())
+    assert "presets/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["ambient_rlhf"]
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_loads_and_plans(name):
     from ambient_rlhf.run import load_run_config, plan
 
-    cfg = load_run_config(CONFIGS / name)
+    cfg = load_run_config(PRESET_DIR / name)
     stages = [s.name for s in plan(cfg)]
     assert stages[-1] == "report" and "rl" in stages and "eval" in stages
     assert ("simulate" in stages) == (not cfg.sources)
+    # by name, and by the old path under configs/, it is the same preset
+    stem = name[: -len(".yaml")]
+    for alias in (stem, name, f"configs/{name}"):
+        assert to_dict(load_run_config(alias)) == to_dict(cfg)
     # the header comment names the command that runs this preset
-    header = [line for line in (CONFIGS / name).read_text().splitlines() if line.startswith("#")]
-    assert any(f"configs/{name}" in line and ("ambient run" in line or "ambient_rlhf.cli run" in line)
-               for line in header)
+    header = [line for line in (PRESET_DIR / name).read_text().splitlines() if line.startswith("#")]
+    assert any(f"run {stem}" in line and ("ambient run" in line or "ambient_rlhf.cli run" in line) for line in header)
 
 
-def test_demo_is_the_default():
+def test_demo_is_the_default_and_its_only_source():
+    import yaml
+
+    from ambient_rlhf.run import RunConfig, load_run_config
+
+    assert to_dict(load_run_config("demo")) == to_dict(load_run_config(None)) == to_dict(RunConfig())
+    # every value the demo file writes is the run's default: change the file, the default follows
+    demo = yaml.safe_load((PRESET_DIR / "demo.yaml").read_text())
+    default = to_dict(RunConfig())
+
+    def check(d, ref, where):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                check(v, ref[k], f"{where}{k}.")
+            else:
+                assert ref[k] == v, f"{where}{k}"
+
+    check(demo, default, "")
+    # run.py holds no copy of the demo's numbers
+    import ambient_rlhf.run as run
+
+    assert not [n for n in vars(run) if n.startswith("DEMO_")]
+
+
+def test_unknown_config_names_the_presets(tmp_path):
     from ambient_rlhf.run import load_run_config
 
-    assert to_dict(load_run_config(CONFIGS / "demo.yaml")) == to_dict(load_run_config(None))
+    with pytest.raises(AmbientError, match=r"nope.yaml: no such file and no such preset.*askacademia, demo"):
+        load_run_config("nope.yaml")
+    mine = tmp_path / "demo.yaml"  # a file of the user's own wins over the preset of that name
+    mine.write_text("rl: {steps: 3}\n")
+    assert load_run_config(mine).rl.steps == 3
+
+
+@pytest.mark.parametrize("where,key", [("cli", "sft.condition=tier"), ("cli", "sft.model=x"), ("file", "rm.train_half"),
+                                       ("cli", "eval.goal=good"), ("cli", "rl.reward=token-count:1"),
+                                       ("file", "sft.resume")])
+def test_keys_the_run_sets_are_refused(tmp_path, where, key):
+    from ambient_rlhf.run import load_run_config
+
+    name = key.split("=")[0]
+    sec, k = name.split(".")
+    if where == "cli":
+        with pytest.raises(AmbientError, match=rf"run: the command line sets {sec}\.{k} \(.*remove it"):
+            load_run_config(None, ["rl.steps=3", key])
+    else:
+        f = tmp_path / "mine.yaml"
+        f.write_text(f"{sec}:\n  {k}: b\n  lr: 0.1\n" if k == "train_half" else f"{sec}:\n  {k}: true\n")
+        with pytest.raises(AmbientError, match=rf"mine.yaml sets {sec}\.{k} \("):
+            load_run_config(f)
+    # the seeds the run derives from a user's value are honoured: proxy = rm.seed, gold = rm.seed + 1
+    from ambient_rlhf.run import plan
+
+    stages = {s.name: s.config for s in plan(load_run_config(None, ["rm.seed=7", f"out={tmp_path}"]))}
+    assert (stages["rm-proxy"].seed, stages["rm-gold"].seed) == (7, 8)
+
+
+def test_resolved_config_is_written_and_runs_again(tmp_path):
+    from ambient_rlhf.io import write_manifest
+    from ambient_rlhf.run import RESOLVED_FILE, RUNNERS, load_run_config, run_pipeline
+
+    cfg = load_run_config("askacademia", [f"out={tmp_path / 'run'}", "sources=[a.ndjson]", "rl.steps=3"])
+    run_pipeline(cfg, runners={k: (lambda c, r, o: write_manifest(o, "x")) for k in RUNNERS})  # no training
+    path = tmp_path / "run" / RESOLVED_FILE
+    text = path.read_text()
+    assert text.startswith("# written by `ambient run`") and "rl.steps" not in text and "steps: 3" in text
+    again = load_run_config(path)  # no key the run sets is in it, so it loads as a user's config
+    assert to_dict(again) == to_dict(cfg)
 
 
 def test_run_config_documented():
@@ -50,7 +129,7 @@ def test_run_config_documented():
 def test_askacademia_uses_the_real_dump():
     from ambient_rlhf.run import load_run_config
 
-    cfg = load_run_config(CONFIGS / "askacademia.yaml", ["data.sources=[x/y]"])
+    cfg = load_run_config("askacademia", ["data.sources=[x/y]"])
     assert cfg.sources == ["x/y"]  # data.sources is the documented synonym of sources
 
 
@@ -59,9 +138,9 @@ def test_multi_gpu_preset_and_its_accelerate_config():
 
     from ambient_rlhf.run import load_run_config
 
-    cfg = load_run_config(CONFIGS / "multi-gpu-deepspeed.yaml")
+    cfg = load_run_config("multi-gpu-deepspeed")
     assert cfg.model == "gpt2-xl" and cfg.sft.template == "plain"
     acc = load_config_from_file(str(CONFIGS / "accelerate-deepspeed-zero2.yaml"))
     assert str(acc.distributed_type).endswith("DEEPSPEED") and acc.num_processes == 4
     assert acc.deepspeed_config["zero_stage"] == 2
-    assert "accelerate-deepspeed-zero2.yaml" in (CONFIGS / "multi-gpu-deepspeed.yaml").read_text()
+    assert "configs/accelerate-deepspeed-zero2.yaml" in (PRESET_DIR / "multi-gpu-deepspeed.yaml").read_text()

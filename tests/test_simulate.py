@@ -140,6 +140,30 @@ def test_dump_format(sim_dir):
     assert sum(s["num_comments"] for s in subs) == len(comments)
 
 
+def test_data_built_from_the_simulator_says_so(sim_dir, tmp_path):
+    """The data stage records ``simulated`` and ``community`` in its manifest; the readers
+    (``is_simulated``, ``community_name``) take them from there."""
+    import shutil
+
+    from ambient_rlhf.config import load_config
+    from ambient_rlhf.data.build import DataConfig, build
+    from ambient_rlhf.eval.policy_eval import is_simulated
+    from ambient_rlhf.train.reward import community_name
+
+    cfg = load_config(DataConfig, None, ["labels.min_prompt_score=2"])
+    dumps = sorted(str(p) for p in sim_dir.glob("*.ndjson"))
+    m = build(dumps, str(tmp_path / "data"), cfg)
+    assert m["simulated"] is True and m["community"] == "AmbientSim" and m["communities"] == {"AmbientSim": 120}
+    assert is_simulated(tmp_path / "data") and community_name(tmp_path / "data") == "AmbientSim"
+    # the same dump copied away from the simulator's manifest is ordinary data
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for d in dumps:
+        shutil.copy(d, copy)
+    m = build([str(copy)], str(tmp_path / "data2"), cfg)
+    assert m["simulated"] is False and not is_simulated(tmp_path / "data2")
+
+
 def test_utility_table_matches_dump(sim_dir):
     df = sim.load_utility(sim_dir)
     assert len(df) == 480 and df["response_id"].is_unique

@@ -1,8 +1,15 @@
 """``ambient run [CONFIG] [key=value ...]``: the whole pipeline in one run directory.
 
     ambient run                                   # the demo: a simulated community, SmolLM2
-    ambient run configs/askacademia.yaml data.sources=../shared/data/reddit-askacademia
-    ambient run configs/demo.yaml out=runs/x sft.steps=10 rl.steps=5
+    ambient run askacademia data.sources=../shared/data/reddit-askacademia
+    ambient run demo out=runs/x sft.steps=10 rl.steps=5
+    ambient run my-run.yaml                       # a YAML file of your own
+
+CONFIG is a preset shipped in ``ambient_rlhf/presets/`` (by name) or a YAML file; its keys
+go on top of the demo preset's, then ``key=value`` overrides.  Keys that connect the
+stages (paths, ``sft.condition``, ``rm.train_half``, ``eval.goal``, ...; ``RUN_SET`` in :mod:`ambient_rlhf.run_config`)
+are set by the run, and giving one is an error.  The resolved config is written to
+``RUN_DIR/config.resolved.yaml``.
 
 Stages, each in its own subdirectory of ``out`` with its ``manifest.json``::
 
@@ -55,14 +62,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.cli import common_parser, split_overrides
-from ambient_rlhf.config import config_help, to_dict
+from ambient_rlhf.config import to_dict
 from ambient_rlhf.data.simulate import SimulateConfig
 from ambient_rlhf.io import write_json, write_manifest
 from ambient_rlhf.logging import get_logger, progress, progress_enabled, setup_logging
+from ambient_rlhf.run_config import (DEMO, PRESETS, RESOLVED_FILE, RUN_SET, RunConfig, find_preset,  # noqa: F401
+                                     load_run_config, preset_names, resolved_yaml, run_config_help, stage_config_types)
 
 log = get_logger("run")
 
@@ -71,110 +80,6 @@ KEY_FIELD = "run_key"
 """Field of a stage's manifest.json holding the key it was produced with."""
 _VOLATILE = ("resume", "overwrite")
 """Config fields that do not change a stage's result (left out of its key)."""
-
-
-# ---- the stage config classes, imported on first use ---------------------------------------
-def stage_config_types() -> dict[str, type]:
-    """Import the stage config classes (torch and transformers come with them) and make
-    them resolvable for :class:`RunConfig`'s annotations."""
-    from ambient_rlhf.data.build import DataConfig
-    from ambient_rlhf.eval.policy_eval import EvalConfig
-    from ambient_rlhf.train.reward import RewardConfig
-    from ambient_rlhf.train.rl import RLConfig
-    from ambient_rlhf.train.sft import SFTConfig
-
-    types_ = {"DataConfig": DataConfig, "SFTConfig": SFTConfig, "RewardConfig": RewardConfig,
-              "RLConfig": RLConfig, "EvalConfig": EvalConfig}
-    globals().update(types_)
-    return types_
-
-
-# ---- the run configuration -----------------------------------------------------------------
-# The defaults are the demo (configs/demo.yaml states the same values): a simulated
-# community answered by SmolLM2, sized for ~15 minutes on a 2-core CPU.  Stage budgets
-# (measured on a 2-core CPU): simulate 200 x 4 answers at batch 32 ~3.6 min; SFT ~5 s per step
-# of 8 sequences; each reward model trains the top 2 layers + head on cached hidden states
-# (one forward pass over its ~300 answers, then cheap epochs; ~1.5 min each); RL is RLOO (no
-# value model, one pass per batch) with 2 prompts x 4 samples.
-DEMO_SIMULATE = dict(threads=200, responses=4, max_new_tokens=48, batch_size=32)
-DEMO_DATA = dict(splits=dict(train=0.6, valid=0.1, test=0.3), labels=dict(min_prompt_score=2, min_score_ratio=1.5,
-                                                                         delay_weight=0.2))
-DEMO_SFT = dict(steps=12, batch_size=4, grad_accum=2, lr=5e-5, warmup_steps=2, max_prompt_tokens=128,
-                max_response_tokens=64, eval_every=0, eval_examples=32, checkpoint_every=6, sample_prompts=2,
-                sample_max_new_tokens=32)
-DEMO_RM = dict(objective="ranking", train_layers=2, epochs=8.0, lr=1e-4, weight_decay=0.0, batch_size=4,
-               max_prompt_tokens=128, max_response_tokens=64, eval_every=0, norm_max_responses=128, save_every=0)
-DEMO_RL = dict(algo="rloo", steps=12, lr=3e-5, batch_size=2, rloo_k=4, response_length=64, max_prompt_tokens=128,
-               sample_every=4, samples_per_log=2, save_every=4)
-DEMO_EVAL = dict(n_prompts=16, samples_per_prompt=1, max_new_tokens=64, max_prompt_tokens=128)
-
-
-def _demo(cls_name: str, values: dict) -> Callable[[], Any]:
-    """default_factory: the stage's config with the demo's settings (nested sections
-    built through :func:`~ambient_rlhf.config.from_dict`, so they are validated)."""
-    def make() -> Any:
-        from ambient_rlhf.config import from_dict
-
-        return from_dict(stage_config_types()[cls_name], values, prefix=_SECTION[cls_name] + ".")
-    return make
-
-
-_SECTION = {"DataConfig": "data", "SFTConfig": "sft", "RewardConfig": "rm", "RLConfig": "rl", "EvalConfig": "eval"}
-
-
-@dataclass
-class RunConfig:
-    out: str = "runs/demo"
-    """Run directory; every stage writes a subdirectory of it."""
-    model: str = "default"
-    """Base model of the run (SFT starts from it; the simulated community's answers come
-    from ``simulate.model``): ``default`` (SmolLM2-135M-Instruct, offline),
-    ``tiny-random`` (smoke tests), a model directory or a hub id."""
-    sources: list[str] = field(default_factory=list)
-    """Data to build from: dump files, directories or tables (``ambient data build``'s
-    SOURCE arguments). Empty = simulate a community (``simulate.*``) and build from it.
-    ``data.sources=...`` is accepted as a synonym."""
-    goal_model: bool = True
-    """Also train the tier-conditioned SFT model and evaluate it with ``<|tier:good|>``
-    against plain SFT on the same judge (goal tokens vs RL)."""
-    rm_init: Literal["sft", "base"] = "sft"
-    """Reward models start from the ``sft`` model (InstructGPT/Stiennon et al.: the
-    reward model shares the policy's view of the text) or from the ``base`` model."""
-    simulate: SimulateConfig = field(default_factory=lambda: SimulateConfig(**DEMO_SIMULATE))
-    """The simulated community (used when ``sources`` is empty); see ``ambient data simulate --help-config``."""
-    data: DataConfig = field(default_factory=_demo("DataConfig", DEMO_DATA))  # noqa: F821
-    """``ambient data build`` settings (the sources come from ``sources``)."""
-    sft: SFTConfig = field(default_factory=_demo("SFTConfig", DEMO_SFT))  # noqa: F821
-    """Behaviour cloning; ``data``, ``model``, ``out`` are set by the run. The tier model
-    uses the same settings with ``condition=tier``."""
-    rm: RewardConfig = field(default_factory=_demo("RewardConfig", DEMO_RM))  # noqa: F821
-    """Reward models (proxy and gold share these settings; the run sets ``train_half``
-    to ``a`` and ``b``, and ``data``, ``model``, ``out``)."""
-    rl: RLConfig = field(default_factory=_demo("RLConfig", DEMO_RL))  # noqa: F821
-    """Policy optimisation; ``policy``, ``reward``, ``data``, ``out`` are set by the run."""
-    eval: EvalConfig = field(default_factory=_demo("EvalConfig", DEMO_EVAL))  # noqa: F821
-    """Policy evaluation (both evaluations); model paths, ``data``, ``out``, ``goal`` are set by the run."""
-
-
-def load_run_config(config_file: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults (the demo) <- YAML <- ``key=value``.  Sections start from the run's
-    defaults, so ``sft.lr=1e-4`` changes the learning rate and keeps the demo's schedule."""
-    from ambient_rlhf.config import deep_merge, from_dict, overrides_to_dict, read_yaml
-
-    stage_config_types()
-    data = to_dict(RunConfig())
-    if config_file is not None:
-        data = deep_merge(data, read_yaml(config_file))
-    if overrides:
-        data = deep_merge(data, overrides_to_dict(overrides))
-    sec = data.get("data")
-    if isinstance(sec, dict) and "sources" in sec and "sources" not in _field_names(DataConfig):  # noqa: F821
-        data = dict(data, data={k: v for k, v in sec.items() if k != "sources"}, sources=sec["sources"])
-    return from_dict(RunConfig, data)
-
-
-def _field_names(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
 
 
 # ---- stages and keys -----------------------------------------------------------------------
@@ -401,12 +306,15 @@ def _processes() -> tuple[int, int, Callable[[], None]]:
 def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], config: dict | None = None) -> dict[str, Any]:
     """Run ``stages`` in order into ``run_dir``: skip those whose manifest carries their
     current key, resume an interrupted resumable one, run the rest from scratch.
-    Writes and returns the run manifest (``config`` is recorded in it)."""
+    Writes and returns the run manifest (``config`` is recorded in it and, as YAML, in
+    ``config.resolved.yaml``)."""
     run_dir = Path(run_dir)
     rank, world, barrier = _processes()
     main = rank == 0
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (run_dir / RESOLVED_FILE).write_text(resolved_yaml(config))
     barrier()
     previous = {s["name"]: s for s in (_read_json(run_dir / RUN_MANIFEST) or {}).get("stages", [])}
     records: list[dict[str, Any]] = []
@@ -489,29 +397,6 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
 
 
 # ---- command line --------------------------------------------------------------------------
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix[:-1]: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-
-
-def run_config_help() -> str:
-    """Every key with its meaning, then the values where the run's defaults (the demo)
-    differ from the stages' own defaults."""
-    types_ = stage_config_types()
-    text = config_help(RunConfig)
-    run_defaults = _flatten(to_dict(RunConfig()))
-    stage_defaults: dict[str, Any] = {}
-    for name, cls in (("simulate", SimulateConfig), ("data", types_["DataConfig"]), ("sft", types_["SFTConfig"]),
-                      ("rm", types_["RewardConfig"]), ("rl", types_["RLConfig"]), ("eval", types_["EvalConfig"])):
-        stage_defaults.update(_flatten(to_dict(cls()), f"{name}."))
-    diff = [f"  {k} = {v!r}" for k, v in run_defaults.items() if k in stage_defaults and stage_defaults[k] != v]
-    return text + "\n\nDefaults of `ambient run` (the demo, configs/demo.yaml) that differ from the stage defaults above:\n" + "\n".join(diff)
-
-
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -522,7 +407,8 @@ def cli(argv: list[str]) -> int:
         prog="ambient run", parents=[common_parser()],
         description="The whole pipeline (simulate/data -> sft -> rm -> rl -> eval -> report) in one run directory. "
                     "Re-running skips finished stages and resumes an interrupted one.")
-    p.add_argument("config_file", nargs="?", metavar="CONFIG", help="preset YAML (configs/*.yaml); default: the demo")
+    p.add_argument("config_file", nargs="?", metavar="CONFIG",
+                   help=f"a preset ({', '.join(preset_names())}) or a YAML file; default: the demo")
     p.add_argument("--until", metavar="STAGE", default=None,
                    help="stop after this stage (e.g. rm-gold or truth); re-run without it to finish")
     args = p.parse_args(rest)

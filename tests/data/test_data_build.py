@@ -51,6 +51,8 @@ def test_canonical_dump_counts(dump_dir, tmp_path, real_plots):
     assert c["pairs"] == {"candidates": 15, "tied": 1, "kept": 5, "low_prompt_score": 1, "low_score": 5,
                           "time_rule": 1, "cap": 3}
     assert c["pairs_per_split"] == {"train": 5}
+    # the community the readers look up (community_name) and not the simulator's output
+    assert m["community"] == "AskTest" and m["communities"] == {"AskTest": 3} and m["simulated"] is False
     b = m["bad_records"]
     assert b["total"] == 4 and b["records_seen"] == 30
     assert b["by_reason"] == {"malformed JSON": 1, "field 'score'": 1, "missing field 'body'": 1,

@@ -1,5 +1,8 @@
-"""``ambient report`` on synthetic run directories written here (no trained models), and
-the rendered page checked in headless Chromium."""
+"""``ambient report`` on run directories of two kinds: one written by the stages themselves
+(tiny-random models, a template-simulated community: the report must read the files as
+the producers lay them out) and synthetic ones written here, whose invented numbers
+control the headline's wording and whose torn files test robustness; the rendered page
+is checked in headless Chromium."""
 
 import base64
 import json
@@ -301,3 +304,85 @@ def test_headline_says_when_a_reward_model_beats_length_on_the_hidden_utility(tm
     assert "rm-proxy (within-thread Spearman 0.55) <b>recovers it better</b> than the longer-answer baseline (0.37)" in head
     assert "+0.18 [+0.04, +0.31] over 51 held-out threads" in head
     assert "raw upvote score" not in head  # no comparison with the score was given
+
+
+# ---- the report of a run whose every input comes from the real producer ------------------------
+@pytest.fixture(scope="module")
+def produced_run(tmp_path_factory, tiny_model_path):
+    """A run directory written by the stages themselves (template-simulated community,
+    tiny-random models, a few steps each), so the report reads the files exactly as the
+    producers lay them out; the hand-written run above controls the numbers instead."""
+    from ambient_rlhf.config import load_config
+    from ambient_rlhf.data import simulate as sim
+    from ambient_rlhf.data.build import DataConfig, build
+    from ambient_rlhf.eval.policy_eval import evaluate_policy
+    from ambient_rlhf.simulate import evaluate_recovery
+    from ambient_rlhf.train.reward import RewardConfig, train_reward
+    from ambient_rlhf.train.rl import RLConfig, train_rl
+    from ambient_rlhf.train.sft import SFTConfig, train_sft
+
+    run = tmp_path_factory.mktemp("produced") / "run"
+    sim.simulate(run / "simulate", sim.SimulateConfig(threads=30, responses=4, seed=1, model="template"))
+    build([str(p) for p in sorted((run / "simulate").glob("*.ndjson"))], str(run / "data"),
+          load_config(DataConfig, None, ["splits={train: 0.5, valid: 0.2, test: 0.3}",
+                                         "labels.min_prompt_score=2", "labels.min_score_ratio=1.5"]))
+    data = str(run / "data")
+    train_sft(SFTConfig(data=data, model=tiny_model_path, out=str(run / "sft"), steps=2, batch_size=2, grad_accum=1,
+                        eval_every=0, eval_examples=8, checkpoint_every=0, sample_prompts=0, log_every=1))
+    train_reward(load_config(RewardConfig, None, [f"data={data}", f"model={tiny_model_path}", f"out={run / 'rm-gold'}",
+                                                  "epochs=1", "train_layers=1", "eval_every=0", "eval_split=test"]))
+    train_rl(load_config(RLConfig, None, [f"policy={run / 'sft'}", f"reward={run / 'rm-gold'}", f"data={data}",
+                                          f"out={run / 'rl'}", "algo=rloo", "steps=2", "batch_size=2", "rloo_k=2",
+                                          "response_length=8", "save_every=0", "sample_every=1"]))
+    evaluate_policy(load_config(EvalConfig, None, [
+        f"policy={run / 'rl'}", f"reference={run / 'sft'}", f"judge={run / 'rm-gold'}", f"data={data}",
+        f"out={run / 'eval'}", "n_prompts=4", "max_new_tokens=8", "bootstrap_resamples=100"]))
+    evaluate_recovery(data, {"rm-gold": str(run / "rm-gold")}, run / "truth", max_prompt_tokens=64,
+                      max_response_tokens=32)
+    return run, write_report(run)
+
+
+def _rows(page: str) -> list[list[str]]:
+    """The cells of every table row of the page, as text."""
+    return [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", r, flags=re.S)]
+            for r in re.findall(r"<tr>(.*?)</tr>", page, flags=re.S)]
+
+
+def test_report_reads_what_the_stages_write(produced_run):
+    run, path = produced_run
+    page = path.read_text()
+    assert "could not be drawn" not in page
+    # every stage directory is found, with the time its manifest records
+    stages = {r[1]: r for r in _rows(page[page.index("id='stages'"):]) if len(r) == 5}
+    assert set(stages) == {"simulate", "data", "sft", "rm-gold", "rl", "eval", "truth"}, stages
+    for name in stages:
+        assert stages[name][3] == json.loads((run / name / "manifest.json").read_text())["created"]
+    # the headline quotes the evaluation's own numbers (formatted here by hand)
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    w = ev["win_rate"]
+    assert (f"win rate {w['value']:.3f} [{w['low']:.3f}, {w['high']:.3f}] (95% bootstrap interval over "
+            f"{ev['n_prompts']} held-out prompts") in page
+    assert f"at a KL of {ev['kl']['value']:.2f} nats per answer" in page
+    # ... and the reward model's, labelled with the community the data stage recorded
+    rm = json.loads((run / "rm-gold" / "eval.json").read_text())
+    acc = rm["accuracy"]
+    assert (f"[rm-gold on AmbientSim] reward-model pairwise accuracy {acc['value']:.3f} "
+            f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]") in page
+    # the truth table holds the recovery numbers of the truth stage
+    truth = json.loads((run / "truth" / "eval.json").read_text())
+    rec = truth["reward_models"]["rm-gold"]
+    assert any("rm-gold" in r[0] and f"{rec['spearman']:.3f}" in r and f"{rec['pair_accuracy']:.3f}" in r
+               for r in _rows(page) if r)
+    # every RL curve the report draws is a metric the RL trainer logs: no "–" in its table
+    from ambient_rlhf.eval.report import RL_CURVES
+
+    rl_rows = [r for r in _rows(page) if r and r[0] in {k for k, _ in RL_CURVES}]
+    assert len(rl_rows) == len(RL_CURVES) and not [r for r in rl_rows if "–" in r], rl_rows
+    # the data stage's counters and its own plots are in, and the figures of every section
+    m = json.loads((run / "data" / "manifest.json").read_text())
+    assert f"<td>threads.kept</td><td>{m['counts']['threads']['kept']}</td>" in page
+    for section in ("data_counts_data", "data_counts_simulate", "rl_curves_rl", "win_rates", "true_utility_eval",
+                    "training_losses", "rm_accuracy_rm_gold_on_AmbientSim", "true_vs_reward_eval", "frontier"):
+        assert (run / REPORT_DIR / f"{section}.png").is_file(), section
+    pngs = sorted((run / REPORT_DIR).glob("*.png"))
+    assert len(_imgs(page)) == len(pngs)

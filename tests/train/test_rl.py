@@ -171,8 +171,10 @@ def test_config_is_documented_and_rejects_unknown_keys():
 def test_reward_spec_errors(tmp_path, data_dir, tiny_model_path):
     from ambient_rlhf import AmbientError
 
+    not_rm = tmp_path / "not-an-rm"  # beside the output directory: an input holding it is refused first
+    not_rm.mkdir()
     for spec, msg in (("token-count:abc", "token-count"), ("token-count:99999999", "outside"),
-                      (str(tmp_path), "not a reward-model directory"), ("python:nope_module:f", "cannot import")):
+                      (str(not_rm), "not a reward-model directory"), ("python:nope_module:f", "cannot import")):
         with pytest.raises(AmbientError, match=msg):
             _run(tmp_path / "e", data_dir, tiny_model_path, "reinforce", "steps=1", f"reward={spec}", "overwrite=true")
 
@@ -204,6 +206,15 @@ def test_existing_output_is_not_clobbered(tmp_path, data_dir, tiny_model_path):
     assert (out / "notes.txt").read_text() == "mine"
     with pytest.raises(AmbientError, match="goal"):
         _run(tmp_path / "g", data_dir, tiny_model_path, "reinforce", "steps=1", "goal=best")
+    # a finished run: --resume leaves it as it is (it used to train again over its model),
+    # --resume with another config is refused naming the key
+    fin = tmp_path / "fin"
+    _, done = _run(fin, data_dir, tiny_model_path, "reinforce", "steps=1", "batch_size=2")
+    before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
+    _run(fin, data_dir, tiny_model_path, "reinforce", "steps=1", "batch_size=2", "resume=true")
+    assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
+    with pytest.raises(AmbientError, match=r"another config \(differs in: steps\)"):
+        _run(fin, data_dir, tiny_model_path, "reinforce", "steps=2", "batch_size=2", "resume=true")
 
 
 def test_tier_conditioned_policy_with_base_reward_model(tmp_path, data_dir, tiny_model_path):

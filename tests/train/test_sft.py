@@ -262,7 +262,18 @@ def test_clear_errors(tmp_path, capsys, data_dir):
     assert "responses.parquet: not found" in capsys.readouterr().err
     assert main(["sft", "--data", str(data_dir), "--out", str(tmp_path / "o"), "bogus=1"]) == 2
     assert "unknown config key 'bogus'" in capsys.readouterr().err
-    assert main(["sft", "--data", str(data_dir), "--out", str(tmp_path / "o2"), "--resume"]) == 2
-    assert "no checkpoint to resume from" in capsys.readouterr().err
+    # the output directory is checked before anything is read or deleted: out == data with
+    # --overwrite would have removed the data (issue 13)
+    before = sorted((p.name, p.stat().st_size) for p in data_dir.iterdir())
+    for flag in ("--overwrite", "--resume"):
+        assert main(["sft", "--data", str(data_dir), "--model", "tiny-random", "--out", str(data_dir), flag]) == 2
+        assert f"--out {data_dir} is the input {data_dir}" in capsys.readouterr().err
+    assert sorted((p.name, p.stat().st_size) for p in data_dir.iterdir()) == before
+    # a data directory is another stage's output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"stage": "data", "config": {}}')
+    assert main(["sft", "--data", str(data_dir), "--model", "tiny-random", "--out", str(other)]) == 2
+    assert "holds the output of `ambient data`" in capsys.readouterr().err
     assert main(["sft", "--help-config"]) == 0
     assert "max_prompt_tokens = 256" in capsys.readouterr().out

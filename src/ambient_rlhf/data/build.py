@@ -246,11 +246,14 @@ def build(sources: list[str], out: str, cfg: DataConfig, overwrite: bool = False
     inputs = discover(list(sources), cfg.source.format)
     counts = Counts()
     bad = BadRecords(show=SHOW_BAD)
+    communities: dict[str, int] = {}  # threads offered to the sink, by community
     with atomic_dir(out, overwrite) as tmp:
         sink = Sink(tmp, cfg, counts)
         for inp in inputs:
             log.info("reading %s: %s", inp.kind, ", ".join(map(str, inp.paths)))
             for th in read_input(inp, cfg, counts, bad):
+                if th.community:
+                    communities[th.community] = communities.get(th.community, 0) + 1
                 sink.add(th)
         if bad.total and bad.fraction > cfg.max_bad_fraction:
             raise AmbientError(
@@ -271,8 +274,27 @@ def build(sources: list[str], out: str, cfg: DataConfig, overwrite: bool = False
             inputs_by_kind=[{"kind": i.kind, "paths": [str(p) for p in i.paths]} for i in inputs],
             files=[RESPONSES_FILE, PAIRS_FILE, RANKINGS_FILE, "report.md", *plots],
             seconds=round(time.time() - t0, 2),
+            community=max(communities, key=communities.get) if communities else None, communities=communities,
+            simulated=_from_simulator(p for inp in inputs for p in inp.paths),
         )
     return manifest
+
+
+def _from_simulator(paths) -> bool:
+    """Whether every input is a file that ``ambient data simulate`` wrote (its folder's
+    manifest says stage ``simulate``): the hidden utility is known for this data."""
+    import json
+
+    seen = False
+    for p in paths:
+        try:
+            m = json.loads((Path(p).parent / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(m, dict) or m.get("stage") != "simulate":
+            return False
+        seen = True
+    return seen
 
 
 def _nothing_kept(sources: list[str], counts: Counts) -> str:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +44,12 @@ import numpy as np
 import torch
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ambient_rlhf.checkpoint import load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
 from ambient_rlhf.cli import common_parser, parse_stage
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.io import write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress, read_jsonl
+from ambient_rlhf.outdir import prepare_out
 from ambient_rlhf.rl.advantages import (RunningBaseline, gae, mean_baseline_advantages, rloo_advantages,
                                         scale_advantages)
 from ambient_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
@@ -112,9 +112,12 @@ class RLConfig:
     """``ppo`` (Ziegler et al. 2019; Ouyang et al. 2022), ``rloo`` (REINFORCE leave-one-out,
     Ahmadian et al. 2024) or ``reinforce`` (Williams 1992 with a baseline)."""
     resume: bool = False
-    """Continue from the latest checkpoint in ``out`` (starting fresh if there is none)."""
+    """Continue the run in ``out`` from its latest checkpoint (starting fresh if there is
+    none); only a run of the same config is continued, a finished one is left as it is
+    (``ambient_rlhf.outdir``)."""
     overwrite: bool = False
-    """Replace an existing ``out`` that is not being resumed."""
+    """Delete what ``out`` holds and start over (never when ``out`` is, contains or lies
+    inside ``policy``, ``reward`` or ``data``)."""
     steps: int = 100
     """Iterations (rollout batch + optimisation). A CPU-sized default; the 2019 runs used
     1M episodes / 512 per batch ~ 2000 iterations."""
@@ -411,18 +414,12 @@ def train_rl(cfg: RLConfig) -> Path:
     acc = setup_accelerator(mixed_precision=cfg.mixed_precision)
     _validate(cfg, acc.num_processes)
     out = Path(cfg.out)
-    ckpt = latest_checkpoint(out) if cfg.resume else None
-    if acc.is_main_process and ckpt is None and out.exists() and any(out.iterdir()):
-        # a resumed run with no checkpoint yet starts over, but only in a directory that
-        # holds nothing except what this stage writes before its first checkpoint
-        ours = {"metrics.jsonl", "samples.jsonl", "checkpoints", "tensorboard"}
-        restart = cfg.resume and all(p.name in ours for p in out.iterdir())
-        if not (cfg.overwrite or restart):
-            raise AmbientError(f"{out}: output directory exists; pass --resume to continue a run, "
-                               "overwrite=true to replace it, or choose another --out")
-        shutil.rmtree(out)
-    acc.wait_for_everyone()
-    out.mkdir(parents=True, exist_ok=True)
+    prepared = prepare_out(out, "rl", to_dict(cfg), cfg.resume, cfg.overwrite, acc,
+                           inputs=[cfg.policy, cfg.reward, cfg.data])
+    if prepared.finished:
+        log.warning("%s: this rl run already finished; nothing to resume", out)
+        return out
+    ckpt = prepared.checkpoint
     seed_everything(cfg.seed + acc.process_index)
     device = acc.device
 
@@ -820,8 +817,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--algo", choices=["ppo", "rloo", "reinforce"])
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
     args, cfg = parse_stage(p, argv, RLConfig, values=("policy", "reward", "data", "algo", "out"),
-                            switches=("resume",))
+                            switches=("resume", "overwrite"))
     if cfg is None:
         return 0
     out = train_rl(cfg)

@@ -27,6 +27,8 @@ The flow of :func:`train_sft`, top to bottom:
 
 ``--resume`` continues from the newest checkpoint in ``--out`` and reproduces the losses
 of an uninterrupted run (data order is a function of seed and step, RNG states restored).
+Which directories are used, resumed or refused is decided by :mod:`ambient_rlhf.outdir`,
+the same for every stage.
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ import numpy as np
 import torch
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ambient_rlhf.checkpoint import load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
 from ambient_rlhf.cli import common_parser, parse_stage
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress
+from ambient_rlhf.outdir import prepare_out
 from ambient_rlhf.train.common import (CausalLMLoss, LoraSettings, TokenMeter, all_sum, apply_lora, is_peft,
                                        make_optimizer, make_scheduler, merge_lora, setup_accelerator)
 
@@ -73,10 +76,13 @@ class SFTConfig:
     out: str = ""
     """Output directory (a ``save_pretrained`` model directory at the end). Required."""
     resume: bool = False
-    """Continue from the newest checkpoint in ``out``. Off: a fresh run refuses to touch a
-    directory that holds a run (so a typo cannot destroy a day of training)."""
+    """Continue the run in ``out`` from its newest checkpoint; only a run of the same
+    config is continued, a finished one is left as it is (``ambient_rlhf.outdir``). Off:
+    a fresh run refuses a directory that holds a run (so a typo cannot destroy a day of
+    training)."""
     overwrite: bool = False
-    """Replace an existing ``out``. Off for the same reason as ``resume``."""
+    """Delete what ``out`` holds and start over (never allowed when ``out`` is, contains
+    or lies inside ``data`` or ``model``). Off for the same reason as ``resume``."""
     condition: Literal["none", "tier"] = "none"
     """``tier``: add goal tokens ``<|tier:good|>``/``ok``/``bad``, train on every tier with
     the response's tier token after the answer header, so generation can ask for a tier
@@ -305,21 +311,6 @@ def write_samples(path: Path, step: int, model, tok, prompts: list[str], cfg: SF
 
 
 # ---- the trainer -----------------------------------------------------------------------
-def _check_out(cfg: SFTConfig, out: Path) -> Path | None:
-    """Validate the output directory for a fresh run or a resume; return the checkpoint."""
-    if cfg.resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            if (out / "manifest.json").is_file():
-                raise AmbientError(f"{out}: this run already finished (manifest.json present); nothing to resume")
-            raise AmbientError(f"{out}: no checkpoint to resume from; run without --resume")
-        return ckpt
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise AmbientError(f"{out}: output directory exists; pass --resume to continue it, "
-                           "overwrite=true to replace it, or choose another --out")
-    return None
-
-
 def _trim_jsonl(path: Path, max_step: int) -> None:
     """Drop lines written after the checkpoint being resumed."""
     if not path.exists():
@@ -348,10 +339,12 @@ def train_sft(cfg: SFTConfig) -> Path:
     # step 0. processes, output directory, seeds
     accelerator = setup_accelerator(1, cfg.mixed_precision)  # accumulation by token count below
     main = accelerator.is_main_process
-    ckpt = _check_out(cfg, out)
-    accelerator.wait_for_everyone()
-    if main and ckpt is None and out.exists():
-        shutil.rmtree(out)
+    prepared = prepare_out(out, "sft", to_dict(cfg), cfg.resume, cfg.overwrite, accelerator,
+                           inputs=[cfg.data, cfg.model])
+    if prepared.finished:
+        log.warning("%s: this sft run already finished; nothing to resume", out)
+        return out
+    ckpt = prepared.checkpoint
     seed_everything(cfg.seed)
 
     # step 1. data
@@ -413,11 +406,6 @@ def train_sft(cfg: SFTConfig) -> Path:
         set_rng_state(state["rng"])
         step = int(state["step"])
         log.warning("resuming from %s (step %d of %d)", ckpt, step, total_steps)
-        before = {k: v for k, v in state.get("config", {}).items() if k not in ("resume", "overwrite")}
-        now = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")}
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-        if changed and main:
-            log.warning("resuming with changed settings %s: the run will not match an uninterrupted one", changed)
     if main:
         log.info("sft: %d train / %d valid examples, %d steps of %d sequences (%d x %d x %d processes)",
                  len(train_ex), len(valid_ex), total_steps, global_batch, cfg.batch_size, cfg.grad_accum, world)
