@@ -98,7 +98,7 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     shutil.copytree(full, part)
     # simulate a kill after step 3: drop the step-6 checkpoint and the final model
     shutil.rmtree(part / "checkpoints" / "step-6")
-    for f in ("reward_config.json", "reward_head.pt", "model.safetensors"):
+    for f in ("reward_config.json", "reward_head.pt", "model.safetensors", "manifest.json"):  # (written last)
         (part / f).unlink()
     R.train_reward(cfg(data, part, "max_steps=6", "save_every=3", "lr=3e-3", "eval_every=2", "resume=true"))
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
@@ -154,8 +154,11 @@ def test_bad_config_errors(data, tmp_path):
     (tmp_path / "exists" / "f").write_text("x")
     with pytest.raises(AmbientError, match="exists"):
         R.train_reward(cfg(data, tmp_path / "exists"))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(AmbientError, match="pairs.parquet"):
-        R.train_reward(cfg(tmp_path, tmp_path / "y"))
+        R.train_reward(cfg(tmp_path / "empty", tmp_path / "y"))
+    with pytest.raises(AmbientError, match="lies inside the input"):  # the output would destroy the input
+        R.train_reward(cfg(data, data / "rm"))
 
 
 def test_shared_prompt_pass_equals_full_sequences(tiny_model_path):

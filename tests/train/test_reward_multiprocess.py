@@ -8,6 +8,7 @@ two processes score different sub-batches, so matmuls round differently)."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -152,9 +153,15 @@ def test_shares_weigh_to_the_whole_batch_loss():
 @pytest.mark.slow
 def test_pairwise_full_two_processes_resumed_equal_one(data, tmp_path):
     two = tmp_path / "two"
-    # two processes: steps 1-2 (checkpoint at 2), then resumed to step 4
-    two_processes(data, two, *PAIRWISE, "max_steps=2")
+    # two processes: 4 steps with checkpoints at 2 and 4; a kill after step 2 is what is
+    # left without the step-4 checkpoint and the files written after it; resumed to step 4
+    two_processes(data, two, *PAIRWISE, "max_steps=4")
     assert (two / "checkpoints" / "step-2").is_dir()
+    shutil.rmtree(two / "checkpoints" / "step-4")
+    for f in ("reward_config.json", "reward_head.pt", "model.safetensors", "manifest.json"):
+        (two / f).unlink()
+    metrics = two / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:2]))
     err = two_processes(data, two, *PAIRWISE, "max_steps=4", "resume=true")
     assert "resuming from" in err
     one = tmp_path / "one"

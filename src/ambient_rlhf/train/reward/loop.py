@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,13 @@ from typing import Any
 import torch
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ambient_rlhf.checkpoint import load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.data.tables import community_name
 from ambient_rlhf.io import write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress
 from ambient_rlhf.models.features import FeatureStore
+from ambient_rlhf.outdir import NOT_RESULT_KEYS, prepare_out
 from ambient_rlhf.models.reward_inputs import RewardInputs, TextTable
 from ambient_rlhf.rl import reward_losses as L
 from ambient_rlhf.train.common import apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator
@@ -27,29 +27,6 @@ from ambient_rlhf.train.reward.units import (balance_by_length, index_units, loa
                                              subset_threads)
 
 log = get_logger("rm")
-
-
-def _prepare_out(cfg: RewardConfig, accelerator=None) -> Path | None:
-    """Create ``out``; return the checkpoint to resume from, if any.  Every process checks
-    (so all raise the same error), then the main process alone clears and creates."""
-    out = Path(cfg.out)
-    ckpt, clear = None, False
-    if out.exists() and any(out.iterdir()):
-        if cfg.resume:
-            ckpt = latest_checkpoint(out)
-        elif not cfg.overwrite:
-            raise AmbientError(f"{out}: output directory exists; pass --overwrite, --resume, or another --out")
-        else:
-            clear = True
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    if accelerator is None or accelerator.is_main_process:
-        if clear:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    return ckpt
 
 
 def train_reward(cfg: RewardConfig) -> Path:
@@ -64,7 +41,15 @@ def train_reward(cfg: RewardConfig) -> Path:
     # step 0. processes (one, or several under torchrun / accelerate launch), output directory
     accelerator = setup_accelerator(1, cfg.mixed_precision, cpu=None if cfg.device == "auto" else cfg.device == "cpu")
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    ckpt = _prepare_out(cfg, accelerator)
+    # the one output-dir policy: fresh, resume the same config, or refuse (another stage's
+    # or config's output, or an out that overlaps an input); a finished run is left alone
+    prepared = prepare_out(cfg.out, "rm", to_dict(cfg), cfg.resume, cfg.overwrite, accelerator,
+                           inputs=[*cfg.data, cfg.model, cfg.feature_cache],
+                           ignore=NOT_RESULT_KEYS + ("feature_cache",))  # a cache location changes no result
+    if prepared.finished:
+        log.warning("rm: %s is a finished run of this config; nothing to do", out)
+        return out
+    ckpt = prepared.checkpoint
     seed_everything(cfg.seed)
     device = accelerator.device
     t_start = time.time()
