@@ -37,7 +37,7 @@ def _stages(run: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    import ambient_rlhf.train.sft as sft
+    import ambient_rlhf.train.sft.loop as sft
 
     run = tmp_path_factory.mktemp("e2e") / "run"
     real_save = sft.save_checkpoint

@@ -93,3 +93,9 @@ def test_evaluate_reward_has_the_which_part_table(tmp_path):
     train = train[(train["split"] == "train").to_numpy() & np.array([half_of(t) == "a" for t in train["thread_id"]])]
     assert ev["bag_of_words"]["train_pairs"] == len(train)
     assert "which part is learned" in E.format_summary(ev)
+
+
+def test_bag_of_words_fits_two_pairs():
+    # the smallest data a run can give it: two pairs still yield both orientations
+    bow = BagOfWordsReward(seed=3).fit(["good answer here", "fine reply"], ["bad", "poor"])
+    assert bow.score(["good answer here"]).shape == (1,)

@@ -316,7 +316,7 @@ def test_reward_normalize_reference(tmp_path, data_dir, tiny_model_path, monkeyp
     state = torch.load(out / "checkpoints" / "step-1" / "state.pt", weights_only=False)
     assert state["reward_normalization"] == norm
     # a resumed run takes them from the checkpoint instead of sampling again
-    import ambient_rlhf.train.rl as rl
+    import ambient_rlhf.train.rl.loop as rl
 
     def no_sampling(*a, **k):
         raise AssertionError("reference normalisation recomputed on resume")

@@ -14,10 +14,10 @@ from ambient_rlhf import AmbientError, __version__
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("ambient_rlhf.cli.data", "build a data directory from dumps/tables (build), or simulate a community (simulate)"),
-    "sft": ("ambient_rlhf.train.sft", "behaviour cloning: fine-tune a causal LM on prompt -> response"),
+    "sft": ("ambient_rlhf.cli.sft", "behaviour cloning: fine-tune a causal LM on prompt -> response"),
     "generate": ("ambient_rlhf.train.generate", "sample completions from a model"),
     "rm": ("ambient_rlhf.cli.rm", "train (default), evaluate (eval) or combine (combine) reward models"),
-    "rl": ("ambient_rlhf.train.rl", "policy optimisation against a reward model: ppo, rloo, reinforce"),
+    "rl": ("ambient_rlhf.cli.rl", "policy optimisation against a reward model: ppo, rloo, reinforce"),
     "eval": ("ambient_rlhf.eval.policy_eval", "compare a policy with its reference on held-out prompts"),
     "report": ("ambient_rlhf.eval.report", "write report.html for a run directory"),
     "run": ("ambient_rlhf.run", "the whole pipeline in one command"),

@@ -3,7 +3,7 @@
 :class:`BagOfWordsReward` is a linear reward on a response's TF-IDF (word 1-2 grams,
 scikit-learn) and its log length, fitted as a Bradley-Terry model: a logistic regression
 without intercept of "the first answer is preferred" on the feature difference of the
-two answers of a pair, each pair in a random orientation.  Its reward for one text is
+two answers of a pair, a seeded random half of the pairs flipped.  Its reward for one text is
 ``w . phi(text)``, so it scores responses exactly as a reward model does and every
 pair-level metric applies to it unchanged.  Fitted on the reward model's own training
 pairs, it says how much of the preference the words alone carry.
@@ -48,7 +48,8 @@ class BagOfWordsReward:
                                           sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
         self.vectorizer.fit(texts)
         d = self._features(chosen) - self._features(rejected)  # (N, V+1) chosen minus rejected
-        sign = np.random.default_rng(self.seed).choice([-1.0, 1.0], size=d.shape[0])
+        n = d.shape[0]  # orientations: a seeded random half of the pairs flipped (both classes occur)
+        sign = np.random.default_rng(self.seed).permutation(np.where(np.arange(n) % 2 == 0, 1.0, -1.0))
         from scipy import sparse
 
         X = sparse.diags(sign) @ d

@@ -130,7 +130,6 @@ class RewardConfig:
     Frozen-part caching, evaluation and normalisation run in float32."""
 
 
-
 def _auto_lr(cfg: RewardConfig) -> float:
     if cfg.lr > 0:
         return cfg.lr

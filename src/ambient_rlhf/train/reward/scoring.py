@@ -71,7 +71,6 @@ class TopLayers(nn.Module):
         return self.head(last)
 
 
-
 def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torch.Tensor:
     """Head outputs of ``rows`` through the whole model, each distinct prompt run once.
 

@@ -1,0 +1,135 @@
+"""The reward of a rollout: a reward-model directory (rendered by ``models.reward_inputs``),
+``token-count:<ids>`` or ``python:<module>:<fn>``."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.logging import get_logger
+from ambient_rlhf.train.rl.config import RLConfig
+
+log = get_logger("rl")
+
+
+class Scorer:
+    """Scores (B,) for a batch of rollouts; see ``RLConfig.reward`` for the kinds."""
+
+    name = "reward"
+
+    def __call__(self, prompt_idx: list[int], response: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TokenCountScorer(Scorer):
+    """``token-count:<ids>``: how many response tokens are in a set of ids.
+
+    ``<ids>`` is a comma-separated list of ids and inclusive ranges: ``13``, ``13,198``,
+    ``0-4095``.  A test reward with a known optimum (a random tiny model spreads its
+    probability over the whole vocabulary, so a range gives a usable signal)."""
+
+    def __init__(self, ids: list[int], spec: str):
+        self.ids = torch.tensor(sorted(set(ids)), dtype=torch.long)
+        self.name = spec
+
+    def __call__(self, prompt_idx, response, mask):
+        return (torch.isin(response, self.ids) & mask.bool()).sum(1).float()
+
+
+def parse_token_ids(text: str, vocab_size: int) -> list[int]:
+    """``"1,5-7"`` -> ``[1, 5, 6, 7]`` (ValueError on bad syntax or ids outside the vocabulary)."""
+    ids: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.strip().partition("-")
+        lo, hi = int(a), int(b) if b else int(a)
+        if not 0 <= lo <= hi < vocab_size:
+            raise ValueError(f"{part!r} is outside 0..{vocab_size - 1}")
+        ids.extend(range(lo, hi + 1))
+    return ids
+
+
+class PythonScorer(Scorer):
+    """``python:<module>:<function>``: ``function(prompts, responses) -> list[float]`` on text."""
+
+    def __init__(self, spec: str, fn: Callable, prompts: list[str], tokenizer):
+        self.fn, self.prompts, self.tok, self.name = fn, prompts, tokenizer, spec
+
+    def __call__(self, prompt_idx, response, mask):
+        texts = [self.tok.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response, mask)]
+        out = self.fn([self.prompts[i] for i in prompt_idx], texts)
+        return torch.tensor([float(x) for x in out], dtype=torch.float32)
+
+
+class RewardModelScorer(Scorer):
+    """A reward model scoring the policy's response tokens after the prompt as the reward
+    model renders it (``models.reward_inputs``: its own template, community prefix and
+    token budgets -- the text it was trained on, not the policy's prompt)."""
+
+    def __init__(self, rm, prompts: list[str], community: str | None, device, drop_ids: list[int] = ()):
+        from ambient_rlhf.models.reward_inputs import RewardFunction
+
+        self.fn = RewardFunction(rm, device=device, batch_size=64, drop_ids=drop_ids)
+        self.prompts, self.community = prompts, community
+        self.name = "reward-model"
+
+    @torch.no_grad()
+    def __call__(self, prompt_idx, response, mask):
+        resp = [r[m.bool()].tolist() for r, m in zip(response, mask)]  # (B,) real tokens, EOS last if it ended
+        return self.fn.tokens([self.prompts[i] for i in prompt_idx], resp, [self.community] * len(resp))
+
+
+def policy_only_ids(rm_tok, policy_tok) -> list[int] | None:
+    """Token ids the policy has and the reward model lacks, or None when the reward model
+    cannot read the policy's ids at all.
+
+    The two must share a tokenizer: every (token, id) of the reward model's vocabulary is
+    in the policy's, with the same EOS.  The policy may have more tokens -- the goal tokens
+    a tier-conditioned SFT adds -- which the reward model never saw; they are dropped from
+    the sequences it scores."""
+    rv, pv = rm_tok.get_vocab(), policy_tok.get_vocab()
+    if rm_tok.eos_token_id != policy_tok.eos_token_id or any(pv.get(t) != i for t, i in rv.items()):
+        return None
+    known = set(rv.values())
+    return sorted(i for i in pv.values() if i not in known)
+
+
+def make_scorer(cfg: RLConfig, tokenizer, prompts: list[str], device):
+    """Return (scorer, reward model or None) for ``cfg.reward``."""
+    spec = cfg.reward
+    if not spec:
+        raise AmbientError("reward: required (a reward-model directory, token-count:<ids> or python:<module>:<fn>)")
+    if spec.startswith("token-count:"):
+        try:
+            ids = parse_token_ids(spec.split(":", 1)[1], len(tokenizer))
+        except ValueError as e:
+            raise AmbientError(f"reward={spec!r}: expected token-count:<id>[,<id>|<lo>-<hi>...] ({e})") from None
+        return TokenCountScorer(ids, spec), None
+    if spec.startswith("python:"):
+        parts = spec.split(":")
+        if len(parts) != 3:
+            raise AmbientError(f"reward={spec!r}: expected python:<module>:<function>")
+        try:
+            fn = getattr(importlib.import_module(parts[1]), parts[2])
+        except (ImportError, AttributeError) as e:
+            raise AmbientError(f"reward={spec!r}: cannot import ({e})") from None
+        return PythonScorer(spec, fn, prompts, tokenizer), None
+    from ambient_rlhf.data.tables import community_name
+    from ambient_rlhf.models.heads import is_reward_dir, load_reward_model
+
+    if not is_reward_dir(spec):
+        raise AmbientError(f"reward={spec!r}: not a reward-model directory (train one with `ambient rm`), "
+                           "nor token-count:<ids> / python:<module>:<fn>")
+    rm = load_reward_model(spec)
+    drop = policy_only_ids(rm.tokenizer, tokenizer)
+    if drop is None:
+        raise AmbientError(f"reward={spec}: the reward model's tokenizer differs from the policy's ({cfg.policy}); "
+                           "train the reward model from the same base model as the policy")
+    for p in rm.parameters():
+        p.requires_grad_(False)
+    rm.to(device)
+    return RewardModelScorer(rm, prompts, community_name(cfg.data), device, drop), rm
+
+
