@@ -337,8 +337,7 @@ def produced_run(tmp_path_factory, tiny_model_path):
     evaluate_policy(load_config(EvalConfig, None, [
         f"policy={run / 'rl'}", f"reference={run / 'sft'}", f"judge={run / 'rm-gold'}", f"data={data}",
         f"out={run / 'eval'}", "n_prompts=4", "max_new_tokens=8", "bootstrap_resamples=100"]))
-    evaluate_recovery(data, {"rm-gold": str(run / "rm-gold")}, run / "truth", max_prompt_tokens=64,
-                      max_response_tokens=32)
+    evaluate_recovery(data, {"rm-gold": str(run / "rm-gold")}, run / "truth")
     return run, write_report(run)
 
 
