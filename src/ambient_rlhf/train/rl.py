@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ambient_rlhf.checkpoint import (latest_checkpoint, load_state, load_tensors, rng_state, save_checkpoint,
+                                     save_tensors, seed_everything, set_rng_state)
 from ambient_rlhf.cli import common_parser, parse_stage
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.io import write_manifest
@@ -438,9 +439,10 @@ def train_rl(cfg: RLConfig) -> Path:
     start_step, data_pos = 0, 0
     if ckpt is not None:
         state = load_state(ckpt)
-        policy.load_state_dict(torch.load(ckpt / "policy_trainable.pt", map_location="cpu"), strict=False)
+        again = "start the run again without --resume"
+        policy.load_state_dict(load_tensors(ckpt / "policy_trainable.safetensors", again), strict=False)
         if value is not None:
-            value.load_state_dict(torch.load(ckpt / "value_trainable.pt", map_location="cpu"), strict=False)
+            value.load_state_dict(load_tensors(ckpt / "value_trainable.safetensors", again), strict=False)
             v_opt.load_state_dict(state["value_optimizer"])
             v_sched.load_state_dict(state["value_scheduler"])
         opt.load_state_dict(state["optimizer"])
@@ -674,9 +676,9 @@ def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_o
             state["value_scheduler"] = v_sched.state_dict()
 
         def save_models(d: Path) -> None:
-            torch.save(_trainable(acc.unwrap_model(policy_ddp)), d / "policy_trainable.pt")
+            save_tensors(d / "policy_trainable.safetensors", _trainable(acc.unwrap_model(policy_ddp)))
             if value_ddp is not None:
-                torch.save(_trainable(acc.unwrap_model(value_ddp)), d / "value_trainable.pt")
+                save_tensors(d / "value_trainable.safetensors", _trainable(acc.unwrap_model(value_ddp)))
 
         save_checkpoint(out, step, state, save_models=save_models, keep=cfg.keep_checkpoints)
     acc.wait_for_everyone()
