@@ -131,7 +131,7 @@ def _encode(x: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(x, float):
         return float(x) if math.isfinite(x) else {"__float__": repr(float(x))}
     if isinstance(x, torch.Tensor):
-        name = path or "/"
+        name = path.lstrip("/") or "/"
         while name in tensors:  # only if two dict keys print alike (1 and "1")
             name += "'"
         tensors[name] = x
