@@ -256,13 +256,14 @@ def _old_format_message(d: Path) -> str:
 
 
 # ---- checksums -----------------------------------------------------------------------------
-def _hash_and_sync(path: Path) -> str:
-    """sha256 of a file, which is also flushed to the disk (fsync)."""
+def _sha256(path: Path, sync: bool = False) -> str:
+    """sha256 of a file; with ``sync`` the file is also flushed to the disk (fsync)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for b in iter(lambda: f.read(1 << 20), b""):
             h.update(b)
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     return h.hexdigest()
 
 
@@ -283,7 +284,7 @@ def write_checksums(directory: str | Path) -> None:
     """Sync every file under ``directory`` to disk and write ``SHA256SUMS`` listing them."""
     d = Path(directory)
     files = sorted(p for p in d.rglob("*") if p.is_file() and p.name != SUMS_FILE)
-    lines = "".join(f"{_hash_and_sync(p)}  {p.relative_to(d).as_posix()}\n" for p in files)
+    lines = "".join(f"{_sha256(p, sync=True)}  {p.relative_to(d).as_posix()}\n" for p in files)
     for sub in sorted({p.parent for p in files}, reverse=True):
         _sync_dir(sub)
     tmp = d / f".{SUMS_FILE}.tmp"
@@ -324,11 +325,7 @@ def verify_checkpoint(ckpt_dir: str | Path) -> str | None:
         p = d / name
         if not p.is_file():
             return f"{name} is missing"
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for b in iter(lambda: f.read(1 << 20), b""):
-                h.update(b)
-        if h.hexdigest() != digest:
+        if _sha256(p) != digest:
             return f"{name} does not match its checksum (truncated or changed after it was written)"
     return None
 
@@ -349,12 +346,6 @@ def _step_dirs(out_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
-    """Checkpoints under ``out_dir/checkpoints`` whose save finished (``SHA256SUMS``
-    present, not yet verified), oldest first."""
-    return [p for _, p in _step_dirs(out_dir) if (p / SUMS_FILE).is_file()]
-
-
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest checkpoint that verifies against its ``SHA256SUMS``, or None.
 
@@ -365,8 +356,8 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
         why = verify_checkpoint(d)
         if why is None:
             if skipped:
-                log.warning("resuming from %s: skipped newer checkpoint(s) that do not verify: %s", d,
-                            "; ".join(f"{s} ({w})" for s, w in skipped))
+                log.warning("skipping checkpoint(s) that do not verify: %s; the newest that does is %s",
+                            "; ".join(f"{s} ({w})" for s, w in skipped), d)
             return d
         skipped.append((d, why))
         if not (d / SUMS_FILE).is_file() and (d / OLD_STATE).is_file():
