@@ -122,6 +122,15 @@ def test_rng_state_round_trip_through_files(tmp_path):
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_state_round_trip_through_files(tmp_path):
+    torch.cuda.manual_seed_all(5)
+    save_state(tmp_path, {"rng": rng_state()})
+    a = torch.rand(3, device="cuda")
+    set_rng_state(load_state(tmp_path)["rng"])
+    assert torch.equal(a, torch.rand(3, device="cuda"))
+
+
 def test_unsupported_values_are_refused_by_path(tmp_path):
     with pytest.raises(TypeError, match="at /a/b/1"):
         save_state(tmp_path, {"a": {"b": [1, object()]}})
