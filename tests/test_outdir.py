@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.checkpoint import save_checkpoint
 from ambient_rlhf.outdir import STAGE_FILE, changed_keys, prepare_out
 
 CFG = {"data": "d", "out": "o", "lr": 1e-4, "steps": 4, "resume": False, "overwrite": False, "lora": {"r": 8}}
@@ -16,9 +17,7 @@ def _interrupted(out, stage="sft", cfg=CFG, step=None):
     """A run stopped after it started (and, with ``step``, after that checkpoint)."""
     prepare_out(out, stage, cfg)
     if step is not None:
-        ck = out / "checkpoints" / f"step-{step}"
-        ck.mkdir(parents=True)
-        (ck / "state.pt").write_bytes(b"x")
+        save_checkpoint(out, step, {"step": step})
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
     return out
 
@@ -62,7 +61,7 @@ def test_another_config_is_refused_naming_the_keys(tmp_path):
     for resume in (False, True):
         with pytest.raises(AmbientError, match=r"another config \(differs in: lora\.r, lr\).*--overwrite"):
             prepare_out(out, "sft", changed, resume=resume)
-    assert (out / "checkpoints" / "step-2" / "state.pt").is_file()
+    assert (out / "checkpoints" / "step-2" / "SHA256SUMS").is_file()
     fin = _finished(tmp_path / "f")
     with pytest.raises(AmbientError, match=r"differs in: steps"):
         prepare_out(fin, "sft", dict(CFG, steps=5), resume=True)
@@ -70,8 +69,7 @@ def test_another_config_is_refused_naming_the_keys(tmp_path):
 
 def test_same_config_resumes_from_the_latest_checkpoint(tmp_path):
     out = _interrupted(tmp_path / "o", step=2)
-    (out / "checkpoints" / "step-4").mkdir()
-    (out / "checkpoints" / "step-4" / "state.pt").write_bytes(b"x")
+    save_checkpoint(out, 4, {"step": 4})
     # out, resume, overwrite differ: they do not count
     p = prepare_out(out, "sft", dict(CFG, out="elsewhere", resume=True), resume=True)
     assert p.checkpoint == out / "checkpoints" / "step-4" and not p.finished

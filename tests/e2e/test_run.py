@@ -51,7 +51,7 @@ def run_dir(tmp_path_factory) -> Path:
         assert main(["run", f"out={run}", *TINY]) == 130  # the CLI's exit status for an interrupt
     first = _stages(run)
     assert first["sft"] == "interrupted" and first["rl"] == "pending" and first["data"] == "ran"
-    assert (run / "sft" / "checkpoints" / "step-1" / "state.pt").is_file()
+    assert (run / "sft" / "checkpoints" / "step-1" / "state.json").is_file()
     assert main(["run", f"out={run}", *TINY]) == 0
     return run
 

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from helpers import make_data_dir
+from safetensors.torch import load_file
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.config import check_documented, load_config
@@ -69,7 +70,7 @@ def test_planted_preference_is_learned(planted):
     assert ev["accuracy"]["value"] >= 0.9, ev["accuracy"]
     rows = read_jsonl(planted / "metrics.jsonl")
     assert rows[-1]["step"] == 72  # 96 train pairs / batch 4 = 24 steps x 3 epochs
-    for f in ("manifest.json", "reward_config.json", "reward_head.pt", "config.json", "eval.json"):
+    for f in ("manifest.json", "reward_config.json", "reward_head.safetensors", "config.json", "eval.json"):
         assert (planted / f).is_file(), f
     # the backbone loads as a plain causal LM
     from transformers import AutoModelForCausalLM
@@ -98,15 +99,15 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     shutil.copytree(full, part)
     # simulate a kill after step 3: drop the step-6 checkpoint and the final model
     shutil.rmtree(part / "checkpoints" / "step-6")
-    for f in ("reward_config.json", "reward_head.pt", "model.safetensors", "manifest.json"):  # (written last)
+    for f in ("reward_config.json", "reward_head.safetensors", "model.safetensors", "manifest.json"):  # (written last)
         (part / f).unlink()
     R.train_reward(cfg(data, part, "max_steps=6", "save_every=3", "lr=3e-3", "eval_every=2", "resume=true"))
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(a, b):
         assert x["rm/loss"] == y["rm/loss"] and x.get("rm/valid_accuracy") == y.get("rm/valid_accuracy")
-    ha = torch.load(full / "reward_head.pt")
-    hb = torch.load(part / "reward_head.pt")
+    ha = load_file(full / "reward_head.safetensors")
+    hb = load_file(part / "reward_head.safetensors")
     assert torch.equal(ha["weight"], hb["weight"])
 
 
@@ -124,11 +125,11 @@ def test_cached_top_layers_equal_the_full_model(data, tiny_model_path):
 def test_head_only_with_feature_cache_and_halves(data, tmp_path):
     fc = tmp_path / "fc"
     a = R.train_reward(cfg(data, tmp_path / "a", "train_layers=0", f"feature_cache={fc}", "train_half=a"))
-    files = list(fc.glob("*.pt"))
+    files = list(fc.glob("*.features.safetensors"))
     assert len(files) == 1
-    n = len(torch.load(files[0], weights_only=False)["features"])
+    n = len(load_file(files[0]))
     R.train_reward(cfg(data, tmp_path / "b", "train_layers=0", f"feature_cache={fc}", "train_half=b"))
-    assert len(torch.load(files[0], weights_only=False)["features"]) > n  # b's threads added
+    assert len(load_file(files[0])) > n  # b's threads added
     ca = json.loads((a / "manifest.json").read_text())["counts"]
     cb = json.loads((tmp_path / "b" / "manifest.json").read_text())["counts"]
     assert ca["train_units"] + cb["train_units"] == 96  # the halves partition the 96 train pairs

@@ -313,7 +313,9 @@ def test_reward_normalize_reference(tmp_path, data_dir, tiny_model_path, monkeyp
     assert statistics.fmean(scores) == pytest.approx(0.0, abs=1e-5)
     assert statistics.pstdev(scores) == pytest.approx(1.0, rel=1e-5)
     assert rows[0]["objective/score"] == pytest.approx(0.0, abs=1e-5)
-    state = torch.load(out / "checkpoints" / "step-1" / "state.pt", weights_only=False)
+    from ambient_rlhf.checkpoint import load_state
+
+    state = load_state(out / "checkpoints" / "step-1")
     assert state["reward_normalization"] == norm
     # a resumed run takes them from the checkpoint instead of sampling again
     import ambient_rlhf.train.rl.loop as rl

@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 
+from ambient_rlhf.checkpoint import load_state
 from ambient_rlhf.logging import read_jsonl
 
 ARGS = ["--algo", "ppo", "steps=4", "ppo_epochs=2", "save_every=2", "batch_size=4", "num_minibatches=2", "response_length=8",
@@ -60,7 +61,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, data_dir, tiny_mo
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (part / "manifest.json").exists()
-    assert (part / "checkpoints" / "step-2" / "state.pt").is_file()
+    assert (part / "checkpoints" / "step-2" / "state.json").is_file()
 
     r = subprocess.run(_cmd(part, data_dir, tiny_model_path, "--resume"), env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -111,7 +112,7 @@ def test_two_processes(tmp_path, data_dir, tiny_model_path):
     assert m["counts"]["processes"] == 2
     rows = read_jsonl(out / "metrics.jsonl")
     assert [x["step"] for x in rows] == [1, 2]  # one line per step, from rank 0 only
-    state = torch.load(out / "checkpoints" / "step-1" / "state.pt", weights_only=False)
+    state = load_state(out / "checkpoints" / "step-1")
     assert len(state["rng"]) == 2  # one RNG state per process
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
     from transformers import AutoModelForCausalLM

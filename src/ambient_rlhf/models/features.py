@@ -27,39 +27,64 @@ def text_key(ids: list[int]) -> str:
 class FeatureStore:
     """Backbone last-token features (and response log-likelihoods) on disk, per model.
 
-    One file per backbone, ``<dir>/<fingerprint>.pt`` = ``{"features": {key: (d,)},
-    "loglik": {key: (sum, mean)}}``; the key is the sha1 of the token ids (plus the prompt
-    length for log-likelihoods).  Saved by merging into what is on disk (temp + rename),
-    so runs that share a directory add to each other's entries."""
+    Two files per backbone, named by its fingerprint: ``<dir>/<fingerprint>.features.safetensors``
+    (one ``(d,)`` tensor per text, named by the key) and ``<dir>/<fingerprint>.loglik.json``
+    (``{key: [sum, mean]}``); the key is the sha1 of the token ids (plus ``:<prompt length>``
+    for log-likelihoods).  Neither format can carry code.  Saved by merging into what is on
+    disk (temp + rename, each file), so runs that share a directory add to each other's
+    entries.  It is a cache: a file that cannot be read (torn by a killed run, or not what
+    it claims to be) is ignored with a warning and replaced at the next save; the
+    ``<fingerprint>.pt`` pickle of earlier versions is never read."""
 
     def __init__(self, directory: str | Path, model_path: str):
         from ambient_rlhf.io import describe_input
 
         ident = json.dumps(describe_input(model_path), sort_keys=True)
-        self.path = Path(directory) / (hashlib.sha256(ident.encode()).hexdigest()[:16] + ".pt")
+        stem = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        self.features_path = Path(directory) / f"{stem}.features.safetensors"
+        self.loglik_path = Path(directory) / f"{stem}.loglik.json"
+        old = Path(directory) / f"{stem}.pt"
+        if old.is_file():
+            log.warning("%s: feature cache in the old pickle format, which is not read (loading a pickle can "
+                        "run code); the features are computed again into %s; delete the old file",
+                        old, self.features_path.name)
         self.features: dict[str, torch.Tensor] = {}
         self.loglik: dict[str, tuple[float, float]] = {}
-        self._load_into(self)
+        self._merge_from_disk()
 
-    def _load_into(self, target: "FeatureStore") -> None:
-        if self.path.is_file():
+    def _merge_from_disk(self) -> None:
+        """Add the entries on disk that this store does not hold yet."""
+        from safetensors.torch import load_file
+
+        if self.features_path.is_file():
             try:
-                d = torch.load(self.path, map_location="cpu", weights_only=False)
-            except Exception as e:  # a torn file from a killed run: start over
-                log.warning("%s: unreadable feature cache (%s); ignoring it", self.path, e)
-                return
-            for k, v in d.get("features", {}).items():
-                target.features.setdefault(k, v)
-            for k, v in d.get("loglik", {}).items():
-                target.loglik.setdefault(k, v)
+                feats = load_file(str(self.features_path), device="cpu")
+            except Exception as e:  # safetensors raises its own error type
+                log.warning("%s: unreadable feature cache (%s); ignoring it", self.features_path, e)
+                feats = {}
+            for k, v in feats.items():
+                self.features.setdefault(k, v)
+        if self.loglik_path.is_file():
+            try:
+                ll = json.loads(self.loglik_path.read_text(encoding="utf-8"))
+                ll = {str(k): (float(v[0]), float(v[1])) for k, v in ll.items()}
+            except Exception as e:  # torn JSON, or values of the wrong shape
+                log.warning("%s: unreadable log-likelihood cache (%s); ignoring it", self.loglik_path, e)
+                ll = {}
+            for k, v in ll.items():
+                self.loglik.setdefault(k, v)
 
     def save(self) -> None:
         import uuid
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._load_into(self)
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:6]}")
-        torch.save({"features": self.features, "loglik": self.loglik}, tmp)
-        os.replace(tmp, self.path)
+        from ambient_rlhf.checkpoint import save_tensors
 
-
+        self.features_path.parent.mkdir(parents=True, exist_ok=True)
+        self._merge_from_disk()
+        tag = uuid.uuid4().hex[:6]
+        tmp = self.features_path.with_name(f".{self.features_path.name}.{tag}")
+        save_tensors(tmp, self.features)
+        os.replace(tmp, self.features_path)
+        tmp = self.loglik_path.with_name(f".{self.loglik_path.name}.{tag}")
+        tmp.write_text(json.dumps({k: list(v) for k, v in self.loglik.items()}), encoding="utf-8")
+        os.replace(tmp, self.loglik_path)

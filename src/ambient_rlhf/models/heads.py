@@ -16,8 +16,10 @@ constants fitted after training on the valid split's reference responses and sto
 ``reward_config.json``.
 
 On disk (``save_pretrained``): the body as a normal causal-LM directory (loadable with
-``AutoModelForCausalLM.from_pretrained``), the tokenizer, ``reward_head.pt`` and
-``reward_config.json``.
+``AutoModelForCausalLM.from_pretrained``), the tokenizer, ``reward_head.safetensors`` and
+``reward_config.json``.  A directory from an earlier version, with the head as the pickle
+``reward_head.pt``, is refused with the one command that converts it: a pickle can run
+code when loaded, and nothing ambient-rlhf reads is unpickled.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from torch import nn
 from ambient_rlhf import AmbientError
 from ambient_rlhf.rl.masking import last_token_index
 
-HEAD_FILE = "reward_head.pt"
+HEAD_FILE = "reward_head.safetensors"
+OLD_HEAD_FILE = "reward_head.pt"
 CONFIG_FILE = "reward_config.json"
 
 
@@ -118,7 +121,9 @@ class ScalarHeadModel(nn.Module):
         lm.save_pretrained(out)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
-        torch.save(self.head.state_dict(), out / HEAD_FILE)
+        from ambient_rlhf.checkpoint import save_tensors
+
+        save_tensors(out / HEAD_FILE, self.head.state_dict())
         cfg = {
             "kind": self.kind,
             "n_outputs": self.head.out_features,
@@ -142,10 +147,28 @@ class ScalarHeadModel(nn.Module):
         known = {"kind", "n_outputs", "tier_values", "norm_mean", "norm_std"}
         m = cls(lm, kind=cfg["kind"], n_outputs=cfg["n_outputs"], tier_values=tuple(cfg["tier_values"]),
                 meta={k: v for k, v in cfg.items() if k not in known})
-        m.head.load_state_dict(torch.load(p / HEAD_FILE, map_location="cpu"))
+        m.head.load_state_dict(_load_head(p))
         m.head.to(next(lm.parameters()).dtype)
         m.set_normalization(cfg["norm_mean"], cfg["norm_std"])
         return m
+
+
+def _load_head(p: Path) -> dict[str, torch.Tensor]:
+    from ambient_rlhf.checkpoint import load_tensors
+
+    if not (p / HEAD_FILE).is_file() and (p / OLD_HEAD_FILE).is_file():
+        old, new = p / OLD_HEAD_FILE, p / HEAD_FILE
+        raise AmbientError(
+            f"{old}: a reward head in the old pickle format, which ambient-rlhf no longer reads (loading a "
+            "pickle can run code).  If you trust the file, convert it once with\n"
+            f"  python -c \"import torch, safetensors.torch as st; st.save_file(torch.load('{old}', "
+            f"weights_only=True), '{new}')\"\n"
+            "or train the reward model again with `ambient rm`")
+    head = load_tensors(p / HEAD_FILE, "train the reward model again with `ambient rm`")
+    if set(head) != {"weight", "bias"}:
+        raise AmbientError(f"{p / HEAD_FILE}: holds {sorted(head)}, expected weight and bias; "
+                           "train the reward model again with `ambient rm`")
+    return head
 
 
 def is_reward_dir(path: str | Path) -> bool:

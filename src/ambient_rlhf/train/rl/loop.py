@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.checkpoint import load_state, seed_everything, set_rng_state
+from ambient_rlhf.checkpoint import load_state, load_tensors, seed_everything, set_rng_state
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.io import write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress, read_jsonl
@@ -98,9 +98,10 @@ def train_rl(cfg: RLConfig) -> Path:
     # resume: trainable weights, optimizers, schedulers, controller, baseline, RNG, data position
     start_step, data_pos = 0, 0
     if ckpt is not None:
-        policy.load_state_dict(torch.load(ckpt / "policy_trainable.pt", map_location="cpu"), strict=False)
+        again = "start the run again without --resume"
+        policy.load_state_dict(load_tensors(ckpt / "policy_trainable.safetensors", again), strict=False)
         if value is not None:
-            value.load_state_dict(torch.load(ckpt / "value_trainable.pt", map_location="cpu"), strict=False)
+            value.load_state_dict(load_tensors(ckpt / "value_trainable.safetensors", again), strict=False)
             v_opt.load_state_dict(state["value_optimizer"])
             v_sched.load_state_dict(state["value_scheduler"])
         opt.load_state_dict(state["optimizer"])

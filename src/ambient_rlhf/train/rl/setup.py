@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.checkpoint import rng_state, save_checkpoint
+from ambient_rlhf.checkpoint import rng_state, save_checkpoint, save_tensors
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.logging import get_logger
 from ambient_rlhf.rl.rewards import fold_affine, reference_normalization
@@ -166,9 +166,9 @@ def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_o
             state["value_scheduler"] = v_sched.state_dict()
 
         def save_models(d: Path) -> None:
-            torch.save(_trainable(acc.unwrap_model(policy_ddp)), d / "policy_trainable.pt")
+            save_tensors(d / "policy_trainable.safetensors", _trainable(acc.unwrap_model(policy_ddp)))
             if value_ddp is not None:
-                torch.save(_trainable(acc.unwrap_model(value_ddp)), d / "value_trainable.pt")
+                save_tensors(d / "value_trainable.safetensors", _trainable(acc.unwrap_model(value_ddp)))
 
         save_checkpoint(out, step, state, save_models=save_models, keep=cfg.keep_checkpoints)
     acc.wait_for_everyone()
