@@ -50,6 +50,30 @@ class RewardConfig:
     anything else; balanced pairs carry no length signal, so what the model learns must
     come from the content (``ambient rm eval`` reports both, including the beyond-length
     test).  Pairs of equal length are kept; the drop count goes into the manifest."""
+    pairs: Literal["time_rule", "all"] = "time_rule"
+    """``pairwise``: which pairs train.  ``time_rule``: pairs.parquet (the SHP rule: the
+    preferred answer came later, so its lead is not exposure).  ``all``: every candidate
+    pair of responses.parquet (``data.covariates.candidate_pairs``: score ratio >=
+    ``all_pairs_min_ratio``, both scores >= ``all_pairs_min_score``, whenever posted) --
+    several times the evidence, confounded by exposure unless ``covariates`` model it."""
+    all_pairs_min_ratio: float = 2.0
+    """``pairs=all``: the preferred answer's score is at least this times the other's."""
+    all_pairs_min_score: int = 2
+    """``pairs=all``: both scores at least this."""
+    all_pairs_per_thread: int = 0
+    """``pairs=all``: at most this many pairs per thread (a seeded subset); 0 = all."""
+    covariates: list[str] = field(default_factory=list)
+    """``pairwise``: non-text covariates of each response (``data.covariates.COVARIATES``:
+    delay, order, length, delay_x_thread, order_x_thread) in the Bradley-Terry model:
+    ``P(A beats B) = sigmoid(r(A) - r(B) + w . (x_A - x_B))``, ``w`` learned with the
+    reward.  What exposure (and, with ``length``, answer length) explains goes into ``w``;
+    the text reward ``r`` -- what is saved and what RL uses -- need not carry it.  ``w``
+    (per standardised covariate) is written to ``reward_config.json``.  [] = none."""
+    length_decorrelation: float = 0.0
+    """Weight of a penalty ``corr(r, log words)^2`` over each batch's distinct texts (the
+    decorrelation term of ODIN, Chen et al. 2024): the text reward is pushed to carry no
+    length.  0 = off; with ``covariates`` including ``length`` the length effect still has
+    a place to go.  ``rm eval`` reports the reward's Spearman correlation with length."""
     max_ranked: int = 8
     """``ranking``: at most this many responses per thread (a seeded random subset);
     InstructGPT ranked K = 4..9.  Bounds the batch of a very large thread."""
@@ -153,6 +177,15 @@ def _validate(cfg: RewardConfig) -> None:
         raise AmbientError(f"rm: max_ranked={cfg.max_ranked} must be >= 2")
     if cfg.balance_length and cfg.objective != "pairwise":
         raise AmbientError(f"rm: balance_length=true applies to objective=pairwise, not {cfg.objective}")
+    from ambient_rlhf.data.covariates import COVARIATES
+
+    if cfg.objective != "pairwise" and (cfg.covariates or cfg.pairs != "time_rule"):
+        raise AmbientError(f"rm: covariates and pairs=all apply to objective=pairwise, not {cfg.objective}")
+    bad = [c for c in cfg.covariates if c not in COVARIATES]
+    if bad:
+        raise AmbientError(f"rm: covariates={cfg.covariates}: unknown {bad}; choose from {list(COVARIATES)}")
+    if cfg.length_decorrelation < 0:
+        raise AmbientError(f"rm: length_decorrelation={cfg.length_decorrelation} must be >= 0")
 
 
 def input_spec(cfg: RewardConfig) -> RewardInputSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ from ambient_rlhf.rl import reward_losses as L
 from ambient_rlhf.train.common import apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator
 from ambient_rlhf.train.reward.batching import epoch_batches, loss_share, rank_share, shard_rows
 from ambient_rlhf.train.reward.config import RewardConfig, _auto_lr, _validate, input_spec
-from ambient_rlhf.train.reward.scoring import Scorer, ScoreRows, batch_loss, pair_accuracy, raw_rewards
+from ambient_rlhf.train.reward.scoring import (CovariateModel, Scorer, ScoreRows, batch_loss, pair_accuracy, raw_rewards,
+                                               unit_covariates)
 from ambient_rlhf.train.reward.units import (balance_by_length, index_units, load_units, reference_units,
                                              subset_threads)
 
@@ -67,7 +69,9 @@ def train_reward(cfg: RewardConfig) -> Path:
     train = index_units(subset_threads(train_units, cfg.max_train_units, cfg.seed), table)
     if not train:
         raise AmbientError(f"rm: no training {cfg.objective} units in {cfg.data} (split train, half {cfg.train_half})")
-    valid_pairs = index_units(subset_threads(load_units(cfg, "valid", objective="pairwise", counts=counts),
+    # valid accuracy on the time-rule pairs, the text reward alone (what rm eval and RL see)
+    plain = dataclasses.replace(cfg, pairs="time_rule", covariates=[])
+    valid_pairs = index_units(subset_threads(load_units(plain, "valid", objective="pairwise", counts=counts),
                                              cfg.eval_max_pairs, cfg.seed), table)
     norm_units = index_units(subset_threads(reference_units(cfg), cfg.norm_max_responses, cfg.seed), table)
     counts.update(train_units=len(train), train_threads=len({u.thread for u in train}), texts=len(table),
@@ -141,12 +145,17 @@ def train_reward(cfg: RewardConfig) -> Path:
 
     # step 4. the training loop
     lr = _auto_lr(cfg)
-    opt = make_optimizer(scorer.module, lr=lr, weight_decay=cfg.weight_decay)  # fused AdamW
+    # the covariate model (pairwise with covariates): trained with the reward, its
+    # standardisation from the training pairs
+    covm = CovariateModel.fit(cfg.covariates, train).to(device) if cfg.covariates else None
+    trained = torch.nn.ModuleDict({"model": scorer.module, **({"covariates": covm} if covm is not None else {})})
+    opt = make_optimizer(trained, lr=lr, weight_decay=cfg.weight_decay)  # fused AdamW
+    params = [p for p in trained.parameters() if p.requires_grad]  # (gradient clipping)
     sched = make_scheduler(opt, cfg.schedule, int(cfg.warmup_ratio * total), total)
     step = 0
     if ckpt is not None:
         state = load_state(ckpt)
-        named = dict(scorer.module.named_parameters())
+        named = dict(trained.named_parameters())
         for k, v in state["trainable"].items():
             named[k].data.copy_(v.to(device))
         opt.load_state_dict(state["optimizer"])
@@ -155,12 +164,21 @@ def train_reward(cfg: RewardConfig) -> Path:
         step = state["step"]
         log.warning("rm: resuming from %s (step %d of %d)", ckpt, step, total)
     # DDP around the trained part when there are several processes (else the module as is)
-    step_fn, opt = accelerator.prepare(ScoreRows(scorer), opt)
+    step_fn, opt = accelerator.prepare(ScoreRows(scorer, covm), opt)
+    logwords: dict[int, float] = {}
+
+    def logwords_of(rows_: list[int]) -> torch.Tensor | None:
+        if cfg.length_decorrelation <= 0:
+            return None
+        for r_ in rows_:
+            if r_ not in logwords:
+                logwords[r_] = math.log1p(len(table.texts[r_][1].split()))
+        return torch.tensor([logwords[r_] for r_ in rows_], device=device)
     metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main)
 
     def checkpoint(s: int) -> None:
         if main:
-            trainable = {k: v.detach().cpu().clone() for k, v in scorer.module.named_parameters() if v.requires_grad}
+            trainable = {k: v.detach().cpu().clone() for k, v in trained.named_parameters() if v.requires_grad}
             save_checkpoint(out, s, {"step": s, "trainable": trainable, "optimizer": opt.state_dict(),
                                      "scheduler": sched.state_dict(), "rng": rng_state(), "config": to_dict(cfg)})
         accelerator.wait_for_everyone()
@@ -176,9 +194,11 @@ def train_reward(cfg: RewardConfig) -> Path:
         t0 = time.perf_counter()
         mine, rows = rank_share(units, world, rank)  # one process: all of it
         pos = {r: i for i, r in enumerate(rows)}
-        out_rows = step_fn(rows)  # each distinct text of the share scored once
+        cov = unit_covariates(mine, device) if covm is not None and mine else None
+        out_rows, g = step_fn(rows, cov)  # each distinct text of the share scored once
         if mine:
-            loss, acc = batch_loss(cfg.objective, rm, out_rows.float(), pos, mine)
+            loss, acc = batch_loss(cfg.objective, rm, out_rows.float(), pos, mine, g, logwords_of(rows),
+                                   cfg.length_decorrelation)
         else:
             loss, acc = out_rows.float().sum() * 0.0, torch.tensor(float("nan"))
         opt.zero_grad(set_to_none=True)
@@ -197,8 +217,10 @@ def train_reward(cfg: RewardConfig) -> Path:
             got = dict(gather_object([(r, out_rows[i].detach().float().cpu()) for i, r in enumerate(rows)]))
             every = sorted(got)
             with torch.no_grad():
+                g_all = covm(unit_covariates(units, device)) if covm is not None else None
                 loss, acc = batch_loss(cfg.objective, rm, torch.stack([got[r] for r in every]),
-                                       {r: i for i, r in enumerate(every)}, units)
+                                       {r: i for i, r in enumerate(every)}, units, g_all, logwords_of(every),
+                                       cfg.length_decorrelation)
         all_rows = sorted({r for u in units for r in u.rows})
         row = {"rm/loss": loss.item(), "rm/accuracy": acc.item(), "rm/lr": sched.get_last_lr()[0],
                "rm/grad_norm": float(gnorm), "perf/step_seconds": dt, "perf/units": len(units),
@@ -236,7 +258,10 @@ def train_reward(cfg: RewardConfig) -> Path:
     rm.meta = {"objective": cfg.objective, **spec.to_meta(), "template": table.inputs.template,
                "communities": [community_name(d) for d in cfg.data], "train_layers": cfg.train_layers,
                "train_data": [str(Path(d).resolve()) for d in cfg.data], "train_half": cfg.train_half,
-               "base_model": cfg.model, "norm_reference": {"split": "valid", "n": len(ref)}}
+               "base_model": cfg.model, "norm_reference": {"split": "valid", "n": len(ref)},
+               "pairs": cfg.pairs, "length_decorrelation": cfg.length_decorrelation}
+    if covm is not None:  # the non-text part of the preference model: for reading, not for scoring
+        rm.meta["covariate_model"] = covm.describe()
     rm.cpu()
     rm.save_pretrained(out, tok)  # reward_config.json is written last: it marks a complete model
     accelerator.wait_for_everyone()

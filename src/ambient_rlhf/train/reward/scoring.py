@@ -210,24 +210,90 @@ class ScoreRows(nn.Module):
     so DDP sees exactly the trained parameters.  Evaluation calls the scorer directly (no
     DDP: a process may score texts the others do not)."""
 
-    def __init__(self, scorer: Scorer):
+    def __init__(self, scorer: Scorer, covariates: "CovariateModel | None" = None):
         super().__init__()
         self.trained = scorer.module
+        self.covariates = covariates  # registered: DDP syncs its gradient too
         self.__dict__["scorer"] = scorer  # not a submodule
 
-    def forward(self, rows: list[int]) -> torch.Tensor:
-        return self.scorer.outputs(rows)
+    def forward(self, rows: list[int], cov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(len(rows), n_outputs) head outputs, and ``g`` of the (n, k) covariates ``cov``
+        (None without a covariate model)."""
+        g = self.covariates(cov) if self.covariates is not None and cov is not None else None
+        return self.scorer.outputs(rows), g
+
+
+class CovariateModel(nn.Module):
+    """The non-text part of the Bradley-Terry model: ``g(x) = w . (x - mean) / std``,
+    ``x`` the (n, k) covariates of ``data.covariates``, standardised with the training
+    pairs' mean and std; ``w`` starts at 0 (the text reward alone)."""
+
+    def __init__(self, names: list[str], mean: list[float], std: list[float]):
+        super().__init__()
+        self.names = list(names)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor([s if s > 1e-8 else 1.0 for s in std], dtype=torch.float32))
+        self.w = nn.Parameter(torch.zeros(len(names)))
+
+    @classmethod
+    def fit(cls, names: list[str], units: list[Unit]) -> "CovariateModel":
+        x = np.array([v for u in units for v in u.cov], dtype=float).reshape(-1, len(names))  # (2P, k)
+        return cls(names, x.mean(0).tolist(), x.std(0).tolist())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std) @ self.w  # (n,)
+
+    def describe(self) -> dict:
+        """What goes into ``reward_config.json``: log-odds per standard deviation of each
+        covariate, and per raw unit."""
+        w, s = self.w.detach().cpu().tolist(), self.std.cpu().tolist()
+        return {"features": self.names, "per_std": dict(zip(self.names, w)),
+                "per_unit": {n: wi / si for n, wi, si in zip(self.names, w, s)},
+                "mean": dict(zip(self.names, self.mean.cpu().tolist())), "std": dict(zip(self.names, s))}
+
+
+def unit_covariates(units: list[Unit], device) -> torch.Tensor:
+    """(2P, k) covariates of pairwise units, ``[chosen_0, rejected_0, chosen_1, ...]``."""
+    return torch.tensor([v for u in units for v in u.cov], dtype=torch.float32, device=device)
+
+
+def length_correlation_penalty(r: torch.Tensor, logwords: torch.Tensor) -> torch.Tensor:
+    """``corr(r, logwords)^2`` (Pearson) over a batch's distinct texts; 0 under 3 texts or
+    when either is constant.  Shapes: (n,), (n,) -> ()."""
+    if r.numel() < 3:
+        return r.sum() * 0.0
+    rc, lc = r - r.mean(), logwords.to(r.dtype) - logwords.to(r.dtype).mean()
+    den = torch.sqrt((rc * rc).sum() * (lc * lc).sum())
+    if float(den) < 1e-12:
+        return r.sum() * 0.0
+    return ((rc * lc).sum() / den) ** 2
 
 
 # ---- losses on a batch ----------------------------------------------------------------------
-def batch_loss(objective: str, rm, out: torch.Tensor, pos: dict[int, int], units: list[Unit]):
+def batch_loss(objective: str, rm, out: torch.Tensor, pos: dict[int, int], units: list[Unit],
+               g: torch.Tensor | None = None, logwords: torch.Tensor | None = None, decorrelation: float = 0.0):
     """Loss and accuracy of a batch.  ``out``: (n_rows, n_outputs) head outputs of the
-    batch's distinct rows; ``pos``: row -> position in ``out``."""
+    batch's distinct rows; ``pos``: row -> position in ``out``.
+
+    ``g`` (pairwise): (2P,) covariate terms ``[chosen_0, rejected_0, ...]`` added to each
+    side of the Bradley-Terry margin.  ``decorrelation`` > 0 with ``logwords`` ((n_rows,)
+    log word counts of the rows): plus ``decorrelation * corr(reward, logwords)^2``."""
+    loss, acc = _objective_loss(objective, rm, out, pos, units, g)
+    if decorrelation > 0 and logwords is not None:
+        loss = loss + decorrelation * length_correlation_penalty(rm.raw_reward(out), logwords)
+    return loss, acc
+
+
+def _objective_loss(objective: str, rm, out: torch.Tensor, pos: dict[int, int], units: list[Unit],
+                    g: torch.Tensor | None = None):
     if objective == "pairwise":
         r = rm.raw_reward(out)
         c = torch.tensor([pos[u.rows[0]] for u in units], device=out.device)
         j = torch.tensor([pos[u.rows[1]] for u in units], device=out.device)
-        return L.pairwise_loss(r[c], r[j]), (r[c] > r[j]).float().mean()
+        rc, rj = r[c], r[j]
+        if g is not None:
+            rc, rj = rc + g[0::2], rj + g[1::2]
+        return L.pairwise_loss(rc, rj), (rc > rj).float().mean()
     if objective == "ranking":
         r = rm.raw_reward(out)
         idx, grp, sc = [], [], []

@@ -32,6 +32,8 @@ class Unit:
     rows: list[int] = field(default_factory=list)
     community: str | None = None
     """The community of the thread (the reward model may prefix it to the prompt)."""
+    cov: list[list[float]] | None = None
+    """``covariates``: one vector per text (the raw values, ``data.covariates``)."""
 
 
 def index_units(units: list[Unit], table: TextTable) -> list[Unit]:
@@ -52,11 +54,9 @@ def load_units(cfg: RewardConfig, split: str, objective: str | None = None,
         com = community_name(d)
         keep = (lambda t: True) if half == "all" else (lambda t: half_of(t) == half)
         if objective == "pairwise":
-            df = read_table(d, schema.PAIRS_FILE, schema.PAIR_COLUMNS, split)
-            for r in df.itertuples(index=False):
-                if not keep(r.thread_id):
-                    continue
-                units.append(Unit(f"{com}/{r.thread_id}", [(r.prompt, r.chosen), (r.prompt, r.rejected)], community=com))
+            for u in _pair_units(cfg, d, com, split, counts):
+                if keep(u.thread.split("/", 1)[1]):
+                    units.append(u)
         elif objective == "ranking":
             df = read_table(d, schema.RANKINGS_FILE, schema.RANKING_COLUMNS, split)
             for r in df.itertuples(index=False):
@@ -82,6 +82,42 @@ def load_units(cfg: RewardConfig, split: str, objective: str | None = None,
                                        f"{r.response_id} is not one of {schema.TIERS}")
                 target = schema.TIERS.index(r.tier) if objective == "tiers" else float(r.reply_sentiment)
                 units.append(Unit(f"{com}/{r.thread_id}", [(r.prompt, r.response)], target, community=com))
+    return units
+
+
+def _pair_units(cfg: RewardConfig, data_dir, com: str, split: str, counts: dict) -> list[Unit]:
+    """Pairwise units of one data directory's ``split``: pairs.parquet (``pairs=time_rule``)
+    or every candidate pair of responses.parquet (``pairs=all``), with the covariates of
+    both answers when ``cfg.covariates`` asks for them."""
+    from ambient_rlhf.data.covariates import candidate_pairs, response_covariates
+
+    need_responses = cfg.pairs == "all" or bool(cfg.covariates)
+    resp = read_table(data_dir, schema.RESPONSES_FILE, schema.RESPONSE_COLUMNS, split) if need_responses else None
+    if cfg.pairs == "all":
+        df = candidate_pairs(resp, cfg.all_pairs_min_ratio, cfg.all_pairs_min_score, cfg.all_pairs_per_thread, cfg.seed)
+        counts[f"{split}_candidate_pairs"] = counts.get(f"{split}_candidate_pairs", 0) + len(df)
+    else:
+        df = read_table(data_dir, schema.PAIRS_FILE, schema.PAIR_COLUMNS, split)
+    cov = None
+    if cfg.covariates:
+        x = response_covariates(resp, cfg.covariates)  # (N, k)
+        if cfg.pairs == "all":
+            cov = [(x[a].tolist(), x[b].tolist()) for a, b in zip(df["chosen_row"], df["rejected_row"])]
+        else:  # pairs.parquet names its answers by text: find them among the thread's responses
+            where = {(t, r): i for i, (t, r) in enumerate(zip(resp["thread_id"], resp["response"]))}
+            cov = []
+            for t, c, r in zip(df["thread_id"], df["chosen"], df["rejected"]):
+                ic, ir = where.get((t, c)), where.get((t, r))
+                cov.append(None if ic is None or ir is None else (x[ic].tolist(), x[ir].tolist()))
+    units = []
+    for n, r in enumerate(df.itertuples(index=False)):
+        u = Unit(f"{com}/{r.thread_id}", [(r.prompt, r.chosen), (r.prompt, r.rejected)], community=com)
+        if cov is not None:
+            if cov[n] is None:  # an answer of pairs.parquet missing from responses.parquet
+                counts["pairs_without_covariates"] = counts.get("pairs_without_covariates", 0) + 1
+                continue
+            u.cov = [cov[n][0], cov[n][1]]
+        units.append(u)
     return units
 
 
