@@ -17,7 +17,6 @@ win rate with its 95% bootstrap interval, and "beat" only when the interval lies
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -31,7 +30,7 @@ from typing import Any, Callable
 from ambient_rlhf import AmbientError, __version__
 from ambient_rlhf.eval.policy_eval import verdict
 from ambient_rlhf.io import atomic_dir, write_manifest
-from ambient_rlhf.logging import get_logger, read_jsonl, setup_logging
+from ambient_rlhf.logging import get_logger, read_jsonl
 
 log = get_logger("report")
 
@@ -868,21 +867,3 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                        counts={"figures": len(figs.files), **{st: len(run[st]) for st in STAGES}})
     return out / REPORT_FILE
 
-
-def cli(argv: list[str]) -> int:
-    from ambient_rlhf.cli import common_parser
-
-    p = argparse.ArgumentParser(prog="ambient report", parents=[common_parser()],
-                                description="Write a self-contained report.html (figures embedded) for a run directory.")
-    p.add_argument("run_dir", nargs="?", help="run directory from `ambient run` (or one stage directory)")
-    p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
-    args = p.parse_args(argv)
-    setup_logging(args.verbose)
-    if args.help_config:
-        print("ambient report has no config keys; it takes RUN_DIR and --out.")
-        return 0
-    if not args.run_dir:
-        p.error("RUN_DIR is required")
-    path = write_report(args.run_dir, args.out)
-    print(f"report: {path}")
-    return 0
