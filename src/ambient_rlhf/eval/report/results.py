@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ambient_rlhf.eval.policy_eval import verdict
+from ambient_rlhf.eval.policy_summary import verdict
 from ambient_rlhf.eval.report.markup import (Figures, _plt, _slug, _val, errbars, esc, flatten_numbers, fnum,
                                              interval, lohi, not_run, table)
 from ambient_rlhf.eval.report.rundir import StageDir
