@@ -9,7 +9,10 @@ edge to ``pkg.name`` when that is a module, else to ``pkg``).
 * no cycle: no strongly connected component of more than one module;
 * ``rl/`` and ``data/`` import nothing above them (``models/``, ``train/``, ``eval/``,
   ``run``, ``simulate``, ``cli``), no ``transformers``, and name no such module in a
-  string (the dynamic ``importlib`` reach this test replaced).
+  string (the dynamic ``importlib`` reach this test replaced);
+* ``cli/`` is the only entry and nothing imports it: no module outside ``ambient_rlhf.cli``
+  imports ``ambient_rlhf.cli`` or one of its submodules (a library function that wants
+  argument parsing is the sign of CLI glue in the wrong place).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 LOW_LAYERS = ("data", "rl")  # import nothing above them
 ABOVE = ("models", "train", "eval", "run", "simulate", "cli")  # the layers above data/ and rl/
+ENTRY = "cli"  # the command layer: imports anything, imported by nothing outside it
 FORBIDDEN_THIRD_PARTY = ("transformers",)
 MODULE_NAME = re.compile(r"^ambient_rlhf(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -170,6 +174,18 @@ def direction_violations(graph, external, named) -> list[str]:
     return bad
 
 
+def entry_violations(graph, named) -> list[str]:
+    """Edges into ``cli/`` from modules outside it (imports, and module names in strings)."""
+    bad = []
+    for mod in sorted(graph):
+        if layer(mod) == ENTRY:
+            continue
+        bad += [f"{mod} -> {dep}" for dep in sorted(graph[mod]) if layer(dep) == ENTRY]
+        bad += [f"{mod} -> {dep} (named in a string: a dynamic import)" for dep in sorted(named[mod])
+                if layer(dep) == ENTRY]
+    return bad
+
+
 def test_no_import_cycles():
     graph, _, _ = import_graph()
     cycles = strongly_connected(graph)
@@ -193,6 +209,13 @@ def test_known_cycles_still_exist():
 def test_rl_and_data_import_nothing_above_them():
     bad = direction_violations(*import_graph())
     assert not bad, "rl/ and data/ import upward (DESIGN.md dependency direction):\n  " + "\n  ".join(bad)
+
+
+def test_nothing_outside_cli_imports_it():
+    graph, _, named = import_graph()
+    bad = entry_violations(graph, named)
+    assert not bad, ("library modules import the command layer (DESIGN.md: `cli/` is the only entry and "
+                     "nothing imports it; move the argument parsing into cli/<command>.py):\n  " + "\n  ".join(bad))
 
 
 # ---- the checker itself, on a throw-away package -----------------------------------------
@@ -221,6 +244,11 @@ def toy(tmp_path):
         "train/x.py": "import importlib\nm = importlib.import_module('ambient_rlhf.eval.e')\n",
         "eval/__init__.py": "",
         "eval/e.py": "from ambient_rlhf.train import x\n",
+        "eval/g.py": "def cli(argv):\n    from ambient_rlhf.cli import common_parser\n",
+        "eval/h.py": "import importlib\nMOD = 'ambient_rlhf.cli.report'\n",
+        "run.py": "from .cli import report\n",
+        "cli/__init__.py": "def common_parser():\n    pass\n",
+        "cli/report.py": "from ambient_rlhf.cli import common_parser\nfrom ambient_rlhf.eval import g\n",
     })
 
 
@@ -237,4 +265,14 @@ def test_checker_finds_cycles_and_upward_edges(toy):
         "ambient_rlhf.data.c -> ambient_rlhf.train.x (named in a string: a dynamic import)",
         "ambient_rlhf.rl.k -> ambient_rlhf.models.m",
         "ambient_rlhf.rl.k -> transformers",
+    ]
+
+
+def test_checker_finds_imports_of_the_cli(toy):
+    graph, _, named = import_graph(toy)
+    # cli/ importing itself and the library below it is fine; the reverse is not
+    assert entry_violations(graph, named) == [
+        "ambient_rlhf.eval.g -> ambient_rlhf.cli",  # function-local
+        "ambient_rlhf.eval.h -> ambient_rlhf.cli.report (named in a string: a dynamic import)",
+        "ambient_rlhf.run -> ambient_rlhf.cli.report",  # relative
     ]

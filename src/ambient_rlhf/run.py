@@ -51,25 +51,21 @@ process; the other stages run on the main process while the rest wait at a barri
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.cli import common_parser, split_overrides
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.data.simulate import SimulateConfig
 from ambient_rlhf.io import write_json, write_manifest
-from ambient_rlhf.logging import get_logger, progress, progress_enabled, setup_logging
+from ambient_rlhf.logging import get_logger, progress, progress_enabled
 from ambient_rlhf.run_config import (DEMO, PRESETS, RESOLVED_FILE, RUN_SET, RunConfig, find_preset,  # noqa: F401
                                      load_run_config, preset_names, resolved_yaml, run_config_help, stage_config_types)
 
@@ -395,39 +391,3 @@ def execute(run_dir: Path, stages: list[Stage], runners: dict[str, Runner], conf
         say(f"report: {report}")
     return manifest
 
-
-# ---- command line --------------------------------------------------------------------------
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def cli(argv: list[str]) -> int:
-    rest, overrides = split_overrides(argv)
-    p = argparse.ArgumentParser(
-        prog="ambient run", parents=[common_parser()],
-        description="The whole pipeline (simulate/data -> sft -> rm -> rl -> eval -> report) in one run directory. "
-                    "Re-running skips finished stages and resumes an interrupted one.")
-    p.add_argument("config_file", nargs="?", metavar="CONFIG",
-                   help=f"a preset ({', '.join(preset_names())}) or a YAML file; default: the demo")
-    p.add_argument("--until", metavar="STAGE", default=None,
-                   help="stop after this stage (e.g. rm-gold or truth); re-run without it to finish")
-    args = p.parse_args(rest)
-    setup_logging(args.verbose)
-    if args.help_config:
-        print(run_config_help())
-        return 0
-    if args.config_file and args.config:
-        p.error("give the preset either as CONFIG or as --config, not both")
-    cfg = load_run_config(args.config_file or args.config, overrides)
-    # `kill` (SIGTERM) stops the run like Ctrl-C: the stage is recorded as interrupted
-    # and the next `ambient run` resumes it
-    signal.signal(signal.SIGTERM, _interrupt)
-    m = run_pipeline(cfg, until=args.until)
-    ran = [s for s in m["stages"] if s["status"] == "ran"]
-    where = f"stopped after {args.until}" if args.until else f"report: {Path(cfg.out) / 'report' / 'report.html'}"
-    print(f"{cfg.out}: {len(ran)} stage(s) ran, {len(m['stages']) - len(ran)} up to date; {where}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(cli(sys.argv[1:]))

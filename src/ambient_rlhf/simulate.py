@@ -3,7 +3,8 @@
 The pure simulation (prompts, hidden utility, votes, the Pushshift-format dump) is in
 :mod:`ambient_rlhf.data.simulate`; this module adds what ``data/`` may not import: a
 responder that samples the K answers of every question from a causal LM with
-:func:`ambient_rlhf.train.generate.generate` (default SmolLM2), and the command line::
+:func:`ambient_rlhf.train.generate.generate` (default SmolLM2).  The command
+(:mod:`ambient_rlhf.cli.simulate`)::
 
     ambient data simulate --out sim/ [--threads 48 --responses 4 --seed 0 --model default]
     ambient data build sim/ --out data/
@@ -13,14 +14,11 @@ responder that samples the K answers of every question from a causal LM with
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Callable
 
-from ambient_rlhf.cli import common_parser, split_overrides
-from ambient_rlhf.config import config_help, load_config
 from ambient_rlhf.data.simulate import SimulateConfig, simulate as simulate_with, template_responder
-from ambient_rlhf.logging import get_logger, setup_logging
+from ambient_rlhf.logging import get_logger
 
 log = get_logger("simulate")
 
@@ -104,27 +102,3 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
              ", ".join(f"{k} {v['spearman']:.3f}" for k, v in result["reward_models"].items()))
     return result
 
-
-def cli(argv: list[str]) -> int:
-    rest, overrides = split_overrides(argv)
-    p = argparse.ArgumentParser(prog="ambient data simulate", parents=[common_parser()],
-                                description="Simulate a community with known preferences (a Pushshift-format dump "
-                                            "plus truth/utility.parquet with each answer's true utility).")
-    p.add_argument("--out", required=False, help="output directory (the dump); then `ambient data build OUT --out DATA`")
-    p.add_argument("--threads", type=int, help="questions to simulate (config key threads)")
-    p.add_argument("--responses", type=int, help="answers per question (config key responses)")
-    p.add_argument("--seed", type=int, help="seed (config key seed)")
-    p.add_argument("--model", help="answering model: default, tiny-random, a directory, or template (config key model)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    args = p.parse_args(rest)
-    setup_logging(args.verbose)
-    if args.help_config:
-        print(config_help(SimulateConfig))
-        return 0
-    if not args.out:
-        p.error("--out is required")
-    flags = [f"{k}={getattr(args, k)}" for k in ("threads", "responses", "seed", "model") if getattr(args, k) is not None]
-    cfg = load_config(SimulateConfig, args.config, flags + overrides)
-    out = simulate(args.out, cfg, overwrite=args.overwrite)
-    print(out)
-    return 0

@@ -52,9 +52,9 @@ def test_simulate_dispatches_to_the_simulator(monkeypatch):
     import types
 
     seen = []
-    fake = types.ModuleType("ambient_rlhf.simulate")
+    fake = types.ModuleType("ambient_rlhf.cli.simulate")
     fake.cli = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "ambient_rlhf.simulate", fake)
+    monkeypatch.setitem(sys.modules, "ambient_rlhf.cli.simulate", fake)
     assert main(["data", "simulate", "--out", "x", "seed=1"]) == 0
     assert seen == [["--out", "x", "seed=1"]]
 

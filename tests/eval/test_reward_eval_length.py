@@ -9,6 +9,7 @@ import pytest
 from scipy import integrate, optimize
 
 from ambient_rlhf.eval import reward_eval as E
+from ambient_rlhf.eval import reward_metrics
 
 
 def _sig(z):
@@ -76,7 +77,7 @@ def test_beyond_length_uses_thread_folds(monkeypatch):
         seen.append((np.asarray(groups).copy(), k))
         return real(groups, k, seed)
 
-    monkeypatch.setattr(E, "grouped_folds", spy)
+    monkeypatch.setattr(reward_metrics, "grouped_folds", spy)  # where beyond_length looks it up
     rng = np.random.default_rng(1)
     threads = np.repeat(np.arange(3), 10)
     r = E.beyond_length(rng.normal(size=30), rng.normal(size=30), threads, k=5, n_boot=50)

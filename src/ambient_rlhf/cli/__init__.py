@@ -1,7 +1,11 @@
-"""The ``ambient`` command.  The only entry point; each command parses its own
-arguments in a ``cli(argv) -> int`` function (``ambient_rlhf.cli.<command>`` where the
-command's glue would otherwise reach above its library layer, e.g. ``cli.data``).
-Library code never imports this package's command modules."""
+"""The ``ambient`` command: the only entry point, and argument parsing only.
+
+Each command is a module ``ambient_rlhf.cli.<command>`` with a ``cli(argv) -> int``
+that parses its arguments, calls the library function doing the work, and prints the
+result (``data simulate`` is :mod:`ambient_rlhf.cli.simulate`, reached through
+``cli.data``).  The helpers below (:func:`common_parser`, :func:`split_overrides`,
+:func:`parse_stage`) serve those modules only: no module outside this package imports
+``ambient_rlhf.cli`` (``tests/test_import_graph.py`` checks it)."""
 
 from __future__ import annotations
 
@@ -15,12 +19,12 @@ from ambient_rlhf import AmbientError, __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("ambient_rlhf.cli.data", "build a data directory from dumps/tables (build), or simulate a community (simulate)"),
     "sft": ("ambient_rlhf.cli.sft", "behaviour cloning: fine-tune a causal LM on prompt -> response"),
-    "generate": ("ambient_rlhf.train.generate", "sample completions from a model"),
+    "generate": ("ambient_rlhf.cli.generate", "sample completions from a model"),
     "rm": ("ambient_rlhf.cli.rm", "train (default), evaluate (eval) or combine (combine) reward models"),
     "rl": ("ambient_rlhf.cli.rl", "policy optimisation against a reward model: ppo, rloo, reinforce"),
-    "eval": ("ambient_rlhf.eval.policy_eval", "compare a policy with its reference on held-out prompts"),
-    "report": ("ambient_rlhf.eval.report", "write report.html for a run directory"),
-    "run": ("ambient_rlhf.run", "the whole pipeline in one command"),
+    "eval": ("ambient_rlhf.cli.eval", "compare a policy with its reference on held-out prompts"),
+    "report": ("ambient_rlhf.cli.report", "write report.html for a run directory"),
+    "run": ("ambient_rlhf.cli.run", "the whole pipeline in one command"),
 }
 
 

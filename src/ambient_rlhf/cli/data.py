@@ -35,7 +35,7 @@ def cli(argv: list[str]) -> int:
 
 
 def _simulate(argv: list[str]) -> int:
-    from ambient_rlhf.simulate import cli as simulate_cli
+    from ambient_rlhf.cli.simulate import cli as simulate_cli
 
     return int(simulate_cli(argv) or 0)
 

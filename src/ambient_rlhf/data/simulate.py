@@ -11,21 +11,8 @@ The pure parts live here (no model, no transformers; ``data/`` stays light):
 
 1. **Prompts** (:func:`compose_prompts`): a question title (topic x goal x situation)
    and a short body, seeded.
-2. **The hidden utility** (:func:`true_utility`), a deterministic function of the
-   prompt and response text, fixed here so that every stage and the report compute the
-   same number::
-
-       utility = 1.0 * relevance + 0.5 * sentiment + 0.5 * length - 1.0 * repetition
-
-   * ``relevance`` = min(#shared content words, 4) / 4: content words of the response
-     that also occur in the prompt (lower-cased alphabetic words of >= 4 letters, not
-     stopwords, a trailing plural ``s`` removed); 4 shared words count as fully on topic.
-   * ``sentiment`` = VADER compound score of the response, in [-1, 1] (readers like a
-     friendly tone).
-   * ``length`` = exp(-ln(n / 40)^2 / (2 * 0.5^2)) for n whitespace-separated words
-     (1 at 40 words, 0.38 at 20 or 80 words, 0 for an empty response).
-   * ``repetition`` = 1 - distinct / total content words of the response (0 when it
-     has none): readers punish loops, the usual symptom of reward over-optimisation.
+2. **The hidden utility** (:func:`true_utility`, in :mod:`ambient_rlhf.data.utility` with
+   its components), a deterministic function of the prompt and response text.
 3. **Votes with confounds** (:func:`expected_score`, :func:`thread_votes`): a thread
    draws ``readers`` ~ LogNormal (prompt popularity); an answer posted ``d`` hours after
    the question is seen by ``readers * exposure(d) * luck`` people, with
@@ -48,6 +35,10 @@ Responses come from a *responder* ``respond(gen_prompts) -> list[str]`` (one ans
 generation prompt).  :func:`template_responder` composes answers from templates with no
 model (tests, ``model=template``); ``ambient_rlhf.simulate`` samples them from a causal
 LM (the default for ``ambient data simulate`` and the demo).
+
+The question and answer texts (prompts, styles, the template responder) are in
+:mod:`ambient_rlhf.data.sim_text`, the utility and the recovery statistics in
+:mod:`ambient_rlhf.data.utility`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -62,89 +53,29 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ambient_rlhf import AmbientError, stats
+from ambient_rlhf import AmbientError
+from ambient_rlhf.data.sim_text import (OPENERS, SITUATIONS, STYLES, TOPICS, compose_prompts, generation_prompt,
+                                        prompt_text, template_responder)
+from ambient_rlhf.data.utility import (LENGTH_SIGMA, PREFERRED_WORDS, RELEVANCE_CAP, STOPWORDS, UTILITY_WEIGHTS,
+                                       compare_recovery, content_words, recovery_stats, sentiment, thread_spearmans,
+                                       true_utility, utility_components, within_thread_pair_accuracy,
+                                       within_thread_spearman)
 from ambient_rlhf.io import atomic_dir, write_manifest
 from ambient_rlhf.logging import get_logger
 
 log = get_logger("data.simulate")
 
+__all__ = [  # the texts and the utility are re-exported: tests and the truth stage import them from here
+    "TOPICS", "OPENERS", "SITUATIONS", "STYLES", "compose_prompts", "prompt_text", "generation_prompt",
+    "template_responder", "UTILITY_WEIGHTS", "RELEVANCE_CAP", "PREFERRED_WORDS", "LENGTH_SIGMA", "STOPWORDS",
+    "content_words", "sentiment", "utility_components", "true_utility", "thread_spearmans",
+    "within_thread_spearman", "compare_recovery", "within_thread_pair_accuracy", "recovery_stats",
+    "UTILITY_FILE", "VoteConfig", "SimulateConfig", "simulate_threads", "write_dump", "simulate", "load_utility",
+]
+
 UTILITY_FILE = "truth/utility.parquet"
 """The answers' true utility, in a subdirectory so that ``ambient data build SIMDIR``
 reads only the dump."""
-
-# ---- the hidden utility -------------------------------------------------------------------
-UTILITY_WEIGHTS = {"relevance": 1.0, "sentiment": 0.5, "length": 0.5, "repetition": -1.0}
-"""utility = sum(weight * component); see the module docstring for each component."""
-RELEVANCE_CAP = 4
-"""Shared content words at which an answer counts as fully on topic."""
-PREFERRED_WORDS = 40
-"""Answer length (words) the readers like best."""
-LENGTH_SIGMA = 0.5
-"""Width of the length preference in log-words."""
-
-STOPWORDS = frozenset("""
-about above after again against all also always another any anyone anything are around
-back because been before being below between both cannot could does doing done down
-during each either else even ever every everyone everything first from further get gets
-getting give going good have having here hers herself himself into just know like make
-many maybe might more most much must myself need never next only other others ought ours
-over own really same should some something still such than that their theirs them
-themselves then there these they thing things think this those though through thus too
-under until upon very want well were what whatever when where whether which while will
-with within without would your yours yourself yourselves you'd you'll you're you've i'm
-i've it's don't that's there's can't won't isn't doesn't didn't
-""".split())
-_WORD = re.compile(r"[a-z][a-z']*")
-
-
-def content_words(text: str) -> list[str]:
-    """Content words of ``text`` in order: lower-cased alphabetic words of >= 4 letters
-    that are not stopwords, with one trailing plural ``s`` removed (``starters`` ->
-    ``starter``; ``glass`` stays)."""
-    out = []
-    for w in _WORD.findall(text.lower()):
-        w = w.strip("'")
-        if len(w) < 4 or w in STOPWORDS:
-            continue
-        if len(w) > 4 and w.endswith("s") and not w.endswith("ss"):
-            w = w[:-1]
-        out.append(w)
-    return out
-
-
-_VADER = None
-
-
-def sentiment(text: str) -> float:
-    """VADER compound sentiment in [-1, 1] (Hutto & Gilbert 2014)."""
-    global _VADER
-    if _VADER is None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        _VADER = SentimentIntensityAnalyzer()
-    return float(_VADER.polarity_scores(text)["compound"])
-
-
-def utility_components(prompt: str, response: str) -> dict[str, float]:
-    """The four components of :func:`true_utility` (each documented in the module docstring)."""
-    n_words = len(response.split())
-    resp = content_words(response)
-    shared = set(content_words(prompt)) & set(resp)
-    length = math.exp(-math.log(n_words / PREFERRED_WORDS) ** 2 / (2 * LENGTH_SIGMA**2)) if n_words else 0.0
-    return {
-        "relevance": min(len(shared), RELEVANCE_CAP) / RELEVANCE_CAP,
-        "sentiment": sentiment(response) if response.strip() else 0.0,
-        "length": length,
-        "repetition": 1.0 - len(set(resp)) / len(resp) if resp else 0.0,
-    }
-
-
-def true_utility(prompt: str, response: str) -> float:
-    """The simulated readers' hidden utility of ``response`` to ``prompt`` (higher is better).
-
-    Deterministic; about -1.5 (an off-topic, hostile, looping answer) to 2.0."""
-    c = utility_components(prompt, response)
-    return float(sum(UTILITY_WEIGHTS[k] * c[k] for k in UTILITY_WEIGHTS))
 
 
 # ---- configuration ------------------------------------------------------------------------
@@ -238,118 +169,6 @@ class SimulateConfig:
             raise ValueError("threads must be >= 1")
         if self.responses < 2:
             raise ValueError("responses must be >= 2 (preferences need two answers to a question)")
-
-
-# ---- prompts ------------------------------------------------------------------------------
-# (topic phrase, goals, body sentences).  Titles: "{opener} {goal} {situation}?"
-TOPICS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("sourdough", ("keep my sourdough starter alive", "get a crispier crust on sourdough bread", "stop my sourdough dough from spreading flat"),
-     ("My starter bubbles for a day and then goes flat.", "I bake in a regular home oven with a cast iron pot.", "I use bread flour and feed the starter once a day.")),
-    ("running", ("train for my first marathon", "run faster without getting injured", "keep running through the winter"),
-     ("I currently run about twenty kilometres a week.", "My knees start hurting after long runs.", "I can only train early in the morning before work.")),
-    ("houseplants", ("keep my houseplants from dying", "get my monstera to grow new leaves", "water succulents properly"),
-     ("The leaves turn yellow and droop after a few weeks.", "My apartment gets very little direct sunlight.", "I travel often and forget to water them.")),
-    ("python", ("learn Python programming", "write cleaner Python code", "debug a slow Python script"),
-     ("I know some basic loops and functions but get lost in larger projects.", "My script reads a large file and takes hours.", "I mostly write small automation scripts for work.")),
-    ("budget", ("save money on groceries", "build an emergency fund", "stick to a monthly budget"),
-     ("My salary is average and rent takes almost half of it.", "I always overspend on takeout food.", "I tried spreadsheets but stopped tracking after a week.")),
-    ("guitar", ("learn guitar chords faster", "practice guitar with sore fingers", "play barre chords cleanly"),
-     ("I practice about twenty minutes every evening.", "My fingertips hurt and the strings buzz.", "I am teaching myself from online videos.")),
-    ("sleep", ("fall asleep faster", "stop waking up at night", "fix my sleep schedule"),
-     ("I lie awake for an hour before falling asleep.", "I drink coffee in the afternoon and look at screens late.", "My work shifts change every week.")),
-    ("cycling", ("commute to work by bicycle", "fix a flat bicycle tire", "choose a first road bike"),
-     ("My commute is twelve kilometres with a steep hill.", "I have never repaired a bike before.", "My budget for a bike is limited.")),
-    ("language", ("learn Spanish vocabulary", "practice speaking a new language", "stay motivated learning German"),
-     ("I use a flashcard app but forget words quickly.", "I get nervous speaking with native speakers.", "I have studied for six months and feel stuck.")),
-    ("coffee", ("brew better coffee at home", "make espresso without a machine", "choose coffee beans"),
-     ("My coffee tastes bitter and sour at the same time.", "I use a cheap grinder and a French press.", "I drink two cups every morning.")),
-    ("cooking", ("cook healthy dinners quickly", "meal prep for the week", "season vegetables so they taste good"),
-     ("I get home late and have about thirty minutes to cook.", "My vegetables always turn out bland and soggy.", "I cook for two people on a small budget.")),
-    ("writing", ("write a short story", "overcome writer's block", "get feedback on my writing"),
-     ("I have many ideas but never finish a draft.", "My dialogue sounds stiff when I read it aloud.", "I write in the evenings after work.")),
-)
-OPENERS = ("How do I", "What is the best way to", "Any tips to", "How can I", "Advice needed: how to")
-SITUATIONS = ("as a beginner", "on a tight budget", "in a small apartment", "with little free time",
-              "after failing several times", "without special equipment", "this year", "for the first time")
-
-
-def compose_prompts(n: int, seed: int) -> list[dict[str, str]]:
-    """``n`` questions ``{"topic", "title", "body"}``, drawn without repetition of the
-    title while possible (12 topics x 3 goals x 5 openers x 8 situations = 1,440)."""
-    rng = np.random.default_rng([seed, 1])
-    combos = [(t, g, o, s) for t in range(len(TOPICS)) for g in range(3) for o in range(len(OPENERS)) for s in range(len(SITUATIONS))]
-    order = rng.permutation(len(combos))
-    out = []
-    for i in range(n):
-        t, g, o, s = combos[order[i % len(combos)]]
-        topic, goals, bodies = TOPICS[t]
-        k = rng.integers(1, len(bodies) + 1)
-        body = " ".join(bodies[j] for j in sorted(rng.choice(len(bodies), size=k, replace=False)))
-        out.append({"topic": topic, "title": f"{OPENERS[o]} {goals[g]} {SITUATIONS[s]}?", "body": body})
-    return out
-
-
-def prompt_text(title: str, body: str) -> str:
-    """The question as the data stage reads a submission: title, blank line, body."""
-    return f"{title}\n\n{body}" if body else title
-
-
-# Hidden answer styles (appended to the generation prompt only).
-STYLES: tuple[tuple[str, str], ...] = (
-    ("plain", ""),
-    ("brief", "Answer in one short sentence."),
-    ("detailed", "Answer in detail with three concrete steps."),
-    ("warm", "Answer kindly and encouragingly."),
-    ("blunt", "Answer bluntly and critically, in a grumpy tone."),
-    ("offtopic", "Do not answer the question; tell a short unrelated story about your weekend instead."),
-)
-
-
-def generation_prompt(prompt: str, style: str) -> str:
-    """What the answering model sees: the question plus the hidden style instruction."""
-    instr = dict(STYLES)[style]
-    return f"{prompt}\n\n({instr})" if instr else prompt
-
-
-# ---- a model-free responder ---------------------------------------------------------------
-_T_ON = ("In my experience {a} matters more than {b}.", "Start with {a} and keep notes on {b}.",
-         "The trick with {a} is patience; {b} comes later.", "Look at your {a} first, then adjust the {b}.")
-_T_OFF = ("I went hiking last weekend and the weather was nice.", "My cousin tried something like this once.",
-          "Honestly I have no idea about that.", "The game last night was something else.")
-_T_WARM = ("You can do this, good luck!", "Great question, I hope this helps!", "Happy to help, you will get there.")
-_T_COLD = ("This is a terrible plan and you will fail.", "Stop wasting time on this stupid idea.", "Ugh, awful question.")
-_T_FILL = ("It takes a few weeks to see results.", "Everyone is different, so experiment a bit.",
-           "Keep it simple at the beginning.", "Small daily habits add up over time.")
-
-
-def template_responder(seed: int = 0) -> Callable[[list[str]], list[str]]:
-    """A responder that composes answers from templates, no model: for unit tests and
-    ``model=template``.  The style instruction in each generation prompt steers the
-    answer (on-topic sentences reuse the prompt's content words), so utilities spread
-    like a model's."""
-    rng = np.random.default_rng([seed, 2])
-
-    def respond(gen_prompts: list[str]) -> list[str]:
-        out = []
-        for gp in gen_prompts:
-            style = next((name for name, instr in STYLES if instr and gp.endswith(f"({instr})")), "plain")
-            words = list(dict.fromkeys(content_words(gp.split("\n\n(")[0]))) or ["this"]
-            def on() -> str:
-                a, b = rng.choice(words, size=2)
-                return str(rng.choice(_T_ON)).format(a=a, b=b)
-            n_fill = {"brief": 0, "detailed": 4}.get(style, int(rng.integers(0, 3)))
-            parts = [] if style == "offtopic" else [on() for _ in range(1 if style == "brief" else int(rng.integers(1, 3)))]
-            parts += [str(x) for x in rng.choice(_T_FILL, size=n_fill)]
-            if style == "offtopic":
-                parts += [str(x) for x in rng.choice(_T_OFF, size=2, replace=False)]
-            if style == "warm" or (style == "plain" and rng.random() < 0.5):
-                parts.append(str(rng.choice(_T_WARM)))
-            if style == "blunt":
-                parts.insert(0, str(rng.choice(_T_COLD)))
-            out.append(" ".join(parts))
-        return out
-
-    return respond
 
 
 # ---- votes --------------------------------------------------------------------------------
@@ -497,62 +316,6 @@ def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[st
             })
     comments.sort(key=lambda c: (c["created_utc"], c["id"]))
     return subs, comments, pd.DataFrame(rows)
-
-
-def thread_spearmans(df: pd.DataFrame, col: str, target: str = "utility", group: str = "thread_id") -> pd.Series:
-    """Spearman correlation between ``col`` and ``target`` in each thread (index: the
-    thread); NaN for threads where either is constant or that have one answer."""
-    vals = {}
-    for t, g in df.groupby(group):
-        ok = len(g) >= 2 and g[col].nunique() >= 2 and g[target].nunique() >= 2
-        vals[t] = stats.spearman(g[col].to_numpy(float), g[target].to_numpy(float)) if ok else float("nan")
-    return pd.Series(vals, dtype=float)
-
-
-def within_thread_spearman(df: pd.DataFrame, col: str, target: str = "utility", group: str = "thread_id") -> float:
-    """Mean over threads of the Spearman correlation between ``col`` and ``target``
-    (threads where either is constant are skipped); NaN when no thread qualifies."""
-    vals = thread_spearmans(df, col, target, group).dropna()
-    return float(vals.mean()) if len(vals) else float("nan")
-
-
-def compare_recovery(df: pd.DataFrame, col: str, other: str, target: str = "utility", group: str = "thread_id",
-                     n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Is ``col`` a better recovery of ``target`` than ``other``?  The mean over threads
-    of the difference of their within-thread Spearman correlations, with a percentile
-    interval from resampling threads (a thread where either correlation is undefined
-    counts 0 for the undefined one, so both sides see the same threads)."""
-    a = thread_spearmans(df, col, target, group)
-    b = thread_spearmans(df, other, target, group)
-    keep = a.notna() | b.notna()
-    d = (a.fillna(0.0) - b.fillna(0.0))[keep].to_numpy(float)
-    if len(d) == 0:
-        return {"difference": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "threads": 0}
-    ci = stats.bootstrap_ci(d, n_resamples=n_boot, confidence=0.95, seed=seed)
-    return {"difference": ci["value"], "ci_low": ci["low"], "ci_high": ci["high"], "threads": int(len(d))}
-
-
-def within_thread_pair_accuracy(df: pd.DataFrame, col: str, target: str = "utility", group: str = "thread_id") -> float:
-    """Over all pairs of answers of a thread whose ``target`` differs: the fraction that
-    ``col`` orders the same way (a tie in ``col`` counts one half); NaN without pairs."""
-    hits, n = 0.0, 0
-    for _, g in df.groupby(group):
-        x, y = g[col].to_numpy(float), g[target].to_numpy(float)
-        i, j = np.triu_indices(len(g), k=1)
-        keep = y[i] != y[j]
-        dx, dy = x[i][keep] - x[j][keep], y[i][keep] - y[j][keep]
-        hits += float(np.sum(np.sign(dx) == np.sign(dy)) + 0.5 * np.sum(dx == 0))
-        n += int(keep.sum())
-    return hits / n if n else float("nan")
-
-
-def recovery_stats(df: pd.DataFrame, cols: Sequence[str], target: str = "utility") -> dict[str, dict[str, float]]:
-    """How well each column of ``df`` recovers ``target`` within threads: mean Spearman
-    and pair accuracy (see the two functions above), plus the numbers of threads/answers."""
-    out = {c: {"spearman": within_thread_spearman(df, c, target), "pair_accuracy": within_thread_pair_accuracy(df, c, target)}
-           for c in cols}
-    out["n"] = {"threads": int(df["thread_id"].nunique()), "responses": int(len(df))}
-    return out
 
 
 def write_dump(out: Path, cfg: SimulateConfig, subs: list[dict], comments: list[dict], table: pd.DataFrame,

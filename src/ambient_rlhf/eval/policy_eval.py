@@ -21,11 +21,13 @@ Steps of :func:`evaluate_policy`:
    reference for the same prompt; ties count half), with a percentile bootstrap interval
    over prompts (samples of one prompt are not independent); length and distinct-n;
 7. write ``eval.json``, ``samples.jsonl``, ``samples.csv`` and ``manifest.json``.
+
+Step 6 (:func:`summarize`, :func:`verdict`) is pure and lives in
+:mod:`ambient_rlhf.eval.policy_summary`; the command line is :mod:`ambient_rlhf.cli.eval`.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import time
@@ -35,9 +37,10 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from ambient_rlhf import AmbientError, stats
+from ambient_rlhf import AmbientError
 from ambient_rlhf.config import to_dict
 from ambient_rlhf.data.schema import TIERS
+from ambient_rlhf.eval.policy_summary import summarize, verdict  # noqa: F401  (verdict: re-exported)
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import get_logger
 
@@ -411,103 +414,3 @@ def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) ->
     log.info("eval: win rate %.3f [%.3f, %.3f], KL %.2f -> %s", result["win_rate"]["value"],
              result["win_rate"]["low"], result["win_rate"]["high"], result["kl"]["value"], cfg.out)
     return result
-
-
-def summarize(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
-    """eval.json from the per-sample rows (pure; the tests call it on hand-made rows).
-
-    Intervals resample prompts (``thread_id``): each prompt's samples form one unit."""
-    B, seed = cfg.bootstrap_resamples, cfg.seed
-    g = [r["thread_id"] for r in rows]
-
-    def col(name: str) -> np.ndarray:
-        return np.array([r[name] for r in rows], dtype=float)
-
-    def side_by_side(pol: str, ref: str) -> dict[str, Any]:
-        p, r = col(pol), col(ref)
-        out = {
-            "policy": stats.describe(p, B, seed, g),
-            "reference": stats.describe(r, B, seed, g),
-            "difference": stats.describe(p - r, B, seed, g),
-            "win_rate": stats.describe(stats.win_outcomes(p, r), B, seed, g),
-        }
-        return out
-
-    outcomes = stats.win_outcomes(col("policy_score"), col("reference_score"))
-    result: dict[str, Any] = {
-        "policy": cfg.policy, "reference": cfg.reference, "judge": cfg.judge, "proxy": cfg.proxy,
-        "data": cfg.data, "split": cfg.split, "goal": cfg.goal, "temperature": cfg.temperature,
-        "max_new_tokens": cfg.max_new_tokens,
-        "n_prompts": len(set(g)), "samples_per_prompt": cfg.samples_per_prompt, "n_pairs": len(rows),
-        "win_rate": stats.describe(outcomes, B, seed, g),
-        "wins": int((outcomes == 1).sum()), "ties": int((outcomes == 0.5).sum()), "losses": int((outcomes == 0).sum()),
-        "judge_score": side_by_side("policy_score", "reference_score"),
-        "kl": stats.describe(col("kl"), B, seed, g),
-    }
-    n_tok = col("policy_tokens") + col("policy_stopped")  # the EOS token is scored too
-    result["kl"]["per_token"] = float(col("kl").sum() / max(n_tok.sum(), 1))
-    result["length"] = {}
-    result["distinct"] = {}
-    for side in ("policy", "reference"):
-        texts = [r[side] for r in rows]
-        toks = col(f"{side}_tokens")
-        result["length"][side] = {
-            "mean_tokens": float(toks.mean()) if len(rows) else float("nan"),
-            "mean_words": float(np.mean([len(stats.words(t)) for t in texts])) if texts else float("nan"),
-            "stopped_rate": float(np.mean([r[f"{side}_stopped"] for r in rows])) if rows else float("nan"),
-        }
-        result["distinct"][side] = {"distinct_1": stats.distinct_n(texts, 1), "distinct_2": stats.distinct_n(texts, 2)}
-    if rows and "policy_proxy" in rows[0]:
-        result["proxy_score"] = side_by_side("policy_proxy", "reference_proxy")
-    if rows and "policy_true_utility" in rows[0]:
-        tu = side_by_side("policy_true_utility", "reference_true_utility")
-        both_u = np.concatenate([col("policy_true_utility"), col("reference_true_utility")])
-        tu["spearman_judge"] = stats.spearman(np.concatenate([col("policy_score"), col("reference_score")]), both_u)
-        if "policy_proxy" in rows[0]:
-            tu["spearman_proxy"] = stats.spearman(np.concatenate([col("policy_proxy"), col("reference_proxy")]), both_u)
-        result["true_utility"] = tu
-    result["verdict"] = verdict(result["win_rate"])
-    # side-by-side table: the first n_table prompts, first sample of each
-    table = [r for r in rows if r["sample"] == 0][: cfg.n_table]
-    result["table"] = [{k: r[k] for k in r if k not in ("thread_id",)} for r in table]
-    return result
-
-
-def verdict(win: dict[str, float]) -> str:
-    """``better`` when the whole interval is above 0.5, ``worse`` when below, else ``unclear``."""
-    if not isinstance(win, dict) or not all(isinstance(win.get(k), (int, float)) for k in ("low", "high")):
-        return "unclear"
-    if not (np.isfinite(win["low"]) and np.isfinite(win["high"])):
-        return "unclear"
-    if win["low"] > 0.5:
-        return "better"
-    if win["high"] < 0.5:
-        return "worse"
-    return "unclear"
-
-
-def cli(argv: list[str]) -> int:
-    from ambient_rlhf.cli import common_parser, parse_stage
-
-    p = argparse.ArgumentParser(prog="ambient eval", parents=[common_parser()],
-                                description="Compare a policy with its reference on held-out prompts, judged by a gold reward model.")
-    p.add_argument("--policy", help="model under test (RL output, or tier-conditioned SFT with --goal)")
-    p.add_argument("--reference", help="reference model, usually the SFT model")
-    p.add_argument("--judge", help="gold reward model (not the one RL optimised)")
-    p.add_argument("--data", help="data directory")
-    p.add_argument("--proxy", help="optional: the reward model RL optimised, scored alongside")
-    p.add_argument("--out", help="output directory (default: eval)")
-    p.add_argument("--goal", choices=list(TIERS), help="goal token for a tier-conditioned policy")
-    p.add_argument("--split", help="split of the prompts (default: test)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args, cfg = parse_stage(p, argv, EvalConfig,
-                            values=("policy", "reference", "judge", "data", "proxy", "out", "goal", "split"),
-                            switches=("overwrite",))
-    if cfg is None:
-        return 0
-    r = evaluate_policy(cfg)
-    wr = r["win_rate"]
-    print(f"win rate of policy over reference: {wr['value']:.3f} [{wr['low']:.3f}, {wr['high']:.3f}] "
-          f"({r['n_prompts']} prompts x {r['samples_per_prompt']}; {r['verdict']}); "
-          f"KL {r['kl']['value']:.2f} nats; -> {cfg.out}/eval.json")
-    return 0

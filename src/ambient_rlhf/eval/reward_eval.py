@@ -36,6 +36,12 @@ another) :func:`evaluate_reward` reports:
   without the time rule and on those of them the time rule drops (the chosen answer came
   first), and the Spearman correlation of each score with length;
 * PNG plots next to ``eval.json``.
+
+This module scores the texts (:func:`score_rows`) and assembles the evaluation
+(:func:`evaluate_reward`, its plots).  The pure metrics are in
+:mod:`ambient_rlhf.eval.reward_metrics`, the extra pair sets (thread subsets, pairs
+without the time rule, bag-of-words training pairs) in :mod:`ambient_rlhf.eval.reward_pairs`,
+the printed summary in :mod:`ambient_rlhf.eval.reward_summary`; every name is re-exported here.
 """
 
 from __future__ import annotations
@@ -47,323 +53,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from ambient_rlhf import AmbientError, stats
+from ambient_rlhf import AmbientError
 from ambient_rlhf.data import schema
+from ambient_rlhf.eval.reward_metrics import (BEYOND_LENGTH_FOLDS, BEYOND_LENGTH_L2, BEYOND_LENGTH_MIN_THREADS,
+                                              beyond_length, bootstrap_ci, bucket_table, correlations, fit_logistic,
+                                              grouped_folds, log_word_ratio, reliability, which_part)
+from ambient_rlhf.eval.reward_pairs import (BOW_MAX_TRAIN, NO_TIME_FILES, UNTIMED_MIN_RATIO, UNTIMED_MIN_SCORE,
+                                            UNTIMED_PER_THREAD, _bag_of_words, _load_untimed, _subset,
+                                            build_untimed_pairs)
+from ambient_rlhf.eval.reward_summary import format_summary
 from ambient_rlhf.io import write_json
 from ambient_rlhf.logging import get_logger, progress
 from ambient_rlhf.stats import win_outcomes
 
 log = get_logger("rm.eval")
 
+__all__ = [  # the metrics, pair sets and summary live in their own modules and are re-exported here
+    "evaluate_reward", "score_rows", "format_summary", "RATIO_EDGES", "HOUR_EDGES", "LENGTH_EDGES", "SIMILAR_LENGTH",
+    "BEYOND_LENGTH_FOLDS", "BEYOND_LENGTH_L2", "BEYOND_LENGTH_MIN_THREADS", "beyond_length", "bootstrap_ci",
+    "bucket_table", "correlations", "fit_logistic", "grouped_folds", "log_word_ratio", "reliability", "which_part",
+    "win_outcomes", "BOW_MAX_TRAIN", "NO_TIME_FILES", "UNTIMED_MIN_RATIO", "UNTIMED_MIN_SCORE", "UNTIMED_PER_THREAD",
+    "build_untimed_pairs",
+]
+
 RATIO_EDGES = (0.0, 2.0, 3.0, 5.0, 10.0, math.inf)
 HOUR_EDGES = (-math.inf, 0.0, 1.0, 6.0, 24.0, math.inf)
-NO_TIME_FILES = ("pairs_no_time_rule.parquet", "pairs_untimed.parquet")
-UNTIMED_MIN_RATIO, UNTIMED_MIN_SCORE, UNTIMED_PER_THREAD = 2.0, 2, 10
 # |log(words_chosen / words_rejected)|: 0.1 is about 10% longer, 0.25 about 28%, 0.5 about
 # 65%, 1 about 2.7 times; below 0.25 "the longer answer wins" has little to go on
 LENGTH_EDGES = (0.0, 0.1, 0.25, 0.5, 1.0, math.inf)
 SIMILAR_LENGTH = 0.25
-BEYOND_LENGTH_FOLDS, BEYOND_LENGTH_L2 = 5, 1.0
-# fewer threads than this: the thread bootstrap has too little to resample, no interval is claimed
-BEYOND_LENGTH_MIN_THREADS = 20
-
-
-# ---- metrics (pure numpy) -----------------------------------------------------------------
-def bootstrap_ci(values: np.ndarray, clusters: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, float]:
-    """Mean of ``values`` with a percentile interval from resampling whole clusters
-    (:func:`ambient_rlhf.stats.bootstrap_ci`), in eval.json's form: ``{"value", "ci_low",
-    "ci_high", "n"}`` with ``n`` the number of values (pairs), not of clusters."""
-    values = np.asarray(values, float)
-    r = stats.bootstrap_ci(values, n_resamples=n_boot, confidence=level, seed=seed, clusters=clusters)
-    return {"value": r["value"], "ci_low": r["low"], "ci_high": r["high"], "n": int(len(values))}
-
-
-def reliability(p: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
-    """Calibration of pairwise probabilities ``p`` = P(first is preferred), the first being
-    the preferred one.  Symmetric form: confidence ``max(p, 1-p)`` in bins over [0.5, 1],
-    against the fraction of those pairs the model orders right (p > 0.5; p = 0.5 counts
-    one half).  ECE = sum_b n_b / N * |accuracy_b - confidence_b|."""
-    p = np.asarray(p, float)
-    conf = np.maximum(p, 1 - p)
-    right = np.where(p > 0.5, 1.0, np.where(p == 0.5, 0.5, 0.0))
-    edges = np.linspace(0.5, 1.0, n_bins + 1)
-    b = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
-    bins, ece = [], 0.0
-    for i in range(n_bins):
-        m = b == i
-        if not m.any():
-            continue
-        c, a = float(conf[m].mean()), float(right[m].mean())
-        ece += m.sum() / len(p) * abs(a - c)
-        bins.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": int(m.sum()), "confidence": c, "accuracy": a})
-    return {"ece": float(ece) if len(p) else float("nan"), "bins": bins}
-
-
-def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or x.std() == 0 or y.std() == 0:
-        return {"pearson": float("nan"), "spearman": float("nan"), "n": int(len(x))}
-    return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": stats.spearman(x, y), "n": int(len(x))}
-
-
-def bucket_table(edges, key: np.ndarray, columns: dict[str, np.ndarray], fmt=str) -> list[dict[str, Any]]:
-    rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (key >= lo) & (key < hi)
-        if not m.any():
-            continue
-        rows.append({"bucket": f"[{fmt(lo)}, {fmt(hi)})", "n": int(m.sum()),
-                     **{k: float(v[m].mean()) for k, v in columns.items()}})
-    return rows
-
-
-def log_word_ratio(chosen, rejected) -> np.ndarray:
-    """(N,) ``log(words_chosen / words_rejected)``, words split on whitespace, an empty
-    text counted as one word (so the ratio stays finite)."""
-    wc = np.array([max(len(str(t).split()), 1) for t in chosen], float)
-    wr = np.array([max(len(str(t).split()), 1) for t in rejected], float)
-    return np.log(wc / wr)
-
-
-# ---- beyond length: does the reward add information over the length difference? ---------
-def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = BEYOND_LENGTH_L2, max_iter: int = 100,
-                 tol: float = 1e-10) -> np.ndarray:
-    """Logistic regression without intercept by Newton's method (IRLS) with a backtracking
-    line search: the ``w`` minimising ``sum_i logloss(sigmoid(X_i w), y_i) + l2/2 |w|^2``.
-
-    Args:
-        X: (N, d) features; y: (N,) labels in {0, 1}.
-        l2: ridge strength; it keeps ``w`` finite when the classes are separable and is
-            negligible against hundreds of pairs otherwise (features of scale 1).
-    Returns:
-        (d,) coefficients.
-    """
-    X, y = np.asarray(X, float), np.asarray(y, float)
-    d = X.shape[1]
-
-    def objective(w):
-        z = X @ w
-        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * w @ w)
-
-    w = np.zeros(d)
-    f = objective(w)
-    for _ in range(max_iter):
-        p = _sigmoid(X @ w)  # (N,)
-        g = X.T @ (p - y) + l2 * w  # (d,)
-        H = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(d)  # (d, d)
-        step = np.linalg.solve(H, g)
-        t = 1.0
-        while True:  # the objective is convex: halve the step until it decreases
-            f_new = objective(w - t * step)
-            if f_new <= f or t < 1e-8:
-                break
-            t /= 2
-        w, f = w - t * step, f_new
-        if np.max(np.abs(t * step)) < tol:
-            break
-    return w
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))
-
-
-def grouped_folds(groups, k: int, seed: int = 0) -> np.ndarray:
-    """(N,) fold index in ``0..k-1`` per item such that all items of one group share a
-    fold: groups in a seeded random order, each to the fold with the fewest items so far
-    (balanced folds; with at least k groups none is empty)."""
-    uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
-    sizes = np.bincount(inv, minlength=len(uniq))
-    fold_of_group = np.zeros(len(uniq), int)
-    load = np.zeros(k, int)
-    for gi in np.random.default_rng(seed).permutation(len(uniq)):
-        f = int(np.argmin(load))
-        fold_of_group[gi] = f
-        load[f] += sizes[gi]
-    return fold_of_group[inv]
-
-
-def beyond_length(d_length: np.ndarray, d_reward: np.ndarray, threads: np.ndarray, k: int = BEYOND_LENGTH_FOLDS,
-                  seed: int = 0, n_boot: int = 1000, l2: float = BEYOND_LENGTH_L2) -> dict[str, Any]:
-    """Does the reward difference predict the preference beyond the length difference?
-
-    Two logistic regressions without intercept, of "the first answer is the preferred
-    one" on [d_length] and on [d_length, d_reward] (differences chosen minus rejected;
-    each pair's orientation drawn at random with ``seed`` so the labels are balanced --
-    without an intercept the fit does not depend on the orientation, since
-    logloss(x, 1) = logloss(-x, 0)).  Each is judged by K-fold cross-validation in
-    which the folds are whole threads (``grouped_folds``), so no thread is in the
-    training and the test folds.  Features are scaled by their root mean square on the
-    training folds (so ``l2`` acts on comparable coefficients).
-
-    The gains (length+reward minus length-only accuracy; length-only minus
-    length+reward log-loss) are paired per pair on the same out-of-fold predictions,
-    with a 95% interval from resampling threads; it holds the fitted models fixed (two
-    or three coefficients fitted on hundreds of pairs vary little next to which threads
-    were sampled).  A gain whose interval is above 0 says the reward model learned
-    something about the preference that the length does not carry -- if it points the
-    right way.  A reward anti-correlated with the preference would "add information"
-    through a negative coefficient, so in a fold where the fitted reward coefficient is
-    not positive the length+reward prediction is the length-only one, and ``verdict`` is
-    ``adds`` only when the log-loss gain's interval is above 0 *and* the reward's
-    coefficient on all pairs is positive, with at least
-    :data:`BEYOND_LENGTH_MIN_THREADS` threads (fewer: ``too_few_threads``, and no
-    interval is claimed); ``reversed`` when the reward predicts the preference only with
-    its sign flipped; else ``none``.
-
-    Returns:
-        ``{"folds", "n", "n_threads", "length_only": {"accuracy", "log_loss"},
-        "length_reward": {...}, "gain": {"accuracy", "log_loss"}, "coef": {"length",
-        "reward"}, "verdict"}``, intervals as :func:`bootstrap_ci`; ``coef`` is the
-        length+reward fit on all pairs in log-odds per unit of each difference.
-    """
-    d_length, d_reward = np.asarray(d_length, float), np.asarray(d_reward, float)
-    threads = np.asarray(threads)
-    n, G = len(d_length), len(np.unique(threads)) if len(threads) else 0
-    if G < 2:
-        return {"folds": 0, "n": int(n), "n_threads": int(G), "note": "needs pairs from at least 2 threads"}
-    rng = np.random.default_rng(seed)
-    sign = rng.choice([-1.0, 1.0], size=n)  # (N,) +1: the chosen answer is first
-    X = sign[:, None] * np.column_stack([d_length, d_reward])  # (N, 2) first minus second
-    y = (sign > 0).astype(float)
-    k = min(k, G)
-    folds = grouped_folds(threads, k, seed)
-    z = {"length_only": np.zeros(n), "length_reward": np.zeros(n)}  # out-of-fold logits
-    for f in range(k):
-        tr, te = folds != f, folds == f
-        for key, cols in (("length_only", [0]), ("length_reward", [0, 1])):
-            scale = np.sqrt(np.mean(X[tr][:, cols] ** 2, axis=0))
-            scale = np.where(scale > 0, scale, 1.0)
-            w = fit_logistic(X[tr][:, cols] / scale, y[tr], l2)
-            if key == "length_reward" and w[1] <= 0:  # a reversed reward may not count
-                w = np.array([*fit_logistic(X[tr][:, [0]] / scale[:1], y[tr], l2), 0.0])
-            z[key][te] = (X[te][:, cols] / scale) @ w
-    per = {}
-    for key, zz in z.items():
-        right = np.where(zz == 0, 0.5, ((zz > 0) == (y > 0)).astype(float))
-        loss = np.logaddexp(0.0, zz) - y * zz  # -log p(y)
-        per[key] = (right, loss)
-    few = G < BEYOND_LENGTH_MIN_THREADS
-    if few:  # a point estimate only
-        ci = lambda v: {"value": float(np.mean(v)), "ci_low": None, "ci_high": None, "n": int(len(v))}  # noqa: E731
-    else:
-        ci = lambda v: bootstrap_ci(v, threads, n_boot, seed)  # noqa: E731
-    scale = np.sqrt(np.mean(X ** 2, axis=0))
-    scale = np.where(scale > 0, scale, 1.0)
-    w_all = fit_logistic(X / scale, y, l2) / scale
-    gain = {"accuracy": ci(per["length_reward"][0] - per["length_only"][0]),
-            "log_loss": ci(per["length_only"][1] - per["length_reward"][1])}
-    if few:
-        verdict = "too_few_threads"
-    elif gain["log_loss"]["ci_low"] > 0 and w_all[1] > 0:
-        verdict = "adds"
-    elif w_all[1] < 0 and _reversed_helps(X, y, folds, k, l2):
-        verdict = "reversed"
-    else:
-        verdict = "none"
-    return {
-        "folds": int(k), "n": int(n), "n_threads": int(G),
-        **{key: {"accuracy": ci(r), "log_loss": ci(lo)} for key, (r, lo) in per.items()},
-        "gain": gain, "coef": {"length": float(w_all[0]), "reward": float(w_all[1])}, "verdict": verdict,
-    }
-
-
-def _reversed_helps(X: np.ndarray, y: np.ndarray, folds: np.ndarray, k: int, l2: float) -> bool:
-    """Whether the unconstrained length+reward fit (any sign) beats length alone in
-    cross-validated log-loss: then the reward carries the preference upside down."""
-    loss = np.zeros(2)
-    for f in range(k):
-        tr, te = folds != f, folds == f
-        for j, cols in enumerate(([0], [0, 1])):
-            scale = np.sqrt(np.mean(X[tr][:, cols] ** 2, axis=0))
-            scale = np.where(scale > 0, scale, 1.0)
-            z = (X[te][:, cols] / scale) @ fit_logistic(X[tr][:, cols] / scale, y[tr], l2)
-            loss[j] += float(np.sum(np.logaddexp(0.0, z) - y[te] * z))
-    return bool(loss[1] < loss[0])
-
-
-def which_part(scores_of: dict[str, dict[int, float]], sets: dict[str, tuple], lengths: np.ndarray,
-               rows: list[int], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Accuracy of every scorer on every pair set, plus ``earlier wins`` (the delay-only
-    baseline), and each scorer's Spearman correlation with response length.
-
-    Args:
-        scores_of: scorer name -> {text row: score} (higher = preferred).
-        sets: set name -> ``(chosen_rows, rejected_rows, threads, earlier_wins, mask)``:
-            the pairs, their threads, the (N,) wins of the earlier answer and a (N,) bool
-            mask selecting the set's pairs.
-        lengths, rows: the length of each text row in ``rows`` (for the correlations).
-    Returns:
-        ``{"sets": {set: {"n": pairs, scorer: interval, "earlier wins": interval}},
-        "spearman_length": {scorer: value}}``; intervals resample threads.
-    """
-    out: dict[str, Any] = {"sets": {}, "spearman_length": {}}
-    for name, (c, r, thr, earlier, mask) in sets.items():
-        mask = np.asarray(mask, bool)
-        cell: dict[str, Any] = {"n": int(mask.sum())}
-        for scorer, sc in scores_of.items():
-            w = win_outcomes([sc[i] for i in np.asarray(c)[mask]], [sc[i] for i in np.asarray(r)[mask]])
-            cell[scorer] = bootstrap_ci(w, np.asarray(thr)[mask], n_boot, seed)
-        cell["earlier wins"] = bootstrap_ci(np.asarray(earlier)[mask], np.asarray(thr)[mask], n_boot, seed)
-        out["sets"][name] = cell
-    for scorer, sc in scores_of.items():
-        out["spearman_length"][scorer] = correlations(np.array([sc[i] for i in rows]), lengths)["spearman"]
-    return out
-
-
-BOW_MAX_TRAIN = 100_000
-
-
-def _bag_of_words(meta: dict[str, Any], bow_train: Any, seed: int):
-    """The bag-of-words baseline fitted on ``bow_train`` (see :func:`evaluate_reward`), or None."""
-    import pandas as pd
-
-    from ambient_rlhf.data.splits import half_of
-    from ambient_rlhf.data.tables import read_table
-    from ambient_rlhf.eval.baselines import BagOfWordsReward
-
-    if bow_train is None or (isinstance(bow_train, str) and bow_train == "none"):
-        return None
-    if isinstance(bow_train, str):
-        dirs = [d for d in meta.get("train_data") or [] if (Path(d) / schema.PAIRS_FILE).is_file()]
-        if not dirs:
-            log.info("rm eval: the reward model's config names no training data here; no bag-of-words baseline")
-            return None
-        half = meta.get("train_half", "all")
-        frames = []
-        for d in dirs:
-            df = read_table(d, schema.PAIRS_FILE, ("thread_id", "chosen", "rejected", "split"), "train")
-            if half in ("a", "b"):
-                df = df[[half_of(t) == half for t in df["thread_id"]]]
-            frames.append(df)
-        bow_train = pd.concat(frames, ignore_index=True)
-    if len(bow_train) < 2:
-        return None
-    if len(bow_train) > BOW_MAX_TRAIN:
-        bow_train = bow_train.sample(BOW_MAX_TRAIN, random_state=seed)
-    bow = BagOfWordsReward(seed=seed).fit(bow_train["chosen"].tolist(), bow_train["rejected"].tolist())
-    bow.n_train = int(len(bow_train))
-    return bow
-
-
-def build_untimed_pairs(responses, per_thread: int = UNTIMED_PER_THREAD, seed: int = 0):
-    """Pairs ignoring the time rule (module doc), as a DataFrame in the pairs layout."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for tid, g in responses.groupby("thread_id", sort=True):
-        rs = g.to_dict("records")
-        cand = [(a, b) for a in rs for b in rs
-                if b["score"] >= UNTIMED_MIN_SCORE and a["score"] >= UNTIMED_MIN_RATIO * b["score"]]
-        if len(cand) > per_thread:
-            cand = [cand[i] for i in sorted(rng.choice(len(cand), per_thread, replace=False))]
-        for a, b in cand:
-            out.append({"thread_id": tid, "prompt": a["prompt"], "chosen": a["response"], "rejected": b["response"],
-                        "chosen_created_utc": a["created_utc"], "rejected_created_utc": b["created_utc"]})
-    return pd.DataFrame(out, columns=["thread_id", "prompt", "chosen", "rejected", "chosen_created_utc",
-                                      "rejected_created_utc"])
 
 
 # ---- scoring ----------------------------------------------------------------------------
@@ -453,37 +171,6 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
     if store is not None and rows:
         store.save()
     return res
-
-
-def _subset(df, max_pairs: int, seed: int):
-    if max_pairs <= 0 or len(df) <= max_pairs:
-        return df
-    threads = np.array(sorted(df["thread_id"].unique()))
-    order = np.random.default_rng(seed).permutation(len(threads))
-    keep, n = [], 0
-    counts = df["thread_id"].value_counts()
-    for i in order:
-        keep.append(threads[i])
-        n += counts[threads[i]]
-        if n >= max_pairs:
-            break
-    return df[df["thread_id"].isin(keep)].head(max_pairs).reset_index(drop=True)
-
-
-def _load_untimed(data_dir: Path, split: str, seed: int):
-    import pandas as pd
-
-    names = [getattr(schema, "PAIRS_NO_TIME_FILE", None), *NO_TIME_FILES]
-    for name in names:
-        if name and (data_dir / name).is_file():
-            df = pd.read_parquet(data_dir / name)
-            if "split" in df.columns:
-                df = df[df["split"] == split]
-            return df.reset_index(drop=True), f"file:{name}"
-    from ambient_rlhf.data.tables import read_table
-
-    resp = read_table(data_dir, schema.RESPONSES_FILE, ("thread_id", "prompt", "response", "score", "created_utc", "split"), split)
-    return build_untimed_pairs(resp, seed=seed), "built from responses.parquet without the time rule"
 
 
 # ---- the evaluation ----------------------------------------------------------------------
@@ -685,46 +372,3 @@ def _plots(res: dict[str, Any], rewards: np.ndarray, lengths: np.ndarray, out: P
     return files
 
 
-def _fmt(m: dict[str, float]) -> str:
-    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
-
-
-def format_summary(res: dict[str, Any]) -> str:
-    """A short text table of an evaluation."""
-    lines = [f"{res['community']} / {res['split']}: {res['n_pairs']} pairs in {res['n_threads']} threads",
-             f"  reward model        {_fmt(res['accuracy'])}"]
-    for k, v in res["baselines"].items():
-        if isinstance(v, dict):
-            lines.append(f"  {k:<19} {_fmt(v)}")
-    ps = res["preferred_shorter"]
-    if ps["n"]:
-        lines.append(f"  preferred shorter   {_fmt(ps['accuracy'])} (n={ps['n']})")
-    u = res.get("untimed_pairs", {})
-    if u.get("n"):
-        lines.append(f"  untimed pairs (n={u['n']}): reward model {_fmt(u['accuracy'])}, earlier wins "
-                     f"{_fmt(u['earlier_wins'])}, longer wins {_fmt(u['longer_wins'])}")
-    sl = res.get("similar_length") or {}
-    if sl.get("n"):
-        lines.append(f"  similar length (|log word ratio| < {sl['max_abs_log_word_ratio']:g}, n={sl['n']}): reward model "
-                     f"{_fmt(sl['accuracy'])}, longer wins {_fmt(sl['longer_wins'])}")
-    bl = res.get("beyond_length") or {}
-    if bl.get("folds"):
-        a0, a1, g = bl["length_only"]["accuracy"], bl["length_reward"]["accuracy"], bl["gain"]["accuracy"]
-        l0, l1, gl = bl["length_only"]["log_loss"], bl["length_reward"]["log_loss"], bl["gain"]["log_loss"]
-        iv = lambda c: f" [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if c.get("ci_low") is not None else ""  # noqa: E731
-        lines.append(f"  beyond length: length-only {a0['value']:.3f} -> length+reward {a1['value']:.3f} "
-                     f"(gain {g['value']:+.3f}{iv(g)}); log-loss {l0['value']:.3f} -> "
-                     f"{l1['value']:.3f} (gain {gl['value']:+.3f}{iv(gl)}); "
-                     f"{bl['folds']}-fold cross-validated by thread; verdict: {bl.get('verdict', '?')}")
-    lines.append(f"  ECE {res['calibration']['ece']:.3f}; reward~length Spearman {res['length_correlation']['spearman']:.2f}")
-    wp = res.get("which_part") or {}
-    if wp.get("sets"):
-        scorers = [k for k in next(iter(wp["sets"].values())) if k != "n"]
-        lines.append("  which part is learned (accuracy; Spearman with length last):")
-        lines.append("    " + f"{'pairs':<22}{'n':>6}" + "".join(f"{k:>16}" for k in scorers))
-        for name, cell in wp["sets"].items():
-            lines.append("    " + f"{name:<22}{cell['n']:>6}" + "".join(f"{cell[k]['value']:>16.3f}" for k in scorers))
-        sp = wp.get("spearman_length") or {}
-        lines.append("    " + f"{'Spearman(score, length)':<28}" + "".join(
-            f"{sp[k]:>16.2f}" if k in sp else f"{'':>16}" for k in scorers))
-    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""eval.json of ``ambient eval`` from its per-sample rows: win rate, score differences, KL,
+length and distinct-n, each with a bootstrap interval over prompts, and the verdict.
+
+Pure (numpy and :mod:`ambient_rlhf.stats`): the tests call :func:`summarize` on rows
+written by hand, and the report reads :func:`verdict` without loading any model code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ambient_rlhf import stats
+
+
+def summarize(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
+    """eval.json from the per-sample rows (pure; the tests call it on hand-made rows);
+    ``cfg`` is the :class:`~ambient_rlhf.eval.policy_eval.EvalConfig` they were made with.
+
+    Intervals resample prompts (``thread_id``): each prompt's samples form one unit."""
+    B, seed = cfg.bootstrap_resamples, cfg.seed
+    g = [r["thread_id"] for r in rows]
+
+    def col(name: str) -> np.ndarray:
+        return np.array([r[name] for r in rows], dtype=float)
+
+    def side_by_side(pol: str, ref: str) -> dict[str, Any]:
+        p, r = col(pol), col(ref)
+        out = {
+            "policy": stats.describe(p, B, seed, g),
+            "reference": stats.describe(r, B, seed, g),
+            "difference": stats.describe(p - r, B, seed, g),
+            "win_rate": stats.describe(stats.win_outcomes(p, r), B, seed, g),
+        }
+        return out
+
+    outcomes = stats.win_outcomes(col("policy_score"), col("reference_score"))
+    result: dict[str, Any] = {
+        "policy": cfg.policy, "reference": cfg.reference, "judge": cfg.judge, "proxy": cfg.proxy,
+        "data": cfg.data, "split": cfg.split, "goal": cfg.goal, "temperature": cfg.temperature,
+        "max_new_tokens": cfg.max_new_tokens,
+        "n_prompts": len(set(g)), "samples_per_prompt": cfg.samples_per_prompt, "n_pairs": len(rows),
+        "win_rate": stats.describe(outcomes, B, seed, g),
+        "wins": int((outcomes == 1).sum()), "ties": int((outcomes == 0.5).sum()), "losses": int((outcomes == 0).sum()),
+        "judge_score": side_by_side("policy_score", "reference_score"),
+        "kl": stats.describe(col("kl"), B, seed, g),
+    }
+    n_tok = col("policy_tokens") + col("policy_stopped")  # the EOS token is scored too
+    result["kl"]["per_token"] = float(col("kl").sum() / max(n_tok.sum(), 1))
+    result["length"] = {}
+    result["distinct"] = {}
+    for side in ("policy", "reference"):
+        texts = [r[side] for r in rows]
+        toks = col(f"{side}_tokens")
+        result["length"][side] = {
+            "mean_tokens": float(toks.mean()) if len(rows) else float("nan"),
+            "mean_words": float(np.mean([len(stats.words(t)) for t in texts])) if texts else float("nan"),
+            "stopped_rate": float(np.mean([r[f"{side}_stopped"] for r in rows])) if rows else float("nan"),
+        }
+        result["distinct"][side] = {"distinct_1": stats.distinct_n(texts, 1), "distinct_2": stats.distinct_n(texts, 2)}
+    if rows and "policy_proxy" in rows[0]:
+        result["proxy_score"] = side_by_side("policy_proxy", "reference_proxy")
+    if rows and "policy_true_utility" in rows[0]:
+        tu = side_by_side("policy_true_utility", "reference_true_utility")
+        both_u = np.concatenate([col("policy_true_utility"), col("reference_true_utility")])
+        tu["spearman_judge"] = stats.spearman(np.concatenate([col("policy_score"), col("reference_score")]), both_u)
+        if "policy_proxy" in rows[0]:
+            tu["spearman_proxy"] = stats.spearman(np.concatenate([col("policy_proxy"), col("reference_proxy")]), both_u)
+        result["true_utility"] = tu
+    result["verdict"] = verdict(result["win_rate"])
+    # side-by-side table: the first n_table prompts, first sample of each
+    table = [r for r in rows if r["sample"] == 0][: cfg.n_table]
+    result["table"] = [{k: r[k] for k in r if k not in ("thread_id",)} for r in table]
+    return result
+
+
+def verdict(win: dict[str, float]) -> str:
+    """``better`` when the whole interval is above 0.5, ``worse`` when below, else ``unclear``."""
+    if not isinstance(win, dict) or not all(isinstance(win.get(k), (int, float)) for k in ("low", "high")):
+        return "unclear"
+    if not (np.isfinite(win["low"]) and np.isfinite(win["high"])):
+        return "unclear"
+    if win["low"] > 0.5:
+        return "better"
+    if win["high"] < 0.5:
+        return "worse"
+    return "unclear"

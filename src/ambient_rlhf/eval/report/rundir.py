@@ -1,0 +1,86 @@
+"""Reading a run directory: which stage directories it holds and what each one wrote."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.logging import get_logger, read_jsonl
+
+log = get_logger("report")
+
+REPORT_DIR = "report"
+REPORT_FILE = "report.html"
+STAGES = ("data", "sft", "rm", "rl", "eval", "truth")
+STAGE_TITLES = {"data": "Data", "sft": "Behaviour cloning (SFT)", "rm": "Reward models", "rl": "Policy optimisation (RL)",
+                "eval": "Policy evaluation", "truth": "Recovery of the true utility (simulated community)"}
+
+
+@dataclass
+class StageDir:
+    """One stage output directory and what it holds."""
+
+    name: str
+    path: Path
+    stage: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        if path.exists():
+            log.warning("%s: unreadable (%s); ignored", path, e)
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _classify(name: str, manifest: dict[str, Any]) -> str | None:
+    st = str(manifest.get("stage", "")).lower()
+    for key, aliases in (("data", ("data", "simulate")), ("sft", ("sft",)), ("rm", ("rm", "reward", "rm-combine")),
+                         ("rl", ("rl",)), ("eval", ("eval",)), ("truth", ("truth",))):
+        if st in aliases:
+            return key
+    n = name.lower()
+    for key in ("data", "sft", "rm", "rl", "eval", "truth"):
+        if n == key or n.startswith(key + "-") or n.startswith(key + "_"):
+            return key
+    return None
+
+
+def _load_stage(path: Path, name: str | None = None) -> StageDir | None:
+    manifest = _read_json(path / "manifest.json") or {}
+    if not manifest and not (path / "eval.json").exists() and not (path / "metrics.jsonl").exists():
+        return None
+    stage = _classify(name or path.name, manifest)
+    if stage is None:
+        return None
+    return StageDir(name=name or path.name, path=path, stage=stage, manifest=manifest,
+                    eval=_read_json(path / "eval.json"), metrics=read_jsonl(path / "metrics.jsonl"))
+
+
+def discover(run_dir: str | Path) -> dict[str, list[StageDir]]:
+    """Stage directories of a run, grouped by stage (``data``, ``sft``, ``rm``, ``rl``, ``eval``)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise AmbientError(f"{run}: not a directory; give a run directory (from `ambient run`) or a stage directory")
+    found: dict[str, list[StageDir]] = {k: [] for k in STAGES}
+    own = _read_json(run / "manifest.json")
+    if own is not None and _classify(run.name, own) is not None and own.get("stage") != "run":
+        s = _load_stage(run.resolve(), run.resolve().name)  # a single stage directory
+        if s is not None:
+            found[s.stage].append(s)
+            return found
+    for sub in sorted(p for p in run.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != REPORT_DIR):
+        s = _load_stage(sub)
+        if s is not None:
+            found[s.stage].append(s)
+    for st in STAGES:  # in the order they ran (simulate before data), then by name
+        found[st].sort(key=lambda s: (str(s.manifest.get("created", "~")), s.name))
+    return found
