@@ -61,22 +61,15 @@ def _bag_of_words(meta: dict[str, Any], bow_train: Any, seed: int):
 
 
 def build_untimed_pairs(responses, per_thread: int = UNTIMED_PER_THREAD, seed: int = 0):
-    """Pairs ignoring the time rule (module doc), as a DataFrame in the pairs layout."""
-    import pandas as pd
+    """Pairs ignoring the time rule (module doc), as a DataFrame in the pairs layout: the
+    candidate pairs of ``data.covariates.candidate_pairs`` (the rule ``ambient rm
+    pairs=all`` trains on), at most ``per_thread`` per thread."""
+    from ambient_rlhf.data.covariates import candidate_pairs
 
-    rng = np.random.default_rng(seed)
-    out = []
-    for tid, g in responses.groupby("thread_id", sort=True):
-        rs = g.to_dict("records")
-        cand = [(a, b) for a in rs for b in rs
-                if b["score"] >= UNTIMED_MIN_SCORE and a["score"] >= UNTIMED_MIN_RATIO * b["score"]]
-        if len(cand) > per_thread:
-            cand = [cand[i] for i in sorted(rng.choice(len(cand), per_thread, replace=False))]
-        for a, b in cand:
-            out.append({"thread_id": tid, "prompt": a["prompt"], "chosen": a["response"], "rejected": b["response"],
-                        "chosen_created_utc": a["created_utc"], "rejected_created_utc": b["created_utc"]})
-    return pd.DataFrame(out, columns=["thread_id", "prompt", "chosen", "rejected", "chosen_created_utc",
-                                      "rejected_created_utc"])
+    cols = ["thread_id", "prompt", "chosen", "rejected", "chosen_created_utc", "rejected_created_utc"]
+    if "split" not in responses.columns:
+        responses = responses.assign(split="")
+    return candidate_pairs(responses, UNTIMED_MIN_RATIO, UNTIMED_MIN_SCORE, per_thread, seed)[cols].reset_index(drop=True)
 
 
 def _subset(df, max_pairs: int, seed: int):
