@@ -216,3 +216,18 @@ def test_report_shows_length_controls():
     e["beyond_length"]["coef"] = {"length": 1.0, "reward": -0.5}  # an old eval.json: the sign decides
     assert "adds no clear information beyond length" in report.rm_length_html(e)
     assert report.rm_length_html({}) == ""  # an eval.json from before these keys
+
+
+def test_report_shows_the_which_part_table():
+    from ambient_rlhf.eval import report
+
+    ci = lambda v: {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": 10}  # noqa: E731
+    e = {"which_part": {"sets": {"all": {"n": 10, "reward model": ci(0.6), "longer wins": ci(0.65),
+                                         "bag of words": ci(0.62), "earlier wins": ci(0.0)},
+                                 "chosen shorter": {"n": 4, "reward model": ci(0.4), "longer wins": ci(0.0),
+                                                    "bag of words": ci(0.2), "earlier wins": ci(0.0)}},
+                        "spearman_length": {"reward model": 0.31, "longer wins": 1.0, "bag of words": 0.8}}}
+    html = report.rm_length_html(e)
+    assert "Which part is learned" in html and "chosen shorter" in html and "bag of words" in html
+    assert "0.400 [0.350, 0.450]" in html and "0.31" in html
+    assert report.rm_length_html({}) == ""

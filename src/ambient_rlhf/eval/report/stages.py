@@ -150,7 +150,27 @@ def rm_length_html(e: dict[str, Any]) -> str:
         out.append("<p>Accuracy by |log(words chosen / words rejected)|:</p>" + table(
             ["|log word ratio|", "pairs", *[("reward model" if k == "accuracy" else k.replace("_", " ")) for k in keys]],
             [[r.get("bucket"), r.get("n"), *[r.get(k) for k in keys]] for r in rows], "compact"))
+    out.append(which_part_html(e))
     return "".join(out)
+
+
+def which_part_html(e: dict[str, Any]) -> str:
+    """``rm eval``'s "which part is learned" table: the reward model beside longer-wins,
+    earlier-wins (delay only) and the bag of words, on each set of held-out pairs, and
+    each score's Spearman correlation with length."""
+    wp = e.get("which_part") or {}
+    sets = wp.get("sets") or {}
+    if not sets:
+        return ""
+    scorers = [k for k in next(iter(sets.values())) if k != "n"]
+    rows = [[name, cell.get("n"), *[("html", interval(cell.get(k))) for k in scorers]] for name, cell in sets.items()]
+    sp = wp.get("spearman_length") or {}
+    rows.append(["Spearman(score, length)", None, *[sp.get(k) if k in sp else None for k in scorers]])
+    return ("<p>Which part is learned: accuracy [95% interval, resampling threads] on held-out pairs. "
+            "<i>chosen shorter</i>: where length fails; <i>no time rule</i>: pairs built without the SHP time rule; "
+            "<i>dropped by time rule</i>: those whose preferred answer came first (exposure). The bag of words is "
+            "TF-IDF + log length fitted on the reward model's own training pairs.</p>"
+            + table(["pairs", "n", *scorers], rows, "compact"))
 
 
 def rm_section(run, figs: Figures) -> str:
