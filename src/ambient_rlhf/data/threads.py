@@ -1,43 +1,429 @@
 """Thread assembly: records from :mod:`sources` -> filtered :class:`Thread` objects.
 
 Every record ends in exactly one counter (``Counts``): kept, or dropped for a named
-reason -- nothing is dropped silently.  :func:`read_input` picks the reader of an input:
+reason -- nothing is dropped silently.
 
-* Reddit dumps: :mod:`ambient_rlhf.data.reddit` (two streaming passes, bounded memory);
-* tables (here): assembled from runs of rows with the same ``prompt_id`` (the layout of
-  the reddit_writing_prompts CSV);
-* SHP pair files (here): grouped by ``post_id`` in memory (they are pairs, already
-  filtered, and small).
+Dumps are read in two passes (see docs/data.md, "Memory"):
 
-The thread and response records, the counters, field parsing and the filters are in
-:mod:`ambient_rlhf.data.records` (re-exported here).
+1. submissions: each is filtered once; the kept ones leave a small ``SubMeta`` (prompt
+   text, score, times) keyed by id;
+2. comments, in file order (dumps are sorted by ``created_utc``): a thread is *opened*
+   by its first comment and *closed* -- labelled, written and forgotten -- once the
+   stream time passes ``created_utc + window_days`` of its submission (Reddit archives
+   a thread after six months: no new comments or votes).  Only top-level comments of
+   open threads are held; a direct reply adds its VADER sentiment to its parent's
+   running sum and is dropped.  Memory is bounded by the threads open in one window,
+   not by the number of comments.
+
+Tables are assembled from runs of rows with the same ``prompt_id`` (the layout of the
+reddit_writing_prompts CSV); SHP pair files are grouped by ``post_id`` in memory (they
+are pairs, already filtered, and small).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.data import labels as L
-from ambient_rlhf.data.config import ColumnMap, DataConfig
-from ambient_rlhf.data.records import (DAY, DELETED_AUTHOR, DELETED_TEXT, MOD_DISTINGUISHED, BadField, Counts,
-                                       Response, Thread, bot_set, get_bool, get_int, get_num, get_str,
-                                       maturity_reason, prompt_text, response_drop_reason, strip_prefix)
-from ambient_rlhf.data.reddit import read_reddit
-from ambient_rlhf.data.sources import BadRecords, Input, iter_table_rows, table_columns
+from ambient_rlhf.data.config import ColumnMap, DataConfig, FilterConfig
+from ambient_rlhf.data.sources import BadRecords, Input, iter_json_objects, iter_table_rows, table_columns
 from ambient_rlhf.logging import get_logger
 
 log = get_logger("data.threads")
 
-__all__ = [  # the records are re-exported: build and the benchmarks import them from here
-    "read_input", "read_reddit", "read_table", "read_shp", "DAY", "DELETED_AUTHOR", "DELETED_TEXT",
-    "MOD_DISTINGUISHED", "BadField", "Counts", "Response", "Thread", "bot_set", "get_bool", "get_int",
-    "get_num", "get_str", "maturity_reason", "prompt_text", "response_drop_reason", "strip_prefix",
-]
+DELETED_TEXT = ("[deleted]", "[removed]")
+DELETED_AUTHOR = ("[deleted]", "[removed]", "")
+MOD_DISTINGUISHED = ("moderator", "admin")
+DAY = 86400.0
 
 
-# ---- responses table ---------------------------------------------------------------------
+class Counts:
+    """Nested counters ``group -> key -> n`` (the manifest's ``counts``)."""
+
+    def __init__(self) -> None:
+        self.d: dict[str, dict[str, int]] = {}
+
+    def group(self, group: str) -> dict[str, int]:
+        """The counter dict of ``group`` (``g[key] += 1`` in hot loops)."""
+        g = self.d.get(group)
+        if g is None:
+            g = self.d[group] = defaultdict(int)
+        return g
+
+    def inc(self, group: str, key: str, n: int = 1) -> None:
+        self.group(group)[key] += n
+
+    def get(self, group: str, key: str) -> int:
+        return self.d.get(group, {}).get(key, 0)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {g: dict(sorted((k, n) for k, n in v.items() if n)) for g, v in self.d.items()}
+
+
+@dataclass
+class Response:
+    response_id: str
+    text: str
+    score: int
+    created_utc: float
+    author: str | None = None
+    sentiment_sum: float = 0.0
+    n_replies: int = 0
+
+    @property
+    def reply_sentiment(self) -> float | None:
+        return L.mean_or_none(self.sentiment_sum, self.n_replies)
+
+
+@dataclass
+class Thread:
+    thread_id: str
+    prompt: str
+    prompt_score: int | None
+    prompt_created_utc: float | None
+    source: str
+    community: str | None = None
+    responses: list[Response] = field(default_factory=list)
+    # SHP files carry their pairs: (chosen_index, rejected_index) into ``responses``
+    given_pairs: list[tuple[int, int]] | None = None
+
+
+# ---------------------------------------------------------------- field parsing
+
+class BadField(ValueError):
+    """A missing field or a value of the wrong type (becomes a bad record)."""
+
+
+def get_str(o: dict, key: str, required: bool = True, default: str | None = None) -> str | None:
+    v = o.get(key)
+    if type(v) is str:  # fast path: the common case
+        return v
+    if v is None:
+        if required:
+            raise BadField(f"missing field '{key}'")
+        return default
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)  # numeric ids in tables
+    raise BadField(f"field '{key}': expected text, got {type(v).__name__}")
+
+
+def get_num(o: dict, key: str, required: bool = True) -> float | None:
+    """A number; numeric strings (old Pushshift dumps, CSV cells) are accepted."""
+    v = o.get(key)
+    if type(v) is int or type(v) is float:  # fast path (bool is not int here)
+        if v == v and v not in (math.inf, -math.inf):
+            return float(v)
+    if v is None or (isinstance(v, str) and not v.strip()):
+        if required:
+            raise BadField(f"missing field '{key}'")
+        return None
+    if isinstance(v, bool):
+        raise BadField(f"field '{key}': expected a number, got {v!r}")
+    if isinstance(v, (int, float)):
+        f = float(v)
+    elif isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            raise BadField(f"field '{key}': expected a number, got {v[:30]!r}") from None
+    else:
+        raise BadField(f"field '{key}': expected a number, got {type(v).__name__}")
+    if not math.isfinite(f):
+        raise BadField(f"field '{key}': not a finite number ({v!r})")
+    return f
+
+
+def get_int(o: dict, key: str, required: bool = True) -> int | None:
+    v = o.get(key)
+    if type(v) is int:  # fast path
+        return v
+    f = get_num(o, key, required)
+    if f is None:
+        return None
+    if not float(f).is_integer():
+        raise BadField(f"field '{key}': expected an integer, got {o.get(key)!r}")
+    return int(f)
+
+
+def get_bool(o: dict, key: str) -> bool:
+    v = o.get(key)
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes")
+    return bool(v)
+
+
+def strip_prefix(name: str) -> str:
+    """``t3_abc`` -> ``abc`` (Reddit fullnames to ids)."""
+    return name[3:] if len(name) > 3 and name[0] == "t" and name[2] == "_" else name
+
+
+# ---------------------------------------------------------------- filters (pure)
+
+def response_drop_reason(
+    text: str, author: str | None, op_author: str | None, stickied: bool, distinguished: str | None,
+    filters: FilterConfig, bots: frozenset[str],
+) -> str | None:
+    """Why a candidate response is dropped (None = keep), checked in this order:
+    ``deleted_text, deleted_author, bot, op_reply, stickied_distinguished, empty, too_long``.
+
+    ``author=None`` means the source has no author column: the author checks pass."""
+    if text.strip() in DELETED_TEXT:
+        return "deleted_text"
+    if author is not None:
+        if author.strip() in DELETED_AUTHOR:
+            return "deleted_author"
+        if author.lower() in bots:
+            return "bot"
+        if op_author is not None and op_author not in DELETED_AUTHOR and author == op_author:
+            return "op_reply"
+    if stickied or (distinguished or "").lower() in MOD_DISTINGUISHED:
+        return "stickied_distinguished"
+    if not text.strip():
+        return "empty"
+    if len(text) > filters.max_chars:
+        return "too_long"
+    return None
+
+
+def maturity_reason(retrieved: float | None, thread_created: float, filters: FilterConfig) -> str | None:
+    """Score maturity: the thread must be ``min_age_days`` old when the record's score was
+    retrieved (``retrieved - thread_created``).  A record without a retrieval time is
+    dropped as ``no_retrieved_on`` unless ``allow_missing_retrieved_on``."""
+    if retrieved is None:
+        return None if filters.allow_missing_retrieved_on else "no_retrieved_on"
+    if retrieved - thread_created < filters.min_age_days * DAY:
+        return "immature"
+    return None
+
+
+def prompt_text(title: str, body: str | None) -> str:
+    """Title, a blank line, then the body (when there is one)."""
+    body = (body or "").strip()
+    return f"{title.strip()}\n\n{body}" if body else title.strip()
+
+
+def bot_set(filters: FilterConfig) -> frozenset[str]:
+    return frozenset(b.lower() for b in filters.bots)
+
+
+# ---------------------------------------------------------------- Reddit dumps
+
+@dataclass
+class SubMeta:
+    """What pass 1 keeps of a kept submission."""
+
+    prompt: str
+    score: int
+    created_utc: float
+    author: str | None
+    subreddit: str | None
+
+
+_DROPPED = 0  # status of a submission that was filtered out
+_CLOSED = 1  # status of a thread already closed and written
+
+
+def _retrieved(o: dict) -> float | None:
+    v = get_num(o, "retrieved_on", required=False)
+    if v is None:
+        v = get_num(o, "retrieved_utc", required=False)
+    return v
+
+
+def read_submissions(path: Path, cfg: DataConfig, counts: Counts, bad: BadRecords) -> dict[str, Any]:
+    """Pass 1: ``{id: SubMeta}`` for kept submissions, ``{id: _DROPPED}`` for the others."""
+    f = cfg.filters
+    status: dict[str, Any] = {}
+    sub_filter = f.subreddit.lower() if f.subreddit else None
+    seen0 = bad.seen
+    for line, o in iter_json_objects(path, bad, desc="submissions"):
+        try:
+            sid = get_str(o, "id", required=False) or strip_prefix(get_str(o, "name") or "")
+            created = get_num(o, "created_utc")
+            title = get_str(o, "title")
+            body = get_str(o, "selftext", required=False, default="")
+            score = get_int(o, "score")
+            author = get_str(o, "author", required=False)
+            retrieved = _retrieved(o)
+        except BadField as e:
+            bad.add(path, line, str(e), kind=str(e).split(":")[0])
+            continue
+        counts.inc("submissions", "read")
+        reason = None
+        if sub_filter and (o.get("subreddit") or "").lower() != sub_filter:
+            reason = "other_subreddit"
+        elif sid in status:
+            reason = "duplicate_id"
+        elif f.drop_nsfw and get_bool(o, "over_18"):
+            reason = "nsfw"
+        elif (body or "").strip() in DELETED_TEXT or not title.strip() or o.get("removed_by_category"):
+            reason = "deleted_prompt"
+        elif get_bool(o, "stickied") or (o.get("distinguished") or "") in MOD_DISTINGUISHED:
+            reason = "stickied_distinguished"
+        elif score < f.min_prompt_score:
+            reason = "low_prompt_score"
+        else:
+            reason = maturity_reason(retrieved, created, f)
+        prompt = prompt_text(title, body) if reason is None else ""
+        if reason is None and len(prompt) > f.max_prompt_chars:
+            reason = "prompt_too_long"
+        if reason is not None:
+            counts.inc("submissions", reason)
+            if reason != "duplicate_id":
+                status[sid] = _DROPPED
+            continue
+        if retrieved is None:
+            counts.inc("submissions", "kept_without_retrieved_on")
+        counts.inc("submissions", "kept")
+        status[sid] = SubMeta(prompt, score, created, author, o.get("subreddit"))
+    if bad.seen == seen0:
+        raise AmbientError(f"{path}: no records (the file holds no non-blank line)")
+    return status
+
+
+class _Open:
+    __slots__ = ("meta", "responses")
+
+    def __init__(self, meta: SubMeta):
+        self.meta = meta
+        self.responses: dict[str, Response] = {}  # fullname t1_... -> Response
+
+
+def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> Iterator[Thread]:
+    """Pass 1 over submissions, then stream comments and yield threads as they close."""
+    f = cfg.filters
+    bots = bot_set(f)
+    want_sentiment = cfg.labels.reply_sentiment
+    status = read_submissions(inp.submissions, cfg, counts, bad)
+    window = cfg.source.window_days * DAY if cfg.source.window_days > 0 else math.inf
+    sub_filter = f.subreddit.lower() if f.subreddit else None
+    open_: dict[str, _Open] = {}
+    heap: list[tuple[float, str]] = []
+    now = -math.inf
+    path = inp.comments
+    source = str(inp.submissions.parent)
+    peak_open = 0
+
+    def close(tid: str) -> Thread:
+        th = open_.pop(tid)
+        status[tid] = _CLOSED
+        m = th.meta
+        rs = sorted(th.responses.values(), key=lambda r: (r.created_utc, r.response_id))
+        return Thread(tid, m.prompt, m.score, m.created_utc, source, m.subreddit, rs)
+
+    comments_c, responses_c, replies_c = counts.group("comments"), counts.group("responses"), counts.group("replies")
+    seen0 = bad.seen
+
+    def cc(key: str) -> None:
+        comments_c[key] += 1
+
+    def rc(key: str) -> None:
+        responses_c[key] += 1
+
+    def pc(key: str) -> None:
+        replies_c[key] += 1
+
+    for line, o in iter_json_objects(path, bad, desc="comments"):
+        cid, link, parent, created, body, score, author = (
+            o.get("id"), o.get("link_id"), o.get("parent_id"), o.get("created_utc"), o.get("body"),
+            o.get("score"), o.get("author"))
+        if not (type(cid) is str and type(link) is str and type(parent) is str and type(created) is int
+                and type(body) is str and type(score) is int and type(author) is str):
+            try:  # the slow path: coerce numeric strings, or report what is wrong
+                cid = get_str(o, "id", required=False) or strip_prefix(get_str(o, "name") or "")
+                link = get_str(o, "link_id")
+                parent = get_str(o, "parent_id")
+                created = get_num(o, "created_utc")
+                body = get_str(o, "body")
+                score = get_int(o, "score")
+                author = get_str(o, "author", required=False, default="")
+            except BadField as e:
+                bad.add(path, line, str(e), kind=str(e).split(":")[0])
+                continue
+        cc("read")
+        if sub_filter and (o.get("subreddit") or "").lower() != sub_filter:
+            cc("other_subreddit")
+            continue
+        if created > now:
+            now = created
+            # close every thread whose window has passed
+            while heap and heap[0][0] < now:
+                _, tid = heapq.heappop(heap)
+                yield close(tid)
+        tid = strip_prefix(link)
+        st = status.get(tid)
+        if st is None:
+            cc("submission_absent")
+            bad.add(path, line, f"comment {cid}: its submission {link} is absent", kind="submission absent")
+            continue
+        if st is _DROPPED:
+            cc("thread_dropped")
+            continue
+        if st is _CLOSED:
+            cc("late")
+            continue
+        th = open_.get(tid)
+        if th is None:
+            close_at = st.created_utc + window
+            if close_at < now:
+                cc("late")
+                continue
+            th = open_[tid] = _Open(st)
+            heapq.heappush(heap, (close_at, tid))
+            peak_open = max(peak_open, len(open_))
+        if parent == link:  # top-level comment: a candidate response
+            cc("top_level")
+            reason = response_drop_reason(
+                body, author, th.meta.author, get_bool(o, "stickied"), o.get("distinguished"), f, bots)
+            if reason is None:
+                reason = maturity_reason(_retrieved(o), th.meta.created_utc, f)
+            name = "t1_" + cid
+            if reason is None and name in th.responses:
+                reason = "duplicate_id"
+            if reason is not None:
+                rc(reason)
+                continue
+            rc("assembled")
+            th.responses[name] = Response(cid, body, score, created, author)
+            continue
+        cc("reply")
+        parent_resp = th.responses.get(parent)
+        if parent_resp is None:
+            pc("not_to_kept_response")  # nested deeper, or parent dropped
+            continue
+        if body.strip() in DELETED_TEXT or not body.strip():
+            pc("deleted_text")
+        elif author.strip() in DELETED_AUTHOR:
+            pc("deleted_author")
+        elif author.lower() in bots:
+            pc("bot")
+        elif author == parent_resp.author:
+            pc("self_reply")
+        elif not want_sentiment:
+            pc("sentiment_off")
+        else:
+            pc("used")
+            parent_resp.sentiment_sum += L.sentiment(body)
+            parent_resp.n_replies += 1
+    if bad.seen == seen0:
+        raise AmbientError(f"{path}: no records (the file holds no non-blank line)")
+    for _, tid in sorted(heap):
+        if tid in open_:
+            yield close(tid)
+    counts.inc("memory", "peak_open_threads", peak_open)
+
+
+# ---------------------------------------------------------------- responses table
+
 def _children_texts(cell: Any) -> list[str]:
     """``response_children``: a JSON list of texts or of objects with a text field."""
     if cell is None or cell == "":
@@ -151,7 +537,8 @@ def read_table(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> 
         yield cur
 
 
-# ---- SHP pair files -----------------------------------------------------------------------
+# ---------------------------------------------------------------- SHP pair files
+
 def read_shp(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> Iterator[Thread]:
     """Threads (with their given pairs) from an SHP file, grouped by ``post_id``."""
     path = inp.paths[0]
