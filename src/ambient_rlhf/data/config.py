@@ -56,6 +56,15 @@ class SourceConfig:
     thread open until the end (memory then grows with the dump)."""
     columns: ColumnMap = field(default_factory=ColumnMap)
     """Column mapping for responses tables."""
+    keep_damaged: bool = False
+    """What to do with a truncated or corrupt ``.zst`` file.  false (the default): stop
+    with an error naming the file and the byte offset -- a half-copied dump would
+    otherwise build "successfully" from part of the data, with the threads open at the cut
+    labelled from incomplete answer sets.  true (``--keep-damaged``): keep every line that
+    can be decoded (after a corrupt stretch, from the next intact frame on), drop the
+    threads the gap may have touched, and count both in the manifest (``counts.damage``,
+    ``bad_records.damaged_streams``).  NDJSON dumps and JSONL tables only; a damaged
+    ``.csv.zst`` is always an error."""
 
 
 def _default_bots() -> list[str]:
