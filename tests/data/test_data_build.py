@@ -126,6 +126,13 @@ def test_zst_dump_with_truncated_comments(tmp_path):
     # 183 days), so every one is dropped and nothing is left to build
     with pytest.raises(AmbientError, match="no thread survived"):
         build([str(d)], str(tmp_path / "out"), cfg("source.keep_damaged=true"))
+    # the command line's --keep-damaged is the same key
+    from ambient_rlhf.cli.data import cli
+
+    with pytest.raises(AmbientError, match="truncated zstd stream"):
+        cli(["build", str(d), "--out", str(tmp_path / "o2")])
+    with pytest.raises(AmbientError, match="no thread survived"):
+        cli(["build", str(d), "--out", str(tmp_path / "o2"), "--keep-damaged"])
 
 
 def test_threads_close_after_the_window(tmp_path):
