@@ -9,6 +9,7 @@ config, counts, versions and timings.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -60,6 +61,30 @@ def versions() -> dict[str, str]:
     return out
 
 
+# errors that mean "this place cannot be written": a read-only or full disk, no permission
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR}
+
+
+def write_error(e: OSError, what: str, where: str | Path) -> AmbientError:
+    """A one-line AmbientError for an OSError met while writing ``what`` into ``where``."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    hint = "free some space or choose another --out" if full else "choose a writable --out"
+    name = f" ({e.filename})" if e.filename and str(e.filename) != str(where) else ""
+    return AmbientError(f"{where}: cannot write {what}: {e.strerror or e}{name}; {hint}")
+
+
+@contextlib.contextmanager
+def writing(where: str | Path, what: str) -> Iterator[None]:
+    """Turn an OSError of a read-only, full or forbidden place met in the block into a
+    one-line AmbientError that says what was being written and where (exit code 2)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise write_error(e, what, where) from None
+
+
 def write_manifest(
     out_dir: str | Path,
     stage: str,
@@ -80,10 +105,11 @@ def write_manifest(
     }
     m.update(extra)
     path = Path(out_dir) / "manifest.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(m, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with writing(path, "the manifest"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(m, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
     return m
 
 
@@ -96,11 +122,19 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not overwrite:
         raise AmbientError(f"{out}: output directory exists; pass --overwrite or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    with writing(out, "the output directory"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
     try:
         yield tmp
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # a full or read-only disk under the output; other OSErrors (an input) pass on
+        if e.errno in _WRITE_ERRNOS and (e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+                                         or str(e.filename or "").startswith(str(tmp))):
+            raise write_error(e, "the output", out) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -116,7 +150,8 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with writing(path, "a JSON file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
