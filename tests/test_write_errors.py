@@ -55,6 +55,18 @@ def test_unwritable_output_dir_is_one_line(tmp_path):
         write_json(READ_ONLY / "x.json", {})
 
 
+def test_safetensors_write_error_is_one_line():
+    # safetensors reports I/O errors with its own exception type ("... (os error 13) ...")
+    import torch
+
+    from ambient_rlhf.checkpoint import save_tensors
+
+    _unwritable()
+    with pytest.raises(AmbientError, match=r"^/sys/ambient-rlhf-test.safetensors: cannot write tensors: "
+                                           r"Permission denied; choose a writable --out$"):
+        save_tensors("/sys/ambient-rlhf-test.safetensors", {"w": torch.zeros(3)})
+
+
 def test_full_disk_is_one_line(tmp_path):
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
@@ -76,3 +88,17 @@ def test_data_build_to_unwritable_out_exits_2(tmp_path):
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {READ_ONLY}: cannot write the output directory") and "Traceback" not in r.stderr
+
+
+def test_full_disk_while_writing_an_output_dir(tmp_path):
+    # a stage's outputs are written in atomic_dir's temporary directory; a full disk there
+    # is one line naming the output, and nothing is left behind
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    out = tmp_path / "out"
+    with pytest.raises(AmbientError, match=rf"^{out}: cannot write the output: No space left on device"):
+        with atomic_dir(out) as tmp:
+            (tmp / "big.bin").symlink_to("/dev/full")
+            with open(tmp / "big.bin", "wb") as f:
+                f.write(b"x" * 100_000)
+    assert not out.exists() and os.listdir(tmp_path) == []

@@ -93,7 +93,8 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
             t = t.clone()
         seen.add(ptr)
         out[name] = t
-    save_file(out, str(path))
+    with writing(path, "tensors"):
+        save_file(out, str(path))
 
 
 def load_tensors(path: str | Path, hint: str) -> dict[str, torch.Tensor]:

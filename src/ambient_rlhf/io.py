@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -73,16 +74,32 @@ def write_error(e: OSError, what: str, where: str | Path) -> AmbientError:
     return AmbientError(f"{where}: cannot write {what}: {e.strerror or e}{name}; {hint}")
 
 
+_RUST_IO = re.compile(r"\(os error (\d+)\)")  # how safetensors (Rust) reports an I/O error
+
+
+def _as_write_error(e: Exception) -> OSError | None:
+    """``e`` as an OSError of an unwritable place, or None.  safetensors raises its own
+    error type for these; the ``(os error N)`` in its message counts too."""
+    if isinstance(e, OSError):
+        return e if e.errno in _WRITE_ERRNOS else None
+    m = _RUST_IO.search(str(e))
+    if m is None or int(m.group(1)) not in _WRITE_ERRNOS:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
+
+
 @contextlib.contextmanager
 def writing(where: str | Path, what: str) -> Iterator[None]:
-    """Turn an OSError of a read-only, full or forbidden place met in the block into a
+    """Turn the error of a read-only, full or forbidden place met in the block into a
     one-line AmbientError that says what was being written and where (exit code 2)."""
     try:
         yield
-    except OSError as e:
-        if e.errno not in _WRITE_ERRNOS:
+    except Exception as e:
+        err = _as_write_error(e)
+        if err is None:
             raise
-        raise write_error(e, what, where) from None
+        raise write_error(err, what, where) from None
 
 
 def write_manifest(
@@ -128,12 +145,13 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         tmp.mkdir()
     try:
         yield tmp
-    except OSError as e:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        # a full or read-only disk under the output; other OSErrors (an input) pass on
-        if e.errno in _WRITE_ERRNOS and (e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-                                         or str(e.filename or "").startswith(str(tmp))):
-            raise write_error(e, "the output", out) from None
+        # a full or read-only disk under the output; other errors (an unreadable input) pass on
+        err = _as_write_error(e)
+        if err is not None and (err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+                                or str(err.filename or "").startswith(str(tmp))):
+            raise write_error(err, "the output", out) from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
