@@ -141,3 +141,23 @@ def test_truncated_real_dump_kept_drops_the_threads_the_cut_touched(askacademia_
     b = b[b.thread_id.isin(set(a.thread_id))]
     assert len(a) > 0 and a.groupby("thread_id").response_id.apply(frozenset).to_dict() == \
         b.groupby("thread_id").response_id.apply(frozenset).to_dict()
+
+
+def test_truncated_jsonl_table_drops_the_prompt_cut(tmp_path):
+    # 2000 prompts x 3 answers (several zstd blocks), rows adjacent per prompt; cut inside some prompt
+    rng = random.Random(1)
+    rows = [{"prompt_id": f"p{i}", "prompt": f"question {i}?", "prompt_score": 20, "prompt_created_utc": 1000,
+             "response_id": f"p{i}r{j}", "response": "%032x" % rng.getrandbits(128), "response_score": 2 + j,
+             "response_created_utc": 1000 + 60 * j} for i in range(2000) for j in range(3)]
+    z = b"".join(_frames([[json.dumps(r) for r in rows]]))
+    p = tmp_path / "t.jsonl.zst"
+    p.write_bytes(z[: len(z) * 2 // 3])
+    with pytest.raises(AmbientError, match="t.jsonl.zst: truncated zstd stream"):
+        build([str(p)], str(tmp_path / "o1"), load_config(DataConfig, overrides=["filters.allow_missing_retrieved_on=true"]))
+    m = build([str(p)], str(tmp_path / "o2"), load_config(DataConfig, overrides=[
+        "filters.allow_missing_retrieved_on=true", "labels.reply_sentiment=false", "source.keep_damaged=true"]))
+    read = m["counts"]["table_rows"]["read"]
+    cut_rows = read % 3 or 3  # the rows read of the prompt open at the cut
+    assert m["counts"]["damage"] == {"threads_dropped": 1, "responses_dropped": cut_rows}
+    r = pd.read_parquet(tmp_path / "o2" / "responses.parquet", columns=["thread_id"])
+    assert (r.thread_id.value_counts() == 3).all() and r.thread_id.nunique() == (read - cut_rows) // 3

@@ -65,7 +65,7 @@ class SourceConfig:
     can be decoded (after a corrupt stretch, from the next intact frame on), drop the
     threads the gap may have touched, and count both in the manifest (``counts.damage``,
     ``bad_records.damaged_streams``).  NDJSON dumps and JSONL tables only; a damaged
-    ``.csv.zst`` is always an error."""
+    ``.csv.zst`` or SHP file is always an error (docs/data.md, "Damaged files")."""
 
 
 def _default_bots() -> list[str]:
