@@ -72,7 +72,7 @@ def test_full_disk_is_one_line(tmp_path):
         pytest.skip("no /dev/full")
     w = MetricsWriter(tmp_path, tensorboard=False)
     (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
-    with pytest.raises(AmbientError, match=rf"metrics.jsonl: cannot write metrics: No space left on device; "
+    with pytest.raises(AmbientError, match=r"metrics.jsonl: cannot write metrics: No space left on device; "
                                            r"free some space or choose another --out"):
         w.log(1, {"loss": 1.0})
 

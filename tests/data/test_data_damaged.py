@@ -161,3 +161,17 @@ def test_truncated_jsonl_table_drops_the_prompt_cut(tmp_path):
     assert m["counts"]["damage"] == {"threads_dropped": 1, "responses_dropped": cut_rows}
     r = pd.read_parquet(tmp_path / "o2" / "responses.parquet", columns=["thread_id"])
     assert (r.thread_id.value_counts() == 3).all() and r.thread_id.nunique() == (read - cut_rows) // 3
+
+
+def test_truncated_csv_zst_is_an_error_even_when_kept(tmp_path):
+    # it was read silently up to the cut before (the stream reader stops without a word)
+    from ambient_rlhf.data.sources import iter_table_rows
+
+    rng = random.Random(2)
+    text = "a,b\n" + "".join(f"{i},{rng.getrandbits(128):032x}\n" for i in range(20000))
+    z = zstandard.ZstdCompressor(level=3).compress(text.encode())
+    p = tmp_path / "t.csv.zst"
+    p.write_bytes(z[: len(z) // 2])
+    for keep in (False, True):
+        with pytest.raises(AmbientError, match=rf"{p}: truncated zstd stream"):
+            list(iter_table_rows(p, BadRecords(), keep_damaged=keep))

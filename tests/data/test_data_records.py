@@ -2,8 +2,6 @@
 the build goes on; before, ``"distinguished": true`` or ``"subreddit": 123`` raised an
 AttributeError traceback from data/threads.py."""
 
-import json
-
 import pytest
 
 from ambient_rlhf import AmbientError

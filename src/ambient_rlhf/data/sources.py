@@ -369,8 +369,6 @@ def open_text(path: str | Path):
     """Text stream of a plain or ``.zst`` file (for CSV)."""
     p = check_file(path)
     if is_zst(p):
-        import zstandard
-
         # through _zst_pieces, so a truncated or corrupt stream is an error here too
         reader = io.BufferedReader(_PiecesReader(_zst_pieces(p, False, None)), buffer_size=CHUNK)
         return io.TextIOWrapper(reader, encoding="utf-8", errors="replace", newline="")
