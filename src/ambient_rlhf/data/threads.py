@@ -317,7 +317,6 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
     want_sentiment = cfg.labels.reply_sentiment
     status, subs_damaged = read_submissions(inp.submissions, cfg, counts, bad)
     damage = _Damage()
-    damage_c = counts.group("damage")
     window = cfg.source.window_days * DAY if cfg.source.window_days > 0 else math.inf
     sub_filter = f.subreddit.lower() if f.subreddit else None
     open_: dict[str, _Open] = {}
@@ -333,8 +332,8 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
         m = th.meta
         if damage.gaps and damage.touches(m.created_utc, window):
             # it may have lost comments in a gap: its answer set is incomplete
-            damage_c["threads_dropped"] += 1
-            damage_c["responses_dropped"] += len(th.responses)
+            counts.inc("damage", "threads_dropped")
+            counts.inc("damage", "responses_dropped", len(th.responses))
             return None
         rs = sorted(th.responses.values(), key=lambda r: (r.created_utc, r.response_id))
         return Thread(tid, m.prompt, m.score, m.created_utc, source, m.subreddit, rs)
@@ -386,7 +385,7 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
         st = status.get(tid)
         if st is None:
             if subs_damaged:  # lost with the damaged part of the submissions file
-                damage_c["comments_without_submission"] += 1
+                counts.inc("damage", "comments_without_submission")
                 continue
             cc("submission_absent")
             bad.add(path, line, f"comment {cid}: its submission {link} is absent", kind="submission absent")
@@ -496,12 +495,11 @@ def read_table(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> 
     seen0 = bad.seen
     keep = cfg.source.keep_damaged
     drop_next = False  # after a gap in the stream: the next prompt may have lost its first rows
-    damage_c = counts.group("damage")
     for line, row in iter_table_rows(path, bad, desc="rows", keep_damaged=keep):
         if type(row) is StreamDamage:
             if cur is not None and cur_dropped is None:
-                damage_c["threads_dropped"] += 1
-                damage_c["responses_dropped"] += len(cur.responses)
+                counts.inc("damage", "threads_dropped")
+                counts.inc("damage", "responses_dropped", len(cur.responses))
                 cur_dropped = "damaged_stream"
             drop_next = True
             continue
@@ -549,10 +547,10 @@ def read_table(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> 
                 drop_next = False
                 if cur_dropped is None:
                     cur_dropped = "damaged_stream"
-                    damage_c["threads_dropped"] += 1
+                    counts.inc("damage", "threads_dropped")
         if cur_dropped is not None:
             if cur_dropped == "damaged_stream":
-                damage_c["responses_dropped"] += 1
+                counts.inc("damage", "responses_dropped")
                 continue
             counts.inc("table_rows", "thread_dropped")
             continue
