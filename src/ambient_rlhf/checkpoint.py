@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.io import writing
 from ambient_rlhf.logging import get_logger
 
 log = get_logger("checkpoint")
@@ -92,7 +93,8 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
             t = t.clone()
         seen.add(ptr)
         out[name] = t
-    save_file(out, str(path))
+    with writing(path, "tensors"):
+        save_file(out, str(path))
 
 
 def load_tensors(path: str | Path, hint: str) -> dict[str, torch.Tensor]:
@@ -377,14 +379,15 @@ def save_checkpoint(out_dir: str | Path, step: int, state: dict[str, Any], save_
     steps are removed: they are left from before a resume from an earlier checkpoint (the
     resume skipped them because they did not verify)."""
     root = Path(out_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir()
-    if save_models is not None:
-        save_models(tmp)
-    save_state(tmp, state)
-    write_checksums(tmp)  # last: a directory with a valid SHA256SUMS is complete
+    with writing(final, "a checkpoint"):
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        if save_models is not None:
+            save_models(tmp)
+        save_state(tmp, state)
+        write_checksums(tmp)  # last: a directory with a valid SHA256SUMS is complete
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -59,6 +59,76 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """Allowed range of a numeric config field, declared in its annotation:
+    ``lr: Annotated[float, above(0)] = 2e-5``.  Checked for every config that
+    :func:`from_dict` (and so :func:`load_config`) builds, and by :func:`check_bounds`."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
+        return " and ".join(parts)
+
+    def holds(self, v: Any) -> bool:
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            return True  # None (an optional field left unset) and non-numbers are not ranged
+        if v != v:
+            return False  # NaN is in no range
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+            return False
+        return True
+
+
+def at_least(x: float) -> Bound:
+    """``>= x``."""
+    return Bound(lo=x)
+
+
+def above(x: float) -> Bound:
+    """``> x``."""
+    return Bound(lo=x, lo_open=True)
+
+
+def between(lo: float, hi: float, hi_open: bool = False) -> Bound:
+    """``lo <= v <= hi`` (``< hi`` with ``hi_open``)."""
+    return Bound(lo=lo, hi=hi, hi_open=hi_open)
+
+
+def _bounds(cls: type) -> dict[str, Bound]:
+    out = {}
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+        if typing.get_origin(tp) is typing.Annotated:
+            for meta in tp.__metadata__:
+                if isinstance(meta, Bound):
+                    out[name] = meta
+    return out
+
+
+def check_bounds(cfg: Any, prefix: str = "", recurse: bool = True) -> None:
+    """Raise ConfigError naming the first field of ``cfg`` outside its declared :class:`Bound`
+    (nested dataclasses too, with dotted keys)."""
+    for name, b in _bounds(type(cfg)).items():
+        v = getattr(cfg, name)
+        if not b.holds(v):
+            raise ConfigError(f"config key '{prefix}{name}': {v!r} is out of range; it must be {b.describe()}")
+    if recurse:
+        for f in dataclasses.fields(cfg):
+            v = getattr(cfg, f.name)
+            if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                check_bounds(v, prefix + f.name + ".")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Coerce a YAML/CLI value to the annotated type ``tp`` (raise ConfigError)."""
     origin = typing.get_origin(tp)
@@ -156,9 +226,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         kwargs[k] = _coerce(v, hints[k], prefix + k)
     # nested dataclasses not mentioned keep their defaults
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{cls.__name__}: {e}") from None
+    check_bounds(cfg, prefix, recurse=False)  # nested ones were checked when they were built
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -259,6 +331,7 @@ def config_help(cls: type, prefix: str = "") -> str:
     lines = []
     docs = field_docs(cls)
     hints = _type_hints(cls)
+    bounds = _bounds(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
@@ -272,7 +345,8 @@ def config_help(cls: type, prefix: str = "") -> str:
         else:
             default = "(required)"
         tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        lines.append(f"{prefix}{f.name} = {default!r}   [{tname}]")
+        rng = f", {bounds[f.name].describe()}" if f.name in bounds else ""
+        lines.append(f"{prefix}{f.name} = {default!r}   [{tname}{rng}]")
         doc = docs.get(f.name, "")
         for dl in doc.splitlines():
             lines.append(f"    {dl}")

@@ -9,10 +9,12 @@ config, counts, versions and timings.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -60,6 +62,46 @@ def versions() -> dict[str, str]:
     return out
 
 
+# errors that mean "this place cannot be written": a read-only or full disk, no permission
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR}
+
+
+def write_error(e: OSError, what: str, where: str | Path) -> AmbientError:
+    """A one-line AmbientError for an OSError met while writing ``what`` into ``where``."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    hint = "free some space or choose another --out" if full else "choose a writable --out"
+    name = f" ({e.filename})" if e.filename and str(e.filename) != str(where) else ""
+    return AmbientError(f"{where}: cannot write {what}: {e.strerror or e}{name}; {hint}")
+
+
+_RUST_IO = re.compile(r"\(os error (\d+)\)")  # how safetensors (Rust) reports an I/O error
+
+
+def _as_write_error(e: Exception) -> OSError | None:
+    """``e`` as an OSError of an unwritable place, or None.  safetensors raises its own
+    error type for these; the ``(os error N)`` in its message counts too."""
+    if isinstance(e, OSError):
+        return e if e.errno in _WRITE_ERRNOS else None
+    m = _RUST_IO.search(str(e))
+    if m is None or int(m.group(1)) not in _WRITE_ERRNOS:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
+
+
+@contextlib.contextmanager
+def writing(where: str | Path, what: str) -> Iterator[None]:
+    """Turn the error of a read-only, full or forbidden place met in the block into a
+    one-line AmbientError that says what was being written and where (exit code 2)."""
+    try:
+        yield
+    except Exception as e:
+        err = _as_write_error(e)
+        if err is None:
+            raise
+        raise write_error(err, what, where) from None
+
+
 def write_manifest(
     out_dir: str | Path,
     stage: str,
@@ -80,10 +122,11 @@ def write_manifest(
     }
     m.update(extra)
     path = Path(out_dir) / "manifest.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(m, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with writing(path, "the manifest"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(m, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
     return m
 
 
@@ -96,11 +139,20 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not overwrite:
         raise AmbientError(f"{out}: output directory exists; pass --overwrite or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    with writing(out, "the output directory"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
     try:
         yield tmp
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # a full or read-only disk under the output; other errors (an unreadable input) pass on
+        err = _as_write_error(e)
+        if err is not None and (err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+                                or str(err.filename or "").startswith(str(tmp))):
+            raise write_error(err, "the output", out) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -116,7 +168,8 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with writing(path, "a JSON file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        os.replace(tmp, path)

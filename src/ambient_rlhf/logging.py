@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from ambient_rlhf.io import writing
+
 from tqdm.auto import tqdm
 
 _ROOT = "ambient_rlhf"
@@ -100,7 +102,19 @@ class MetricsWriter:
         self._tb = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with writing(self.path, "metrics"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._trim(resume_step)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+                self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            except Exception:
+                self._tb = None
+
+    def _trim(self, resume_step: int | None) -> None:
+        """Resume: keep the rows up to ``resume_step``; a fresh run starts an empty file."""
         if resume_step is not None and self.path.exists():
             kept = []
             for line in self.path.read_text().splitlines():
@@ -112,20 +126,13 @@ class MetricsWriter:
             self.path.write_text("".join(k + "\n" for k in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-                self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
-            except Exception:
-                self._tb = None
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {"step": int(step), "time": round(time.time(), 3)}
         row.update({k: _jsonable(v) for k, v in metrics.items()})
         if not self.enabled:
             return row
-        with self.path.open("a") as f:
+        with writing(self.path, "metrics"), self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for k, v in row.items():

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.io import writing
 
 STAGE_FILE = "stage.json"
 """Written into ``out`` when a run starts: ``{"stage", "config", "config_sha256"}``."""
@@ -189,13 +190,14 @@ def prepare_out(out: str | Path, stage: str, config: dict[str, Any], resume: boo
         accelerator.wait_for_everyone()
     if main and not prepared.finished:
         o = prepared.out
-        if clear:
-            shutil.rmtree(o)
-        o.mkdir(parents=True, exist_ok=True)
-        if prepared.checkpoint is None:
-            rec = result_config(config, ignore)
-            _write_json(o / STAGE_FILE, {"stage": stage, "config": rec, "config_sha256": config_sha256(rec),
-                                        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        with writing(o, "the output directory"):
+            if clear:
+                shutil.rmtree(o)
+            o.mkdir(parents=True, exist_ok=True)
+            if prepared.checkpoint is None:
+                rec = result_config(config, ignore)
+                _write_json(o / STAGE_FILE, {"stage": stage, "config": rec, "config_sha256": config_sha256(rec),
+                                            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return prepared

@@ -117,14 +117,22 @@ def test_zst_dump_with_truncated_comments(tmp_path):
     write_ndjson(d / "T_submissions.ndjson.zst", subs, zst=True)
     z = zstandard.ZstdCompressor(level=1, write_content_size=False)
     data = ("\n".join(json.dumps(c) for c in coms) + "\n").encode()
-    # two frames; the second is cut short
+    # two frames; the second is cut short: an error that names the file (rc 0 before)
     f2 = z.compress(data[len(data) // 2:])
     (d / "T_comments.ndjson.zst").write_bytes(z.compress(data[: len(data) // 2]) + f2[: len(f2) // 2])
-    m = build([str(d)], str(tmp_path / "out"), cfg())
-    b = m["bad_records"]
-    assert b["by_reason"] == {"truncated zstd": 1} and b["total"] == 1
-    n = m["counts"]["comments"]["read"]
-    assert len(coms) // 2 <= n < len(coms)
+    with pytest.raises(AmbientError, match="T_comments.ndjson.zst: truncated zstd stream"):
+        build([str(d)], str(tmp_path / "out"), cfg())
+    # kept on request: all 60 threads are open at the cut (answered within minutes, window
+    # 183 days), so every one is dropped and nothing is left to build
+    with pytest.raises(AmbientError, match="no thread survived"):
+        build([str(d)], str(tmp_path / "out"), cfg("source.keep_damaged=true"))
+    # the command line's --keep-damaged is the same key
+    from ambient_rlhf.cli.data import cli
+
+    with pytest.raises(AmbientError, match="truncated zstd stream"):
+        cli(["build", str(d), "--out", str(tmp_path / "o2")])
+    with pytest.raises(AmbientError, match="no thread survived"):
+        cli(["build", str(d), "--out", str(tmp_path / "o2"), "--keep-damaged"])
 
 
 def test_threads_close_after_the_window(tmp_path):

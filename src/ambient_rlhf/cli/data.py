@@ -53,6 +53,8 @@ def build_cli(argv: list[str]) -> int:
     p.add_argument("--format", choices=["auto", "reddit", "table", "shp"], help="source.format (default: auto)")
     p.add_argument("--subreddit", help="filters.subreddit: keep only this subreddit")
     p.add_argument("--max-bad-fraction", type=float, help="max_bad_fraction (default 0.01)")
+    p.add_argument("--keep-damaged", action="store_true",
+                   help="source.keep_damaged: build from what a truncated/corrupt .zst holds (default: error)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(rest)
     setup_logging(args.verbose)
@@ -68,6 +70,8 @@ def build_cli(argv: list[str]) -> int:
         flags.append(f"source.format={args.format}")
     if args.subreddit:
         flags.append(f"filters.subreddit={args.subreddit}")
+    if args.keep_damaged:
+        flags.append("source.keep_damaged=true")
     if args.max_bad_fraction is not None:
         flags.append(f"max_bad_fraction={args.max_bad_fraction}")
     cfg = load_config(DataConfig, args.config, flags + overrides)

@@ -8,9 +8,10 @@ Its own module so that the readers (:mod:`ambient_rlhf.data.threads`) and the bu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.config import at_least, between, check_bounds
 
 @dataclass
 class ColumnMap:
@@ -49,13 +50,22 @@ class SourceConfig:
     format: Literal["auto", "reddit", "table", "shp"] = "auto"
     """Input format; auto detects from file names (*_submissions/*_comments, .csv/.jsonl/
     .parquet) and content (SHP columns, comment/submission fields)."""
-    window_days: float = 183.0
+    window_days: Annotated[float, at_least(0)] = 183.0
     """A dump thread is closed (labelled, written, forgotten) once the comment stream is this
     many days past its submission; later comments are counted as comments.late.  183: Reddit
     archives threads after six months, so nothing arrives later there.  0 = keep every
     thread open until the end (memory then grows with the dump)."""
     columns: ColumnMap = field(default_factory=ColumnMap)
     """Column mapping for responses tables."""
+    keep_damaged: bool = False
+    """What to do with a truncated or corrupt ``.zst`` file.  false (the default): stop
+    with an error naming the file and the byte offset -- a half-copied dump would
+    otherwise build "successfully" from part of the data, with the threads open at the cut
+    labelled from incomplete answer sets.  true (``--keep-damaged``): keep every line that
+    can be decoded (after a corrupt stretch, from the next intact frame on), drop the
+    threads the gap may have touched, and count both in the manifest (``counts.damage``,
+    ``bad_records.damaged_streams``).  NDJSON dumps and JSONL tables only; a damaged
+    ``.csv.zst`` or SHP file is always an error (docs/data.md, "Damaged files")."""
 
 
 def _default_bots() -> list[str]:
@@ -76,15 +86,15 @@ class FilterConfig:
     """Drop threads whose prompt scored below this.  0 keeps every Reddit thread (scores there
     are >= 0) and drops only downvoted Stack Exchange questions; pairs have their own,
     stricter threshold (labels.min_prompt_score)."""
-    max_prompt_chars: int = 10000
+    max_prompt_chars: Annotated[int, at_least(1)] = 10000
     """Drop threads whose prompt (title + body) is longer than this many characters (walls of
     text are rarely questions; 10k chars is ~2.5k tokens)."""
-    max_chars: int = 5000
+    max_chars: Annotated[int, at_least(1)] = 5000
     """Drop responses longer than this many characters (~1.2k tokens: longer than any response
     a small model is trained to write)."""
-    min_responses: int = 2
+    min_responses: Annotated[int, at_least(1)] = 2
     """Drop threads with fewer kept responses (a ranking needs two)."""
-    min_age_days: float = 7.0
+    min_age_days: Annotated[float, at_least(0)] = 7.0
     """Score maturity: a record counts only when its thread was at least this old when the
     record's score was retrieved (retrieved_on - thread created_utc).  Reddit votes mostly
     arrive in the first days; 7 days is the SHP convention."""
@@ -110,13 +120,13 @@ class LabelConfig:
     reply_sentiment: bool = True
     """Compute reply_sentiment (VADER over direct replies).  It is most of the build's CPU
     time; false leaves the column null."""
-    min_score: int = 2
+    min_score: Annotated[int, at_least(1)] = 2
     """Pairs: both responses need at least this score (SHP: 2)."""
     min_prompt_score: int = 10
     """Pairs: the prompt needs at least this score (SHP: 10); unknown prompt scores pass."""
-    min_score_ratio: float = 2.0
+    min_score_ratio: Annotated[float, at_least(1)] = 2.0
     """Pairs: chosen score >= this times the rejected score (SHP: 2)."""
-    max_pairs_per_thread: int = 5
+    max_pairs_per_thread: Annotated[int, at_least(1)] = 5
     """Pairs: at most this many per thread in train (those with the largest score ratio;
     SteamSHP used 5); valid and test keep all."""
     time_rule: bool = True
@@ -127,11 +137,11 @@ class LabelConfig:
 
 @dataclass
 class SplitConfig:
-    train: float = 0.9
+    train: Annotated[float, between(0, 1)] = 0.9
     """Fraction of threads in train (by a hash of the thread id)."""
-    valid: float = 0.05
+    valid: Annotated[float, between(0, 1)] = 0.05
     """Fraction of threads in valid."""
-    test: float = 0.05
+    test: Annotated[float, between(0, 1)] = 0.05
     """Fraction of threads in test; the three must sum to 1."""
     salt: str = ""
     """Mixed into the hash; change it for a different (still deterministic) split."""
@@ -147,11 +157,12 @@ class DataConfig:
     """Adjusted-rank weights, tiers, reply sentiment, and the SHP pair rule."""
     splits: SplitConfig = field(default_factory=SplitConfig)
     """Train/valid/test fractions."""
-    max_bad_fraction: float = 0.01
+    max_bad_fraction: Annotated[float, between(0, 1)] = 0.01
     """Fail when more than this fraction of the records read is malformed (1%: a few bad
     lines are normal in scraped dumps, many mean a wrong file or format)."""
 
     def validate(self) -> None:
+        check_bounds(self)  # declared on the fields (load_config checks them too)
         s = self.splits
         fr = (s.train, s.valid, s.test)
         if min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:

@@ -33,7 +33,8 @@ from typing import Any, Iterator
 from ambient_rlhf import AmbientError
 from ambient_rlhf.data import labels as L
 from ambient_rlhf.data.config import ColumnMap, DataConfig, FilterConfig
-from ambient_rlhf.data.sources import BadRecords, Input, iter_json_objects, iter_table_rows, table_columns
+from ambient_rlhf.data.records import Comment, RecordError, Submission, finite, record_id
+from ambient_rlhf.data.sources import BadRecords, Input, StreamDamage, iter_records, iter_table_rows, table_columns
 from ambient_rlhf.logging import get_logger
 
 log = get_logger("data.threads")
@@ -154,13 +155,6 @@ def get_int(o: dict, key: str, required: bool = True) -> int | None:
     return int(f)
 
 
-def get_bool(o: dict, key: str) -> bool:
-    v = o.get(key)
-    if isinstance(v, str):
-        return v.strip().lower() in ("true", "1", "yes")
-    return bool(v)
-
-
 def strip_prefix(name: str) -> str:
     """``t3_abc`` -> ``abc`` (Reddit fullnames to ids)."""
     return name[3:] if len(name) > 3 and name[0] == "t" and name[2] == "_" else name
@@ -232,42 +226,60 @@ _DROPPED = 0  # status of a submission that was filtered out
 _CLOSED = 1  # status of a thread already closed and written
 
 
-def _retrieved(o: dict) -> float | None:
-    v = get_num(o, "retrieved_on", required=False)
-    if v is None:
-        v = get_num(o, "retrieved_utc", required=False)
-    return v
+def _retrieved(rec: Any) -> float | None:
+    v = rec.retrieved_on
+    return rec.retrieved_utc if v is None else v
 
 
-def read_submissions(path: Path, cfg: DataConfig, counts: Counts, bad: BadRecords) -> dict[str, Any]:
-    """Pass 1: ``{id: SubMeta}`` for kept submissions, ``{id: _DROPPED}`` for the others."""
+class _Damage:
+    """The gaps of a damaged comment stream (``source.keep_damaged``), in stream time: a
+    thread whose window overlaps one may have lost comments, so it is dropped."""
+
+    def __init__(self) -> None:
+        self.gaps: list[list[float]] = []  # [last time before, first time after (inf: none)]
+
+    def open(self, before: float) -> None:
+        self.gaps.append([before, math.inf])
+
+    def resume(self, after: float) -> None:
+        if self.gaps and self.gaps[-1][1] == math.inf:
+            self.gaps[-1][1] = after
+
+    def touches(self, created: float, window: float) -> bool:
+        return any(created <= after and created + window >= before for before, after in self.gaps)
+
+
+def read_submissions(path: Path, cfg: DataConfig, counts: Counts, bad: BadRecords) -> tuple[dict[str, Any], bool]:
+    """Pass 1: ``{id: SubMeta}`` for kept submissions, ``{id: _DROPPED}`` for the others;
+    and whether the stream was damaged (``source.keep_damaged``: some submissions lost)."""
     f = cfg.filters
     status: dict[str, Any] = {}
     sub_filter = f.subreddit.lower() if f.subreddit else None
     seen0 = bad.seen
-    for line, o in iter_json_objects(path, bad, desc="submissions"):
-        try:
-            sid = get_str(o, "id", required=False) or strip_prefix(get_str(o, "name") or "")
-            created = get_num(o, "created_utc")
-            title = get_str(o, "title")
-            body = get_str(o, "selftext", required=False, default="")
-            score = get_int(o, "score")
-            author = get_str(o, "author", required=False)
-            retrieved = _retrieved(o)
-        except BadField as e:
-            bad.add(path, line, str(e), kind=str(e).split(":")[0])
+    damaged = False
+    for line, o in iter_records(path, bad, Submission, desc="submissions", keep_damaged=cfg.source.keep_damaged):
+        if type(o) is StreamDamage:
+            damaged = True
             continue
+        try:
+            sid = record_id(o)
+            created = finite(o.created_utc, "created_utc")
+            retrieved = _retrieved(o)
+        except RecordError as e:
+            bad.add(path, line, str(e), kind=e.kind)
+            continue
+        title, body, score, author = o.title, o.selftext or "", o.score, o.author
         counts.inc("submissions", "read")
         reason = None
-        if sub_filter and (o.get("subreddit") or "").lower() != sub_filter:
+        if sub_filter and (o.subreddit or "").lower() != sub_filter:
             reason = "other_subreddit"
         elif sid in status:
             reason = "duplicate_id"
-        elif f.drop_nsfw and get_bool(o, "over_18"):
+        elif f.drop_nsfw and o.over_18:
             reason = "nsfw"
-        elif (body or "").strip() in DELETED_TEXT or not title.strip() or o.get("removed_by_category"):
+        elif body.strip() in DELETED_TEXT or not title.strip() or o.removed_by_category:
             reason = "deleted_prompt"
-        elif get_bool(o, "stickied") or (o.get("distinguished") or "") in MOD_DISTINGUISHED:
+        elif o.stickied or (o.distinguished or "") in MOD_DISTINGUISHED:
             reason = "stickied_distinguished"
         elif score < f.min_prompt_score:
             reason = "low_prompt_score"
@@ -284,10 +296,10 @@ def read_submissions(path: Path, cfg: DataConfig, counts: Counts, bad: BadRecord
         if retrieved is None:
             counts.inc("submissions", "kept_without_retrieved_on")
         counts.inc("submissions", "kept")
-        status[sid] = SubMeta(prompt, score, created, author, o.get("subreddit"))
+        status[sid] = SubMeta(prompt, score, created, author, o.subreddit)
     if bad.seen == seen0:
         raise AmbientError(f"{path}: no records (the file holds no non-blank line)")
-    return status
+    return status, damaged
 
 
 class _Open:
@@ -303,7 +315,8 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
     f = cfg.filters
     bots = bot_set(f)
     want_sentiment = cfg.labels.reply_sentiment
-    status = read_submissions(inp.submissions, cfg, counts, bad)
+    status, subs_damaged = read_submissions(inp.submissions, cfg, counts, bad)
+    damage = _Damage()
     window = cfg.source.window_days * DAY if cfg.source.window_days > 0 else math.inf
     sub_filter = f.subreddit.lower() if f.subreddit else None
     open_: dict[str, _Open] = {}
@@ -313,10 +326,15 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
     source = str(inp.submissions.parent)
     peak_open = 0
 
-    def close(tid: str) -> Thread:
+    def close(tid: str) -> Thread | None:
         th = open_.pop(tid)
         status[tid] = _CLOSED
         m = th.meta
+        if damage.gaps and damage.touches(m.created_utc, window):
+            # it may have lost comments in a gap: its answer set is incomplete
+            counts.inc("damage", "threads_dropped")
+            counts.inc("damage", "responses_dropped", len(th.responses))
+            return None
         rs = sorted(th.responses.values(), key=lambda r: (r.created_utc, r.response_id))
         return Thread(tid, m.prompt, m.score, m.created_utc, source, m.subreddit, rs)
 
@@ -332,25 +350,27 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
     def pc(key: str) -> None:
         replies_c[key] += 1
 
-    for line, o in iter_json_objects(path, bad, desc="comments"):
+    resumed = True  # False between a gap and the next comment
+    for line, o in iter_records(path, bad, Comment, desc="comments", keep_damaged=cfg.source.keep_damaged):
+        if type(o) is StreamDamage:
+            damage.open(now)
+            resumed = False
+            continue
         cid, link, parent, created, body, score, author = (
-            o.get("id"), o.get("link_id"), o.get("parent_id"), o.get("created_utc"), o.get("body"),
-            o.get("score"), o.get("author"))
-        if not (type(cid) is str and type(link) is str and type(parent) is str and type(created) is int
-                and type(body) is str and type(score) is int and type(author) is str):
-            try:  # the slow path: coerce numeric strings, or report what is wrong
-                cid = get_str(o, "id", required=False) or strip_prefix(get_str(o, "name") or "")
-                link = get_str(o, "link_id")
-                parent = get_str(o, "parent_id")
-                created = get_num(o, "created_utc")
-                body = get_str(o, "body")
-                score = get_int(o, "score")
-                author = get_str(o, "author", required=False, default="")
-            except BadField as e:
-                bad.add(path, line, str(e), kind=str(e).split(":")[0])
+            o.id, o.link_id, o.parent_id, o.created_utc, o.body, o.score, o.author)
+        if cid is None or author is None or created != created or created in (math.inf, -math.inf):
+            try:  # the slow path: id from the fullname, or report what is wrong
+                cid = record_id(o)
+                created = finite(created, "created_utc")
+            except RecordError as e:
+                bad.add(path, line, str(e), kind=e.kind)
                 continue
+            author = author or ""
         cc("read")
-        if sub_filter and (o.get("subreddit") or "").lower() != sub_filter:
+        if not resumed:
+            damage.resume(created)
+            resumed = True
+        if sub_filter and (o.subreddit or "").lower() != sub_filter:
             cc("other_subreddit")
             continue
         if created > now:
@@ -358,10 +378,15 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
             # close every thread whose window has passed
             while heap and heap[0][0] < now:
                 _, tid = heapq.heappop(heap)
-                yield close(tid)
+                th = close(tid)
+                if th is not None:
+                    yield th
         tid = strip_prefix(link)
         st = status.get(tid)
         if st is None:
+            if subs_damaged:  # lost with the damaged part of the submissions file
+                counts.inc("damage", "comments_without_submission")
+                continue
             cc("submission_absent")
             bad.add(path, line, f"comment {cid}: its submission {link} is absent", kind="submission absent")
             continue
@@ -382,8 +407,7 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
             peak_open = max(peak_open, len(open_))
         if parent == link:  # top-level comment: a candidate response
             cc("top_level")
-            reason = response_drop_reason(
-                body, author, th.meta.author, get_bool(o, "stickied"), o.get("distinguished"), f, bots)
+            reason = response_drop_reason(body, author, th.meta.author, o.stickied, o.distinguished, f, bots)
             if reason is None:
                 reason = maturity_reason(_retrieved(o), th.meta.created_utc, f)
             name = "t1_" + cid
@@ -418,7 +442,9 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
         raise AmbientError(f"{path}: no records (the file holds no non-blank line)")
     for _, tid in sorted(heap):
         if tid in open_:
-            yield close(tid)
+            th = close(tid)
+            if th is not None:
+                yield th
     counts.inc("memory", "peak_open_threads", peak_open)
 
 
@@ -467,7 +493,16 @@ def read_table(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> 
     seen_resp: set[str] = set()
     source = str(path)
     seen0 = bad.seen
-    for line, row in iter_table_rows(path, bad, desc="rows"):
+    keep = cfg.source.keep_damaged
+    drop_next = False  # after a gap in the stream: the next prompt may have lost its first rows
+    for line, row in iter_table_rows(path, bad, desc="rows", keep_damaged=keep):
+        if type(row) is StreamDamage:
+            if cur is not None and cur_dropped is None:
+                counts.inc("damage", "threads_dropped")
+                counts.inc("damage", "responses_dropped", len(cur.responses))
+                cur_dropped = "damaged_stream"
+            drop_next = True
+            continue
         try:
             pid = get_str(row, cm.prompt_id)
             rid = get_str(row, cm.response_id)
@@ -480,6 +515,7 @@ def read_table(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> 
             children = _children_texts(row.get(cm.response_children)) if has["response_children"] else []
             author = get_str(row, cm.response_author, required=False, default="") if has["response_author"] else None
             retrieved = get_num(row, cm.retrieved_utc, required=False) if has["retrieved_utc"] else None
+            row_author = get_str(row, cm.prompt_author, required=False) if has["prompt_author"] else None
         except (BadField, ValueError) as e:
             msg = str(e) if isinstance(e, BadField) else f"field 'response_children': malformed JSON ({e})"
             bad.add(path, line, msg, kind=msg.split(":")[0])
@@ -497,7 +533,7 @@ def read_table(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> 
                     yield cur
             cur = Thread(pid, prompt, pscore, pcreated, source, None, [])
             seen_resp = set()
-            cur_author = get_str(row, cm.prompt_author, required=False) if has["prompt_author"] else None
+            cur_author = row_author
             counts.inc("prompts", "read")
             cur_dropped = None
             if prompt.strip() in DELETED_TEXT or not prompt.strip():
@@ -507,7 +543,15 @@ def read_table(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> 
             elif len(prompt) > f.max_prompt_chars:
                 cur_dropped = "prompt_too_long"
             counts.inc("prompts", cur_dropped or "kept")
+            if drop_next:
+                drop_next = False
+                if cur_dropped is None:
+                    cur_dropped = "damaged_stream"
+                    counts.inc("damage", "threads_dropped")
         if cur_dropped is not None:
+            if cur_dropped == "damaged_stream":
+                counts.inc("damage", "responses_dropped")
+                continue
             counts.inc("table_rows", "thread_dropped")
             continue
         reason = response_drop_reason(text, author, cur_author, False, None, f, bots)
@@ -560,6 +604,7 @@ def read_shp(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> It
                     get_num(row, f"created_at_utc_{s}"),
                 ))
             label = get_int(row, "labels")
+            domain = get_str(row, "domain", required=False)
         except BadField as e:
             bad.add(path, line, str(e), kind=str(e).split(":")[0])
             continue
@@ -569,7 +614,7 @@ def read_shp(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> It
         counts.inc("shp_rows", "read")
         th = posts.get(pid)
         if th is None:
-            th = posts[pid] = Thread(pid, prompt, None, None, str(path), row.get("domain"), [], [])
+            th = posts[pid] = Thread(pid, prompt, None, None, str(path), domain, [], [])
             index[pid] = {}
         idx = []
         drop = None

@@ -33,12 +33,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.config import to_dict
+from ambient_rlhf.config import above, at_least, check_bounds, to_dict
 from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.eval.policy_summary import summarize, verdict  # noqa: F401  (verdict: re-exported)
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
@@ -71,16 +71,16 @@ class EvalConfig:
     report can set the proxy gain beside the gold gain (reward over-optimisation)."""
     split: str = "test"
     """Split whose prompts are used: ``test`` is held out from every training stage."""
-    n_prompts: int = 64
+    n_prompts: Annotated[int, at_least(1)] = 64
     """Number of prompts (threads). 64 prompts x 2 samples gives a win-rate interval of
     about +-0.1 at 0.5, and takes a minute or two for the default model on a CPU."""
-    samples_per_prompt: int = 2
+    samples_per_prompt: Annotated[int, at_least(1)] = 2
     """Answers sampled per prompt from each side. More than one averages out sampling
     noise; the bootstrap resamples prompts, not samples, so this does not fake precision."""
-    max_new_tokens: int = 64
+    max_new_tokens: Annotated[int, at_least(1)] = 64
     """Longest answer in tokens. 64 matches the RL stage's default response length, so
     the policy is judged on answers of the length it was trained to write."""
-    temperature: float = 0.7
+    temperature: Annotated[float, above(0)] = 0.7
     """Sampling temperature for both sides, and the temperature of the log-probs in the
     KL. 0.7 matches the RL stage's sampling (lm-human-preferences), so the KL here is the
     one RL controlled."""
@@ -88,10 +88,10 @@ class EvalConfig:
     """Quality tier (``good``, ``ok``, ``bad``) whose control token is added to the
     *policy's* prompts: for the tier-conditioned SFT model (``--goal good``), compared
     with plain SFT on the same judge. None for RL policies."""
-    batch_size: int = 8
+    batch_size: Annotated[int, at_least(1)] = 8
     """Sequences per forward pass when sampling, computing log-probs and scoring. 8 keeps
     the default model's logits under ~200 MB on a CPU."""
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: Annotated[int, at_least(1)] = 1000
     """Bootstrap resamples for every interval; 1000 makes the 95% ends stable to ~0.01."""
     seed: int = 0
     """Seed of the prompt choice, the sampling and the bootstrap (same seed, same numbers)."""
@@ -99,7 +99,7 @@ class EvalConfig:
     """Prompt template: ``auto`` uses, for each model, the template recorded when it was
     trained (``ambient_model.json``; a reward model's ``reward_config.json``), else the
     tokenizer's chat template, else ``plain``; ``chat`` or ``plain`` force one for all."""
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: Annotated[int, at_least(1)] = 256
     """Prompt budget in tokens; longer prompts are cut from the left (the end of a
     question is nearest the answer), as in training."""
     true_utility: Literal["auto", "on", "off"] = "auto"
@@ -107,7 +107,7 @@ class EvalConfig:
     (``ambient_rlhf.data.simulate.true_utility``): ``auto`` when the data directory
     comes from ``ambient data simulate``, ``on`` always (an error when unavailable),
     ``off`` never."""
-    n_table: int = 8
+    n_table: Annotated[int, at_least(0)] = 8
     """Prompts shown in the side-by-side sample table of eval.json (all samples are in
     samples.jsonl)."""
 
@@ -116,6 +116,7 @@ def _validate(cfg: EvalConfig) -> None:
     for key in ("policy", "reference", "judge", "data"):
         if not getattr(cfg, key):
             raise AmbientError(f"eval: config key '{key}' is required (--{key} DIR)")
+    check_bounds(cfg)  # declared on the fields (load_config checks them too)
     if cfg.goal is not None and cfg.goal not in TIERS:
         raise AmbientError(f"eval: goal={cfg.goal!r}; expected one of {', '.join(TIERS)}")
     if cfg.n_prompts < 1 or cfg.samples_per_prompt < 1 or cfg.max_new_tokens < 1:

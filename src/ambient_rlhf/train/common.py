@@ -22,11 +22,12 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Annotated, Any, Callable, Iterable
 
 import torch
 from torch import nn
 
+from ambient_rlhf.config import above, at_least, between
 from ambient_rlhf import AmbientError
 from ambient_rlhf.logging import get_logger
 
@@ -40,13 +41,13 @@ class LoraSettings:
     """Train low-rank adapters instead of all weights. Off by default: the default model
     (135M parameters) fits full fine-tuning on a laptop, and full fine-tuning is the
     reference behaviour; turn it on for larger models or to keep the base weights."""
-    r: int = 16
+    r: Annotated[int, at_least(1)] = 16
     """Adapter rank. 16 is the common choice for instruction tuning of small models
     (enough capacity for a style shift; the adapter stays a few MB)."""
-    alpha: int = 32
+    alpha: Annotated[int, above(0)] = 32
     """LoRA scaling numerator (update scaled by alpha/r). 2*r, the usual setting, so the
     effective step size does not change when r changes by a little."""
-    dropout: float = 0.0
+    dropout: Annotated[float, between(0, 1, hi_open=True)] = 0.0
     """Dropout on the adapter input. 0 keeps training deterministic (resume and
     invariance tests compare losses exactly) and dropout matters little on short runs."""
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.config import above, at_least, between, check_bounds
 from ambient_rlhf.models.reward_inputs import RewardInputSpec
 from ambient_rlhf.train.common import LoraSettings
 
@@ -38,10 +39,10 @@ class RewardConfig:
     template: Literal["auto", "chat", "plain"] = "auto"
     """Prompt template (``models.tokenize.render_prompt``); must match the policy's, so
     ``auto`` (the tokenizer's chat template when it has one), like the SFT stage."""
-    max_prompt_tokens: int = 128
+    max_prompt_tokens: Annotated[int, at_least(1)] = 128
     """Prompt budget in tokens (cut from the left).  128 + 128 keeps a 135M forward pass
     affordable on a laptop CPU; raise both on a GPU."""
-    max_response_tokens: int = 128
+    max_response_tokens: Annotated[int, at_least(1)] = 128
     """Response budget in tokens including EOS (cut from the right, no EOS when cut)."""
     balance_length: bool = False
     """``pairwise``: drop training pairs at random (seeded) until the preferred answer is
@@ -56,11 +57,11 @@ class RewardConfig:
     pair of responses.parquet (``data.covariates.candidate_pairs``: score ratio >=
     ``all_pairs_min_ratio``, both scores >= ``all_pairs_min_score``, whenever posted) --
     several times the evidence, confounded by exposure unless ``covariates`` model it."""
-    all_pairs_min_ratio: float = 2.0
+    all_pairs_min_ratio: Annotated[float, at_least(1.0)] = 2.0
     """``pairs=all``: the preferred answer's score is at least this times the other's."""
-    all_pairs_min_score: int = 2
+    all_pairs_min_score: Annotated[int, at_least(0)] = 2
     """``pairs=all``: both scores at least this."""
-    all_pairs_per_thread: int = 0
+    all_pairs_per_thread: Annotated[int, at_least(0)] = 0
     """``pairs=all``: at most this many pairs per thread (a seeded subset); 0 = all."""
     covariates: list[str] = field(default_factory=list)
     """``pairwise``: non-text covariates of each response (``data.covariates.COVARIATES``:
@@ -69,41 +70,41 @@ class RewardConfig:
     reward.  What exposure (and, with ``length``, answer length) explains goes into ``w``;
     the text reward ``r`` -- what is saved and what RL uses -- need not carry it.  ``w``
     (per standardised covariate) is written to ``reward_config.json``.  [] = none."""
-    length_decorrelation: float = 0.0
+    length_decorrelation: Annotated[float, at_least(0.0)] = 0.0
     """Weight of a penalty ``corr(r, log words)^2`` over each batch's distinct texts (the
     decorrelation term of ODIN, Chen et al. 2024): the text reward is pushed to carry no
     length.  0 = off; with ``covariates`` including ``length`` the length effect still has
     a place to go.  ``rm eval`` reports the reward's Spearman correlation with length."""
-    max_ranked: int = 8
+    max_ranked: Annotated[int, at_least(2)] = 8
     """``ranking``: at most this many responses per thread (a seeded random subset);
     InstructGPT ranked K = 4..9.  Bounds the batch of a very large thread."""
-    max_train_units: int = 0
+    max_train_units: Annotated[int, at_least(0)] = 0
     """Use at most this many training units (pairs / threads / responses), a seeded
     random subset of threads; 0 = all.  For CPU-sized runs."""
-    batch_size: int = 4
+    batch_size: Annotated[int, at_least(1)] = 4
     """Units per optimizer step (pairs, threads for ``ranking``, responses otherwise).
     4 pairs = at most 8 sequences of 256 tokens: the CPU budget here."""
     length_grouped: bool = True
     """Form batches from threads of similar length (within shuffled windows of 64
     batches) and keep a thread's units together, so each distinct response of a batch is
     scored once and little compute goes to padding.  Off: plain shuffled units."""
-    lr: float = 0.0
+    lr: Annotated[float, at_least(0)] = 0.0
     """Peak learning rate; 0 = by what trains: 1e-3 head only, 5e-5 top layers,
     1e-4 LoRA, 1e-5 full (InstructGPT used 9e-6 for its full 6B reward model)."""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, at_least(0)] = 0.0
     """AdamW weight decay (not on biases/norms).  0: short runs, the data is the regulariser."""
     schedule: Literal["constant", "linear", "cosine"] = "linear"
     """LR schedule after warmup; linear decay to 0 as in InstructGPT's reward model."""
-    warmup_ratio: float = 0.05
+    warmup_ratio: Annotated[float, between(0, 1)] = 0.05
     """Fraction of the steps spent warming up linearly."""
-    epochs: float = 1.0
+    epochs: Annotated[float, above(0)] = 1.0
     """Passes over the training units (fractions allowed).  One epoch: reward models
     overfit after one (InstructGPT, Stiennon et al.).  Ignored when ``max_steps`` > 0."""
-    max_steps: int = 0
+    max_steps: Annotated[int, at_least(0)] = 0
     """Optimizer steps; 0 = ``epochs`` worth."""
-    grad_clip: float = 1.0
+    grad_clip: Annotated[float, at_least(0)] = 1.0
     """Clip the gradient norm to this (0 = off); guards the first steps of a fresh head."""
-    train_layers: int = -1
+    train_layers: Annotated[int, at_least(-1)] = -1
     """How much of the network trains: -1 = all of it (full fine-tuning, or LoRA with
     ``lora.enabled``); 0 = the head only (backbone frozen); N = the top N transformer
     layers, the final norm and the head."""
@@ -126,11 +127,11 @@ class RewardConfig:
     backbone at the end so the output loads as a plain model."""
     seed: int = 0
     """Seed for the head init, subsets and batch order."""
-    eval_every: int = 50
+    eval_every: Annotated[int, at_least(0)] = 50
     """Log the valid-split pair accuracy every this many steps (0 = only at the end)."""
-    eval_max_pairs: int = 256
+    eval_max_pairs: Annotated[int, at_least(0)] = 256
     """Valid pairs used by the periodic evaluation (a seeded subset; 0 = all)."""
-    norm_max_responses: int = 512
+    norm_max_responses: Annotated[int, at_least(0)] = 512
     """Valid-split reference responses used to fit the normalisation (seeded subset; 0 =
     all).  512 pins mean and std to about 5% of a std."""
     eval_split: str = "test"
@@ -138,7 +139,7 @@ class RewardConfig:
     eval_loglik: str = "auto"
     """Log-likelihood baseline model for the final evaluation: ``auto`` (the reward
     model's own backbone when it was frozen, else skip), ``none``, ``self``, or a model."""
-    save_every: int = 200
+    save_every: Annotated[int, at_least(0)] = 200
     """Checkpoint every this many steps (and at the end); 0 = only at the end."""
     resume: bool = False
     """Continue from the newest checkpoint in ``out``."""
@@ -169,6 +170,7 @@ def _validate(cfg: RewardConfig) -> None:
         raise AmbientError("rm: no data directory; pass --data DIR (several for a merged model)")
     if not cfg.out:
         raise AmbientError("rm: no output directory; pass --out DIR")
+    check_bounds(cfg)  # declared on the fields (load_config checks them too)
     if cfg.batch_size < 1:
         raise AmbientError(f"rm: batch_size={cfg.batch_size} must be >= 1")
     if cfg.lora.enabled and cfg.train_layers != -1:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.config import Bound, above, at_least, between, check_bounds
 from ambient_rlhf.train.common import LoraSettings
 from ambient_rlhf.data.schema import TIERS
 
@@ -15,13 +16,13 @@ class KLSettings:
     kind: Literal["adaptive", "fixed"] = "adaptive"
     """``adaptive``: the proportional controller of Ziegler et al. 2019 steers the KL toward
     ``target``; ``fixed``: beta stays at ``init_beta`` (the 2024 N details' TL;DR setting)."""
-    init_beta: float = 0.15
+    init_beta: Annotated[float, at_least(0)] = 0.15
     """Initial KL coefficient beta. 0.15 with the adaptive controller is the 2019 setting for
     the stylistic tasks (lm-human-preferences ``launch.py``: ``rewards.kl_coef=0.15``)."""
-    target: float = 6.0
+    target: Annotated[float, above(0)] = 6.0
     """Target KL (nats per response, summed over tokens) of the adaptive controller; 6.0
     as in lm-human-preferences ``launch.py`` (``rewards.adaptive_kl.target``)."""
-    horizon: int = 10000
+    horizon: Annotated[int, at_least(1)] = 10000
     """Adaptive controller horizon in episodes (rollouts): beta moves by at most
     20% * episodes/horizon per step. 10000, the 2019 default (``AdaptiveKLParams``)."""
     estimator: Literal["k1", "k3"] = "k1"
@@ -62,17 +63,17 @@ class RLConfig:
     overwrite: bool = False
     """Delete what ``out`` holds and start over (never when ``out`` is, contains or lies
     inside ``policy``, ``reward`` or ``data``)."""
-    steps: int = 100
+    steps: Annotated[int, at_least(1)] = 100
     """Iterations (rollout batch + optimisation). A CPU-sized default; the 2019 runs used
     1M episodes / 512 per batch ~ 2000 iterations."""
-    batch_size: int = 16
+    batch_size: Annotated[int, at_least(1)] = 16
     """Prompts per iteration, over all processes (RLOO samples ``rloo_k`` responses for
     each). The 2019 and N-details runs used 512 rollouts; 16 is a laptop-sized default
     (on a CPU, SmolLM2-135M with 4 prompts x 32 tokens takes ~45 s per PPO step)."""
-    num_minibatches: int = 1
+    num_minibatches: Annotated[int, at_least(1)] = 1
     """Minibatches per epoch (one optimizer step each); the rollouts of a process are
     split evenly. 1, the 2019 default (``nminibatches=1``)."""
-    rloo_k: int = 4
+    rloo_k: Annotated[int, at_least(1)] = 4
     """RLOO: samples per prompt for the leave-one-out baseline; 4, as in Ahmadian et al.
     2024 (k=4 recovered most of the gain of larger k)."""
     reinforce_baseline: Literal["mean", "running"] = "mean"
@@ -81,12 +82,12 @@ class RLConfig:
     unbiased -- the batch mean's bias is O(1/B)) (Williams 1992).  With ``running``,
     ``whiten_advantages`` only scales the advantages (centring them would put the batch
     mean back in place of the running baseline; docs/rl.md)."""
-    baseline_decay: float = 0.9
+    baseline_decay: Annotated[float, between(0, 1, hi_open=True)] = 0.9
     """Decay of the running REINFORCE baseline (weight of the past per step)."""
-    response_length: int = 64
+    response_length: Annotated[int, at_least(1)] = 64
     """Maximum new tokens per response. The 2019 summarisation tasks used 75, the N details
     53; 64 keeps CPU runs short. Responses are truncated after the first EOS."""
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: Annotated[int, at_least(1)] = 256
     """Prompt budget in tokens; longer prompts lose text from the left (the end of a
     question is nearest the answer). 256 is this project's generation default."""
     template: Literal["auto", "chat", "plain"] = "auto"
@@ -94,13 +95,13 @@ class RLConfig:
     goal: str | None = None
     """Quality tier whose goal token is appended to each prompt (for a tier-conditioned SFT
     policy, e.g. ``good``); the reward model scores the prompt without it."""
-    temperature: float = 0.7
+    temperature: Annotated[float, above(0)] = 0.7
     """Sampling temperature; log-probs are computed at the same temperature. 0.7, the 2019
     books/TL;DR setting (``policy.temperature``)."""
-    top_p: float = 1.0
+    top_p: Annotated[float, Bound(lo=0, lo_open=True, hi=1)] = 1.0
     """Nucleus sampling; 1.0 = off, so samples come from the policy's own distribution
     (required for the policy-gradient estimate to be unbiased)."""
-    top_k: int = 0
+    top_k: Annotated[int, at_least(0)] = 0
     """Top-k filtering; 0 = off (same reason as ``top_p``)."""
     missing_eos_score: float | None = -1.0
     """Score given to responses that produced no EOS within ``response_length``, replacing
@@ -115,24 +116,24 @@ class RLConfig:
     1 (lm-human-preferences ``normalize_after``): the scores are then measured on the
     policy's own starting distribution, and beta means the same whatever the reward's scale.
     Gain and bias go into the manifest and every checkpoint (a resumed run reuses them)."""
-    reward_normalize_samples: int = 64
+    reward_normalize_samples: Annotated[int, at_least(0)] = 64
     """Reference responses scored for ``reward_normalize=reference`` (2019: 256; 64 keeps the
     start of a CPU run short).  Read only then."""
     kl: KLSettings = field(default_factory=KLSettings)
     """KL penalty to the reference policy."""
-    ppo_epochs: int = 4
+    ppo_epochs: Annotated[int, at_least(1)] = 4
     """PPO: optimisation epochs over each rollout batch (2019 ``noptepochs=4``). RLOO and
     REINFORCE make one on-policy pass (Ahmadian et al. 2024)."""
-    clip: float = 0.2
+    clip: Annotated[float, above(0)] = 0.2
     """Policy ratio clip range (2019 ``cliprange=0.2``); RLOO/REINFORCE clip the sequence
     ratio the same way (it is 1 on the first minibatch)."""
-    value_clip: float = 0.2
+    value_clip: Annotated[float, at_least(0)] = 0.2
     """Value clip range around the rollout values (2019 ``cliprange_value=0.2``)."""
-    vf_coef: float = 0.1
+    vf_coef: Annotated[float, at_least(0)] = 0.1
     """Weight of the value loss (2019 ``vf_coef=0.1``)."""
-    gamma: float = 1.0
+    gamma: Annotated[float, between(0, 1)] = 1.0
     """Discount; 1 (2019), an episode is one response."""
-    lam: float = 0.95
+    lam: Annotated[float, between(0, 1)] = 0.95
     """GAE lambda (2019 ``lam=0.95``)."""
     whiten_rewards: bool = True
     """PPO: scale the shaped rewards to unit variance, keeping their mean, before GAE (2019
@@ -151,23 +152,23 @@ class RLConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA on the policy (and a separate value model). The reference is then the same
     model with the adapter disabled."""
-    lr: float = 1e-5
+    lr: Annotated[float, above(0)] = 1e-5
     """Peak learning rate of policy and value model (2019 books tasks ``ppo.lr=1e-5``)."""
-    adam_eps: float = 1e-5
+    adam_eps: Annotated[float, above(0)] = 1e-5
     """Adam epsilon; 1e-5 as in the PyTorch reproduction of the 2019 code (N details)."""
     schedule: Literal["linear", "constant", "cosine"] = "linear"
     """LR schedule over all optimizer steps; linear decay to 0 as in 2019
     (``lrnow = lr * (1 - frac)``)."""
     seed: int = 1
     """Seed of sampling, shuffling and initialisation (2019 launch ``run.seed=1``)."""
-    sample_every: int = 10
+    sample_every: Annotated[int, at_least(1)] = 10
     """Write ``samples_per_log`` samples (prompt, response, score, KL) to ``samples.jsonl``
     every this many steps (and at step 1)."""
-    samples_per_log: int = 4
+    samples_per_log: Annotated[int, at_least(0)] = 4
     """Samples written each time (2019 ``print_samples`` showed 3)."""
-    save_every: int = 50
+    save_every: Annotated[int, at_least(0)] = 50
     """Checkpoint every this many steps (0 = only the final model)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: Annotated[int, at_least(1)] = 2
     """Checkpoints kept (older ones deleted)."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """``auto`` = bf16 autocast on a GPU that supports it, float32 on CPU."""
@@ -177,6 +178,7 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
     for key in ("data", "out"):
         if not getattr(cfg, key):
             raise AmbientError(f"{key}: required")
+    check_bounds(cfg)  # declared on the fields (load_config checks them too)
     if cfg.batch_size % n_proc:
         raise AmbientError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({n_proc})")
     n_rollouts = cfg.batch_size // n_proc * (cfg.rloo_k if cfg.algo == "rloo" else 1)

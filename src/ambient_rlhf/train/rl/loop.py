@@ -13,7 +13,7 @@ import torch
 from ambient_rlhf import AmbientError
 from ambient_rlhf.checkpoint import load_state, load_tensors, seed_everything, set_rng_state
 from ambient_rlhf.config import to_dict
-from ambient_rlhf.io import write_manifest
+from ambient_rlhf.io import write_manifest, writing
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress, read_jsonl
 from ambient_rlhf.outdir import prepare_out
 from ambient_rlhf.rl.advantages import (RunningBaseline, gae, mean_baseline_advantages, rloo_advantages,
@@ -300,9 +300,10 @@ def train_rl(cfg: RLConfig) -> Path:
     acc.wait_for_everyone()
     if acc.is_main_process:
         final_lm = merge_lora(acc.unwrap_model(policy_ddp).lm)
-        final_lm.save_pretrained(out)
-        tok.padding_side = "right"
-        tok.save_pretrained(out)
+        with writing(out, "the final policy"):
+            final_lm.save_pretrained(out)
+            tok.padding_side = "right"
+            tok.save_pretrained(out)
         write_manifest(out, "rl", to_dict(cfg), inputs=[p for p in (cfg.policy, cfg.data, cfg.reward) if Path(p).exists()],
                        counts={"prompts": len(prompts), "steps": cfg.steps, "episodes": cfg.steps * cfg.batch_size * k,
                                "processes": acc.num_processes},

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from ambient_rlhf.config import above, at_least
 from ambient_rlhf.train.common import LoraSettings
 
 
@@ -41,7 +42,7 @@ class SFTConfig:
     ``condition=tier``), ``top_tier`` (tier == good), ``top_k`` (the ``top_k`` best-ranked
     per thread), ``min_score`` (score >= ``min_score``). ``all`` is the default because
     filtering is a choice the user should make knowingly (it shrinks the data)."""
-    top_k: int = 1
+    top_k: Annotated[int, at_least(1)] = 1
     """k for ``select=top_k``: 1 = the community's favourite answer per thread, the
     usual "best response" variant."""
     min_score: int = 2
@@ -50,57 +51,57 @@ class SFTConfig:
     template: Literal["auto", "chat", "plain"] = "auto"
     """Prompt template: ``auto`` = the tokenizer's chat template when it has one (the
     default model has ChatML), else ``Prompt: ...\\nResponse: ``."""
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: Annotated[int, at_least(1)] = 256
     """Prompt budget in tokens (cut from the left: the end of a question is nearest the
     answer). 256 covers most Reddit questions; longer costs quadratic attention on CPU."""
-    max_response_tokens: int = 256
+    max_response_tokens: Annotated[int, at_least(1)] = 256
     """Response budget (cut from the right; a cut response gets no EOS). 256 keeps most
     answers whole at a cost a CPU can bear."""
-    batch_size: int = 4
+    batch_size: Annotated[int, at_least(1)] = 4
     """Sequences per micro-batch per process. 4 fits the default model at 512 tokens in a
     few GB on CPU; raise it on a GPU."""
-    grad_accum: int = 4
+    grad_accum: Annotated[int, at_least(1)] = 4
     """Micro-batches per optimizer step. With batch_size 4 an optimizer step sees 16
     sequences, a common SFT batch for small models."""
-    lr: float = 2e-5
+    lr: Annotated[float, above(0)] = 2e-5
     """Peak learning rate (AdamW). 2e-5 is the usual full fine-tuning rate for small
     instruction models; with LoRA use about 10x (2e-4)."""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, at_least(0)] = 0.0
     """AdamW weight decay (not on biases/norms). 0: short SFT runs do not overfit enough
     to need it, and it is the TRL default."""
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     """LR schedule after warmup; cosine to 0 is the common SFT choice."""
-    warmup_steps: int = 10
+    warmup_steps: Annotated[int, at_least(0)] = 10
     """Linear warmup steps; 10 steadies Adam's first moments without wasting a short run."""
-    steps: int = 0
+    steps: Annotated[int, at_least(0)] = 0
     """Optimizer steps to run; 0 = ``epochs`` over the selected train data."""
-    epochs: float = 1.0
+    epochs: Annotated[float, above(0)] = 1.0
     """Passes over the train data when ``steps`` is 0 (fractions allowed). One epoch is
     the usual SFT budget on community data (more overfits the few responses per thread)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Annotated[float, at_least(0)] = 1.0
     """Clip the global gradient norm (0 = off); 1.0 is the standard guard against the odd
     long, surprising response."""
     group_by_length: bool = True
     """Form batches from examples of similar length (less padding, faster). The order of
     steps is still shuffled. Turn off for exact i.i.d. batches."""
-    log_every: int = 10
+    log_every: Annotated[int, at_least(1)] = 10
     """Write train metrics every N optimizer steps (averaged over them)."""
-    eval_every: int = 50
+    eval_every: Annotated[int, at_least(0)] = 50
     """Evaluate on the valid split every N optimizer steps (and at step 0 and the end);
     0 = only at the start and the end."""
-    eval_examples: int = 256
+    eval_examples: Annotated[int, at_least(0)] = 256
     """Valid responses used for evaluation (a fixed, seeded subset); 256 gives a loss
     estimate to about 1% at a cost of a few training steps; 0 = all."""
-    checkpoint_every: int = 100
+    checkpoint_every: Annotated[int, at_least(0)] = 100
     """Write a checkpoint (and samples) every N optimizer steps; 0 = only at the end.
     Checkpoints of the default model take ~1.6 GB (weights + Adam state)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: Annotated[int, at_least(1)] = 2
     """Newest checkpoints kept while training (2: one survives a kill during a save).
     Checkpoints are removed from the final output directory."""
-    sample_prompts: int = 4
+    sample_prompts: Annotated[int, at_least(0)] = 4
     """Valid prompts sampled at each checkpoint into ``samples.jsonl`` (0 = none); four
     give a quick look at the style without slowing training."""
-    sample_max_new_tokens: int = 64
+    sample_max_new_tokens: Annotated[int, at_least(1)] = 64
     """Length of those samples in new tokens."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """``auto`` = bf16 autocast on a GPU that supports it, float32 on CPU (CPU bf16

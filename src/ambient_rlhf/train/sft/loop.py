@@ -12,7 +12,7 @@ import numpy as np
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.checkpoint import load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
-from ambient_rlhf.config import to_dict
+from ambient_rlhf.config import check_bounds, to_dict
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress
 from ambient_rlhf.outdir import prepare_out
@@ -43,9 +43,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         raise AmbientError("sft: --out is required")
     if cfg.condition == "tier" and cfg.select == "top_tier":
         raise AmbientError("condition=tier needs responses of every tier; use select=all (or top_k/min_score)")
-    for name in ("batch_size", "grad_accum"):
-        if getattr(cfg, name) < 1:
-            raise AmbientError(f"sft: {name} must be >= 1, got {getattr(cfg, name)}")
+    check_bounds(cfg)  # declared on SFTConfig's fields (load_config checks them too)
     out = Path(cfg.out)
     t_start = time.time()
 
