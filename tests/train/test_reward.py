@@ -139,13 +139,19 @@ def test_head_only_with_feature_cache_and_halves(data, tmp_path):
     assert 70 < sum(R.half_of(t) == "a" for t in threads) < 130
 
 
-def test_objectives_tiers_and_reply_sentiment(data, tmp_path):
-    for obj in ("tiers", "reply-sentiment"):
-        out = R.train_reward(cfg(data, tmp_path / obj, f"objective={obj}", "train_layers=1", "max_steps=3"))
-        rm = load_reward_model(out)
-        assert rm.kind == ("tiers" if obj == "tiers" else "scalar")
-        ids, mask = pad_batch([[1, 2, 3], [4, 5]], rm.tokenizer.pad_token_id)
-        assert rm.reward(ids, mask).shape == (2,)
+@pytest.mark.parametrize("obj", ["tiers", "reply-sentiment"])
+def test_objectives_tiers_and_reply_sentiment_learn_the_planted_signal(data, tmp_path, obj):
+    # In this data every MARKER answer outscores every other one of its thread: the MARKER
+    # answers take tiers good and ok (ranks 0, 1), the others ok and bad (ranks 2, 3), and
+    # the replies to even-ranked answers are +0.5 under a MARKER answer, -0.5 otherwise.
+    # Either objective, learned, must put the MARKER answer first in most test pairs.
+    out = R.train_reward(cfg(data, tmp_path / obj, f"objective={obj}", "lr=3e-3", "epochs=3", "eval_split=test"))
+    rm = load_reward_model(out)
+    assert rm.kind == ("tiers" if obj == "tiers" else "scalar")
+    ids, mask = pad_batch([[1, 2, 3], [4, 5]], rm.tokenizer.pad_token_id)
+    assert rm.reward(ids, mask).shape == (2,)
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["n_pairs"] == 24 and ev["accuracy"]["value"] >= 0.8, ev["accuracy"]
 
 
 def test_bad_config_errors(data, tmp_path):
