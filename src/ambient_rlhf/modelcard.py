@@ -37,13 +37,23 @@ def _ci(v: Any) -> str:
     """``0.593 [0.511, 0.663] (n=59)`` from a bootstrap_ci dict."""
     if not isinstance(v, dict) or "value" not in v:
         return "n/a"
+    lo, hi = v.get("ci_low", v.get("low")), v.get("ci_high", v.get("high"))
     try:
         s = f"{float(v['value']):.3f}"
-        if v.get("low") is not None and v.get("high") is not None:
-            s += f" [{float(v['low']):.3f}, {float(v['high']):.3f}]"
+        if lo is not None and hi is not None:
+            s += f" [{float(lo):.3f}, {float(hi):.3f}]"
     except (TypeError, ValueError):
         return "n/a"
     return s
+
+
+def _command(argv: list[Any]) -> str:
+    """The command line as typed: ``ambient ...`` for the CLI (``python -m`` records the
+    path of ``ambient_rlhf/cli/__main__.py``)."""
+    args = [str(a) for a in argv]
+    if args and (Path(args[0]).name == "ambient" or args[0].replace("\\", "/").endswith("ambient_rlhf/cli/__main__.py")):
+        args[0] = "ambient"
+    return shlex.join(args) if args else "?"
 
 
 def _eval_lines(ev: dict[str, Any]) -> list[str]:
@@ -154,7 +164,7 @@ def model_card(out: str | Path) -> str:
     if counts:
         lines.append("- counts: " + ", ".join(f"{k} {v}" for k, v in counts.items()
                                               if isinstance(v, (int, float, str))))
-    lines += ["", "## Command", "", "```", shlex.join(str(a) for a in man.get("command") or []) or "?", "```", "",
+    lines += ["", "## Command", "", "```", _command(man.get("command") or []), "```", "",
               "Resolved configuration (also in `manifest.json`):", "", "```json",
               json.dumps(cfg, indent=1, default=str), "```", ""]
     ev = _read(files / "eval.json")
