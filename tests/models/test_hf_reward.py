@@ -189,3 +189,22 @@ def test_trl_loads_the_reward_model_by_path(rms, tmp_path):
     # a tiers model has three logits: TRL's num_labels=1 refuses it loudly (not a silent random head)
     with pytest.raises(Exception, match="mismatch"):
         AutoModelForSequenceClassification.from_pretrained(rms["tiers"], num_labels=1)
+
+
+@pytest.mark.parametrize("name", ["tiers", "members"])
+def test_trl_reward_function_scores_as_the_project(rms, name):
+    """Kinds TRL cannot load by path (three logits, a combination) go in as a function."""
+    from ambient_rlhf.models.heads import trl_reward_function
+
+    fn = trl_reward_function(rms[name], batch_size=3)
+    assert fn.__name__ == name
+    tok = RewardInputs.from_pretrained(rms["pair"]).tok
+    prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
+    communities = ["askfoo"] * len(TEXTS)
+    want = project_reward(rms[name])
+    assert fn(prompts=prompts, completions=RESPONSES, community=communities) == pytest.approx(want.tolist(), abs=1e-6)
+    # the policy's ids, EOS last: the same rewards (the long answer is cut, as in rendering)
+    ids = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in RESPONSES]
+    got = fn(prompts=prompts, completions=[[{"role": "assistant", "content": r}] for r in RESPONSES],
+             completion_ids=ids, community=communities)
+    assert got == pytest.approx(want.tolist(), abs=1e-6)

@@ -434,3 +434,34 @@ def load_reward_model(path: str | Path, dtype=None) -> "ScalarHeadModel | Compos
     m = ScalarHeadModel.from_pretrained(p, dtype=dtype)
     m.tokenizer = load_tokenizer(str(p))
     return m.eval()
+
+
+def trl_reward_function(rm: "str | Path | nn.Module", batch_size: int = 8, device=None):
+    """A reward function for TRL's ``GRPOTrainer`` / ``RLOOTrainer`` (``reward_funcs=[fn]``)
+    that scores exactly as ambient-rlhf does: any reward model (scalar, tiers, a
+    combination), each reading its own rendering.
+
+    ``rm``: a reward model directory or a loaded model.  TRL calls
+    ``fn(prompts=..., completions=..., completion_ids=..., **dataset_columns)``: a prompt
+    is the question (a string, or a conversation whose last message is the question); with
+    ``completion_ids`` (the policy's token ids; policy and reward model must share a
+    tokenizer, as in ``ambient rl``) a completion counts as ended when its last id is EOS,
+    else the completion text is scored as ended.  A dataset column ``community`` feeds the
+    community prefix.  Returns a list of floats (the normalised rewards)."""
+    from ambient_rlhf.models.reward_inputs import RewardFunction
+
+    name = Path(rm).name if isinstance(rm, (str, Path)) else "ambient_reward"
+    model = load_reward_model(rm) if isinstance(rm, (str, Path)) else rm
+    fn = RewardFunction(model, device=device, batch_size=batch_size)
+
+    def text_of(x) -> str:
+        return x[-1]["content"] if isinstance(x, list) else str(x)
+
+    def reward(prompts, completions, completion_ids=None, community=None, **_):
+        qs = [text_of(p) for p in prompts]
+        if completion_ids is not None:
+            return fn.tokens(qs, completion_ids, community).tolist()
+        return fn.texts(qs, [text_of(c) for c in completions], community).tolist()
+
+    reward.__name__ = name
+    return reward
