@@ -208,3 +208,30 @@ def test_trl_reward_function_scores_as_the_project(rms, name):
     got = fn(prompts=prompts, completions=[[{"role": "assistant", "content": r}] for r in RESPONSES],
              completion_ids=ids, community=communities)
     assert got == pytest.approx(want.tolist(), abs=1e-6)
+
+
+def test_untied_output_embeddings_travel_beside_the_model(tmp_path):
+    """A backbone whose LM head is its own tensor: transformers reads model.safetensors
+    (nothing unexpected), the project's loader also gets the LM head back."""
+    from transformers import AutoModelForSequenceClassification, LlamaForCausalLM
+
+    from ambient_rlhf.models.load import tiny_random_model
+
+    lm, tok = tiny_random_model()
+    cfg = lm.config
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(0)
+    untied = LlamaForCausalLM(cfg)
+    rm = ScalarHeadModel(untied)
+    rm.set_normalization(0.5, 2.0)
+    rm.save_pretrained(tmp_path / "rm", tok)
+    assert (tmp_path / "rm" / "lm_head.safetensors").is_file()
+    _, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    back = load_reward_model(tmp_path / "rm")
+    assert torch.equal(back.lm.lm_head.weight, untied.lm_head.weight)
+    assert not torch.equal(back.lm.lm_head.weight, back.lm.model.embed_tokens.weight)
+    ids = torch.tensor([[5, 6, 7, tok.eos_token_id]])
+    with torch.no_grad():
+        assert back.reward(ids, torch.ones_like(ids)).item() == pytest.approx(
+            rm.reward(ids, torch.ones_like(ids)).item(), abs=1e-5)

@@ -283,15 +283,27 @@ def _load_body(p: Path, dtype, old: bool) -> nn.Module:
 
 def convert_reward_dir(path: str | Path) -> Path:
     """Rewrite a reward model directory of the earlier format (causal LM +
-    ``reward_head.safetensors``) in place as a ``*ForSequenceClassification`` directory."""
+    ``reward_head.safetensors``) in place as a ``*ForSequenceClassification`` directory.
+
+    The new files are written beside it first; ``reward_config.json`` is removed before the
+    swap and moved in last, so an interrupted conversion leaves a directory that says it is
+    incomplete (the new files wait in ``.<name>.convert-*``)."""
+    import os
+    import uuid
+
     from ambient_rlhf.models.load import load_tokenizer
 
     p = Path(path)
     m = ScalarHeadModel.from_pretrained(p)
     tok = load_tokenizer(str(p))
-    for f in p.glob("model*.safetensors*"):  # the causal LM's (possibly sharded) weights
-        f.unlink()
-    m.save_pretrained(p, tok)
+    tmp = p.parent / f".{p.name}.convert-{uuid.uuid4().hex[:8]}"
+    m.save_pretrained(tmp, tok)
+    (p / CONFIG_FILE).unlink()
+    for f in [*p.glob("model*.safetensors*"), p / HEAD_FILE]:  # the causal LM's (maybe sharded) weights, the head
+        f.unlink(missing_ok=True)
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == CONFIG_FILE):
+        os.replace(f, p / f.name)
+    tmp.rmdir()
     return p
 
 
