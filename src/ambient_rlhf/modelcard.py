@@ -51,7 +51,8 @@ def _command(argv: list[Any]) -> str:
     """The command line as typed: ``ambient ...`` for the CLI (``python -m`` records the
     path of ``ambient_rlhf/cli/__main__.py``)."""
     args = [str(a) for a in argv]
-    if args and (Path(args[0]).name == "ambient" or args[0].replace("\\", "/").endswith("ambient_rlhf/cli/__main__.py")):
+    cli = "ambient_rlhf/cli/__main__.py"
+    if args and (Path(args[0]).name == "ambient" or args[0].replace("\\", "/").endswith(cli)):
         args[0] = "ambient"
     return shlex.join(args) if args else "?"
 
@@ -110,6 +111,9 @@ def _load_lines(stage: str, out: Path, rcfg: dict[str, Any] | None) -> list[str]
 
 
 def _input_lines(rcfg: dict[str, Any]) -> list[str]:
+    chat = ("With the chat template that is the text of `tokenizer.apply_chat_template([user, assistant])` "
+            "**without** the newline after the last end-of-turn token. " if rcfg.get("template") == "chat" else
+            "The plain template is not the tokenizer's chat template. ")
     return [
         "## Input",
         "",
@@ -117,9 +121,7 @@ def _input_lines(rcfg: dict[str, Any]) -> list[str]:
         f"{', prefixed with `[community] `' if rcfg.get('community_prefix') else ''}; at most "
         f"{rcfg.get('max_prompt_tokens')} tokens, the prompt text cut from the left) followed by the "
         f"response and EOS (at most {rcfg.get('max_response_tokens')} tokens with EOS, cut from the right, "
-        "then without EOS), padded on the right. With the chat template that is the text of "
-        "`tokenizer.apply_chat_template([user, assistant])` **without** the newline after the "
-        "last end-of-turn token. Render it exactly with "
+        f"then without EOS), padded on the right. {chat}Render it exactly with "
         "`ambient_rlhf.models.reward_inputs.RewardInputs.from_pretrained(DIR)` (`.encode`, `.batch`, "
         "`.text`); text from `apply_chat_template` scores differently (docs/reward.md, "
         "\"Scoring chat-template text\").",
@@ -146,8 +148,8 @@ def model_card(out: str | Path) -> str:
                   "reward head as `score`, the normalisation folded in where it is linear; "
                   "`config.json`'s `ambient_reward` says how the logits become the reward).", ""]
         if rcfg.get("combined_from"):
-            lines += ["A merged combination: " + ", ".join(
-                f"{m.get('weight')} x `{m.get('path')}` ({m.get('objective')})" for m in rcfg["combined_from"]) + ".", ""]
+            parts = [f"{m.get('weight')} x `{m.get('path')}` ({m.get('objective')})" for m in rcfg["combined_from"]]
+            lines += ["A merged combination: " + ", ".join(parts) + ".", ""]
     lines += ["## Load it", "", *_load_lines(stage, out, rcfg), ""]
     if rcfg is not None and "members" not in rcfg:
         lines += [*_input_lines(rcfg), ""]

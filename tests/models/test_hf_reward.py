@@ -87,7 +87,8 @@ def test_plain_transformers_gives_the_project_reward(rms, name, labels):
         with torch.no_grad():
             logits = model(**batch).logits
         assert logits.shape == (len(TEXTS), 1)
-        assert (logits[:, 0] + cfg["ambient_reward"]["offset"]).tolist() == pytest.approx(want.tolist(), rel=1e-6, abs=1e-5)
+        got = logits[:, 0] + cfg["ambient_reward"]["offset"]
+        assert got.tolist() == pytest.approx(want.tolist(), rel=1e-6, abs=1e-5)
 
 
 def test_last_token_agrees_with_transformers(rms):
