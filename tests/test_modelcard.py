@@ -10,12 +10,13 @@ def test_sft_card_has_the_command_inputs_and_three_lines_to_load(tmp_path, monke
     out = tmp_path / "sft"
     data = tmp_path / "data"
     data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"stage": "data", "community": "AskFoo"}))
     monkeypatch.setattr("sys.argv", ["/x/ambient_rlhf/cli/__main__.py", "sft", "--data", str(data), "--out", str(out)])
     write_manifest(out, "sft", {"data": str(data), "out": str(out), "steps": 16}, inputs=[data],
                    counts={"train_examples": 120}, results={"eval_last": {"loss": 2.5}})
     card = (out / "README.md").read_text()
     assert f"ambient sft --data {data} --out {out}" in card
-    assert f"input `{data}`" in card and "train_examples 120" in card and '"steps": 16' in card
+    assert f"input `{data}` (community AskFoo)" in card and "train_examples 120" in card and '"steps": 16' in card
     assert f"AutoModelForCausalLM.from_pretrained('{out}')" in card and "eval_last" in card
 
 

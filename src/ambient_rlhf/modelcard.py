@@ -158,7 +158,9 @@ def model_card(out: str | Path) -> str:
         for m, w in zip(rcfg["members"], rcfg.get("weights", [])):
             lines.append(f"- weight {w}: `{m}`")
     for i in man.get("inputs") or []:
-        lines.append(f"- input `{i.get('path')}`" + (" (missing)" if i.get("missing") else ""))
+        community = (_read(Path(str(i.get("path"))) / "manifest.json") or {}).get("community")
+        lines.append(f"- input `{i.get('path')}`" + (f" (community {community})" if community else "")
+                     + (" (missing)" if i.get("missing") else ""))
     if rcfg is not None and rcfg.get("communities"):
         lines.append(f"- communities: {', '.join(map(str, rcfg['communities']))}"
                      + (f"; half `{rcfg['train_half']}`" if rcfg.get("train_half") else ""))

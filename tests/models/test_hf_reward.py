@@ -179,6 +179,11 @@ def test_trl_loads_the_reward_model_by_path(rms, tmp_path):
     trainer = trl.GRPOTrainer(model=resolve_model("tiny-random"), reward_funcs=str(d), args=args, train_dataset=ds)
     loaded, tok = trainer.reward_funcs[0], trainer.reward_processing_classes[0]
     assert torch.equal(loaded.score.weight, model.score.weight)
+    rloo = trl.RLOOTrainer(model=resolve_model("tiny-random"), reward_funcs=str(d), train_dataset=ds,
+                           args=trl.RLOOConfig(output_dir=str(tmp_path / "rloo"), per_device_train_batch_size=2,
+                                               num_generations=2, max_completion_length=4, report_to=[],
+                                               use_cpu=True, max_steps=1, bf16=False))
+    assert torch.equal(rloo.reward_funcs[0].score.weight, model.score.weight)
     assert tok.pad_token_id == loaded.config.pad_token_id != tok.eos_token_id
     # scored as TRL scores text (tokenised, padded right), the rendered text gives the project's reward
     inputs = RewardInputs.from_pretrained(d)
