@@ -75,3 +75,19 @@ def prompt_length_reward(prompts: list[str], responses: list[str]) -> list[float
     prompt's length in characters.  Its scores are known before sampling, so RL tests can
     derive their expectations from the prompts alone."""
     return [float(len(p)) for p in prompts]
+
+
+def save_earlier_format(rm, out: str | Path, tokenizer) -> Path:
+    """Write ``rm`` (a ``ScalarHeadModel``) as the reward-model directories written before
+    the sequence-classification layout: the causal LM's own ``save_pretrained`` output, the
+    raw head in ``reward_head.safetensors`` and ``reward_config.json`` without ``format``."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    rm.lm.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_file({k: v.contiguous() for k, v in rm.head.state_dict().items()}, str(out / "reward_head.safetensors"))
+    cfg = {"kind": rm.kind, "n_outputs": rm.head.out_features, "tier_values": list(rm.tier_values),
+           "norm_mean": rm.norm_mean, "norm_std": rm.norm_std, **rm.meta}
+    (out / "reward_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out

@@ -167,9 +167,11 @@ def test_payload_under_todays_names_is_refused(stage, name, data, tmp_path, mark
 
 @pytest.fixture
 def reward_dir(tmp_path, tiny_model_path) -> Path:
-    d = tmp_path / "rm"
-    ScalarHeadModel(load_causal_lm(tiny_model_path)).save_pretrained(d, load_tokenizer(tiny_model_path))
-    return d
+    """A reward model in the earlier layout (causal LM + reward_head.safetensors)."""
+    from helpers import save_earlier_format
+
+    return save_earlier_format(ScalarHeadModel(load_causal_lm(tiny_model_path)), tmp_path / "rm",
+                               load_tokenizer(tiny_model_path))
 
 
 def test_old_reward_head_is_refused_with_a_conversion_command(reward_dir, marker):
@@ -190,6 +192,15 @@ def test_payload_as_reward_head_is_refused(reward_dir, marker):
     plant(reward_dir / "reward_head.safetensors", marker)
     with pytest.raises(AmbientError, match="reward_head.safetensors: not a readable safetensors file"):
         load_reward_model(reward_dir)
+    assert not marker.exists()
+
+
+def test_payload_as_sequence_classification_weights_is_refused(tmp_path, tiny_model_path, marker):
+    d = tmp_path / "rm-new"
+    ScalarHeadModel(load_causal_lm(tiny_model_path)).save_pretrained(d, load_tokenizer(tiny_model_path))
+    plant(d / "model.safetensors", marker)
+    with pytest.raises(AmbientError, match="model.safetensors: not a readable safetensors file"):
+        load_reward_model(d)
     assert not marker.exists()
 
 

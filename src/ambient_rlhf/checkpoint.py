@@ -79,9 +79,10 @@ def seed_everything(seed: int) -> None:
 
 
 # ---- tensors in safetensors ----------------------------------------------------------------
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write named tensors to a safetensors file (on the CPU, contiguous; tensors that
-    share memory, such as tied weights, are copied, which safetensors requires)."""
+    share memory, such as tied weights, are copied, which safetensors requires).
+    ``metadata``: the header's string map (transformers wants ``{"format": "pt"}``)."""
     from safetensors.torch import save_file
 
     seen: set[int] = set()
@@ -94,21 +95,29 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
         seen.add(ptr)
         out[name] = t
     with writing(path, "tensors"):
-        save_file(out, str(path))
+        save_file(out, str(path), metadata=metadata)
 
 
-def load_tensors(path: str | Path, hint: str) -> dict[str, torch.Tensor]:
-    """Read a safetensors file onto the CPU; an unreadable one is an :class:`AmbientError`
-    that names it and ends with ``hint`` (what the user can do)."""
+def load_tensors(path: str | Path, hint: str, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file onto the CPU (only ``keys`` when given); an unreadable one,
+    or one without a requested key, is an :class:`AmbientError` that names it and ends
+    with ``hint`` (what the user can do)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     p = Path(path)
     if not p.is_file():
         raise AmbientError(f"{p}: missing; {hint}")
     try:
-        return load_file(str(p), device="cpu")
+        if keys is None:
+            return load_file(str(p), device="cpu")
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            missing = [k for k in keys if k not in f.keys()]
+            if not missing:
+                return {k: f.get_tensor(k) for k in keys}
     except Exception as e:  # safetensors raises its own error type for a bad header
         raise AmbientError(f"{p}: not a readable safetensors file ({e}); {hint}") from None
+    raise AmbientError(f"{p}: holds no {', '.join(missing)}; {hint}")
 
 
 # ---- a nested state as safetensors + JSON --------------------------------------------------

@@ -110,7 +110,8 @@ def write_manifest(
     counts: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Write ``out_dir/manifest.json`` and return it."""
+    """Write ``out_dir/manifest.json`` and return it; in a model stage's directory also
+    the model card ``README.md`` (:mod:`ambient_rlhf.modelcard`)."""
     m: dict[str, Any] = {
         "stage": stage,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -127,6 +128,11 @@ def write_manifest(
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(m, indent=2, default=str) + "\n")
         os.replace(tmp, path)
+    from ambient_rlhf.modelcard import MODEL_STAGES, write_model_card
+
+    if stage in MODEL_STAGES:  # a model directory: its README.md, from the files just written
+        with writing(Path(out_dir) / "README.md", "the model card"):
+            write_model_card(out_dir)
     return m
 
 

@@ -70,7 +70,7 @@ def test_planted_preference_is_learned(planted):
     assert ev["accuracy"]["value"] >= 0.9, ev["accuracy"]
     rows = read_jsonl(planted / "metrics.jsonl")
     assert rows[-1]["step"] == 72  # 96 train pairs / batch 4 = 24 steps x 3 epochs
-    for f in ("manifest.json", "reward_config.json", "reward_head.safetensors", "config.json", "eval.json"):
+    for f in ("manifest.json", "reward_config.json", "model.safetensors", "config.json", "eval.json", "README.md"):
         assert (planted / f).is_file(), f
     # the backbone loads as a plain causal LM
     from transformers import AutoModelForCausalLM
@@ -99,16 +99,16 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     shutil.copytree(full, part)
     # simulate a kill after step 3: drop the step-6 checkpoint and the final model
     shutil.rmtree(part / "checkpoints" / "step-6")
-    for f in ("reward_config.json", "reward_head.safetensors", "model.safetensors", "manifest.json"):  # (written last)
+    for f in ("reward_config.json", "model.safetensors", "manifest.json"):  # (written last)
         (part / f).unlink()
     R.train_reward(cfg(data, part, "max_steps=6", "save_every=3", "lr=3e-3", "eval_every=2", "resume=true"))
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(a, b):
         assert x["rm/loss"] == y["rm/loss"] and x.get("rm/valid_accuracy") == y.get("rm/valid_accuracy")
-    ha = load_file(full / "reward_head.safetensors")
-    hb = load_file(part / "reward_head.safetensors")
-    assert torch.equal(ha["weight"], hb["weight"])
+    ha = load_file(full / "model.safetensors")
+    hb = load_file(part / "model.safetensors")
+    assert torch.equal(ha["score.weight"], hb["score.weight"])
 
 
 def test_cached_top_layers_equal_the_full_model(data, tiny_model_path):

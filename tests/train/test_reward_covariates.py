@@ -95,7 +95,7 @@ def test_all_pairs_with_covariates_train_save_and_resume(data, tmp_path):
     part = tmp_path / "part"
     shutil.copytree(full, part)
     shutil.rmtree(part / "checkpoints" / "step-6")
-    for f in ("reward_config.json", "reward_head.safetensors", "model.safetensors", "manifest.json"):
+    for f in ("reward_config.json", "model.safetensors", "manifest.json", "README.md"):
         (part / f).unlink()
     R.train_reward(cfg(data, part, *extra, "resume=true"))
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")

@@ -115,6 +115,7 @@ def test_lora_reference_is_the_adapter_disabled_and_output_loads(tmp_path, data_
     model = AutoModelForCausalLM.from_pretrained(out)  # merged, plain directory
     assert not any("lora" in n for n, _ in model.named_parameters())
     AutoTokenizer.from_pretrained(out)
+    assert "AutoModelForCausalLM.from_pretrained" in (out / "README.md").read_text()  # the model card
     samples = read_jsonl(out / "samples.jsonl")
     assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
     assert {"prompt", "response", "score", "kl"} <= set(samples[0])

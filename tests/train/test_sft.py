@@ -144,6 +144,8 @@ def test_cli_smoke_weights_change_and_output_loads(data_dir, tmp_path, tiny_mode
                "sample_max_new_tokens=4", "log_every=1"])
     assert rc == 0
     model = AutoModelForCausalLM.from_pretrained(out)
+    card = (out / "README.md").read_text()  # the model card: the final path (not the temporary one), the data
+    assert f"from_pretrained({str(out)!r})" in card and f"input `{data_dir}`" in card
     base = load_causal_lm(tiny_model_path)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
     assert len(changed) == len(base.state_dict())  # every tensor moved

@@ -47,5 +47,5 @@ def test_rm_resume_skips_a_torn_checkpoint(tmp_path):
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     assert [r["rm/loss"] for r in a] == [r["rm/loss"] for r in b]  # exact: steps 5 and 6 replayed alike
-    ha, hb = load_file(full / "reward_head.safetensors"), load_file(part / "reward_head.safetensors")
+    ha, hb = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
     assert all((ha[k] == hb[k]).all() for k in ha)

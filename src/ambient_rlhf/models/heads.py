@@ -12,18 +12,36 @@ Kinds of output (``kind``):
   ``sum(softmax(logits) * tier_values)``.
 
 The reward returned by :meth:`reward` is normalised: ``(raw - norm_mean) / norm_std``,
-constants fitted after training on the valid split's reference responses and stored in
-``reward_config.json``.
+constants fitted after training on the valid split's reference responses.
 
-On disk (``save_pretrained``): the body as a normal causal-LM directory (loadable with
-``AutoModelForCausalLM.from_pretrained``), the tokenizer, ``reward_head.safetensors`` and
-``reward_config.json``.  A directory from an earlier version, with the head as the pickle
-``reward_head.pt``, is refused with the one command that converts it: a pickle can run
+On disk (``save_pretrained``) a reward model is a standard transformers
+``*ForSequenceClassification`` directory (docs/reward.md, "On disk"):
+
+* ``model.safetensors``: the body under ``model.`` and ``score.weight``, the head with the
+  normalisation folded in where it is linear.  A scalar head ``w.h + b`` becomes
+  ``score.weight = w / std``; transformers' ``score`` layer has no bias, so the constant
+  ``(b - mean) / std`` is stored as ``ambient_reward.offset`` in ``config.json``:
+  ``reward = logits[:, 0] + offset``.  A tiers head keeps its three logits' weights; their
+  bias goes to ``ambient_reward.logit_bias`` and the reward is
+  ``(sum(softmax(logits + logit_bias) * tier_values) - norm_mean) / norm_std``;
+* ``config.json``: ``num_labels`` (1, or 3 with ``id2label`` good/ok/bad), ``pad_token_id``
+  (never EOS: transformers reads the rightmost non-pad token, the project the last
+  attended one; with right padding they are the same token), ``ambient_reward``;
+* the tokenizer, ``reward_config.json`` (input spec, normalisation, provenance; written
+  last, it marks a complete model) and, only for a backbone whose output embeddings are
+  not tied to its input embeddings, ``lm_head.safetensors`` (the project's log-likelihood
+  baseline and value models read it; transformers ignores it).
+
+A directory of the earlier format (the causal LM's own ``model.safetensors`` +
+``reward_head.safetensors``) still loads, with a warning naming
+:func:`convert_reward_dir`, which rewrites it in place.  One with the head as the pickle
+``reward_head.pt`` is refused with the one command that converts it: a pickle can run
 code when loaded, and nothing ambient-rlhf reads is unpickled.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -33,11 +51,21 @@ import torch
 from torch import nn
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.data.schema import TIERS
+from ambient_rlhf.logging import get_logger
 from ambient_rlhf.rl.masking import last_token_index
 
-HEAD_FILE = "reward_head.safetensors"
+HEAD_FILE = "reward_head.safetensors"  # the earlier format's head
+MODEL_FILE = "model.safetensors"
+LM_HEAD_FILE = "lm_head.safetensors"
+FORMAT = "sequence-classification"
+"""``reward_config.json``'s ``format`` in the current layout (absent in the earlier one)."""
+_FORMAT_KEYS = {"kind", "format", "n_outputs", "tier_values", "norm_mean", "norm_std", "offset", "logit_bias"}
 OLD_HEAD_FILE = "reward_head.pt"
 CONFIG_FILE = "reward_config.json"
+TIER_LABELS = tuple(TIERS)
+
+log = get_logger("rm")
 
 
 def body_of(lm: nn.Module) -> nn.Module:
@@ -112,45 +140,171 @@ class ScalarHeadModel(nn.Module):
         self.norm_std = float(std) if std > 1e-8 else 1.0
 
     # ---- persistence -------------------------------------------------------------
+    def hf_score(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The head as transformers' bias-free ``score`` layer: ``(weight, ambient_reward)``.
+
+        Scalar: ``reward = (w.h + b - mean) / std = (w / std).h + (b - mean) / std``, so
+        ``weight = w / std`` and ``offset = (b - mean) / std``.  Tiers: the logits' weights as
+        they are; the bias and normalisation go to the config (softmax is not linear)."""
+        w = self.head.weight.detach().double()
+        b = self.head.bias.detach().double()
+        if self.kind == "scalar":
+            weight = w / self.norm_std
+            extra = {"offset": float((b[0] - self.norm_mean) / self.norm_std),
+                     "reward": "logits[:, 0] + offset", "norm_mean": self.norm_mean, "norm_std": self.norm_std,
+                     "normalization_folded": True}
+        else:
+            weight = w
+            extra = {"logit_bias": b.tolist(), "tier_values": list(self.tier_values),
+                     "norm_mean": self.norm_mean, "norm_std": self.norm_std,
+                     "reward": "(sum(softmax(logits + logit_bias) * tier_values) - norm_mean) / norm_std",
+                     "normalization_folded": False}
+        return weight.to(self.head.weight.dtype), {"kind": self.kind, "format": FORMAT, **extra}
+
     def save_pretrained(self, out_dir: str | Path, tokenizer=None) -> None:
+        """Write a ``*ForSequenceClassification`` directory (module docstring)."""
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         lm = self.lm
         if hasattr(lm, "merge_and_unload"):
             raise AmbientError("merge LoRA adapters before saving a ScalarHeadModel")
-        lm.save_pretrained(out)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
+        cfg = copy.deepcopy(lm.config)
+        arch = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(cfg.model_type)
+        if arch is None:
+            raise AmbientError(f"{cfg.model_type}: transformers has no sequence-classification model for this "
+                               "backbone; a reward model needs one to be saved")
+        pad = tokenizer.pad_token_id if tokenizer is not None else cfg.pad_token_id
+        eos = tokenizer.eos_token_id if tokenizer is not None else cfg.eos_token_id
+        if pad is None or pad == eos or (isinstance(eos, list) and pad in eos):
+            raise AmbientError(f"reward model: pad token id {pad} must exist and differ from EOS {eos} "
+                               "(transformers finds the last token as the last non-pad one)")
+        weight, extra = self.hf_score()
+        labels = TIER_LABELS if self.kind == "tiers" else ("reward",)
+        if self.kind == "tiers" and len(labels) != self.head.out_features:
+            labels = tuple(f"tier_{i}" for i in range(self.head.out_features))
+        cfg.architectures = [arch]
+        cfg.num_labels = len(labels)
+        cfg.id2label = dict(enumerate(labels))
+        cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+        cfg.problem_type = "single_label_classification" if self.kind == "tiers" else "regression"
+        cfg.pad_token_id = pad
+        cfg.ambient_reward = extra
         from ambient_rlhf.checkpoint import save_tensors
 
-        save_tensors(out / HEAD_FILE, self.head.state_dict())
-        cfg = {
+        prefix = getattr(lm, "base_model_prefix", "model")
+        tensors = {f"{prefix}.{k}": v for k, v in body_of(lm).state_dict().items()}
+        tensors["score.weight"] = weight
+        for old in (HEAD_FILE, OLD_HEAD_FILE, CONFIG_FILE, LM_HEAD_FILE):  # a rewrite of another format
+            (out / old).unlink(missing_ok=True)
+        save_tensors(out / MODEL_FILE, tensors, metadata={"format": "pt"})
+        out_emb, in_emb = lm.get_output_embeddings(), lm.get_input_embeddings()
+        if out_emb is not None and (in_emb is None or out_emb.weight is not in_emb.weight):
+            save_tensors(out / LM_HEAD_FILE, dict(out_emb.state_dict()))
+        cfg.save_pretrained(out)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+        meta = {
             "kind": self.kind,
+            "format": FORMAT,
             "n_outputs": self.head.out_features,
             "tier_values": list(self.tier_values),
             "norm_mean": self.norm_mean,
             "norm_std": self.norm_std,
-            **self.meta,
+            **{k: v for k, v in extra.items() if k in ("offset", "logit_bias")},
+            **{k: v for k, v in self.meta.items() if k not in _FORMAT_KEYS},
         }
-        (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype=None) -> "ScalarHeadModel":
-        from ambient_rlhf.models.load import load_causal_lm
-
         p = Path(path)
         cfg_path = p / CONFIG_FILE
         if not cfg_path.is_file():
             raise AmbientError(f"{p}: not a reward/value model directory (no {CONFIG_FILE})")
         cfg = json.loads(cfg_path.read_text())
-        lm = load_causal_lm(str(p), dtype=dtype)
-        known = {"kind", "n_outputs", "tier_values", "norm_mean", "norm_std"}
-        m = cls(lm, kind=cfg["kind"], n_outputs=cfg["n_outputs"], tier_values=tuple(cfg["tier_values"]),
-                meta={k: v for k, v in cfg.items() if k not in known})
-        m.head.load_state_dict(_load_head(p))
+        meta = {k: v for k, v in cfg.items() if k not in _FORMAT_KEYS}
+        old = cfg.get("format") != FORMAT
+        if old:  # the earlier format: the raw head beside a causal-LM directory
+            head = _load_head(p)
+            log.warning("%s: a reward model in the earlier format (causal LM + %s); it loads, but "
+                        "transformers' AutoModelForSequenceClassification does not read it.  Convert it once "
+                        "with\n  python -c \"from ambient_rlhf.models.heads import convert_reward_dir; "
+                        "convert_reward_dir('%s')\"", p, HEAD_FILE, p)
+        else:  # read (and so check) the weights file before transformers opens it
+            from ambient_rlhf.checkpoint import load_tensors
+
+            score = load_tensors(p / MODEL_FILE, "train the reward model again with `ambient rm`",
+                                 keys=["score.weight"])["score.weight"].double()
+            mean, std = float(cfg["norm_mean"]), float(cfg["norm_std"])
+            if cfg["kind"] == "scalar":  # unfold: the model keeps the raw (trained) scale, as in training
+                w, b = score * std, torch.tensor([float(cfg["offset"]) * std + mean], dtype=torch.float64)
+            else:
+                w, b = score, torch.tensor(cfg["logit_bias"], dtype=torch.float64)
+            head = {"weight": w.float(), "bias": b.float()}
+        lm = _load_body(p, dtype, old)
+        m = cls(lm, kind=cfg["kind"], n_outputs=cfg["n_outputs"], tier_values=tuple(cfg["tier_values"]), meta=meta)
+        m.head.load_state_dict(head)
         m.head.to(next(lm.parameters()).dtype)
         m.set_normalization(cfg["norm_mean"], cfg["norm_std"])
         return m
+
+
+def _load_body(p: Path, dtype, old: bool) -> nn.Module:
+    """The causal LM of a reward model directory (either format).  In the new format the
+    checkpoint's ``score.weight`` is not part of a causal LM: transformers' report of it
+    is silenced, and untied output embeddings come from ``lm_head.safetensors``."""
+    from ambient_rlhf.models.load import load_causal_lm
+
+    if old:
+        return load_causal_lm(str(p), dtype=dtype)
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        lm = load_causal_lm(str(p), dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(level)
+    arch = type(lm).__name__
+    lm.config.architectures = [arch]
+    for k in ("ambient_reward", "problem_type"):
+        if hasattr(lm.config, k):
+            delattr(lm.config, k)
+    lm.config.num_labels = 2  # transformers' default, as in a causal LM's config
+    if (p / LM_HEAD_FILE).is_file():
+        from ambient_rlhf.checkpoint import load_tensors
+
+        out_emb = lm.get_output_embeddings()
+        out_emb.load_state_dict(load_tensors(p / LM_HEAD_FILE, "train the reward model again with `ambient rm`"))
+    return lm
+
+
+def convert_reward_dir(path: str | Path) -> Path:
+    """Rewrite a reward model directory of the earlier format (causal LM +
+    ``reward_head.safetensors``) in place as a ``*ForSequenceClassification`` directory.
+
+    The new files are written beside it first; ``reward_config.json`` is removed before the
+    swap and moved in last, so an interrupted conversion leaves a directory that says it is
+    incomplete (the new files wait in ``.<name>.convert-*``)."""
+    import os
+    import uuid
+
+    from ambient_rlhf.models.load import load_tokenizer
+
+    p = Path(path)
+    m = ScalarHeadModel.from_pretrained(p)
+    tok = load_tokenizer(str(p))
+    tmp = p.parent / f".{p.name}.convert-{uuid.uuid4().hex[:8]}"
+    m.save_pretrained(tmp, tok)
+    (p / CONFIG_FILE).unlink()
+    for f in [*p.glob("model*.safetensors*"), p / HEAD_FILE]:  # the causal LM's (maybe sharded) weights, the head
+        f.unlink(missing_ok=True)
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == CONFIG_FILE):
+        os.replace(f, p / f.name)
+    tmp.rmdir()
+    return p
 
 
 def _load_head(p: Path) -> dict[str, torch.Tensor]:
@@ -169,6 +323,17 @@ def _load_head(p: Path) -> dict[str, torch.Tensor]:
         raise AmbientError(f"{p / HEAD_FILE}: holds {sorted(head)}, expected weight and bias; "
                            "train the reward model again with `ambient rm`")
     return head
+
+
+def reward_from_logits(logits: torch.Tensor, ambient_reward: dict[str, Any]) -> torch.Tensor:
+    """(B, num_labels) logits of the saved ``AutoModelForSequenceClassification`` -> (B,)
+    the project's normalised reward, from its ``config.ambient_reward``."""
+    if ambient_reward["kind"] == "scalar":
+        return logits[:, 0] + ambient_reward["offset"]
+    bias = torch.tensor(ambient_reward["logit_bias"], dtype=logits.dtype, device=logits.device)
+    vals = torch.tensor(ambient_reward["tier_values"], dtype=logits.dtype, device=logits.device)
+    expected = ((logits + bias).softmax(-1) * vals).sum(-1)
+    return (expected - ambient_reward["norm_mean"]) / ambient_reward["norm_std"]
 
 
 def is_reward_dir(path: str | Path) -> bool:
@@ -209,8 +374,44 @@ class CompositeReward(nn.Module):
         self.tokenizer = members[0].tokenizer
         self.meta = {"kind": COMPOSITE_KIND}
 
+    def merged(self) -> "ScalarHeadModel | None":
+        """One scalar model equal to the combination, when every member is a scalar model
+        on the same backbone weights (e.g. heads trained on one frozen base) reading the
+        same inputs: the weighted sum of linear heads is a linear head.  Else None."""
+        from ambient_rlhf.models.reward_inputs import RewardInputSpec
+
+        ms = list(self.members)
+        if any(not isinstance(m, ScalarHeadModel) or m.kind != "scalar" for m in ms):
+            return None
+        if len({RewardInputSpec.from_meta(m.meta) for m in ms}) != 1:
+            return None
+        first = body_of(ms[0].lm).state_dict()
+        for m in ms[1:]:
+            other = body_of(m.lm).state_dict()
+            if other.keys() != first.keys() or any(not torch.equal(first[k], other[k]) for k in first):
+                return None
+        w = sum(wt * m.hf_score()[0].double() for wt, m in zip(self.weights, ms))
+        c = sum(wt * m.hf_score()[1]["offset"] for wt, m in zip(self.weights, ms))
+        spec_keys = set(RewardInputSpec().to_meta())
+        meta = {k: v for k, v in ms[0].meta.items() if k in spec_keys}
+        meta.update(objective="combined", combined_from=[
+            {"path": p, "weight": wt, "objective": m.meta.get("objective")}
+            for p, wt, m in zip(self.paths or [""] * len(ms), self.weights, ms)])
+        out = ScalarHeadModel(ms[0].lm, kind="scalar", meta=meta)
+        with torch.no_grad():
+            out.head.weight.copy_(w.to(out.head.weight.dtype))
+            out.head.bias.fill_(float(c))
+        out.tokenizer = self.tokenizer
+        return out.eval()
+
     def save_pretrained(self, out_dir: str | Path) -> None:
-        """A directory holding the tokenizer and ``reward_config.json`` naming the members."""
+        """A merged ``*ForSequenceClassification`` directory when :meth:`merged` can build
+        one; else a directory holding the tokenizer and ``reward_config.json`` naming the
+        members (each a sequence-classification directory of its own)."""
+        one = self.merged()
+        if one is not None:
+            one.save_pretrained(out_dir, self.tokenizer)
+            return
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(out)
@@ -245,3 +446,34 @@ def load_reward_model(path: str | Path, dtype=None) -> "ScalarHeadModel | Compos
     m = ScalarHeadModel.from_pretrained(p, dtype=dtype)
     m.tokenizer = load_tokenizer(str(p))
     return m.eval()
+
+
+def trl_reward_function(rm: "str | Path | nn.Module", batch_size: int = 8, device=None):
+    """A reward function for TRL's ``GRPOTrainer`` / ``RLOOTrainer`` (``reward_funcs=[fn]``)
+    that scores exactly as ambient-rlhf does: any reward model (scalar, tiers, a
+    combination), each reading its own rendering.
+
+    ``rm``: a reward model directory or a loaded model.  TRL calls
+    ``fn(prompts=..., completions=..., completion_ids=..., **dataset_columns)``: a prompt
+    is the question (a string, or a conversation whose last message is the question); with
+    ``completion_ids`` (the policy's token ids; policy and reward model must share a
+    tokenizer, as in ``ambient rl``) a completion counts as ended when its last id is EOS,
+    else the completion text is scored as ended.  A dataset column ``community`` feeds the
+    community prefix.  Returns a list of floats (the normalised rewards)."""
+    from ambient_rlhf.models.reward_inputs import RewardFunction
+
+    name = Path(rm).name if isinstance(rm, (str, Path)) else "ambient_reward"
+    model = load_reward_model(rm) if isinstance(rm, (str, Path)) else rm
+    fn = RewardFunction(model, device=device, batch_size=batch_size)
+
+    def text_of(x) -> str:
+        return x[-1]["content"] if isinstance(x, list) else str(x)
+
+    def reward(prompts, completions, completion_ids=None, community=None, **_):
+        qs = [text_of(p) for p in prompts]
+        if completion_ids is not None:
+            return fn.tokens(qs, completion_ids, community).tolist()
+        return fn.texts(qs, [text_of(c) for c in completions], community).tolist()
+
+    reward.__name__ = name
+    return reward

@@ -103,6 +103,25 @@ class RewardInputs:
             raise AmbientError(f"reward inputs: {e}") from None
         self._prompts: dict[tuple[str, str | None], tuple[list[int], bool]] = {}
 
+    @classmethod
+    def from_pretrained(cls, path) -> "RewardInputs":
+        """The inputs of the reward model saved in directory ``path`` (its tokenizer and
+        ``reward_config.json``): the public way to render exactly what it was trained on."""
+        import json
+        from pathlib import Path
+
+        from ambient_rlhf.models.load import load_tokenizer
+
+        p = Path(path)
+        cfg = p / "reward_config.json"
+        if not cfg.is_file():
+            raise AmbientError(f"{p}: not a reward model directory (no reward_config.json)")
+        meta = json.loads(cfg.read_text())
+        if "members" in meta:
+            raise AmbientError(f"{p}: a combination of reward models; render for each member directory "
+                               f"({', '.join(meta['members'])})")
+        return cls(load_tokenizer(str(p), padding_side="right"), RewardInputSpec.from_meta(meta))
+
     def prompt_ids(self, prompt: str, community: str | None = None) -> tuple[list[int], bool]:
         """``(ids, truncated)`` of the rendered prompt."""
         key = (prompt, community if self.spec.community_prefix else None)
@@ -145,6 +164,25 @@ class RewardInputs:
         p_ids, p_cut = self.prompt_ids(prompt, community)
         r_ids, r_cut = self.clip_response(response_ids, ended)
         return RewardEncoding(p_ids + r_ids, len(p_ids), p_cut, r_cut)
+
+
+    def batch(self, prompts: Sequence[str], responses: Sequence[str],
+              communities: Sequence[str | None] | None = None) -> dict[str, Any]:
+        """``{"input_ids", "attention_mask"}`` (B, T) tensors of text responses, padded on
+        the right with the pad token: give them to the saved
+        ``AutoModelForSequenceClassification`` (which reads the last non-pad token) or to
+        :meth:`ScalarHeadModel.reward`."""
+        from ambient_rlhf.models.tokenize import pad_batch
+
+        communities = communities if communities is not None else [None] * len(prompts)
+        enc = [self.encode(p, r, c).input_ids for p, r, c in zip(prompts, responses, communities)]
+        ids, mask = pad_batch(enc, self.tok.pad_token_id, side="right")
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def text(self, prompt: str, response: str, community: str | None = None, ended: bool = True) -> str:
+        """The rendered input as text (for reading; score the ids of :meth:`encode`, since
+        re-tokenising a decoded text need not give the same ids)."""
+        return self.tok.decode(self.encode(prompt, response, community, ended).input_ids)
 
 
 def reward_inputs_of(rm) -> RewardInputs:
