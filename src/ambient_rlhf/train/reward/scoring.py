@@ -264,7 +264,7 @@ def length_correlation_penalty(r: torch.Tensor, logwords: torch.Tensor) -> torch
         return r.sum() * 0.0
     rc, lc = r - r.mean(), logwords.to(r.dtype) - logwords.to(r.dtype).mean()
     den = torch.sqrt((rc * rc).sum() * (lc * lc).sum())
-    if float(den) < 1e-12:
+    if float(den.detach()) < 1e-12:
         return r.sum() * 0.0
     return ((rc * lc).sum() / den) ** 2
 
