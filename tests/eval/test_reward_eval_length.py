@@ -114,17 +114,23 @@ def test_reward_equal_to_length_adds_nothing():
     assert r["gain"]["log_loss"]["ci_low"] < 0 and r["gain"]["accuracy"]["ci_low"] < 0
 
 
+def hidden_world():
+    """600 pairs in 60 threads: the preference follows a hidden feature h,
+    P(A preferred) = sigmoid(3 (h_A - h_B)); the length difference is independent of it.
+    Returns the orientation o (+1: the first answer was preferred), d_len, d_h, threads, rng."""
+    rng = np.random.default_rng(4)
+    n = 600
+    d_h, d_len = rng.normal(size=n), rng.normal(scale=0.5, size=n)
+    first = rng.random(n) < _sig(3.0 * d_h)
+    return np.where(first, 1.0, -1.0), d_len, d_h, np.repeat(np.arange(60), 10), rng
+
+
 def test_hidden_feature_carried_by_reward_only():
     # the preference depends on a hidden feature h, P(A preferred) = sigmoid(3 (h_A - h_B));
     # the length difference is independent of it (symmetric, so chosen-minus-rejected length
     # carries no sign information -> length-only at chance 0.5); the reward is h.
     # The best rule, sign(d_h), is right with probability E[sigmoid(3 |Z|)], Z ~ N(0, 1).
-    rng = np.random.default_rng(4)
-    n = 600
-    d_h, d_len = rng.normal(size=n), rng.normal(scale=0.5, size=n)
-    first = rng.random(n) < _sig(3.0 * d_h)
-    o = np.where(first, 1.0, -1.0)
-    threads = np.repeat(np.arange(60), 10)
+    o, d_len, d_h, threads, rng = hidden_world()
     r = E.beyond_length(o * d_len, o * d_h, threads, n_boot=300)
     bayes = integrate.quad(lambda z: _sig(3 * abs(z)) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), -8, 8)[0]
     assert abs(r["length_only"]["accuracy"]["value"] - 0.5) < 0.06  # SE ~0.02 at n=600
@@ -140,18 +146,13 @@ def test_reversed_reward_does_not_count_as_beyond_length():
     # An unconstrained fit would take it with a negative coefficient and "gain" ~0.3 in
     # accuracy; only a positive coefficient may count, so the length+reward model falls
     # back to length alone in every fold (gain exactly 0) and the verdict says reversed.
-    rng = np.random.default_rng(4)
-    n = 600
-    d_h, d_len = rng.normal(size=n), rng.normal(scale=0.5, size=n)
-    first = rng.random(n) < _sig(3.0 * d_h)
-    o = np.where(first, 1.0, -1.0)
-    threads = np.repeat(np.arange(60), 10)
+    o, d_len, d_h, threads, rng = hidden_world()
     r = E.beyond_length(o * d_len, -o * d_h, threads, n_boot=300)
     assert r["gain"]["accuracy"]["value"] == 0.0 and r["gain"]["log_loss"]["value"] == 0.0
     assert r["coef"]["reward"] < -2.0 and r["verdict"] == "reversed"
     assert E.beyond_length(o * d_len, o * d_h, threads, n_boot=300)["verdict"] == "adds"
     # a reward unrelated to the preference: no verdict of either kind
-    assert E.beyond_length(o * d_len, rng.normal(size=n), threads, n_boot=300)["verdict"] == "none"
+    assert E.beyond_length(o * d_len, rng.normal(size=len(o)), threads, n_boot=300)["verdict"] == "none"
 
 
 def test_beyond_length_claims_no_interval_under_20_threads():
