@@ -110,3 +110,26 @@ def test_covariate_options_are_validated(data, tmp_path):
         R.train_reward(cfg(data, tmp_path / "b", "objective=tiers", "covariates=[delay]"))
     with pytest.raises(AmbientError, match="length_decorrelation"):
         R.train_reward(cfg(data, tmp_path / "c", "length_decorrelation=-1"))
+
+
+def test_covariate_model_starts_at_the_covariates_only_fit():
+    # P pairs whose preference follows the delay: the earlier answer wins with probability
+    # sigmoid(2 * (delay_rejected - delay_chosen) / std).  The warm start is the ridge
+    # logistic fit of the preference on the standardised difference; compare it with an
+    # independent Newton solution of the same problem.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    P = 400
+    da, db = rng.exponential(2.0, P), rng.exponential(2.0, P)
+    first_wins = rng.random(P) < 1 / (1 + np.exp(-2.0 * (db - da) / 2.0))
+    units = [R.Unit("t/x", [], cov=[[a], [b]] if w else [[b], [a]]) for a, b, w in zip(da, db, first_wins)]
+    m = CovariateModel.fit(["delay"], units)
+    x = np.array([v for u in units for v in u.cov], float).ravel()
+    d = (x[0::2] - x[1::2]) / x.std()
+    w = 0.0
+    for _ in range(50):  # Newton on sum softplus(-d w) + w^2 / 2
+        p = 1 / (1 + np.exp(d * w))
+        g, h = -(d * p).sum() + w, (d * d * p * (1 - p)).sum() + 1.0
+        w -= g / h
+    assert m.w.item() == pytest.approx(w, rel=1e-4) and w < -0.5  # later answers lose

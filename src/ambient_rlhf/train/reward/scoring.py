@@ -236,9 +236,28 @@ class CovariateModel(nn.Module):
         self.w = nn.Parameter(torch.zeros(len(names)))
 
     @classmethod
-    def fit(cls, names: list[str], units: list[Unit]) -> "CovariateModel":
+    def fit(cls, names: list[str], units: list[Unit], l2: float = 1.0) -> "CovariateModel":
+        """Standardise on the training pairs and start ``w`` at the covariates-only
+        Bradley-Terry fit (logistic regression without intercept on ``x_chosen -
+        x_rejected``, ridge ``l2``, L-BFGS): the covariates then carry what they explain from
+        the first step, instead of creeping there at the reward head's learning rate while
+        the text reward takes up the exposure effect meanwhile."""
         x = np.array([v for u in units for v in u.cov], dtype=float).reshape(-1, len(names))  # (2P, k)
-        return cls(names, x.mean(0).tolist(), x.std(0).tolist())
+        m = cls(names, x.mean(0).tolist(), x.std(0).tolist())
+        d = torch.tensor((x[0::2] - x[1::2]) / m.std.numpy(), dtype=torch.float32)  # (P, k) standardised
+        w = torch.zeros(len(names), requires_grad=True)
+        opt = torch.optim.LBFGS([w], max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.softplus(-(d @ w)).sum() + 0.5 * l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            m.w.copy_(w.detach())
+        return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / self.std) @ self.w  # (n,)
