@@ -1,3 +1,4 @@
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,3 +36,20 @@ def default_model_path() -> str:
     from ambient_rlhf.models.load import resolve_model
 
     return resolve_model("default")
+
+
+@pytest.fixture
+def warnings_seen():
+    """Warnings of the package's loggers (the CLI turns propagation to the root off, so
+    pytest's caplog would miss them)."""
+    seen: list[str] = []
+
+    class H(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    h = H(logging.WARNING)
+    logger = logging.getLogger("ambient_rlhf")
+    logger.addHandler(h)
+    yield seen
+    logger.removeHandler(h)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 import shutil
@@ -17,23 +16,6 @@ from ambient_rlhf import AmbientError
 from ambient_rlhf.checkpoint import (SUMS_FILE, latest_checkpoint, load_state, rng_state, save_checkpoint,
                                      save_state, set_rng_state, verify_checkpoint)
 from ambient_rlhf.train.common import make_optimizer, make_scheduler
-
-
-@pytest.fixture
-def warnings_seen():
-    """Warnings of the package's loggers (the CLI turns propagation to the root off, so
-    pytest's caplog would miss them)."""
-    seen: list[str] = []
-
-    class H(logging.Handler):
-        def emit(self, record):
-            seen.append(record.getMessage())
-
-    h = H(logging.WARNING)
-    logger = logging.getLogger("ambient_rlhf")
-    logger.addHandler(h)
-    yield seen
-    logger.removeHandler(h)
 
 
 def same(a, b) -> bool:

@@ -8,7 +8,6 @@ a clear error naming the file (or, for the cache, a warning and a recomputation)
 
 from __future__ import annotations
 
-import logging
 import pickle
 import shlex
 import shutil
@@ -59,21 +58,6 @@ def test_the_payload_runs_when_unpickled(tmp_path, marker):
     plant(tmp_path / "a.safetensors", marker)
     pickle.loads((tmp_path / "a.safetensors").read_bytes())
     assert marker.exists()
-
-
-@pytest.fixture
-def warnings_seen():
-    seen: list[str] = []
-
-    class H(logging.Handler):
-        def emit(self, record):
-            seen.append(record.getMessage())
-
-    h = H(logging.WARNING)
-    logger = logging.getLogger("ambient_rlhf")
-    logger.addHandler(h)
-    yield seen
-    logger.removeHandler(h)
 
 
 @pytest.fixture(scope="module")

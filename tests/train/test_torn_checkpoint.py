@@ -3,7 +3,6 @@ still ends exactly where an uninterrupted one does."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 
 from helpers import make_data_dir
@@ -14,7 +13,7 @@ from ambient_rlhf.logging import read_jsonl
 from ambient_rlhf.train import reward as R
 
 
-def test_rm_resume_skips_a_torn_checkpoint(tmp_path):
+def test_rm_resume_skips_a_torn_checkpoint(tmp_path, warnings_seen):
     data = make_data_dir(tmp_path / "data", n_threads=24, k=4)
 
     def cfg(out, *more):
@@ -34,14 +33,8 @@ def test_rm_resume_skips_a_torn_checkpoint(tmp_path):
     biggest = max((f for f in (ckpts / "step-6").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
     biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
 
-    seen: list[str] = []
-    h = logging.Handler(logging.WARNING)
-    h.emit = lambda record: seen.append(record.getMessage())
-    logging.getLogger("ambient_rlhf").addHandler(h)
-    try:
-        R.train_reward(cfg(part, "resume=true"))
-    finally:
-        logging.getLogger("ambient_rlhf").removeHandler(h)
+    R.train_reward(cfg(part, "resume=true"))
+    seen = warnings_seen
     assert any("step-6" in w and "does not match its checksum" in w and "step-4" in w for w in seen), seen
     assert any("resuming from" in w and "step 4 of 6" in w for w in seen), seen  # it really started at step 4
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")

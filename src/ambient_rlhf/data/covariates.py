@@ -80,7 +80,7 @@ def candidate_pairs(responses, min_ratio: float = 2.0, min_score: int = 2, per_t
                         "chosen_created_utc": a["created_utc"], "rejected_created_utc": b["created_utc"],
                         "score_ratio": a["score"] / max(b["score"], 1),
                         "seconds_difference": a["created_utc"] - b["created_utc"],
-                        "split": a["split"], "chosen_row": a["_pos"], "rejected_row": b["_pos"]})
+                        "split": a.get("split"), "chosen_row": a["_pos"], "rejected_row": b["_pos"]})
     cols = ["thread_id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "chosen_created_utc",
             "rejected_created_utc", "score_ratio", "seconds_difference", "split", "chosen_row", "rejected_row"]
     return pd.DataFrame(out, columns=cols)

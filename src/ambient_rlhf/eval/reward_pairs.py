@@ -67,8 +67,6 @@ def build_untimed_pairs(responses, per_thread: int = UNTIMED_PER_THREAD, seed: i
     from ambient_rlhf.data.covariates import candidate_pairs
 
     cols = ["thread_id", "prompt", "chosen", "rejected", "chosen_created_utc", "rejected_created_utc"]
-    if "split" not in responses.columns:
-        responses = responses.assign(split="")
     return candidate_pairs(responses, UNTIMED_MIN_RATIO, UNTIMED_MIN_SCORE, per_thread, seed)[cols].reset_index(drop=True)
 
 

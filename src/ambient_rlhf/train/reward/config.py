@@ -186,8 +186,6 @@ def _validate(cfg: RewardConfig) -> None:
     bad = [c for c in cfg.covariates if c not in COVARIATES]
     if bad:
         raise AmbientError(f"rm: covariates={cfg.covariates}: unknown {bad}; choose from {list(COVARIATES)}")
-    if cfg.length_decorrelation < 0:
-        raise AmbientError(f"rm: length_decorrelation={cfg.length_decorrelation} must be >= 0")
 
 
 def input_spec(cfg: RewardConfig) -> RewardInputSpec:
