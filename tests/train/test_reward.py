@@ -206,3 +206,30 @@ def test_balance_by_length_by_hand():
     assert any(u.texts[0][1] == u.texts[1][1] for u in out)  # the tie stays
     assert [units.index(u) for u in out] == sorted(units.index(u) for u in out)  # order kept
     assert balance_by_length(out, seed=0) == out  # already balanced: nothing dropped
+
+
+def test_backbone_layers_is_a_standard_smaller_model_reading_layer_n(data, tmp_path, tiny_model_path):
+    """``backbone_layers=1``: the saved reward model is a one-layer *ForSequenceClassification
+    whose output is its head on layer 1's (normed) last-token state of the FULL backbone,
+    computed here independently with ``output_hidden_states``."""
+    from transformers import AutoModelForSequenceClassification
+
+    full = load_causal_lm(tiny_model_path).eval()
+    assert full.config.num_hidden_layers >= 2
+    fc = tmp_path / "fc"
+    out = R.train_reward(cfg(data, tmp_path / "cut", "train_layers=0", "backbone_layers=1", f"feature_cache={fc}"))
+    hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert hf.config.num_hidden_layers == 1
+    tok = load_tokenizer(tiny_model_path)
+    ids = torch.tensor([tok("a question\nan answer that ends here")["input_ids"]])
+    with torch.no_grad():
+        h1 = full(input_ids=ids, output_hidden_states=True).hidden_states[1]  # output of layer 1 (pre-norm)
+        feat = full.model.norm(h1)[0, -1]
+        want = hf.score.weight[0] @ feat + (hf.score.bias[0] if hf.score.bias is not None else 0.0)
+        got = hf(input_ids=ids).logits[0, 0]
+    assert abs(float(got - want)) < 1e-4
+    # the cut backbone's features live in their own cache file, apart from the full backbone's
+    R.train_reward(cfg(data, tmp_path / "whole", "train_layers=0", f"feature_cache={fc}"))
+    assert len(list(fc.glob("*.features.safetensors"))) == 2
+    with pytest.raises(AmbientError, match="backbone_layers"):
+        R.train_reward(cfg(data, tmp_path / "bad", "train_layers=2", "backbone_layers=1"))

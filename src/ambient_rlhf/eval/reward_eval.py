@@ -232,7 +232,8 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
         from ambient_rlhf.models.features import FeatureStore
         from ambient_rlhf.models.load import resolve_model
 
-        store = FeatureStore(feature_cache, resolve_model(meta.get("base_model", model_dir)))
+        store = FeatureStore(feature_cache, resolve_model(meta.get("base_model", model_dir)),
+                             int(meta.get("backbone_layers", 0) or 0))
     scores = score_rows(rm, table, list(pc) + list(pr) + list(uc) + list(ur), batch_size, ll, store)
     rew = scores["reward"]
     r_c = np.array([rew[i] for i in pc])

@@ -25,7 +25,8 @@ def text_key(ids: list[int]) -> str:
 
 
 class FeatureStore:
-    """Backbone last-token features (and response log-likelihoods) on disk, per model.
+    """Backbone last-token features (and response log-likelihoods) on disk, per model
+    (a backbone cut to its first ``layers`` layers is another model).
 
     Two files per backbone, named by its fingerprint: ``<dir>/<fingerprint>.features.safetensors``
     (one ``(d,)`` tensor per text, named by the key) and ``<dir>/<fingerprint>.loglik.json``
@@ -36,10 +37,13 @@ class FeatureStore:
     it claims to be) is ignored with a warning and replaced at the next save; the
     ``<fingerprint>.pt`` pickle of earlier versions is never read."""
 
-    def __init__(self, directory: str | Path, model_path: str):
+    def __init__(self, directory: str | Path, model_path: str, layers: int = 0):
         from ambient_rlhf.io import describe_input
 
-        ident = json.dumps(describe_input(model_path), sort_keys=True)
+        who = describe_input(model_path)
+        if layers:  # the first ``layers`` layers of that backbone: other features, another file
+            who["layers"] = int(layers)
+        ident = json.dumps(who, sort_keys=True)
         stem = hashlib.sha256(ident.encode()).hexdigest()[:16]
         self.features_path = Path(directory) / f"{stem}.features.safetensors"
         self.loglik_path = Path(directory) / f"{stem}.loglik.json"

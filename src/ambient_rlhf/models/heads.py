@@ -80,6 +80,26 @@ def body_of(lm: nn.Module) -> nn.Module:
     return body
 
 
+def keep_first_layers(model, n: int):
+    """Cut a decoder-only model to its first ``n`` transformer layers, in place.
+
+    The config says so (``num_hidden_layers``, and ``layer_types`` where the architecture
+    has one), so ``save_pretrained`` writes a model that ``from_pretrained`` loads as the
+    same smaller network.  ``n`` = 0 or >= the layer count leaves the model as it is."""
+    body = body_of(model)
+    total = len(body.layers)
+    if n <= 0 or n >= total:
+        return model
+    body.layers = body.layers[:n]
+    cfg = model.config
+    cfg.num_hidden_layers = n
+    for attr in ("layer_types", "sliding_window_pattern_types"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, list) and len(v) == total:
+            setattr(cfg, attr, v[:n])
+    return model
+
+
 class ScalarHeadModel(nn.Module):
     def __init__(self, lm: nn.Module, kind: str = "scalar", n_outputs: int | None = None,
                  tier_values: tuple[float, ...] = (1.0, 0.0, -1.0), meta: dict[str, Any] | None = None):

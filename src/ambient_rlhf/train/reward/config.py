@@ -108,6 +108,13 @@ class RewardConfig:
     """How much of the network trains: -1 = all of it (full fine-tuning, or LoRA with
     ``lora.enabled``); 0 = the head only (backbone frozen); N = the top N transformer
     layers, the final norm and the head."""
+    backbone_layers: Annotated[int, at_least(0)] = 0
+    """Keep only the first N transformer layers of the backbone (0 = all).  The reward
+    model is then a smaller model of the same architecture (``num_hidden_layers=N``, saved
+    and loaded as any *ForSequenceClassification dir), reading the backbone's layer-N
+    state through the final norm.  Middle layers are often as good as the last for a
+    linear read-out, and cost N/L of the compute: what makes caching every response of a
+    community feasible on a CPU (docs/reward.md, "Using all the data on a CPU")."""
     cache_features: bool = True
     """With a frozen bottom (``train_layers`` >= 0), compute its output once per text and
     reuse it every step (exact: the frozen part never changes).  What makes a reward
@@ -173,6 +180,8 @@ def _validate(cfg: RewardConfig) -> None:
     check_bounds(cfg)  # declared on the fields (load_config checks them too)
     if cfg.batch_size < 1:
         raise AmbientError(f"rm: batch_size={cfg.batch_size} must be >= 1")
+    if cfg.backbone_layers and cfg.train_layers > cfg.backbone_layers:
+        raise AmbientError(f"rm: train_layers={cfg.train_layers} exceeds backbone_layers={cfg.backbone_layers}")
     if cfg.lora.enabled and cfg.train_layers != -1:
         raise AmbientError("rm: lora.enabled=true needs train_layers=-1 (LoRA adapts every layer)")
     if cfg.max_ranked < 2:

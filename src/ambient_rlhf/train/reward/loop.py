@@ -33,7 +33,7 @@ log = get_logger("rm")
 
 def train_reward(cfg: RewardConfig) -> Path:
     """Train a reward model as configured; return its directory."""
-    from ambient_rlhf.models.heads import ScalarHeadModel, body_of
+    from ambient_rlhf.models.heads import ScalarHeadModel, body_of, keep_first_layers
     from accelerate.utils import gather_object
 
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer, resolve_model
@@ -81,6 +81,11 @@ def train_reward(cfg: RewardConfig) -> Path:
 
     # step 2. model: body + small head; choose what trains
     lm = load_causal_lm(cfg.model)
+    if cfg.backbone_layers:
+        have = len(body_of(lm).layers)
+        if cfg.backbone_layers > have:
+            raise AmbientError(f"rm: backbone_layers={cfg.backbone_layers} but {cfg.model} has {have} layers")
+        keep_first_layers(lm, cfg.backbone_layers)
     kind = "tiers" if cfg.objective == "tiers" else "scalar"
     rm = ScalarHeadModel(lm, kind=kind)
     body = body_of(lm)
@@ -103,7 +108,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     mode = "full"
     if cfg.train_layers >= 0 and cfg.cache_features:
         mode = "head" if cfg.train_layers == 0 else "top"
-    store = FeatureStore(cfg.feature_cache, resolve_model(cfg.model)) if (mode == "head" and cfg.feature_cache) else None
+    store = FeatureStore(cfg.feature_cache, resolve_model(cfg.model), cfg.backbone_layers) if (mode == "head" and cfg.feature_cache) else None
     scorer = Scorer(rm, table, mode, cfg.train_layers, device, tok.pad_token_id, store)
     if mode == "top":
         probe = train[0].rows[:2]
@@ -257,6 +262,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     rm.set_normalization(mean, std)
     rm.meta = {"objective": cfg.objective, **spec.to_meta(), "template": table.inputs.template,
                "communities": [community_name(d) for d in cfg.data], "train_layers": cfg.train_layers,
+               "backbone_layers": cfg.backbone_layers,
                "train_data": [str(Path(d).resolve()) for d in cfg.data], "train_half": cfg.train_half,
                "base_model": cfg.model, "norm_reference": {"split": "valid", "n": len(ref)},
                "pairs": cfg.pairs, "length_decorrelation": cfg.length_decorrelation}
