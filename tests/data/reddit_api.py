@@ -52,6 +52,7 @@ class RedditAPI:
         self.faults: list[tuple[str, str]] = []  # (path substring, kind), used in order
         self.log: list[tuple[float, str, str, int]] = []
         self.tokens_issued = 0
+        self.on_request = None  # called with each request's path before it is served; True = hang up unanswered
         self.lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -123,7 +124,7 @@ class RedditAPI:
     def _send(self, h, status: int, obj, headers: dict | None = None, kind: str | None = None) -> None:
         body = json.dumps(obj).encode()
         with self.lock:
-            self.log.append((time.monotonic(), h.command, urlparse(h.path).path, status))
+            self.log.append((time.monotonic(), h.command, urlparse(h.path).path.rstrip("/"), status))
         h.send_response(status)
         h.send_header("Content-Type", "application/json; charset=UTF-8")
         rl = {"x-ratelimit-remaining": "590", "x-ratelimit-used": "10", "x-ratelimit-reset": "300"}
@@ -131,6 +132,8 @@ class RedditAPI:
             rl = {"x-ratelimit-remaining": "0", "x-ratelimit-used": "600", "x-ratelimit-reset": "1"}
         for k, v in {**rl, **(headers or {})}.items():
             h.send_header(k, v)
+        if h.close_connection:  # the request said "Connection: close" (prawcore's token requests do)
+            h.send_header("Connection", "close")
         if kind == "cut":  # promise the whole body, send half, hang up
             h.send_header("Content-Length", str(len(body)))
             h.send_header("Connection", "close")
@@ -151,7 +154,12 @@ class RedditAPI:
         n = int(h.headers.get("Content-Length") or 0)
         form = {k: v[-1] for k, v in parse_qs(h.rfile.read(n).decode()).items()} if n else {}
         path = url.path.rstrip("/")
+        if self.on_request is not None and self.on_request(path):
+            h.close_connection = True
+            return
         if path == "/api/v1/access_token":
+            if self._take_fault(path) == "503":
+                return self._send(h, 503, {"message": "server error", "error": 503})
             want = "Basic " + base64.b64encode(f"{self.client_id}:{self.secret}".encode()).decode()
             if h.headers.get("Authorization") != want or form.get("grant_type") != "client_credentials":
                 return self._send(h, 401, {"message": "Unauthorized", "error": 401})

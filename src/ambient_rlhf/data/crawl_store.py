@@ -2,7 +2,7 @@
 that makes them resumable after a kill at any point.
 
 ``DIR/<sub>_submissions.ndjson.zst`` and ``DIR/<sub>_comments.ndjson.zst`` grow by one
-zstd frame per thread (the data stage reads any number of frames).  ``DIR/crawl_state.jsonl``
+zstd frame per thread (the data stage reads any number of frames).  ``DIR/crawl.journal``
 is a journal, one JSON event per line, each line fsync'ed before the next step:
 
     {"ev": "run", ...}                      a crawl run starts (its subreddits and sources)
@@ -28,7 +28,7 @@ from typing import Any
 
 from ambient_rlhf import AmbientError
 
-JOURNAL = "crawl_state.jsonl"
+JOURNAL = "crawl.journal"  # not .jsonl: `ambient data build DIR` would take it for a table
 
 
 def dump_paths(out: Path, sub: str) -> tuple[Path, Path]:
