@@ -82,7 +82,7 @@ class RedditAPI:
 
     def fail(self, path_part: str, kind: str, times: int = 1) -> None:
         """Queue a fault for the next ``times`` requests whose path contains ``path_part``:
-        ``429``, ``500``, ``503``, ``cut`` (connection closed mid-body), ``badjson`` (body cut,
+        ``404``, ``429``, ``500``, ``503``, ``cut`` (connection closed mid-body), ``badjson`` (body cut,
         length matching), ``ratelimit0`` (a good answer saying 0 requests left for 1 s)."""
         self.faults.extend([(path_part, kind)] * times)
 
@@ -171,6 +171,8 @@ class RedditAPI:
         kind = self._take_fault(path)
         if kind == "429":
             return self._send(h, 429, {"message": "Too Many Requests", "error": 429}, {"Retry-After": "1"})
+        if kind == "404":
+            return self._send(h, 404, {"message": "Not Found", "error": 404})
         if kind in ("500", "503"):
             return self._send(h, int(kind), {"message": "server error", "error": int(kind)})
         parts = path.strip("/").split("/")

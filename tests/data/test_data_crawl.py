@@ -19,6 +19,7 @@ import zstandard  # noqa: E402
 from reddit_api import RedditAPI, b36  # noqa: E402
 
 from ambient_rlhf import AmbientError  # noqa: E402
+from ambient_rlhf.config import ConfigError, check_documented, load_config  # noqa: E402
 from ambient_rlhf.data.crawl import CrawlConfig, crawl  # noqa: E402
 from ambient_rlhf.data.crawl_store import JOURNAL  # noqa: E402
 
@@ -63,6 +64,33 @@ def small_world(api: RedditAPI, sub: str = "askx", n: int = 4, wide: int = 0) ->
             r = api.add_comment(sid, f"{sid}r{j}", c["name"], t0 + 60 * (j + 1) + 7, 1, "great answer, thanks",
                                 author=f"v{j}")
             api.add_comment(sid, f"{sid}d{j}", r["name"], t0 + 60 * (j + 1) + 9, 1, "agreed", author=f"w{j}")
+
+
+def test_config_is_documented_and_checked():
+    assert check_documented(CrawlConfig) == []
+    with pytest.raises(ConfigError, match="config key 'listings': unknown listing 'top:decade'"):
+        load_config(CrawlConfig, None, ["listings=new,top:decade"])
+    with pytest.raises(ConfigError, match="config key 'search_windows': unknown time filter 'fortnight'"):
+        load_config(CrawlConfig, None, ["search_windows=fortnight"])
+    with pytest.raises(ConfigError, match="config key 'mature_days'"):
+        load_config(CrawlConfig, None, ["mature_days=-1"])
+    assert load_config(CrawlConfig, None, ["search_queries="]).search_queries == []
+
+
+def test_cli_usage_errors(tmp_path, capsys, monkeypatch):
+    from ambient_rlhf.cli import main
+
+    assert main(["data", "crawl", "--help-config"]) == 0
+    assert "mature_days" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["data", "crawl", "askx"])
+    assert "--out DIR is required" in capsys.readouterr().err
+    for k in ("praw_client_id", "praw_client_secret"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(tmp_path)  # no praw.ini here
+    assert main(["data", "crawl", "askx", "--out", str(tmp_path / "c")]) != 0
+    assert "praw_client_id" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # nothing written before the credentials are known
 
 
 def test_pagination_past_the_listing_cap_and_young_threads_wait(api, tmp_path):
@@ -175,6 +203,19 @@ def test_gives_up_with_a_clear_error_then_resumes(api, tmp_path):
     assert len(records(tmp_path / "c" / "askx_submissions.ndjson.zst")) == 3
     with pytest.raises(AmbientError, match="refused the app's credentials"):
         crawl(["askx"], tmp_path / "d", cfg, dict(settings(url), client_secret="wrong"), clock=lambda: NOW)
+
+
+def test_a_thread_gone_before_its_fetch_is_recorded_and_skipped(api, tmp_path):
+    small_world(api, n=3)
+    url = api.start()
+    api.fail(f"/comments/{b36(5001)}", "404")
+    s = crawl(["askx"], tmp_path / "c", CrawlConfig(listings=["new"], **FAST), settings(url), clock=lambda: NOW)
+    assert (s["written"], s["gone"]) == (2, 1)
+    assert [r["id"] for r in records(tmp_path / "c" / "askx_submissions.ndjson.zst")] == [b36(5000), b36(5002)]
+    s = crawl(["askx"], tmp_path / "c", CrawlConfig(listings=["new"], **FAST), settings(url), clock=lambda: NOW)
+    assert (s["written"], s["gone"], s["runs"]) == (2, 1, 2)  # not tried again
+    with pytest.raises(AmbientError, match="r/nosuch: NotFound on r/nosuch/new: no such subreddit"):
+        crawl(["nosuch"], tmp_path / "d", CrawlConfig(listings=["new"], **FAST), settings(url), clock=lambda: NOW)
 
 
 def test_torn_frame_and_torn_journal_line_are_cut_back(api, tmp_path):

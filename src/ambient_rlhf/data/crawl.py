@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 from ambient_rlhf import AmbientError, __version__
-from ambient_rlhf.config import at_least, check_bounds
+from ambient_rlhf.config import ConfigError, at_least, check_bounds
 from ambient_rlhf.data.crawl_http import RetryPolicy, make_requestor_class
 from ambient_rlhf.data.crawl_store import JOURNAL, DumpWriter, Journal, dump_paths
 from ambient_rlhf.logging import get_logger, progress
@@ -77,14 +77,14 @@ class CrawlConfig:
         for spec in self.listings:
             name, _, t = spec.partition(":")
             if name not in LISTINGS or (t and (name not in ("top", "controversial") or t not in TIME_FILTERS)):
-                raise AmbientError(f"config key 'listings': unknown listing {spec!r}; use new, hot, rising, "
+                raise ConfigError(f"config key 'listings': unknown listing {spec!r}; use new, hot, rising, "
                                    f"top:T or controversial:T with T in {', '.join(TIME_FILTERS)}")
         for s in self.search_sorts:
             if s not in SEARCH_SORTS:
-                raise AmbientError(f"config key 'search_sorts': unknown sort {s!r}; use {', '.join(SEARCH_SORTS)}")
+                raise ConfigError(f"config key 'search_sorts': unknown sort {s!r}; use {', '.join(SEARCH_SORTS)}")
         for t in self.search_windows:
             if t not in TIME_FILTERS:
-                raise AmbientError(f"config key 'search_windows': unknown time filter {t!r}; use "
+                raise ConfigError(f"config key 'search_windows': unknown time filter {t!r}; use "
                                    f"{', '.join(TIME_FILTERS)}")
 
 
@@ -138,11 +138,15 @@ def _api(call: Callable[[], Any], what: str) -> Any:
     except prawcore.exceptions.OAuthException as e:
         raise AmbientError(f"{what}: Reddit refused the app's credentials ({e}); check praw_client_id / "
                            f"praw_client_secret (a 'script' or 'web app', not an 'installed app')") from None
+    except (prawcore.exceptions.NotFound, prawcore.exceptions.Forbidden, prawcore.exceptions.Redirect):
+        raise  # the caller decides: a gone thread is skipped, a missing subreddit is an error
     except prawcore.exceptions.ResponseException as e:
-        if e.response.status_code == 401:
+        code = e.response.status_code
+        if code == 401:
             raise AmbientError(f"{what}: Reddit refused the app's credentials (401); check praw_client_id / "
                                f"praw_client_secret") from None
-        raise
+        raise AmbientError(f"{what}: HTTP {code} from Reddit; the crawl state is saved, rerun the same "
+                           f"command to resume") from None
     except prawcore.exceptions.RequestException as e:
         raise AmbientError(f"{what}: {e.original_exception}; the crawl state is saved, rerun the same "
                            f"command to resume") from None
