@@ -290,6 +290,38 @@ def test_young_threads_are_fetched_by_a_later_run_and_build_like_a_dump(api, tmp
         pd.testing.assert_frame_equal(a, b)
 
 
+def test_resume_from_a_kill_after_every_journal_line(api, tmp_path):
+    # A kill between two journal lines leaves the journal's first k lines and dump files that
+    # may already hold frames the journal does not commit.  For every k: the full files with
+    # the first k lines (the most uncommitted bytes possible), plus a torn half of line k+1.
+    small_world(api, n=4)
+    url = api.start()
+    cfg = CrawlConfig(listings=["new"], page_size=2, **FAST)
+    ref = tmp_path / "ref"
+    crawl(["askx"], ref, cfg, settings(url), clock=lambda: NOW)
+    names = ("askx_submissions.ndjson.zst", "askx_comments.ndjson.zst")
+    full = {n: (ref / n).read_bytes() for n in names}
+    lines = (ref / JOURNAL).read_bytes().split(b"\n")[:-1]
+    kinds = [json.loads(x)["ev"] for x in lines]
+    assert kinds == ["run", "found", "page", "found", "page", "src_done", "sweep_done"] + ["thread"] * 4 + ["run_done"]
+    for k in range(1, len(lines)):
+        out = tmp_path / f"k{k}"
+        out.mkdir()
+        for n in names:
+            (out / n).write_bytes(full[n])
+        (out / JOURNAL).write_bytes(b"".join(x + b"\n" for x in lines[:k]) + lines[k][: len(lines[k]) // 2])
+        api.log.clear()
+        s = crawl(["askx"], out, cfg, settings(url), clock=lambda: NOW)
+        assert (s["written"], s["runs"]) == (4, 1)
+        for n in names:
+            assert (out / n).read_bytes() == full[n], (k, n)
+        committed = kinds[:k].count("thread")
+        assert sum(e[2].startswith("/comments/") for e in api.log) == 4 - committed  # none fetched twice
+        pages_done = kinds[:k].count("page")
+        last_done = "src_done" in kinds[:k] or pages_done == 2
+        assert sum(e[2] == "/r/askx/new" for e in api.log) == (0 if last_done else 2 - pages_done)
+
+
 PRAW_INI = """[crawltest]
 client_id = cid
 client_secret = {secret}

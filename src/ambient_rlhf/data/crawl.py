@@ -163,7 +163,9 @@ def sweep(reddit, journal: Journal, cfg: CrawlConfig) -> None:
             path, params = source_request(key)
             sub = key.split("/", 1)[0]
             after = run.pages.get(key)
-            while True:
+            # a last page journaled before a kill, its src_done not: the source is finished
+            last_page_done = key in run.pages and after is None
+            while not last_page_done:
                 try:
                     listing = _api(lambda: reddit.get(path, params={**params, "limit": cfg.page_size,
                                                                      "after": after}), f"r/{sub}: {key}")
@@ -175,9 +177,9 @@ def sweep(reddit, journal: Journal, cfg: CrawlConfig) -> None:
                 items = [[s.id, sub, float(s.created_utc)] for s in listing.children if s.id not in found]
                 if items:
                     journal.append({"ev": "found", "items": items})
-                after = listing.after
+                before, after = after, listing.after
                 journal.append({"ev": "page", "src": key, "after": after})
-                if not after or not listing.children:
+                if not after or not listing.children or after == before:  # the last page (or a stuck cursor)
                     break
             journal.append({"ev": "src_done", "src": key})
             bar.update(1)
@@ -235,10 +237,15 @@ def fetch_thread(reddit, sid: str) -> tuple[Any, list[Any]] | None:
     s = reddit.submission(sid)
     s.comment_sort = "old"
     s.comment_limit = 500
+    from praw.exceptions import DuplicateReplaceException
+
     try:
         _api(lambda: s.comments.replace_more(limit=None), f"thread {sid}")
     except (prawcore.exceptions.NotFound, prawcore.exceptions.Forbidden) as e:
         log.info("thread %s: %s (gone or private); recorded and skipped", sid, type(e).__name__)
+        return None
+    except DuplicateReplaceException:  # api/morechildren sent a comment the tree already had
+        log.warning("thread %s: Reddit sent a comment twice while loading the tree; recorded as gone", sid)
         return None
     return s, s.comments.list()
 
