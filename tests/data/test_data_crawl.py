@@ -183,8 +183,7 @@ def test_retries_on_429_5xx_and_cut_bodies(api, tmp_path):
         assert records(tmp_path / "c" / name) == records(tmp_path / "clean" / name)
     log = api.log
     i = next(k for k, e in enumerate(log) if e[3] == 429)
-    assert log[i + 1][0] - log[i][0] >= 0.95  # waited Retry-After
-    assert all(b[0] - a[0] < 0.9 for a, b in zip(log, log[1:i]))  # no other long waits before it
+    assert log[i + 1][0] - log[i][0] >= 0.95  # waited Retry-After (1 s), not the backoff (0.01 s)
     # prawcore honours the rate-limit headers: after "0 left, reset in 1 s" the next request waits
     j = next(k for k, e in enumerate(log) if k > i and e[2].startswith("/comments/") and e[3] == 200
              and k + 1 < len(log) and log[k + 1][0] - e[0] >= 0.95)
