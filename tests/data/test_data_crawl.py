@@ -93,6 +93,20 @@ def test_cli_usage_errors(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "c").exists()  # nothing written before the credentials are known
 
 
+def test_credentials_from_the_environment(api, tmp_path, monkeypatch):
+    small_world(api, n=1)
+    url = api.start()
+    # praw.ini holds only the endpoints (as a test must); the app's id and secret come from the
+    # environment variables PRAW reads
+    (tmp_path / "praw.ini").write_text(f"[local]\noauth_url = {url}\nreddit_url = {url}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRAW_ALLOW_ENDPOINT_OVERRIDE", "1")
+    monkeypatch.setenv("praw_client_id", "cid")
+    monkeypatch.setenv("praw_client_secret", SECRET)
+    s = crawl(["askx"], tmp_path / "c", CrawlConfig(listings=["new"], **FAST), site="local", clock=lambda: NOW)
+    assert s["written"] == 1 and api.tokens_issued == 1
+
+
 def test_pagination_past_the_listing_cap_and_young_threads_wait(api, tmp_path):
     # 1,200 posts, one per hour; older posts score higher. /new stops at the newest 1,000
     # (ages 0..999 h) and top:all at the 1,000 best (ages 200..1199 h): only both reach all.
