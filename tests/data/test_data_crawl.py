@@ -96,14 +96,13 @@ def test_cli_usage_errors(tmp_path, capsys, monkeypatch):
 def test_credentials_from_the_environment(api, tmp_path, monkeypatch):
     small_world(api, n=1)
     url = api.start()
-    # praw.ini holds only the endpoints (as a test must); the app's id and secret come from the
-    # environment variables PRAW reads
-    (tmp_path / "praw.ini").write_text(f"[local]\noauth_url = {url}\nreddit_url = {url}\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PRAW_ALLOW_ENDPOINT_OVERRIDE", "1")
+    # only the endpoints are passed; the app's id and secret come from the environment
+    # variables PRAW reads (praw.ini is read once per process, so the command-line test
+    # below covers it)
     monkeypatch.setenv("praw_client_id", "cid")
     monkeypatch.setenv("praw_client_secret", SECRET)
-    s = crawl(["askx"], tmp_path / "c", CrawlConfig(listings=["new"], **FAST), site="local", clock=lambda: NOW)
+    s = crawl(["askx"], tmp_path / "c", CrawlConfig(listings=["new"], **FAST),
+              settings=dict(oauth_url=url, reddit_url=url), clock=lambda: NOW)
     assert s["written"] == 1 and api.tokens_issued == 1
 
 
