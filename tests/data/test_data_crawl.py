@@ -106,6 +106,23 @@ def test_credentials_from_the_environment(api, tmp_path, monkeypatch):
     assert s["written"] == 1 and api.tokens_issued == 1
 
 
+def test_comment_lines_put_parents_first_even_in_the_same_second():
+    from types import SimpleNamespace
+
+    from ambient_rlhf.data.crawl import comment_records
+
+    def c(cid, parent, t, author="a"):
+        return SimpleNamespace(id=cid, name="t1_" + cid, link_id="t3_s", parent_id=parent, body="x",
+                               created_utc=t, score=1, author=author)
+
+    # Reddit's times are whole seconds: "a" and its reply "0b" (an id that sorts first) share
+    # one, and so do the reply "0c" to "0b"; a later answer "z" and an author-less (deleted) one
+    got = comment_records([c("0c", "t1_0b", 100.0), c("z", "t3_s", 101.0), c("0b", "t1_a", 100.0),
+                           c("a", "t3_s", 100.0), c("d", "t3_s", 99.0, author=None)], retrieved=7)
+    assert [r["id"] for r in got] == ["d", "a", "0b", "0c", "z"]
+    assert got[0]["author"] == "[deleted]" and {r["retrieved_on"] for r in got} == {7}
+
+
 def test_pagination_past_the_listing_cap_and_young_threads_wait(api, tmp_path):
     # 1,200 posts, one per hour; older posts score higher. /new stops at the newest 1,000
     # (ages 0..999 h) and top:all at the 1,000 best (ages 200..1199 h): only both reach all.
