@@ -1,4 +1,4 @@
-"""``ambient data build|simulate``: argument parsing only.
+"""``ambient data build|crawl|simulate``: argument parsing only.
 
 It lives in the command layer, not in ``data/``: ``simulate`` samples answers from a
 language model (:mod:`ambient_rlhf.simulate`, which builds on ``train/``), and ``data/``
@@ -16,9 +16,11 @@ from ambient_rlhf.config import config_help, load_config
 from ambient_rlhf.logging import setup_logging
 
 USAGE = """usage: ambient data build SOURCE... --out DIR [options] [key=value ...]
+       ambient data crawl SUBREDDIT... --out DIR [options] [key=value ...]
        ambient data simulate [options]
 
   build     read dumps / tables / SHP files and write responses, pairs, rankings
+  crawl     collect threads from the Reddit API (PRAW) into dump files build reads; resumable
   simulate  write a synthetic community with a known preference (ambient_rlhf.simulate)"""
 
 
@@ -31,7 +33,9 @@ def cli(argv: list[str]) -> int:
         return build_cli(rest)
     if sub == "simulate":
         return _simulate(rest)
-    raise AmbientError(f"unknown data subcommand '{sub}'; valid: build, simulate")
+    if sub == "crawl":
+        return crawl_cli(rest)
+    raise AmbientError(f"unknown data subcommand '{sub}'; valid: build, crawl, simulate")
 
 
 def _simulate(argv: list[str]) -> int:
@@ -79,4 +83,53 @@ def build_cli(argv: list[str]) -> int:
     c = m["counts"]
     summary = {k: c.get(k, {}) for k in ("threads_per_split", "responses_per_split", "pairs_per_split")}
     print(f"wrote {args.out}: " + json.dumps(summary), file=sys.stdout)
+    return 0
+
+
+CRAWL_EPILOG = """credentials: a Reddit app of type 'script' (docs/data.md, Crawling): set praw_client_id and
+praw_client_secret (and praw_user_agent) in the environment, or write them in a praw.ini
+section and pass --site NAME. They are never printed or logged.
+
+Rerun the same command to resume after a kill, to pick up new threads, and to fetch the
+threads that were too young (mature_days) last time."""
+
+
+def crawl_cli(argv: list[str]) -> int:
+    from ambient_rlhf.data.crawl import CrawlConfig, crawl
+
+    rest, overrides = split_overrides(argv)
+    p = argparse.ArgumentParser(prog="ambient data crawl", parents=[common_parser()], epilog=CRAWL_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Collect whole threads of subreddits from the Reddit API into "
+                                            "*_submissions / *_comments .ndjson.zst dumps (append-only, resumable).")
+    p.add_argument("subreddits", nargs="*", metavar="SUBREDDIT", help="subreddit names (AskAcademia or r/AskAcademia)")
+    p.add_argument("--out", help="crawl directory (created; an existing one is resumed / extended)")
+    p.add_argument("--site", help="praw.ini section with the credentials (default: praw.ini's DEFAULT + environment)")
+    p.add_argument("--mature-days", type=float, help="mature_days: fetch a thread once it is this old (default 7)")
+    p.add_argument("--no-search", action="store_true", help="search_queries=[]: sweep the listings only")
+    args = p.parse_args(rest)
+    setup_logging(args.verbose)
+    if args.help_config:
+        print(config_help(CrawlConfig))
+        return 0
+    if not args.subreddits:
+        p.error("at least one SUBREDDIT is required")
+    if not args.out:
+        p.error("--out DIR is required")
+    flags = []
+    if args.mature_days is not None:
+        flags.append(f"mature_days={args.mature_days}")
+    if args.no_search:
+        flags.append("search_queries=")
+    cfg = load_config(CrawlConfig, args.config, flags + overrides)
+    s = crawl(args.subreddits, args.out, cfg, site=args.site)
+    print(f"crawled into {args.out}: " + json.dumps(s), file=sys.stdout)
+    if s["waiting_to_mature"]:
+        print(f"{s['waiting_to_mature']} threads are younger than {cfg.mature_days:g} days; rerun after "
+              f"{s['next_due_utc']} UTC to fetch them", file=sys.stdout)
+    hint = " source.window_days=0" if s["out_of_order"] else ""
+    if s["out_of_order"]:
+        print(f"{s['out_of_order']} threads were written after comments more than {cfg.window_days:g} days "
+              f"newer than them; build with source.window_days=0", file=sys.stdout)
+    print(f"next: ambient data build {args.out} --out DATA_DIR{hint}", file=sys.stdout)
     return 0
