@@ -4,6 +4,8 @@ losses on a batch of scored rows."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from torch import nn
@@ -121,6 +123,7 @@ class Scorer:
         self.cache: dict[int, torch.Tensor] = {}
         self.store = store if mode == "head" else None
         self.share_prompts = False
+        self.save_seconds = 120.0  # feature store: write new features at least this often
         self.module: nn.Module = (HeadOnFeatures(rm.head) if mode == "head" else
                                   TopLayers(rm, n_top) if mode == "top" else rm)
 
@@ -168,6 +171,7 @@ class Scorer:
                     self.cache[r] = f
         todo = sorted({r for r in rows if r not in self.cache}, key=lambda r: len(self.table.ids[r]))
         bar = progress(total=len(todo), desc=desc, unit="text")
+        last_save = time.monotonic()
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
             for r, f in zip(chunk, self._frozen(chunk)):
@@ -175,8 +179,9 @@ class Scorer:
                 if self.store is not None:
                     self.store.features[text_key(self.table.ids[r])] = f
             bar.update(len(chunk))
-            if save and self.store is not None and (i // batch_size) % 50 == 49:
-                self.store.save()  # a killed run keeps most of its work
+            if save and self.store is not None and time.monotonic() - last_save > self.save_seconds:
+                self.store.save()  # a killed run keeps all but the last few minutes of its work
+                last_save = time.monotonic()
         bar.close()
         if save and self.store is not None and todo:
             self.store.save()
