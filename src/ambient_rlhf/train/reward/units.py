@@ -34,6 +34,8 @@ class Unit:
     """The community of the thread (the reward model may prefix it to the prompt)."""
     cov: list[list[float]] | None = None
     """``covariates``: one vector per text (the raw values, ``data.covariates``)."""
+    weight: float = 1.0
+    """``pairwise``: the weight of its term in the loss (its data directory's ``data_weights``)."""
 
 
 def index_units(units: list[Unit], table: TextTable) -> list[Unit]:
@@ -50,12 +52,14 @@ def load_units(cfg: RewardConfig, split: str, objective: str | None = None,
     counts = counts if counts is not None else {}
     units: list[Unit] = []
     rng = np.random.RandomState(cfg.seed)
-    for d in cfg.data:
+    weights = cfg.data_weights or [1.0] * len(cfg.data)
+    for d, w in zip(cfg.data, weights):
         com = community_name(d)
         keep = (lambda t: True) if half == "all" else (lambda t: half_of(t) == half)
         if objective == "pairwise":
             for u in _pair_units(cfg, d, com, split, counts):
                 if keep(u.thread.split("/", 1)[1]):
+                    u.weight = float(w)
                     units.append(u)
         elif objective == "ranking":
             df = read_table(d, schema.RANKINGS_FILE, schema.RANKING_COLUMNS, split)
