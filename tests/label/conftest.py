@@ -58,11 +58,16 @@ def call(base: str, path: str, body=None, headers: dict | None = None, raw: byte
     req = urllib.request.Request(base + path, data=data, headers=dict(headers or {}))
     if data is not None:
         req.add_header("Content-Type", content_type)
+    def parse(b: bytes) -> dict:
+        try:
+            return json.loads(b or b"{}")
+        except json.JSONDecodeError:  # the router's plain-text 404
+            return {"text": b.decode(errors="replace")}
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read() or b"{}")
+            return r.status, parse(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        return e.code, parse(e.read())
 
 
 class Server:
