@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from helpers import make_data_dir
 
+from ambient_rlhf import AmbientError
 from ambient_rlhf.cli import main
 from ambient_rlhf.data import schema
 from ambient_rlhf.label.export import agreement, cohen_kappa, export_labels, wilson
@@ -122,6 +123,22 @@ def test_export_layout_and_agreement(labelled, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["stage"] == "label"
     with pytest.raises(Exception, match="exists"):
         export_labels(labelled, out)
+
+    # the report's section reads the export: the hand-derived numbers, escaped
+    from ambient_rlhf.eval.report import write_report
+
+    run = tmp_path / "run"
+    export_labels(labelled, run / "labels")
+    page = write_report(run).read_text()
+    sec = page[page.index("id='labels'"):page.index("id='rl'")]
+    assert "9 exported pairs from 15 judgements by 3 labeller(s) on 5 items (2 ties, 4 skips)" in sec
+    assert "<td>a person agrees with the upvotes</td><td>0.500 [0.188, 0.812]</td><td>6</td>" in sec
+    assert "<td>alice|bob</td><td>0.667</td><td>3</td><td>0.500</td>" in sec
+    # an export inside a run directory is not taken for a data directory of upvote pairs
+    from ambient_rlhf.label.items import find_items
+
+    with pytest.raises(AmbientError, match="no samples.jsonl"):
+        find_items([str(run)])
 
 
 def test_agreement_of_no_judgements_is_empty():

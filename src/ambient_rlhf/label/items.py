@@ -109,7 +109,14 @@ def read_upvote_pairs(data_dir: str | Path, counts: dict, max_pairs: int, seed: 
 
 
 def _is_data_dir(p: Path) -> bool:
-    return (p / schema.PAIRS_FILE).is_file() and (p / schema.RESPONSES_FILE).is_file()
+    """A data directory with upvote pairs (not an ``ambient label export``, whose pairs are
+    a person's choices)."""
+    if not ((p / schema.PAIRS_FILE).is_file() and (p / schema.RESPONSES_FILE).is_file()):
+        return False
+    try:
+        return json.loads((p / "manifest.json").read_text()).get("stage") != "label"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return True
 
 
 def find_items(sources: list[str], max_upvote_pairs: int = 50, seed: int = 0,
