@@ -108,3 +108,16 @@ def test_token_and_remote_bind(tmp_path, label_server, capsys):
     assert not (tmp_path / "other.sqlite").exists()
     code = main(["label", "--samples", str(ev), "--db", str(tmp_path / "o.sqlite"), "--token", "short"])
     assert code == 2 and "at least 16" in capsys.readouterr().err
+    # a database without items and no --samples: nothing to serve, said so
+    code = main(["label", "--db", str(tmp_path / "empty.sqlite")])
+    assert code == 2 and "no items to label; pass --samples" in capsys.readouterr().err
+
+
+def test_restart_without_samples_serves_the_database(tmp_path, label_server):
+    ev = write_eval_dir(tmp_path / "eval", 4)
+    db = tmp_path / "labels.sqlite"
+    first = label_server(db, [ev])
+    st, d = call(first.url.rstrip("/"), "/api/next?labeller=eve")
+    first.kill()
+    again = label_server(db, [])  # no --samples: the items are in the database
+    assert call(again.url.rstrip("/"), "/api/next?labeller=eve") == (st, d)

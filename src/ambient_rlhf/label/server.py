@@ -195,6 +195,8 @@ def launch(db: str | Path, sources: list[str], host: str = "127.0.0.1", port: in
         raise AmbientError("--token: at least 16 characters")
     if not 1 <= port <= 65535:
         raise AmbientError(f"--port {port}: 1..65535")
+    if max_upvote_pairs < 0:
+        raise AmbientError(f"--max-upvote-pairs {max_upvote_pairs}: 0 (all) or more")
     announce = announce or (lambda line: print(line, flush=True))
     counts: dict = {}
     items = find_items(sources, max_upvote_pairs, seed, upvote_split, counts) if sources else []
