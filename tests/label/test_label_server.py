@@ -70,6 +70,8 @@ def test_every_request_is_validated(tmp_path, label_server):
     assert call(base, "/api/next?labeller=%3Cscript%3E")[0] == 400
     assert call(base, "/api/next")[0] == 400
     assert call(base, "/api/next?labeller=" + "x" * 41)[0] == 400
+    assert call(base, "/api/next?labeller=eve%0A")[0] == 400  # a trailing newline is not a name
+    assert call(base, "/api/judge", {**good, "item_id": good["item_id"] + "\n"})[0] == 400
     assert call(base, "/api/judge", good, content_type="text/plain")[0] == 415
     assert call(base, "/api/judge", raw=b"{not json")[0] == 400
     assert call(base, "/api/judge", [good])[0] == 400

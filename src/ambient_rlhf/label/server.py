@@ -35,9 +35,10 @@ from starlette.routing import Route
 from ambient_rlhf.label.store import CHOICES, Conflict, Store
 
 STATIC = Path(__file__).parent / "static"
-LABELLER = re.compile(r"^[A-Za-z0-9_.-][A-Za-z0-9 _.-]{0,39}$")
-ITEM_ID = re.compile(r"^[0-9a-f]{20}$")
-SUBMISSION_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+# checked with fullmatch (a "$" would let a trailing newline through)
+LABELLER = re.compile(r"[A-Za-z0-9_.-][A-Za-z0-9 _.-]{0,39}")
+ITEM_ID = re.compile(r"[0-9a-f]{20}")
+SUBMISSION_ID = re.compile(r"[A-Za-z0-9-]{8,64}")
 MAX_BODY = 16 * 1024
 MAX_NOTE = 2000
 HEADERS = {
@@ -71,7 +72,7 @@ def _fail(status: int, message: str) -> JSONResponse:
 
 def make_app(store: Store, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> Starlette:
     """The application for ``store``, bound at ``host:port``; ``token`` (when given) is
-    required on every request."""
+    required on every ``/api/`` request."""
     names = {"127.0.0.1", "localhost", "[::1]"} if is_loopback(host) else {host if ":" not in host else f"[{host}]"}
 
     def check(request: Request, need_token: bool) -> None:
@@ -107,7 +108,7 @@ def make_app(store: Store, host: str = "127.0.0.1", port: int = 8765, token: str
         return data
 
     def labeller_of(name: object) -> str:
-        if not isinstance(name, str) or not LABELLER.match(name):
+        if not isinstance(name, str) or not LABELLER.fullmatch(name):
             raise BadRequest(400, "labeller: 1-40 characters of letters, digits, space, _ . -")
         return name
 
@@ -138,13 +139,13 @@ def make_app(store: Store, host: str = "127.0.0.1", port: int = 8765, token: str
     async def judge(request: Request) -> Response:
         d = await body(request, {"labeller": str, "item_id": str, "choice": str, "note": str, "submission_id": str})
         who = labeller_of(d["labeller"])
-        if not ITEM_ID.match(d["item_id"]):
+        if not ITEM_ID.fullmatch(d["item_id"]):
             raise BadRequest(400, "item_id: 20 hexadecimal digits")
         if d["choice"] not in CHOICES:
             raise BadRequest(400, f"choice: one of {list(CHOICES)}")
         if len(d["note"]) > MAX_NOTE:
             raise BadRequest(400, f"note: at most {MAX_NOTE} characters")
-        if not SUBMISSION_ID.match(d["submission_id"]):
+        if not SUBMISSION_ID.fullmatch(d["submission_id"]):
             raise BadRequest(400, "submission_id: 8-64 characters of letters, digits and -")
         try:
             status = store.judge(who, d["item_id"], d["choice"], d["note"], d["submission_id"])
@@ -208,8 +209,8 @@ def launch(db: str | Path, sources: list[str], host: str = "127.0.0.1", port: in
                                f"directory or a run directory)")
         shown = host if ":" not in host else f"[{host}]"
         url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-        announce(f"{store.n_items()} items in {db} ({new} new: " +
-                 ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
+        read = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no --samples"
+        announce(f"{store.n_items()} items in {db} ({new} new; read: {read})")
         announce(f"labelling page: {url}  (Ctrl+C stops; judgements are saved as they are made)")
         serve(store, host, port, token)
     finally:
