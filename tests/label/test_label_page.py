@@ -134,3 +134,32 @@ def test_label_by_keyboard_kill_restart_exactly_once(tmp_path, label_server):
         # what was pressed, read back through what was on the left
         assert choice == ("tie" if winner == "tie" else "left" if winner == left_side else "right")
         assert note == ("tab A <b>rambles</b>" if i == noted else "")
+
+
+def test_page_with_an_access_token(tmp_path, label_server):
+    """With a token the page works when its address carries it (the script sends it with
+    every request), and says why nothing loads when it does not."""
+    ev = write_eval_dir(tmp_path / "eval", 3)
+    db = tmp_path / "labels.sqlite"
+    token = "tok-0123456789abcdef"
+    srv = label_server(db, [ev], extra=("--token", token))
+    sp = playwright.sync_playwright().start()
+    try:
+        browser = sp.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(srv.url)  # no token: the page loads, the data does not
+        page.fill("#name", "bob")
+        page.click("#start")
+        playwright.expect(page.locator("#status")).to_contain_text("missing or wrong access token")
+        page.goto(srv.url + "?token=" + token)  # the name is remembered
+        playwright.expect(page.locator("#progress")).to_have_text("0 / 3 judged")
+        page.click("#pick-tie")  # the mouse works too
+        playwright.expect(page.locator("#progress")).to_have_text("1 / 3 judged")
+        page.keyboard.press(" ")  # the clicked button gave its focus back: Space does nothing
+        page.wait_for_timeout(300)
+        playwright.expect(page.locator("#progress")).to_have_text("1 / 3 judged")
+        browser.close()
+    finally:
+        sp.stop()
+    rows = sqlite3.connect(db).execute("SELECT labeller, choice FROM judgements").fetchall()
+    assert rows == [("bob", "tie")]

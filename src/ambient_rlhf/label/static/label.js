@@ -115,11 +115,13 @@
     localStorage.removeItem(KEY);
     location.reload();
   });
-  $("pick-left").addEventListener("click", () => pick("left"));
-  $("pick-right").addEventListener("click", () => pick("right"));
-  $("pick-tie").addEventListener("click", () => pick("tie"));
-  $("pick-skip").addEventListener("click", () => pick("skip"));
-  $("undo").addEventListener("click", undo);
+  // a clicked button gives its focus back, so a later Space or Enter does not press it again
+  const button = (id, fn) => $(id).addEventListener("click", (e) => { e.currentTarget.blur(); fn(); });
+  button("pick-left", () => pick("left"));
+  button("pick-right", () => pick("right"));
+  button("pick-tie", () => pick("tie"));
+  button("pick-skip", () => pick("skip"));
+  button("undo", undo);
   $("note").addEventListener("keydown", (e) => { if (e.key === "Escape") $("note").blur(); });
 
   document.addEventListener("keydown", (e) => {
