@@ -123,6 +123,9 @@ def test_export_layout_and_agreement(labelled, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["stage"] == "label"
     with pytest.raises(Exception, match="exists"):
         export_labels(labelled, out)
+    with pytest.raises(AmbientError, match="holds the database"):  # --overwrite would delete it
+        export_labels(labelled, labelled.parent, overwrite=True)
+    assert labelled.is_file()
 
     # the report's section reads the export: the hand-derived numbers, escaped
     from ambient_rlhf.eval.report import write_report

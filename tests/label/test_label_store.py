@@ -99,3 +99,7 @@ def test_store_order_sides_and_exactly_once(tmp_path):
     assert order["ben"] != sorted(ids, key=lambda i: order_key("ann", i))
     assert [first["item_id"]] + order["ann"] == sorted(ids, key=lambda i: order_key("ann", i))
     assert s.undo("nobody") is None
+    s.close()
+    (tmp_path / "notes.txt").write_text("not a database, but long enough to have a header " * 20)
+    with pytest.raises(AmbientError, match="notes.txt: not a labelling database"):
+        Store(tmp_path / "notes.txt")

@@ -114,6 +114,8 @@ def export_labels(db: str | Path, out: str | Path, split: str = "train", overwri
         raise AmbientError(f"--split {split!r}: one of {list(schema.SPLITS)}")
     if not Path(db).is_file():
         raise AmbientError(f"{db}: no such database; label first (`ambient label --samples ... --db {db}`)")
+    if Path(out).resolve() in Path(db).resolve().parents:  # replacing out would delete the judgements
+        raise AmbientError(f"--out {out} holds the database {db}; choose an --out outside it")
     store = Store(db)
     try:
         js = store.live_judgements()

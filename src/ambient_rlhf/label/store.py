@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from ambient_rlhf import AmbientError
 from ambient_rlhf.label.items import Item
 
 CHOICES = ("left", "right", "tie", "skip")
@@ -75,12 +76,17 @@ class Store:
         self._lock = threading.Lock()
         self.db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
-        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode})")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
-        self.db.executescript(SCHEMA)
+        try:
+            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise AmbientError(f"{self.path}: SQLite refused WAL mode (got {mode}); put the database "
+                                   f"on a local disk")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise AmbientError(f"{self.path}: not a labelling database ({e}); give another --db") from None
 
     def close(self) -> None:
         self.db.close()
