@@ -8,7 +8,7 @@ import shutil
 import sqlite3
 
 import pytest
-from conftest import HTMLISH, XSS_IMG, XSS_SCRIPT, sample_rows, write_eval_dir
+from label_fixtures import HTMLISH, XSS_IMG, XSS_SCRIPT, sample_rows, write_eval_dir
 
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[label]' (playwright)")
 

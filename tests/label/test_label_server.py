@@ -7,7 +7,7 @@ import json
 import sqlite3
 import threading
 
-from conftest import call, write_eval_dir
+from label_fixtures import call, write_eval_dir
 
 from ambient_rlhf.cli import main
 

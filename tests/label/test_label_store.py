@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import sample_rows, write_eval_dir
+from label_fixtures import sample_rows, write_eval_dir
 from helpers import make_data_dir
 
 from ambient_rlhf import AmbientError
