@@ -4,6 +4,7 @@ and the export -> ``ambient rm`` (explicit + ambient pairs, weighted) -> ``rm ev
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -161,11 +162,21 @@ def test_export_rm_rm_eval(labelled, tmp_path, capsys):
     units = load_units(RewardConfig(data=[str(ambient), str(explicit)], data_weights=[1.0, 3.0], out="x"), "train")
     n_ambient = len(pd.read_parquet(ambient / schema.PAIRS_FILE).query("split == 'train'"))
     assert [u.weight for u in units] == [1.0] * n_ambient + [3.0] * 9
+    # with exposure covariates and all candidate pairs: the explicit pairs are still its 9
+    # choices, and both answers of each get the same covariates (a choice has no exposure)
+    cov = load_units(RewardConfig(data=[str(ambient), str(explicit)], covariates=["delay", "length"], pairs="all",
+                                  out="x"), "train")
+    assert len(cov) > 9 and [u.cov for u in cov[-9:]] == [[[0.0, 0.0], [0.0, 0.0]]] * 9
+    assert [u.texts[0][1] for u in cov[-9:]] == list(pd.read_parquet(explicit / schema.PAIRS_FILE)["chosen"])
     rm = tmp_path / "rm"
     assert main(["rm", "--data", str(ambient), str(explicit), "--model", "tiny-random", "--out", str(rm),
-                 "max_steps=3", "batch_size=4", "data_weights=[1,3]", "eval_split="]) == 0
+                 "max_steps=3", "batch_size=4", "data_weights=[1,3]", "eval_split=", "covariates=[delay,length]"]) == 0
     man = json.loads((rm / "manifest.json").read_text())
     assert man["config"]["data_weights"] == [1.0, 3.0] and man["counts"]["train_units"] == n_ambient + 9
+    assert man["counts"]["train_explicit_pairs"] == 9
+    losses = [json.loads(line)["rm/loss"] for line in (rm / "metrics.jsonl").read_text().splitlines()
+              if "rm/loss" in line]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert main(["rm", "eval", "--model", str(rm), "--data", str(explicit), "--split", "train",
                  "--loglik-model", "none", "--out", str(tmp_path / "ev")]) == 0
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
