@@ -123,3 +123,9 @@ def test_restart_without_samples_serves_the_database(tmp_path, label_server):
     first.kill()
     again = label_server(db, [])  # no --samples: the items are in the database
     assert call(again.url.rstrip("/"), "/api/next?labeller=eve") == (st, d)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path, label_server, capsys):
+    srv = label_server(tmp_path / "labels.sqlite", [write_eval_dir(tmp_path / "eval", 2)])
+    code = main(["label", "--db", str(tmp_path / "labels.sqlite"), "--port", str(srv.port)])
+    assert code == 2 and "cannot listen there" in capsys.readouterr().err

@@ -199,6 +199,15 @@ def launch(db: str | Path, sources: list[str], host: str = "127.0.0.1", port: in
     if max_upvote_pairs < 0:
         raise AmbientError(f"--max-upvote-pairs {max_upvote_pairs}: 0 (all) or more")
     announce = announce or (lambda line: print(line, flush=True))
+    import socket
+
+    try:  # a clear error before anything is printed (uvicorn would exit with a log line)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise AmbientError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); "
+                           f"choose another --port") from None
     counts: dict = {}
     items = find_items(sources, max_upvote_pairs, seed, upvote_split, counts) if sources else []
     store = Store(db)
