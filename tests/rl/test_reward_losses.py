@@ -19,6 +19,15 @@ def test_pairwise_loss_hand_values():
     assert abs(loss.item() - (l(1) + l(0)) / 2) < 1e-6
 
 
+def test_pairwise_loss_weights_each_pair():
+    # weights 2 and 0.5 on the same pairs: (2 * 0.313262 + 0.5 * 0.693147) / 2 = 0.486549
+    # (divided by the number of pairs, not by the sum of the weights)
+    loss = L.pairwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([2.0, 0.5]))
+    assert abs(loss.item() - 0.486549) < 1e-5
+    ones = L.pairwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0]))
+    assert abs(ones.item() - 0.503204) < 1e-5
+
+
 def test_ranking_loss_weights_threads_equally():
     # thread 0: scores 3 > 2 > 1, rewards 0.5, 0, -0.5 -> pairs (0,1) d=.5, (0,2) d=1, (1,2) d=.5
     #   thread loss = (2 l(0.5) + l(1)) / 3 = (0.948154 + 0.313262) / 3 = 0.420472

@@ -19,12 +19,15 @@ import torch
 import torch.nn.functional as F
 
 
-def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Bradley-Terry loss, mean over pairs.
 
-    Args: r_chosen, r_rejected: (P,) rewards of the preferred and the other response.
-    Returns: () ``mean(-log sigmoid(r_chosen - r_rejected))``."""
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
+    Args: r_chosen, r_rejected: (P,) rewards of the preferred and the other response;
+    weight: optional (P,) weight of each pair's term.
+    Returns: () ``mean(-log sigmoid(r_chosen - r_rejected))``, each term times its weight
+    when given (still divided by P, so weights of 1 give the plain loss)."""
+    nll = -F.logsigmoid(r_chosen - r_rejected)
+    return (nll if weight is None else nll * weight).mean()
 
 
 def ranking_pairs(group: torch.Tensor, score: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ The package, one job per module (imports run top to bottom):
   training losses);
 * :mod:`.results`: sections on the results (headline, win rates, reward vs KL, samples,
   the simulated community's hidden utility);
+* :mod:`.labels`: the section on explicit comparisons (``ambient label export``);
 * :mod:`.page`: section order, style sheet, and :func:`write_report`.
 
 Everything is importable from ``ambient_rlhf.eval.report`` as before the split.  The

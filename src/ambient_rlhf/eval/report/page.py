@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ambient_rlhf import __version__
+from ambient_rlhf.eval.report.labels import label_section
 from ambient_rlhf.eval.report.markup import Figures, esc
 from ambient_rlhf.eval.report.results import (frontier_section, headline, samples_section, simulated_section,
                                               win_section)
@@ -37,6 +38,7 @@ SECTIONS: list[tuple[str, str, Callable]] = [
     ("simulated", "Simulated community: true utility vs proxy and gold rewards", simulated_section),
     ("samples", "Samples side by side", samples_section),
     ("rm", "Reward models: accuracy, baselines, calibration", rm_section),
+    ("labels", "Explicit comparisons: agreement between labellers and with the upvotes", label_section),
     ("rl", "RL: score, KL, entropy, length", rl_section),
     ("data", "Data: summary and filters", data_section),
     ("training", "Training losses (SFT, reward models)", curves_section),

@@ -14,9 +14,12 @@ log = get_logger("report")
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
-STAGES = ("data", "sft", "rm", "rl", "eval", "truth")
+STAGES = ("data", "sft", "rm", "rl", "eval", "truth", "label")
+OPTIONAL_STAGES = ("label",)
+"""Stages outside the pipeline: listed in the stages table only when present."""
 STAGE_TITLES = {"data": "Data", "sft": "Behaviour cloning (SFT)", "rm": "Reward models", "rl": "Policy optimisation (RL)",
-                "eval": "Policy evaluation", "truth": "Recovery of the true utility (simulated community)"}
+                "eval": "Policy evaluation", "truth": "Recovery of the true utility (simulated community)",
+                "label": "Explicit comparisons (ambient label export)"}
 
 
 @dataclass
@@ -44,7 +47,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _classify(name: str, manifest: dict[str, Any]) -> str | None:
     st = str(manifest.get("stage", "")).lower()
     for key, aliases in (("data", ("data", "simulate")), ("sft", ("sft",)), ("rm", ("rm", "reward", "rm-combine")),
-                         ("rl", ("rl",)), ("eval", ("eval",)), ("truth", ("truth",))):
+                         ("rl", ("rl",)), ("eval", ("eval",)), ("truth", ("truth",)), ("label", ("label",))):
         if st in aliases:
             return key
     n = name.lower()

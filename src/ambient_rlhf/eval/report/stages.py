@@ -9,7 +9,7 @@ from typing import Any
 
 from ambient_rlhf.eval.report.markup import (Figures, _plt, _series, _slug, _val, errbars, esc, flatten_numbers,
                                              fnum, interval, lohi, not_run, table)
-from ambient_rlhf.eval.report.rundir import REPORT_DIR, STAGE_TITLES, STAGES, StageDir
+from ambient_rlhf.eval.report.rundir import OPTIONAL_STAGES, REPORT_DIR, STAGE_TITLES, STAGES, StageDir
 
 RL_CURVES = (("objective/score", "reward-model score"), ("objective/kl", "KL to reference (nats)"),
              ("objective/entropy", "entropy (nats, as logged)"), ("gen/length", "response length (tokens)"))
@@ -21,7 +21,7 @@ def stages_table(run: dict[str, list[StageDir]], run_manifest: dict[str, Any] | 
     by_name = {st.get("name"): st for st in (run_manifest or {}).get("stages", []) if isinstance(st, dict)}
     rows, seen = [], set()
     for st in STAGES:
-        if not run[st]:
+        if not run[st] and st not in OPTIONAL_STAGES:
             rows.append([STAGE_TITLES[st], "–", "–", ("html", "<span class='missing'>not run</span>"), "–"])
         for s in run[st]:
             seen.add(s.name)

@@ -18,6 +18,11 @@ class RewardConfig:
     data: list[str] = field(default_factory=list)
     """Data directories (``ambient data build`` output).  Several directories train one
     model on several communities (the seed's merged reward model)."""
+    data_weights: list[float] = field(default_factory=list)
+    """``pairwise``: one weight per ``data`` directory ([] = all 1): each pair's term of the
+    Bradley-Terry loss is multiplied by its directory's weight (the batch loss stays a mean
+    over pairs).  With an ``ambient label export`` directory beside an ambient one,
+    ``data_weights=[1,5]`` makes an explicit comparison count five times an upvote pair."""
     model: str = "default"
     """Model to start from: best the SFT model's directory (reward models not started
     from an SFT model sat at chance in other toolkits); ``default`` = SmolLM2-135M-Instruct."""
@@ -192,6 +197,14 @@ def _validate(cfg: RewardConfig) -> None:
 
     if cfg.objective != "pairwise" and (cfg.covariates or cfg.pairs != "time_rule"):
         raise AmbientError(f"rm: covariates and pairs=all apply to objective=pairwise, not {cfg.objective}")
+    if cfg.data_weights:
+        if len(cfg.data_weights) != len(cfg.data):
+            raise AmbientError(f"rm: data_weights={cfg.data_weights} has {len(cfg.data_weights)} weights for "
+                               f"{len(cfg.data)} data directories; give one per directory, in the same order")
+        if cfg.objective != "pairwise":
+            raise AmbientError(f"rm: data_weights applies to objective=pairwise, not {cfg.objective}")
+        if min(cfg.data_weights) < 0 or max(cfg.data_weights) <= 0:
+            raise AmbientError(f"rm: data_weights={cfg.data_weights}: each >= 0 and at least one > 0")
     bad = [c for c in cfg.covariates if c not in COVARIATES]
     if bad:
         raise AmbientError(f"rm: covariates={cfg.covariates}: unknown {bad}; choose from {list(COVARIATES)}")

@@ -317,7 +317,10 @@ def _objective_loss(objective: str, rm, out: torch.Tensor, pos: dict[int, int], 
         rc, rj = r[c], r[j]
         if g is not None:
             rc, rj = rc + g[0::2], rj + g[1::2]
-        return L.pairwise_loss(rc, rj), (rc > rj).float().mean()
+        w = None
+        if any(u.weight != 1.0 for u in units):  # data_weights: an explicit pair can count more
+            w = torch.tensor([u.weight for u in units], dtype=rc.dtype, device=out.device)
+        return L.pairwise_loss(rc, rj, w), (rc > rj).float().mean()
     if objective == "ranking":
         r = rm.raw_reward(out)
         idx, grp, sc = [], [], []

@@ -3,6 +3,7 @@ data directories, and the subsets taken of them."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ class Unit:
     """The community of the thread (the reward model may prefix it to the prompt)."""
     cov: list[list[float]] | None = None
     """``covariates``: one vector per text (the raw values, ``data.covariates``)."""
+    weight: float = 1.0
+    """``pairwise``: the weight of its term in the loss (its data directory's ``data_weights``)."""
 
 
 def index_units(units: list[Unit], table: TextTable) -> list[Unit]:
@@ -50,12 +53,14 @@ def load_units(cfg: RewardConfig, split: str, objective: str | None = None,
     counts = counts if counts is not None else {}
     units: list[Unit] = []
     rng = np.random.RandomState(cfg.seed)
-    for d in cfg.data:
+    weights = cfg.data_weights or [1.0] * len(cfg.data)
+    for d, w in zip(cfg.data, weights):
         com = community_name(d)
         keep = (lambda t: True) if half == "all" else (lambda t: half_of(t) == half)
         if objective == "pairwise":
             for u in _pair_units(cfg, d, com, split, counts):
                 if keep(u.thread.split("/", 1)[1]):
+                    u.weight = float(w)
                     units.append(u)
         elif objective == "ranking":
             df = read_table(d, schema.RANKINGS_FILE, schema.RANKING_COLUMNS, split)
@@ -85,12 +90,29 @@ def load_units(cfg: RewardConfig, split: str, objective: str | None = None,
     return units
 
 
+def _is_label_export(data_dir) -> bool:
+    """Whether a data directory holds explicit comparisons (its manifest's stage is ``label``)."""
+    try:
+        return json.loads((Path(data_dir) / "manifest.json").read_text()).get("stage") == "label"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _pair_units(cfg: RewardConfig, data_dir, com: str, split: str, counts: dict) -> list[Unit]:
     """Pairwise units of one data directory's ``split``: pairs.parquet (``pairs=time_rule``)
     or every candidate pair of responses.parquet (``pairs=all``), with the covariates of
     both answers when ``cfg.covariates`` asks for them."""
     from ambient_rlhf.data.covariates import candidate_pairs, response_covariates
 
+    if _is_label_export(data_dir):
+        # a person's explicit choices (ambient label export): its pairs.parquet whatever
+        # ``pairs`` says (its answers have no scores to form candidate pairs from), and no
+        # exposure: both answers get the same covariates, so the covariate term is 0
+        df = read_table(data_dir, schema.PAIRS_FILE, schema.PAIR_COLUMNS, split)
+        counts[f"{split}_explicit_pairs"] = counts.get(f"{split}_explicit_pairs", 0) + len(df)
+        zero = [0.0] * len(cfg.covariates)
+        return [Unit(f"{com}/{r.thread_id}", [(r.prompt, r.chosen), (r.prompt, r.rejected)], community=com,
+                     cov=[zero, zero] if cfg.covariates else None) for r in df.itertuples(index=False)]
     need_responses = cfg.pairs == "all" or bool(cfg.covariates)
     resp = read_table(data_dir, schema.RESPONSES_FILE, schema.RESPONSE_COLUMNS, split) if need_responses else None
     if cfg.pairs == "all":
