@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from ambient_rlhf.data.build import DataConfig, build
-from ambient_rlhf.data.feedback import (feedback_threads, judge_metrics, mix_data, pair_accuracy, round_weights,
-                                        thread_copies)
+from ambient_rlhf.data.feedback import feedback_threads, judge_metrics, mix_data, round_weights, thread_copies
 from ambient_rlhf.data.simulate import SimulateConfig, VoteConfig, write_dump
+from ambient_rlhf.stats import pair_accuracy
 
 GOOD = ("Water your tomato plants deeply twice a week in the morning, and mulch around the stems so the soil "
         "keeps its moisture. Check the garden soil with a finger before watering: if it is dry two inches "

@@ -235,44 +235,12 @@ def mix_data(base: str | Path, feedback: dict[int, str | Path], out: str | Path,
 
 
 # ---- 4. does the reward model rank the policy's answers right? ------------------------------
-def spearman_interval(x: np.ndarray, y: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Spearman of ``x`` with ``y`` and a percentile bootstrap interval (pairs resampled)."""
-    from ambient_rlhf.stats import spearman
-
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    n = len(x)
-    value = spearman(x, y) if n >= 2 else float("nan")
-    rng = np.random.default_rng(seed)
-    boot = [spearman(x[i], y[i]) for i in (rng.integers(0, n, n) for _ in range(n_resamples))] if n >= 3 else []
-    boot = np.asarray([b for b in boot if np.isfinite(b)])
-    lo, hi = (np.quantile(boot, [0.025, 0.975]) if len(boot) else (float("nan"), float("nan")))
-    return {"value": float(value), "low": float(lo), "high": float(hi), "n": int(n)}
-
-
-def pair_accuracy(score: np.ndarray, utility: np.ndarray, group: Sequence, mask: np.ndarray | None = None) -> dict:
-    """Within-``group`` pairs with different utility, at least one of them in ``mask``: the
-    share the score orders like the utility (a score tie counts 1/2)."""
-    score, utility = np.asarray(score, dtype=float), np.asarray(utility, dtype=float)
-    mask = np.ones(len(score), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    group = np.asarray(group)
-    hits, n = 0.0, 0
-    for g in np.unique(group):
-        idx = np.flatnonzero(group == g)
-        for a in range(len(idx)):
-            for b in range(a + 1, len(idx)):
-                i, j = idx[a], idx[b]
-                if not (mask[i] or mask[j]) or utility[i] == utility[j]:
-                    continue
-                n += 1
-                d = (score[i] - score[j]) * np.sign(utility[i] - utility[j])
-                hits += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
-    return {"value": hits / n if n else float("nan"), "n": n}
-
-
 def judge_metrics(table: pd.DataFrame, score_col: str, n_resamples: int = 1000, seed: int = 0) -> dict:
     """On the policy's answers of the feedback threads: Spearman of ``score_col`` with the
     true utility (interval), and within-thread pair accuracy over the pairs that involve a
     policy answer (policy vs policy and policy vs human)."""
+    from ambient_rlhf.stats import pair_accuracy, spearman_interval
+
     pol = table["source"] == "policy"
     return {"spearman_policy": spearman_interval(table.loc[pol, score_col], table.loc[pol, "utility"], n_resamples, seed),
             "pair_accuracy_policy": pair_accuracy(table[score_col], table["utility"], table["thread_id"], pol.to_numpy())}
