@@ -84,7 +84,8 @@ def test_round_weights_and_copies_by_hand():
 
 def _data_dir(path, tids, split):
     path.mkdir(parents=True)
-    resp = pd.DataFrame({"thread_id": [t for t in tids for _ in (0, 1)], "response_id": [f"{t}{k}" for t in tids for k in (0, 1)],
+    resp = pd.DataFrame({"thread_id": [t for t in tids for _ in (0, 1)],
+                         "response_id": [f"{t}{k}" for t in tids for k in (0, 1)],
                          "prompt": "q", "response": [f"{t} answer {k}" for t in tids for k in (0, 1)], "score": 3,
                          "created_utc": 0, "prompt_score": 10, "prompt_created_utc": 0, "rank": 1, "rank_z": 0.0,
                          "delay_z": 0.0, "adjusted": 0.0, "tier": "ok", "reply_sentiment": None, "split": split})
@@ -92,7 +93,8 @@ def _data_dir(path, tids, split):
     pd.DataFrame({"thread_id": tids, "prompt": "q", "chosen": "a", "rejected": "b", "chosen_score": 4,
                   "rejected_score": 1, "chosen_created_utc": 0, "rejected_created_utc": 0, "score_ratio": 4.0,
                   "seconds_difference": 0, "split": split}).to_parquet(path / "pairs.parquet")
-    pd.DataFrame({"thread_id": tids, "prompt": "q", "responses": [["a", "b"]] * len(tids), "scores": [[4, 1]] * len(tids),
+    pd.DataFrame({"thread_id": tids, "prompt": "q", "responses": [["a", "b"]] * len(tids),
+                  "scores": [[4, 1]] * len(tids),
                   "adjusted": [[1.0, 0.0]] * len(tids), "split": split}).to_parquet(path / "rankings.parquet")
 
 
@@ -102,7 +104,8 @@ def test_mix_keeps_the_proxy_half_and_weights_feedback(tmp_path):
     base_train = [f"b{i}" for i in range(20)]
     _data_dir(tmp_path / "base", base_train, "train")
     extra = pd.read_parquet(tmp_path / "base" / "pairs.parquet").assign(thread_id="v0", split="test")
-    pd.concat([pd.read_parquet(tmp_path / "base" / "pairs.parquet"), extra]).to_parquet(tmp_path / "base" / "pairs.parquet")
+    pairs_file = tmp_path / "base" / "pairs.parquet"
+    pd.concat([pd.read_parquet(pairs_file), extra]).to_parquet(pairs_file)
     _data_dir(tmp_path / "fb1", [f"f1z{i}" for i in range(4)], "valid")  # the data stage's split is overridden
     _data_dir(tmp_path / "fb2", [f"f2z{i}" for i in range(4)], "test")
     m = mix_data(tmp_path / "base", {1: tmp_path / "fb1", 2: tmp_path / "fb2"}, tmp_path / "mix", current=3, half="a",
@@ -138,3 +141,34 @@ def test_pair_accuracy_and_judge_metrics_by_hand():
     assert m["spearman_policy"]["value"] == pytest.approx(1.0) and m["spearman_policy"]["n"] == 3
     # every pair of x touches a policy answer (0 or 2): 2 of 3 right
     assert m["pair_accuracy_policy"] == {"value": pytest.approx(2 / 3), "n": 3}
+
+
+def test_model_ranked_data_by_hand(tmp_path):
+    from ambient_rlhf.data.feedback import model_ranked_data
+
+    items = [{"thread_id": "t", "prompt": "q", "human": ["h1", "h2"], "policy": ["p1"]}]
+    counts = model_ranked_data(items, [[0.5, 2.0, 1.0]], tmp_path, "c", "held-out reward model X", round_=3)
+    # scores h1 0.5, h2 2.0, p1 1.0: ranking h2 > p1 > h1, pairs (h2,h1), (h2,p1), (p1,h1)
+    assert counts == {"threads": 1, "responses": 3, "pairs": 3}
+    rank = pd.read_parquet(tmp_path / "rankings.parquet").iloc[0]
+    assert list(rank["responses"]) == ["h2", "p1", "h1"] and rank["thread_id"] == "f3z0" and rank["split"] == "train"
+    pairs = pd.read_parquet(tmp_path / "pairs.parquet")
+    assert sorted(zip(pairs["chosen"], pairs["rejected"])) == [("h2", "h1"), ("h2", "p1"), ("p1", "h1")]
+    assert set(pairs["labeller"]) == {"held-out reward model X"}
+    resp = pd.read_parquet(tmp_path / "responses.parquet")
+    assert list(resp["rank"]) == [3, 1, 2] and list(resp["source"]) == ["human", "human", "policy"]
+
+
+def test_labels_data_keeps_valid_pairs_and_counts_the_rest(tmp_path):
+    from ambient_rlhf.data.feedback import labels_data
+
+    pd.DataFrame({"thread_id": ["a", "b", "c"], "prompt": ["q", "q", None], "chosen": ["x", "y", "z"],
+                  "rejected": ["w", "y", "v"]}).to_parquet(tmp_path / "labels.parquet")
+    counts = labels_data(tmp_path / "labels.parquet", tmp_path / "out", "c")
+    # b chose an answer over itself, c has no prompt: one pair kept
+    assert counts == {"labels_read": 3, "labels_kept": 1, "labels_dropped": 2}
+    rank = pd.read_parquet(tmp_path / "out" / "rankings.parquet")
+    assert [list(r) for r in rank["responses"]] == [["x", "w"]] and list(rank["split"]) == ["train"]
+    pd.DataFrame({"thread_id": ["a"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(Exception, match=r"bad.parquet: missing columns \['prompt', 'chosen', 'rejected'\]"):
+        labels_data(tmp_path / "bad.parquet", tmp_path / "out2", "c")

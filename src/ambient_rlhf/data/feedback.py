@@ -32,8 +32,12 @@ import pandas as pd
 from ambient_rlhf import AmbientError
 from ambient_rlhf.config import above, at_least
 from ambient_rlhf.data import schema
-from ambient_rlhf.data.simulate import SimulateConfig, _base36, thread_records
+from ambient_rlhf.data.simulate import SimulateConfig, _base36, prompt_text, thread_records
 from ambient_rlhf.data.splits import half_of
+
+
+FEEDBACK_FILE = "feedback.json"
+"""In a run's ``feedback-r/``: counts, the source and the judge metrics on the policy's answers."""
 
 
 @dataclass
@@ -64,9 +68,6 @@ class FeedbackConfig:
     recency: Annotated[float, above(0)] = 1.0
     """Feedback of ``j`` rounds ago enters with ``weight * recency**j`` (1 = all rounds
     alike; 0.5 halves older feedback each round)."""
-    rm_init: Literal["retrain", "continue"] = "retrain"
-    """``retrain``: each round's reward model starts like the first (the run's
-    ``rm_init``) on the mixed data; ``continue``: it starts from the previous round's."""
     max_new_tokens: Annotated[int, at_least(1)] = 64
     """Longest policy answer sampled for feedback."""
     temperature: Annotated[float, above(0)] = 0.7
@@ -135,9 +136,75 @@ def feedback_items(sim_dir: str | Path, data_dir: str | Path, n: int, human: int
         answers = util[util["thread_id"] == t]
         take = np.sort(rng.permutation(len(answers))[:human])
         items.append({"thread_id": t, "title": subs[t]["title"], "body": subs[t].get("selftext", ""),
+                      "prompt": prompt_text(subs[t]["title"], subs[t].get("selftext", "")),
                       "topic": str(answers["topic"].iloc[0]) if len(answers) else "",
                       "human": [str(a) for a in answers["response"].iloc[take]], "policy": []})
     return items
+
+
+def data_items(data_dir: str | Path, n: int, human: int, round_: int, seed: int = 0) -> list[dict]:
+    """Like :func:`feedback_items` for any data directory (a real community): ``n``
+    train-split threads (a seeded choice per round), each with its prompt and ``human`` of
+    its answers."""
+    from ambient_rlhf.data.tables import read_table
+
+    df = read_table(data_dir, schema.RESPONSES_FILE, schema.RESPONSE_COLUMNS, "train")
+    train = sorted(set(df["thread_id"].astype(str)))
+    if not train:
+        raise AmbientError(f"{data_dir}: no train-split thread; nothing to ask again")
+    rng = np.random.default_rng([seed, 7, round_])
+    items = []
+    for t in [train[i] for i in np.sort(rng.permutation(len(train))[:n])]:
+        answers = df[df["thread_id"].astype(str) == t]
+        take = np.sort(rng.permutation(len(answers))[:human])
+        items.append({"thread_id": t, "prompt": str(answers["prompt"].iloc[0]),
+                      "human": [str(a) for a in answers["response"].iloc[take]], "policy": []})
+    return items
+
+
+def model_ranked_data(items: Sequence[dict], scores: Sequence[Sequence[float]], out: str | Path, community: str,
+                      labeller: str, round_: int) -> dict:
+    """A data directory in the data stage's layout whose preferences come from a model's
+    scores (``source=held-out-rm``): per item a fresh thread of its human and policy answers,
+    ranked by ``scores`` (one list per item, human answers first); every pair with different
+    scores, the higher chosen.  Every table names the ``labeller``.  Returns counts."""
+    resp_rows, pair_rows, rank_rows = [], [], []
+    for i, (it, sc) in enumerate(zip(items, scores)):
+        tid = f"f{round_}z{_base36(i)}"
+        answers = [*it["human"], *it["policy"]]
+        sources = ["human"] * len(it["human"]) + ["policy"] * len(it["policy"])
+        sc = np.asarray(sc, dtype=float)
+        order = np.argsort(-sc, kind="mergesort")
+        rank = np.empty(len(sc), dtype=int)
+        rank[order] = np.arange(1, len(sc) + 1)
+        z = (sc - sc.mean()) / (sc.std() or 1.0)
+        for j, a in enumerate(answers):
+            resp_rows.append({"thread_id": tid, "response_id": f"{tid}x{j}", "prompt": it["prompt"], "response": a,
+                              "score": float(sc[j]), "created_utc": 0, "prompt_score": None, "prompt_created_utc": 0,
+                              "rank": int(rank[j]), "rank_z": float(-z[j]), "delay_z": 0.0, "adjusted": float(z[j]),
+                              "tier": None, "reply_sentiment": None, "split": "train", "source": sources[j],
+                              "labeller": labeller})
+        for a in range(len(answers)):
+            for b in range(len(answers)):
+                if sc[a] > sc[b]:
+                    pair_rows.append({"thread_id": tid, "prompt": it["prompt"],
+                                      "chosen": answers[a], "rejected": answers[b],
+                                      "chosen_score": float(sc[a]), "rejected_score": float(sc[b]),
+                                      "chosen_created_utc": 0, "rejected_created_utc": 0, "score_ratio": float("nan"),
+                                      "seconds_difference": 0, "split": "train", "labeller": labeller})
+        rank_rows.append({"thread_id": tid, "prompt": it["prompt"], "responses": [answers[k] for k in order],
+                          "scores": [float(sc[k]) for k in order], "adjusted": [float(z[k]) for k in order],
+                          "split": "train", "labeller": labeller})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for rows, cols, name in ((resp_rows, [*schema.RESPONSE_COLUMNS, "source"], schema.RESPONSES_FILE),
+                             (pair_rows, list(schema.PAIR_COLUMNS), schema.PAIRS_FILE),
+                             (rank_rows, list(schema.RANKING_COLUMNS), schema.RANKINGS_FILE)):
+        pd.DataFrame(rows, columns=[*cols, "labeller"]).to_parquet(out / name, index=False)
+    counts = {"threads": len(rank_rows), "responses": len(resp_rows), "pairs": len(pair_rows)}
+    (out / "manifest.json").write_text(json.dumps({"stage": "feedback-data", "community": community,
+                                                   "labeller": labeller, "counts": counts}))
+    return counts
 
 
 # ---- 2. explicit labels ------------------------------------------------------------------
@@ -242,5 +309,6 @@ def judge_metrics(table: pd.DataFrame, score_col: str, n_resamples: int = 1000, 
     from ambient_rlhf.stats import pair_accuracy, spearman_interval
 
     pol = table["source"] == "policy"
-    return {"spearman_policy": spearman_interval(table.loc[pol, score_col], table.loc[pol, "utility"], n_resamples, seed),
-            "pair_accuracy_policy": pair_accuracy(table[score_col], table["utility"], table["thread_id"], pol.to_numpy())}
+    u = table["utility"]
+    return {"spearman_policy": spearman_interval(table.loc[pol, score_col], u[pol], n_resamples, seed),
+            "pair_accuracy_policy": pair_accuracy(table[score_col], u, table["thread_id"], pol.to_numpy())}
