@@ -137,10 +137,10 @@ def run_feedback(spec: dict, resume: bool, out: str) -> None:
                 table = table.copy()
             else:
                 rm_scores = _score_items(fb.held_out_rm, items, community, spec["batch_size"])
-                counts = F.model_ranked_data(items, rm_scores, tmp / "data", community,
-                                             f"held-out reward model {fb.held_out_rm}", k)
+                labeller = f"held-out reward model {fb.held_out_rm} (a model, not people)"
+                counts = F.model_ranked_data(items, rm_scores, tmp / "data", community, labeller, k)
                 counts["ranked_comparisons"] = _ranked_comparisons(tmp / "data")
-                result.update(counts=counts, labeller=f"held-out reward model {fb.held_out_rm} (a model, not people)")
+                result.update(counts=counts, labeller=labeller)
                 table = _items_table(items)
             # does the reward model of the previous round (and the judge) rank these answers right?
             if "utility" in table.columns:

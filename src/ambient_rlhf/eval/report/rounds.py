@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ambient_rlhf.data.feedback import FEEDBACK_FILE
 from ambient_rlhf.eval.report.markup import Figures, esc, fnum, interval, table
 from ambient_rlhf.eval.report.rundir import StageDir
@@ -36,7 +38,8 @@ def _round1_comparisons(run_dir: Path) -> int | None:
         df = pd.read_parquet(run_dir / "data" / "rankings.parquet", columns=["thread_id", "responses", "split"])
     except (OSError, ValueError, KeyError, ImportError):
         return None
-    df = df[(df["split"] == "train") & [half_of(str(t)) == "a" for t in df["thread_id"]]]
+    half_a = np.array([half_of(str(t)) == "a" for t in df["thread_id"]], dtype=bool)
+    df = df[(df["split"] == "train").to_numpy() & half_a]
     return int(sum(len(r) * (len(r) - 1) // 2 for r in df["responses"]))
 
 
