@@ -47,6 +47,10 @@ def test_held_out_reward_model_ranks_and_is_named(world):
     result = json.loads((out / "feedback.json").read_text())
     assert result["labeller"].startswith("held-out reward model") and world["rm"] in result["labeller"]
     assert result["counts"]["threads"] == 3 and result["counts"]["responses"] == 9
+    from ambient_rlhf.data.splits import half_of
+
+    answers = pd.read_parquet(out / "answers.parquet")
+    assert {half_of(t) for t in answers["thread_id"]} == {"a"}  # questions of the proxy's half only
     resp = pd.read_parquet(out / "data" / "responses.parquet")
     assert list(resp["source"]).count("policy") == 6 and set(resp["labeller"]) == {result["labeller"]}
     # the ranking follows the held-out model's score of each answer, scored alone here

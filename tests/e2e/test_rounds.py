@@ -67,6 +67,9 @@ def test_round_two_is_wired_and_counted(full):
     answers = pd.read_parquet(full / "feedback-2" / "answers.parquet")
     assert len(answers) == 24 and (answers["source"] == "policy").sum() == 12
     assert fb["counts"]["threads"] == 6 and fb["source"] == "simulated"
+    from ambient_rlhf.data.splits import half_of
+
+    assert {half_of(t) for t in answers["original_thread"]} == {"a"}  # the proxy's half: never the judge's
     rankings = pd.read_parquet(full / "feedback-2" / "data" / "rankings.parquet")
     assert fb["counts"]["ranked_comparisons"] == sum(len(r) * (len(r) - 1) // 2 for r in rankings["responses"])
     # every voted answer obeys score = 1 + up - down (the readers' rule), and the

@@ -51,7 +51,9 @@ class FeedbackConfig:
     as such in every output, since it is a model and not people), or ``labels`` (a
     ``pairs.parquet`` of explicit comparisons, ``labels``)."""
     prompts: Annotated[int, at_least(1)] = 32
-    """Questions asked again per round (train-split threads, a seeded choice per round)."""
+    """Questions asked again per round: a seeded choice per round among the train-split
+    threads of the proxy's half (``a``), so the gold judge's threads never reach the
+    proxy's data (fewer when the half has fewer)."""
     policy_answers: Annotated[int, at_least(1)] = 2
     """Policy answers per fresh thread."""
     human_answers: Annotated[int, at_least(0)] = 2
@@ -59,8 +61,8 @@ class FeedbackConfig:
     held_out_rm: str = ""
     """``held-out-rm``: the reward-model directory that ranks the answers."""
     labels: str = ""
-    """``labels``: a pairs.parquet of explicit comparisons (``PAIR_COLUMNS``); every
-    round adds the same labels."""
+    """``labels``: a pairs.parquet of explicit comparisons (columns thread_id, prompt,
+    chosen, rejected; e.g. from ``ambient label``); every round adds the same labels."""
     weight: Annotated[float, at_least(0)] = 1.0
     """Mixing weight of a round's feedback threads in the reward model's train split:
     each thread enters ``floor(w)`` times, plus once more for a seeded ``w - floor(w)``
@@ -110,9 +112,11 @@ def feedback_threads(items: Sequence[dict], cfg: SimulateConfig, round_: int,
 
 
 def feedback_items(sim_dir: str | Path, data_dir: str | Path, n: int, human: int, round_: int,
-                   seed: int = 0) -> list[dict]:
-    """``n`` train-split questions of a simulated run (a seeded choice per round), each with
-    its title, body, topic and ``human`` of its original answers (a seeded choice)."""
+                   seed: int = 0, half: str = "a") -> list[dict]:
+    """``n`` train-split questions of a simulated run (a seeded choice per round) from the
+    proxy's ``half`` (``a``; ``all`` for every one: the gold judge's half would then reach
+    the proxy's data), each with its title, body, topic and ``human`` of its original
+    answers (a seeded choice)."""
     from ambient_rlhf.data.simulate import load_utility
     from ambient_rlhf.data.tables import read_table
 
@@ -126,9 +130,9 @@ def feedback_items(sim_dir: str | Path, data_dir: str | Path, n: int, human: int
         subs[s["id"]] = s
     util = load_utility(sim_dir)
     train = sorted(set(read_table(data_dir, schema.RESPONSES_FILE, schema.RESPONSE_COLUMNS, "train")["thread_id"]))
-    train = [t for t in train if t in subs]
+    train = [t for t in train if t in subs and (half == "all" or half_of(t) == half)]
     if not train:
-        raise AmbientError(f"{data_dir}: no train-split thread of {sim_dir}; nothing to ask again")
+        raise AmbientError(f"{data_dir}: no train-split thread of {sim_dir} in half {half}; nothing to ask again")
     rng = np.random.default_rng([seed, 7, round_])
     pick = [train[i] for i in np.sort(rng.permutation(len(train))[:n])]
     items = []
@@ -142,16 +146,17 @@ def feedback_items(sim_dir: str | Path, data_dir: str | Path, n: int, human: int
     return items
 
 
-def data_items(data_dir: str | Path, n: int, human: int, round_: int, seed: int = 0) -> list[dict]:
+def data_items(data_dir: str | Path, n: int, human: int, round_: int, seed: int = 0,
+               half: str = "a") -> list[dict]:
     """Like :func:`feedback_items` for any data directory (a real community): ``n``
-    train-split threads (a seeded choice per round), each with its prompt and ``human`` of
-    its answers."""
+    train-split threads of ``half`` (a seeded choice per round), each with its prompt and
+    ``human`` of its answers."""
     from ambient_rlhf.data.tables import read_table
 
     df = read_table(data_dir, schema.RESPONSES_FILE, schema.RESPONSE_COLUMNS, "train")
-    train = sorted(set(df["thread_id"].astype(str)))
+    train = sorted(t for t in set(df["thread_id"].astype(str)) if half == "all" or half_of(t) == half)
     if not train:
-        raise AmbientError(f"{data_dir}: no train-split thread; nothing to ask again")
+        raise AmbientError(f"{data_dir}: no train-split thread in half {half}; nothing to ask again")
     rng = np.random.default_rng([seed, 7, round_])
     items = []
     for t in [train[i] for i in np.sort(rng.permutation(len(train))[:n])]:
