@@ -46,3 +46,20 @@ def test_feedback_source_must_fit_the_data(tmp_path):
         plan(load_run_config("demo", [f"out={tmp_path}", "rounds=2", "feedback.source=labels"]))
     with pytest.raises(AmbientError, match="rounds=0"):
         plan(load_run_config("demo", [f"out={tmp_path}", "rounds=0"]))
+
+
+def test_rl_reference_is_refused_with_lora():
+    from ambient_rlhf.train.rl.config import RLConfig, _validate
+
+    cfg = RLConfig(data="d", out="o", reference="sft")
+    _validate(cfg, 1)  # a separate reference is fine without LoRA
+    cfg.lora.enabled = True
+    with pytest.raises(AmbientError, match="reference=sft with lora.enabled"):
+        _validate(cfg, 1)
+
+
+def test_feedback_config_documented():
+    from ambient_rlhf.config import check_documented
+    from ambient_rlhf.data.feedback import FeedbackConfig
+
+    assert check_documented(FeedbackConfig) == []

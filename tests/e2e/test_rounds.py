@@ -60,6 +60,9 @@ def test_round_two_is_wired_and_counted(full):
     rl2 = _cfg(full, "rl-2")  # from the round-1 policy, KL to sft/, against the new proxy
     assert (rl2["policy"], rl2["reference"], rl2["reward"]) == (str(full / "rl"), str(full / "sft"),
                                                               str(full / "rm-proxy-2"))
+    # the KL is to sft/: 0 at round 1's first step (policy = reference), not at round 2's
+    kl1, kl2 = (read_jsonl(full / name / "metrics.jsonl")[0]["objective/kl"] for name in ("rl", "rl-2"))
+    assert kl1 == 0.0 and kl2 != 0.0
     rm2 = _cfg(full, "rm-proxy-2")
     assert rm2["data"] == [str(full / "mix-2")] and rm2["train_half"] == "all"
     # the feedback: 6 fresh threads of 2 human + 2 policy answers, voted on and built
