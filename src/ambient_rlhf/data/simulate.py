@@ -258,7 +258,6 @@ def thread_records(cfg: SimulateConfig, tid: str, slug: str, p: dict, resp: list
     vc = cfg.votes
     text = prompt_text(p["title"], p["body"])
     k = len(resp)
-    subs: list[dict] = []
     comments: list[dict] = []
     rows: list[dict] = []
     comps = [utility_components(text, r) for r in resp]
@@ -268,13 +267,13 @@ def thread_records(cfg: SimulateConfig, tid: str, slug: str, p: dict, resp: list
     prompt_score = 1 + int(rng.binomial(int(readers), vc.prompt_vote_rate))
     permalink = f"/r/{cfg.community}/comments/{tid}/{slug}/"
     n_replies_total = int(v["replies"].sum())
-    subs.append({
+    sub = {
         "id": tid, "name": f"t3_{tid}", "title": p["title"], "selftext": p["body"], "author": op_name,
         "subreddit": cfg.community, "created_utc": int(created), "score": prompt_score,
         "upvote_ratio": round(float(1 - vc.downvote_rate), 2), "num_comments": k + n_replies_total,
         "over_18": False, "is_self": True, "stickied": False, "edited": False, "permalink": permalink,
         "retrieved_on": retrieved_on,
-    })
+    }
     for j in range(k):
         cid = f"c{tid[1:]}x{j}"
         c_created = int(created + round(delay_h[j] * 3600))
@@ -301,7 +300,7 @@ def thread_records(cfg: SimulateConfig, tid: str, slug: str, p: dict, resp: list
             "views": int(v["views"][j]), "up": int(v["up"][j]), "down": int(v["down"][j]),
             "score": int(v["score"][j]), "replies": int(v["replies"][j]),
         })
-    return subs[0], comments, rows
+    return sub, comments, rows
 
 
 def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[str]]) -> tuple[list[dict], list[dict], pd.DataFrame]:
