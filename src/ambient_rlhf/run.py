@@ -66,6 +66,8 @@ from ambient_rlhf.config import to_dict
 from ambient_rlhf.data.simulate import SimulateConfig
 from ambient_rlhf.io import write_json, write_manifest
 from ambient_rlhf.logging import get_logger, progress, progress_enabled
+from ambient_rlhf.rounds import RUNNERS as ROUND_RUNNERS
+from ambient_rlhf.rounds import plan_rounds
 from ambient_rlhf.run_config import (DEMO, PRESETS, RESOLVED_FILE, RUN_SET, RunConfig, find_preset,  # noqa: F401
                                      load_run_config, preset_names, resolved_yaml, run_config_help, stage_config_types)
 
@@ -159,7 +161,7 @@ def plan(cfg: RunConfig) -> list[Stage]:
         stages.append(Stage("eval-goal", "eval", r(ev, policy=d["sft-tier"], goal="good", out=d["eval-goal"]),
                             ["data", "sft", "sft-tier", "rm-proxy", "rm-gold"]))
     stages.append(Stage("report", "report", {"run_dir": str(run)}, [s.name for s in stages]))
-    return stages
+    return plan_rounds(cfg, stages, Stage)  # rounds 2..N (rounds=N), before the report
 
 
 def _volatile_off(cfg: Any) -> Any:
@@ -236,7 +238,7 @@ def _with_resume(cfg: Any, resume: bool) -> Any:
 Runner = Callable[[Any, bool, str], None]
 RUNNERS: dict[str, Runner] = {
     "simulate": _run_simulate, "data": _run_data, "sft": _run_sft, "rm": _run_rm, "rl": _run_rl,
-    "truth": _run_truth, "eval": _run_eval, "report": _run_report,
+    "truth": _run_truth, "eval": _run_eval, "report": _run_report, **ROUND_RUNNERS,
 }
 """Stage kind -> ``runner(stage_config, resume, out_dir)``.  The injection point of
 :func:`run_pipeline` (tests pass small local functions)."""

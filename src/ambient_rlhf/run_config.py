@@ -21,6 +21,7 @@ from typing import Any, Callable, Literal
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.config import config_help, to_dict
+from ambient_rlhf.data.feedback import FeedbackConfig
 from ambient_rlhf.data.simulate import SimulateConfig
 
 
@@ -82,7 +83,8 @@ def _demo(key: str, cls_name: str | None = None, fallback: Any = None) -> Callab
         value = copy.deepcopy(_demo_values().get(key, fallback))
         if cls_name is None:
             return value
-        cls = SimulateConfig if cls_name == "SimulateConfig" else stage_config_types()[cls_name]
+        light = {"SimulateConfig": SimulateConfig, "FeedbackConfig": FeedbackConfig}
+        cls = light[cls_name] if cls_name in light else stage_config_types()[cls_name]
         return from_dict(cls, value or {}, prefix=key + ".")
     return make
 
@@ -125,6 +127,14 @@ class RunConfig:
     """Policy evaluation (both evaluations). The run sets the model paths, ``data``,
     ``out``, ``overwrite`` and ``goal`` (none for ``eval/``, ``good`` for ``eval-goal/``);
     giving one is an error."""
+    rounds: int = field(default_factory=_demo("rounds", fallback=1))
+    """Rounds of iterated RLHF (``ambient_rlhf.rounds``): after round 1 (rm-proxy, rl,
+    eval), each round r collects feedback on the last policy's answers (``feedback.*``),
+    retrains the proxy on the run's data plus that feedback, runs RL from the last policy
+    with KL to sft/, and evaluates it (feedback-r, mix-r, rm-proxy-r, rl-r, eval-r)."""
+    feedback: FeedbackConfig = field(default_factory=_demo("feedback", "FeedbackConfig"))
+    """Rounds 2..N: where new preferences over the policy's answers come from and how
+    they join the reward model's data (``rounds`` > 1 only)."""
 
 
 RUN_SET = {
@@ -135,6 +145,7 @@ RUN_SET = {
            "out": "the run's rm-proxy/ and rm-gold/", "train_half": "a for rm-proxy, b for rm-gold",
            "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
     "rl": {"policy": "the run's sft/", "reward": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's rl/",
+           "reference": "the run's sft/ (later rounds start from the last policy)",
            "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
     "eval": {"policy": "rl/ or sft-tier/", "reference": "the run's sft/", "judge": "the run's rm-gold/",
              "proxy": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's eval/ and eval-goal/",
@@ -215,7 +226,8 @@ def run_config_help() -> str:
     run_defaults = _flatten(to_dict(RunConfig()))
     stage_defaults: dict[str, Any] = {}
     for name, cls in (("simulate", SimulateConfig), ("data", types_["DataConfig"]), ("sft", types_["SFTConfig"]),
-                      ("rm", types_["RewardConfig"]), ("rl", types_["RLConfig"]), ("eval", types_["EvalConfig"])):
+                      ("rm", types_["RewardConfig"]), ("rl", types_["RLConfig"]), ("eval", types_["EvalConfig"]),
+                      ("feedback", FeedbackConfig)):
         stage_defaults.update(_flatten(to_dict(cls()), f"{name}."))
     diff = [f"  {k} = {v!r}" for k, v in run_defaults.items() if k in stage_defaults and stage_defaults[k] != v]
     return (text + f"\n\nDefaults of `ambient run` (the demo, {PRESETS / (DEMO + '.yaml')}) that differ from the "

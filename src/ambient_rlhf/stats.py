@@ -12,7 +12,9 @@ to ``config`` and ``io``, because ``data/`` may import nothing from ``eval/``.
 * :func:`win_outcomes` / :func:`win_rate`: 1 for a win, 0.5 for a tie, 0 for a loss.
 * :func:`distinct_n`: corpus-level distinct-n (Li et al. 2016), unique n-grams over all
   n-grams of all texts.
-* :func:`spearman`: rank correlation with average ranks for ties.
+* :func:`spearman`: rank correlation with average ranks for ties; :func:`spearman_interval`
+  adds a bootstrap interval; :func:`pair_accuracy`: the share of within-group pairs a
+  score orders like a target (does a reward model rank a policy's answers right?).
 """
 
 from __future__ import annotations
@@ -160,3 +162,37 @@ def describe(values: Sequence[float] | np.ndarray, n_resamples: int = 1000, seed
     out = bootstrap_ci(v, n_resamples=n_resamples, seed=seed, clusters=groups)
     out["std"] = float(np.nanstd(v)) if v.size else float("nan")
     return out
+
+
+def spearman_interval(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, n_resamples: int = 1000,
+                      seed: int = 0) -> dict:
+    """Spearman of ``x`` with ``y`` and a percentile bootstrap interval (pairs resampled)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(x)
+    value = spearman(x, y) if n >= 2 else float("nan")
+    rng = np.random.default_rng(seed)
+    boot = [spearman(x[i], y[i]) for i in (rng.integers(0, n, n) for _ in range(n_resamples))] if n >= 3 else []
+    boot = np.asarray([b for b in boot if np.isfinite(b)])
+    lo, hi = (np.quantile(boot, [0.025, 0.975]) if len(boot) else (float("nan"), float("nan")))
+    return {"value": float(value), "low": float(lo), "high": float(hi), "n": int(n)}
+
+
+def pair_accuracy(score: Sequence[float] | np.ndarray, utility: Sequence[float] | np.ndarray, group: Sequence,
+                  mask: np.ndarray | None = None) -> dict:
+    """Within-``group`` pairs with different utility, at least one of them in ``mask``: the
+    share the score orders like the utility (a score tie counts 1/2)."""
+    score, utility = np.asarray(score, dtype=float), np.asarray(utility, dtype=float)
+    mask = np.ones(len(score), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    group = np.asarray(group)
+    hits, n = 0.0, 0
+    for g in np.unique(group):
+        idx = np.flatnonzero(group == g)
+        for a in range(len(idx)):
+            for b in range(a + 1, len(idx)):
+                i, j = idx[a], idx[b]
+                if not (mask[i] or mask[j]) or utility[i] == utility[j]:
+                    continue
+                n += 1
+                d = (score[i] - score[j]) * np.sign(utility[i] - utility[j])
+                hits += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+    return {"value": hits / n if n else float("nan"), "n": n}

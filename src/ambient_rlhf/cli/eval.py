@@ -32,4 +32,9 @@ def cli(argv: list[str]) -> int:
     print(f"win rate of policy over reference: {wr['value']:.3f} [{wr['low']:.3f}, {wr['high']:.3f}] "
           f"({r['n_prompts']} prompts x {r['samples_per_prompt']}; {r['verdict']}); "
           f"KL {r['kl']['value']:.2f} nats; -> {cfg.out}/eval.json")
+    for name, m in ((r.get("true_utility") or {}).get("policy_samples") or {}).items():
+        sp = m["spearman"]
+        print(f"{name} on the policy's own samples: Spearman with the true utility {sp['value']:.2f} "
+              f"[{sp['low']:.2f}, {sp['high']:.2f}], pair accuracy {m['pair_accuracy']['value']:.2f} "
+              f"({m['pair_accuracy']['n']} pairs)")
     return 0

@@ -246,6 +246,63 @@ def trim_to_sentence(text: str) -> str:
     return text[: ends[-1]]
 
 
+def thread_records(cfg: SimulateConfig, tid: str, slug: str, p: dict, resp: list[str], styles: list[str],
+                   created: int, readers: float, op_name: str, retrieved_on: int,
+                   rng: np.random.Generator) -> tuple[dict, list[dict], list[dict]]:
+    """One thread of the community: its submission, its comments (answers and replies) and
+    one utility-table row per answer.  The readers' rules live here once: the simulated
+    community and the feedback on a policy's answers (``data.feedback``) both call it.
+
+    ``p`` has the question's ``title``, ``body`` and ``topic``; ``resp`` the answers (each
+    gets a fresh posting delay, views and votes from ``rng``); ``styles`` one label per answer."""
+    vc = cfg.votes
+    text = prompt_text(p["title"], p["body"])
+    k = len(resp)
+    comments: list[dict] = []
+    rows: list[dict] = []
+    comps = [utility_components(text, r) for r in resp]
+    util = np.array([sum(UTILITY_WEIGHTS[c] * d[c] for c in UTILITY_WEIGHTS) for d in comps])
+    delay_h = np.maximum(rng.exponential(vc.delay_mean_hours, size=k), 1 / 60)  # at least a minute
+    v = thread_votes(util, delay_h, readers, vc, rng)
+    prompt_score = 1 + int(rng.binomial(int(readers), vc.prompt_vote_rate))
+    permalink = f"/r/{cfg.community}/comments/{tid}/{slug}/"
+    n_replies_total = int(v["replies"].sum())
+    sub = {
+        "id": tid, "name": f"t3_{tid}", "title": p["title"], "selftext": p["body"], "author": op_name,
+        "subreddit": cfg.community, "created_utc": int(created), "score": prompt_score,
+        "upvote_ratio": round(float(1 - vc.downvote_rate), 2), "num_comments": k + n_replies_total,
+        "over_18": False, "is_self": True, "stickied": False, "edited": False, "permalink": permalink,
+        "retrieved_on": retrieved_on,
+    }
+    for j in range(k):
+        cid = f"c{tid[1:]}x{j}"
+        c_created = int(created + round(delay_h[j] * 3600))
+        comments.append({
+            "id": cid, "name": f"t1_{cid}", "author": f"sim_reader_{_base36(int(rng.integers(36**3, 36**4)))}",
+            "body": resp[j], "created_utc": c_created, "score": int(v["score"][j]), "link_id": f"t3_{tid}",
+            "parent_id": f"t3_{tid}", "subreddit": cfg.community, "permalink": f"{permalink}{cid}/",
+            "retrieved_on": retrieved_on, "stickied": False, "distinguished": None,
+        })
+        for m in range(int(v["replies"][j])):
+            rid = f"{cid}r{m}"
+            good = rng.random() < v["p_like"][j]
+            comments.append({
+                "id": rid, "name": f"t1_{rid}", "author": f"sim_reader_{_base36(int(rng.integers(36**3, 36**4)))}",
+                "body": str(rng.choice(_REPLY_GOOD if good else _REPLY_BAD)),
+                "created_utc": c_created + int(rng.exponential(3600)) + 60, "score": int(1 + rng.poisson(2 if good else 0.5)),
+                "link_id": f"t3_{tid}", "parent_id": f"t1_{cid}", "subreddit": cfg.community,
+                "permalink": f"{permalink}{rid}/", "retrieved_on": retrieved_on, "stickied": False, "distinguished": None,
+            })
+        rows.append({
+            "thread_id": tid, "response_id": cid, "response_name": f"t1_{cid}", "prompt": text, "response": resp[j],
+            "topic": p["topic"], "style": styles[j], "utility": float(util[j]), **{f"u_{c}": float(comps[j][c]) for c in UTILITY_WEIGHTS},
+            "delay_hours": float(delay_h[j]), "readers": float(readers), "prompt_score": prompt_score,
+            "views": int(v["views"][j]), "up": int(v["up"][j]), "down": int(v["down"][j]),
+            "score": int(v["score"][j]), "replies": int(v["replies"][j]),
+        })
+    return sub, comments, rows
+
+
 def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[str]]) -> tuple[list[dict], list[dict], pd.DataFrame]:
     """Simulate the community: returns (submissions, comments, utility table).
 
@@ -271,49 +328,11 @@ def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[st
     op_names = [f"sim_asker_{_base36(int(x))}" for x in rng.integers(36**3, 36**4, size=cfg.threads)]
     for i, p in enumerate(prompts):
         tid = "s" + _base36(1_000_000 + i)
-        text = prompt_text(p["title"], p["body"])
-        k = cfg.responses
-        resp = answers[i * k:(i + 1) * k]
-        comps = [utility_components(text, r) for r in resp]
-        util = np.array([sum(UTILITY_WEIGHTS[c] * d[c] for c in UTILITY_WEIGHTS) for d in comps])
-        delay_h = np.maximum(rng.exponential(vc.delay_mean_hours, size=k), 1 / 60)  # at least a minute
-        v = thread_votes(util, delay_h, readers[i], vc, rng)
-        prompt_score = 1 + int(rng.binomial(int(readers[i]), vc.prompt_vote_rate))
-        permalink = f"/r/{cfg.community}/comments/{tid}/q{i}/"
-        n_replies_total = int(v["replies"].sum())
-        subs.append({
-            "id": tid, "name": f"t3_{tid}", "title": p["title"], "selftext": p["body"], "author": op_names[i],
-            "subreddit": cfg.community, "created_utc": int(created[i]), "score": prompt_score,
-            "upvote_ratio": round(float(1 - vc.downvote_rate), 2), "num_comments": k + n_replies_total,
-            "over_18": False, "is_self": True, "stickied": False, "edited": False, "permalink": permalink,
-            "retrieved_on": retrieved_on,
-        })
-        for j in range(k):
-            cid = f"c{_base36(1_000_000 + i)}x{j}"
-            c_created = int(created[i] + round(delay_h[j] * 3600))
-            comments.append({
-                "id": cid, "name": f"t1_{cid}", "author": f"sim_reader_{_base36(int(rng.integers(36**3, 36**4)))}",
-                "body": resp[j], "created_utc": c_created, "score": int(v["score"][j]), "link_id": f"t3_{tid}",
-                "parent_id": f"t3_{tid}", "subreddit": cfg.community, "permalink": f"{permalink}{cid}/",
-                "retrieved_on": retrieved_on, "stickied": False, "distinguished": None,
-            })
-            for m in range(int(v["replies"][j])):
-                rid = f"{cid}r{m}"
-                good = rng.random() < v["p_like"][j]
-                comments.append({
-                    "id": rid, "name": f"t1_{rid}", "author": f"sim_reader_{_base36(int(rng.integers(36**3, 36**4)))}",
-                    "body": str(rng.choice(_REPLY_GOOD if good else _REPLY_BAD)),
-                    "created_utc": c_created + int(rng.exponential(3600)) + 60, "score": int(1 + rng.poisson(2 if good else 0.5)),
-                    "link_id": f"t3_{tid}", "parent_id": f"t1_{cid}", "subreddit": cfg.community,
-                    "permalink": f"{permalink}{rid}/", "retrieved_on": retrieved_on, "stickied": False, "distinguished": None,
-                })
-            rows.append({
-                "thread_id": tid, "response_id": cid, "response_name": f"t1_{cid}", "prompt": text, "response": resp[j],
-                "topic": p["topic"], "style": styles[i][j], "utility": float(util[j]), **{f"u_{c}": float(comps[j][c]) for c in UTILITY_WEIGHTS},
-                "delay_hours": float(delay_h[j]), "readers": float(readers[i]), "prompt_score": prompt_score,
-                "views": int(v["views"][j]), "up": int(v["up"][j]), "down": int(v["down"][j]),
-                "score": int(v["score"][j]), "replies": int(v["replies"][j]),
-            })
+        sub, coms, rws = thread_records(cfg, tid, f"q{i}", p, answers[i * cfg.responses:(i + 1) * cfg.responses],
+                                        styles[i], int(created[i]), float(readers[i]), op_names[i], retrieved_on, rng)
+        subs.append(sub)
+        comments.extend(coms)
+        rows.extend(rws)
     comments.sort(key=lambda c: (c["created_utc"], c["id"]))
     return subs, comments, pd.DataFrame(rows)
 

@@ -66,12 +66,34 @@ def summarize(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
         tu["spearman_judge"] = stats.spearman(np.concatenate([col("policy_score"), col("reference_score")]), both_u)
         if "policy_proxy" in rows[0]:
             tu["spearman_proxy"] = stats.spearman(np.concatenate([col("policy_proxy"), col("reference_proxy")]), both_u)
+        tu["policy_samples"] = policy_sample_judge(rows, B, seed)
         result["true_utility"] = tu
     result["verdict"] = verdict(result["win_rate"])
     # side-by-side table: the first n_table prompts, first sample of each
     table = [r for r in rows if r["sample"] == 0][: cfg.n_table]
     result["table"] = [{k: r[k] for k in r if k not in ("thread_id",)} for r in table]
     return result
+
+
+def policy_sample_judge(rows: list[dict[str, Any]], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Does a reward model rank the policy's *own* answers right?  Per reward model
+    (``judge``, and ``proxy`` when scored): Spearman of its score with the true utility
+    over the policy's samples alone (bootstrap interval), and the pair accuracy over the
+    pairs of one prompt that involve a policy sample (policy vs policy, policy vs
+    reference), ties in utility left out."""
+    u_pol = np.array([r["policy_true_utility"] for r in rows], dtype=float)
+    u_all = np.concatenate([u_pol, [r["reference_true_utility"] for r in rows]])
+    group = [r["thread_id"] for r in rows] * 2
+    is_pol = np.arange(2 * len(rows)) < len(rows)
+    out: dict[str, Any] = {}
+    for name, pol, ref in (("judge", "policy_score", "reference_score"), ("proxy", "policy_proxy", "reference_proxy")):
+        if not rows or pol not in rows[0]:
+            continue
+        s_pol = np.array([r[pol] for r in rows], dtype=float)
+        s_all = np.concatenate([s_pol, [r[ref] for r in rows]])
+        out[name] = {"spearman": stats.spearman_interval(s_pol, u_pol, n_resamples, seed),
+                     "pair_accuracy": stats.pair_accuracy(s_all, u_all, group, is_pol)}
+    return out
 
 
 def verdict(win: dict[str, float]) -> str:

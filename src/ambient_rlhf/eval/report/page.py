@@ -11,6 +11,7 @@ from ambient_rlhf.eval.report.labels import label_section
 from ambient_rlhf.eval.report.markup import Figures, esc
 from ambient_rlhf.eval.report.results import (frontier_section, headline, samples_section, simulated_section,
                                               win_section)
+from ambient_rlhf.eval.report.rounds import rounds_section
 from ambient_rlhf.eval.report.rundir import REPORT_DIR, REPORT_FILE, STAGES, StageDir, _read_json, discover
 from ambient_rlhf.eval.report.stages import curves_section, data_section, rl_section, rm_section, stages_table
 from ambient_rlhf.io import atomic_dir, write_manifest
@@ -36,6 +37,7 @@ SECTIONS: list[tuple[str, str, Callable]] = [
     ("win", "Win rates on held-out prompts", win_section),
     ("frontier", "Reward vs KL", frontier_section),
     ("simulated", "Simulated community: true utility vs proxy and gold rewards", simulated_section),
+    ("rounds", "Rounds: does the reward model rank the policy's own answers right?", rounds_section),
     ("samples", "Samples side by side", samples_section),
     ("rm", "Reward models: accuracy, baselines, calibration", rm_section),
     ("labels", "Explicit comparisons: agreement between labellers and with the upvotes", label_section),

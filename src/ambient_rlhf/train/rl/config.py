@@ -41,7 +41,13 @@ class KLSettings:
 @dataclass
 class RLConfig:
     policy: str = "default"
-    """Initial policy (normally the SFT output directory) and the frozen reference."""
+    """Initial policy (normally the SFT output directory) and, unless ``reference`` is
+    given, the frozen reference."""
+    reference: str = ""
+    """Frozen KL reference when it is not the initial policy (empty = ``policy``).  The
+    later rounds of ``ambient run rounds=N`` start from the previous round's policy and
+    keep the KL to the SFT model.  Not with LoRA (there the reference is the policy with
+    its adapter off)."""
     reward: str = ""
     """Reward: a reward-model directory written by ``ambient rm`` (must share the policy's
     tokenizer), or a programmatic reward: ``token-count:<ids>`` (how many response
@@ -188,6 +194,9 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
         raise AmbientError("rloo_k must be >= 2 for RLOO")
     if cfg.temperature <= 0:
         raise AmbientError("temperature must be > 0")
+    if cfg.reference and cfg.lora.enabled:
+        raise AmbientError(f"reference={cfg.reference} with lora.enabled: with LoRA the reference is the policy with "
+                           "its adapter off; leave reference empty or turn LoRA off")
     if cfg.reward_normalize == "reference" and cfg.reward_normalize_samples < 2:
         raise AmbientError(f"reward_normalize_samples={cfg.reward_normalize_samples}: needs at least 2 samples")
     if cfg.kl.estimator == "k3" and not cfg.kl.in_loss:

@@ -62,7 +62,7 @@ def train_rl(cfg: RLConfig) -> Path:
     lm.config.use_cache = True
     ref_lm = None
     if not cfg.lora.enabled:  # with LoRA the reference is the same model, adapter off
-        ref_lm = load_causal_lm(cfg.policy).to(device).eval()
+        ref_lm = load_causal_lm(cfg.reference or cfg.policy).to(device).eval()
         ref_lm.requires_grad_(False)
     lm = apply_lora(lm, cfg.lora)
     policy = PolicyWithValue(lm, value_head=(cfg.algo == "ppo" and cfg.value_model == "shared")).to(device).eval()
