@@ -161,7 +161,7 @@ def test_chat_template_text_is_the_rendering_plus_a_newline(rms):
 
 
 def test_trl_loads_the_reward_model_by_path(rms, tmp_path):
-    trl = pytest.importorskip("trl", reason="TRL is not installed (the `bench` extra): pip install 'trl>=1.16'")
+    trl = pytest.importorskip("trl", reason="TRL is not installed (the `test` extra): pip install 'trl>=1.16'")
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
 

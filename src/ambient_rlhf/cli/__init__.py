@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("ambient_rlhf.cli.rm", "train (default), evaluate (eval) or combine (combine) reward models"),
     "rl": ("ambient_rlhf.cli.rl", "policy optimisation against a reward model: ppo, rloo, reinforce"),
     "eval": ("ambient_rlhf.cli.eval", "compare a policy with its reference on held-out prompts"),
+    "export": ("ambient_rlhf.cli.export", "write a data directory as TRL / datasets files (trl)"),
     "report": ("ambient_rlhf.cli.report", "write report.html for a run directory"),
     "run": ("ambient_rlhf.cli.run", "the whole pipeline in one command"),
 }
