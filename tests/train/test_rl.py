@@ -103,6 +103,42 @@ def test_higher_beta_keeps_kl_lower(tmp_path, data_dir, peaked_model):
     assert all(r["kl/beta"] == 10.0 for r in high)
 
 
+def test_lora_adapter_is_saved_and_peft_loads_it_on_the_base_as_given(tmp_path, data_dir, tiny_model_path,
+                                                                     monkeypatch):
+    """RL with LoRA writes ``adapter/`` beside the merged policy; its
+    ``base_model_name_or_path`` is the policy as the user typed it (a relative directory
+    here), and peft's ``AutoPeftModelForCausalLM`` (base + adapter, unmerged) computes the
+    same logits as the merged model."""
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(tiny_model_path, tmp_path / "sft")
+    monkeypatch.chdir(tmp_path)
+    _, out = _run(tmp_path, data_dir, "sft", "rloo", "steps=1", "batch_size=2", "rloo_k=2", "lora.enabled=true",
+                  "lora.r=4", "lr=5e-2", "reward=token-count:0-4095")
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "sft"
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained("sft")
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        got, want, before = peft_model(ids).logits, merged(ids).logits, base(ids).logits
+    assert (want - before).abs().max() > 1e-3  # one step at lr 5e-2 moved the policy
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_adapter_base_name():
+    from ambient_rlhf.models.load import resolve_model
+    from ambient_rlhf.train.common import adapter_base_name
+
+    assert adapter_base_name("runs/sft") == "runs/sft"
+    assert adapter_base_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert adapter_base_name("tiny-random") == resolve_model("tiny-random")  # a name transformers cannot load
+
+
 def test_lora_reference_is_the_adapter_disabled_and_output_loads(tmp_path, data_dir, tiny_model_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -24,7 +24,7 @@ from ambient_rlhf.rl.losses import (explained_variance, kl_penalty_loss, ppo_pol
                                     sequence_policy_loss)
 from ambient_rlhf.rl.masking import masked_whiten
 from ambient_rlhf.rl.rewards import apply_missing_eos_score, kl_per_token, sequence_rewards, shaped_rewards
-from ambient_rlhf.train.common import apply_lora, make_scheduler, merge_lora, setup_accelerator
+from ambient_rlhf.train.common import apply_lora, is_peft, make_scheduler, merge_lora, save_adapter, setup_accelerator
 from ambient_rlhf.train.rollout import PolicyWithValue, response_logits, sample
 from ambient_rlhf.train.rl.config import RLConfig, _validate
 from ambient_rlhf.train.rl.scorers import make_scorer
@@ -299,10 +299,13 @@ def train_rl(cfg: RLConfig) -> Path:
     # the final policy: LoRA merged, a plain save_pretrained directory + tokenizer
     acc.wait_for_everyone()
     if acc.is_main_process:
-        final_lm = merge_lora(acc.unwrap_model(policy_ddp).lm)
+        final_lm = acc.unwrap_model(policy_ddp).lm
+        tok.padding_side = "right"
         with writing(out, "the final policy"):
+            if is_peft(final_lm):  # the adapter too: peft's AutoPeftModelForCausalLM loads it on its base
+                save_adapter(final_lm, out / "adapter", tok, cfg.policy)
+            final_lm = merge_lora(final_lm)
             final_lm.save_pretrained(out)
-            tok.padding_side = "right"
             tok.save_pretrained(out)
         write_manifest(out, "rl", to_dict(cfg), inputs=[p for p in (cfg.policy, cfg.data, cfg.reward) if Path(p).exists()],
                        counts={"prompts": len(prompts), "steps": cfg.steps, "episodes": cfg.steps * cfg.batch_size * k,

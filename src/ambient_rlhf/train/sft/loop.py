@@ -16,7 +16,8 @@ from ambient_rlhf.config import check_bounds, to_dict
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress
 from ambient_rlhf.outdir import prepare_out
-from ambient_rlhf.train.common import (CausalLMLoss, TokenMeter, all_sum, apply_lora, is_peft, make_optimizer, make_scheduler, merge_lora, setup_accelerator)
+from ambient_rlhf.train.common import (CausalLMLoss, TokenMeter, all_sum, apply_lora, is_peft, make_optimizer,
+                                        make_scheduler, merge_lora, save_adapter, setup_accelerator)
 from ambient_rlhf.train.sft.config import MODEL_INFO_FILE, SFTConfig
 from ambient_rlhf.train.sft.data import (collate, encode_examples, epoch_batches, evaluate, read_responses,
                                         select_examples, split_step, write_samples)
@@ -225,8 +226,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         lm_final = unwrapped_lm()
         with atomic_dir(out, overwrite=True) as tmp:
             if is_peft(lm_final):
-                lm_final.save_pretrained(tmp / "adapter")
-                tok.save_pretrained(tmp / "adapter")
+                save_adapter(lm_final, tmp / "adapter", tok, cfg.model)
                 lm_final = merge_lora(lm_final)
             lm_final.save_pretrained(tmp)
             tok.save_pretrained(tmp)
