@@ -2,7 +2,7 @@
 
     ambient run                                   # the demo: a simulated community, SmolLM2
     ambient run askacademia data.sources=../shared/data/reddit-askacademia
-    ambient run demo out=runs/x sft.steps=10 rl.steps=5
+    ambient run demo out=runs/x sft.max_steps=10 rl.max_steps=5
     ambient run my-run.yaml                       # a YAML file of your own
 
 CONFIG is a preset shipped in ``ambient_rlhf/presets/`` (by name) or a YAML file; its keys

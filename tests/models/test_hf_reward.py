@@ -41,7 +41,7 @@ def rms(tmp_path_factory):
                         ("head_pair", ["objective=pairwise", "train_layers=0"]),
                         ("head_rank", ["objective=ranking", "train_layers=0"])):
         cfg = load_config(RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={root / name}",
-                                               "max_steps=2", "lr=1e-2", "eval_split=", "eval_every=0",
+                                               "max_steps=2", "learning_rate=1e-2", "eval_split=", "eval_steps=0",
                                                "max_prompt_tokens=96", "max_response_tokens=96", *extra])
         out[name] = train_reward(cfg)
     out["merged"] = combine([str(out["head_pair"]), str(out["head_rank"])], [1.0, -0.5], root / "merged")

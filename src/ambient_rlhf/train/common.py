@@ -175,6 +175,12 @@ def lr_factor(step: int, kind: str, warmup_steps: int, total_steps: int) -> floa
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_count(warmup_steps: float, total_steps: int) -> int:
+    """Warmup steps of a ``warmup_steps`` setting: a count when >= 1, else a fraction of
+    ``total_steps`` (rounded down; transformers rounds up: at most one step apart)."""
+    return int(warmup_steps) if warmup_steps >= 1 else int(warmup_steps * total_steps)
+
+
 def make_scheduler(opt: torch.optim.Optimizer, kind: str = "cosine", warmup_steps: int = 0,
                    total_steps: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
     """LR schedule (see :func:`lr_factor`); call ``.step()`` once per optimizer step."""
