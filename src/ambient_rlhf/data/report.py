@@ -26,6 +26,21 @@ def _plt():
     return plt
 
 
+def log_ticks(axis, lo: float, hi: float, most: int = 7) -> None:
+    """Plain-number labels on a log axis at 1-2-5 steps (1.5, 2, 3, 5, 10, 20, ...), and no
+    minor labels: matplotlib labels the minor ticks of a log axis spanning less than a
+    decade (``2x10^0``, ``3x10^0``, ...), and those labels overlap."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    nice = [m * 10.0 ** e for e in range(-3, 10) for m in (1, 1.5, 2, 3, 5)]
+    ticks = [t for t in nice if lo <= t <= hi]
+    while len(ticks) > most:  # keep every other one (from the low end) until they fit
+        ticks = ticks[::2]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def write_plots(out: Path) -> list[str]:
     """Write the five PNGs into ``out``; return their file names."""
     plt = _plt()
@@ -99,8 +114,10 @@ def write_plots(out: Path) -> list[str]:
     ratio = p.column("score_ratio").to_numpy()
     ratio = ratio[np.isfinite(ratio)]
     if ratio.size:
-        ax.hist(ratio, bins=np.logspace(np.log10(max(ratio.min(), 1.0)), np.log10(max(ratio.max(), 2.0)), 30))
+        lo, hi = max(ratio.min(), 1.0), max(ratio.max(), 2.0)
+        ax.hist(ratio, bins=np.logspace(np.log10(lo), np.log10(hi), 30))
         ax.set_xscale("log")
+        log_ticks(ax.xaxis, lo, hi)
     ax.set_xlabel("score ratio (chosen / rejected)")
     ax.set_ylabel("pairs")
     ax.set_title("Pairs by score ratio")
