@@ -4,7 +4,7 @@ Every stage declares one dataclass.  A config is built from, in order of precede
 its defaults, a YAML file (``--config file.yaml``) and ``key=value`` overrides from the
 command line (dotted keys reach nested dataclasses: ``labels.min_score_ratio=3``).
 An unknown key is an error that names the key and the valid ones; values are coerced
-to the declared type so that ``lr=1e-5`` is a float and ``lora=true`` a bool.
+to the declared type so that ``learning_rate=1e-5`` is a float and ``lora=true`` a bool.
 
 Field docstrings (the string literal under a field, as in cleanrl) are read from the
 source with :mod:`ast`, so ``ambient <stage> --help-config`` prints them.
