@@ -27,14 +27,17 @@ def _plt():
 
 
 def log_ticks(axis, lo: float, hi: float, most: int = 7) -> None:
-    """Plain-number labels on a log axis at 1-2-5 steps (1.5, 2, 3, 5, 10, 20, ...), and no
+    """Plain-number labels on a log axis at the finest of the 1-1.5-2-3-5, 1-2-5, 1-3 and
+    powers-of-ten series that gives at most ``most`` labels, and no
     minor labels: matplotlib labels the minor ticks of a log axis spanning less than a
-    decade (``2x10^0``, ``3x10^0``, ...), and those labels overlap."""
+    decade (``2x10^0``, ``3x10^0``, ...), and those labels crowd or overlap."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-    nice = [m * 10.0 ** e for e in range(-3, 10) for m in (1, 1.5, 2, 3, 5)]
-    ticks = [t for t in nice if lo <= t <= hi]
-    while len(ticks) > most:  # keep every other one (from the low end) until they fit
+    for mantissas in ((1, 1.5, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):  # the finest series that fits
+        ticks = [m * 10.0 ** e for e in range(-3, 10) for m in mantissas if lo <= m * 10.0 ** e <= hi]
+        if len(ticks) <= most:
+            break
+    while len(ticks) > most:  # more than `most` decades: every other power of ten
         ticks = ticks[::2]
     axis.set_major_locator(FixedLocator(ticks))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

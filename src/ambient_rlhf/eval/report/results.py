@@ -193,8 +193,9 @@ def win_section(run, figs: Figures) -> str:
 
 
 TEXT_KEYS = ("prompt", "reference", "policy")
-COLLAPSE_CHARS = 300
-"""Texts longer than this show their first characters, the rest one click away."""
+COLLAPSE_CHARS = 200
+"""Texts longer than this show their first characters (on one line: line breaks become
+spaces), the rest one click away."""
 
 
 def _collapsed(text: Any) -> Any:
@@ -202,7 +203,8 @@ def _collapsed(text: Any) -> Any:
     one as it is."""
     if not isinstance(text, str) or len(text) <= COLLAPSE_CHARS:
         return text
-    head = text[:COLLAPSE_CHARS].rsplit(" ", 1)[0] if " " in text[:COLLAPSE_CHARS] else text[:COLLAPSE_CHARS]
+    flat = " ".join(text.split())[:COLLAPSE_CHARS]
+    head = flat.rsplit(" ", 1)[0] if " " in flat else flat
     return ("html", f"<details><summary>{esc(head)} … <span class='note'>({len(text):,} characters; "
                     f"show all)</span></summary>{esc(text)}</details>")
 
