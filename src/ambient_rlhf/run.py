@@ -74,7 +74,7 @@ log = get_logger("run")
 RUN_MANIFEST = "manifest.json"
 KEY_FIELD = "run_key"
 """Field of a stage's manifest.json holding the key it was produced with."""
-_VOLATILE = ("resume", "overwrite")
+_VOLATILE = ("resume", "overwrite", "report_to")  # none of them changes what a stage writes
 """Config fields that do not change a stage's result (left out of its key)."""
 
 

@@ -49,3 +49,22 @@ def test_an_unknown_tracker_is_refused_before_any_work(tmp_path):
     with pytest.raises(AmbientError, match=r"unknown \['tensorbord'\]; choose from \[.*'tensorboard'"):
         _validate(cfg, 1)
     assert load_config(RLConfig, None, ["report_to=[]"]).report_to == []
+
+
+def test_the_trackers_change_no_result():
+    """A resume or a re-run of `ambient run` may change report_to: it is left out of the
+    comparisons (outdir's result config, the run's stage key)."""
+    import dataclasses
+    from pathlib import Path
+
+    from ambient_rlhf.config import to_dict
+    from ambient_rlhf.outdir import result_config
+    from ambient_rlhf.run import Stage, stage_key
+    from ambient_rlhf.train.rl.config import RLConfig
+
+    a = RLConfig(data="d", out="o")
+    b = dataclasses.replace(a, report_to=["wandb", "mlflow"])
+    assert result_config(to_dict(a)) == result_config(to_dict(b))
+    assert stage_key(Stage("rl", "rl", a), Path("run"), []) == stage_key(Stage("rl", "rl", b), Path("run"), [])
+    c = dataclasses.replace(a, learning_rate=2e-5)  # a setting that does change the result
+    assert stage_key(Stage("rl", "rl", a), Path("run"), []) != stage_key(Stage("rl", "rl", c), Path("run"), [])
