@@ -120,6 +120,7 @@ def test_lora_adapter_is_saved_and_peft_loads_it_on_the_base_as_given(tmp_path, 
                   "lora.r=4", "learning_rate=5e-2", "reward=token-count:0-4095")
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == "sft"
+    assert "AutoPeftModelForCausalLM.from_pretrained(" in (out / "README.md").read_text()  # the model card says so
     peft_model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
     merged = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained("sft")
