@@ -38,7 +38,7 @@ def ours(args, work: Path) -> dict:
     out = work / "ours"
     argv = ["--data", args.data, "--model", args.model, "--out", str(out), "--objective", "pairwise", "--overwrite",
             f"batch_size={args.batch}", f"max_steps={args.steps}", f"max_train_units={args.steps * args.batch}",
-            f"lr={args.lr}", "train_layers=-1", "eval_split=", "eval_every=0", "save_every=0", "warmup_ratio=0",
+            f"learning_rate={args.lr}", "train_layers=-1", "eval_split=", "eval_steps=0", "save_steps=0", "warmup_steps=0",
             f"max_prompt_tokens={args.max_prompt}", f"max_response_tokens={args.max_response}", "norm_max_responses=8"]
     cli(argv)
     rows = read_jsonl(out / "metrics.jsonl")

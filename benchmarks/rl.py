@@ -98,9 +98,9 @@ def worker_ours(a, paths) -> dict:
     out = Path(a.work) / f"ours_{a.algo}"
     cfg = load_config(RLConfig, None, [
         f"policy={paths['model']}", f"reward={reward}", f"data={paths['data']}", f"out={out}", f"algo={a.algo}",
-        f"steps={a.steps}", f"batch_size={a.prompts}", f"rloo_k={a.k}", f"response_length={a.length}",
-        "missing_eos_score=null", "save_every=0", "overwrite=true", "kl.kind=fixed", "kl.init_beta=0.05",
-        "lr=1e-6", "num_minibatches=1", "ppo_epochs=4", "sample_every=1000000"])
+        f"max_steps={a.steps}", f"batch_size={a.prompts}", f"rloo_k={a.k}", f"max_response_tokens={a.length}",
+        "missing_eos_score=null", "save_steps=0", "overwrite=true", "kl.kind=fixed", "kl.init_beta=0.05",
+        "learning_rate=1e-6", "num_minibatches=1", "ppo_epochs=4", "sample_every=1000000"])
     train_rl(cfg)
     rows = read_jsonl(out / "metrics.jsonl")
     phases = ("time/generate", "time/score", "time/reference", "time/policy_forward", "time/train")

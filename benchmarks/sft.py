@@ -41,10 +41,10 @@ def run_ours(data: str, model: str, steps: int, warmup: int, batch: int, max_tok
 
     half = max_tokens // 2
     out = tmp / f"ours-{time.time_ns()}"
-    cfg = SFTConfig(data=data, model=model, out=str(out), steps=warmup + steps, batch_size=batch, grad_accum=1,
-                    max_prompt_tokens=half, max_response_tokens=max_tokens - half, lr=2e-5, warmup_steps=0,
-                    schedule="constant", log_every=1, eval_every=0, eval_examples=1, checkpoint_every=0,
-                    sample_prompts=0)
+    cfg = SFTConfig(data=data, model=model, out=str(out), max_steps=warmup + steps, per_device_train_batch_size=batch,
+                    gradient_accumulation_steps=1, max_prompt_tokens=half, max_response_tokens=max_tokens - half,
+                    learning_rate=2e-5, warmup_steps=0, lr_scheduler_type="constant", logging_steps=1, eval_steps=0,
+                    eval_examples=1, save_steps=0, sample_prompts=0)
     train_sft(cfg)
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if "train/tokens" in r]
     timed = [r for r in rows if r["step"] > warmup]

@@ -12,12 +12,14 @@ from ambient_rlhf.train.rl.config import RLConfig
 from ambient_rlhf.train.sft.config import SFTConfig
 
 CASES = [
-    (SFTConfig, "lr", -1e-5), (SFTConfig, "batch_size", 0), (SFTConfig, "steps", -3),
-    (SFTConfig, "grad_accum", 0), (SFTConfig, "epochs", 0), (SFTConfig, "lora.r", 0),
-    (RewardConfig, "lr", -0.1), (RewardConfig, "batch_size", 0), (RewardConfig, "max_steps", -1),
-    (RewardConfig, "warmup_ratio", 1.5), (RewardConfig, "train_layers", -2),
-    (RLConfig, "lr", -1e-5), (RLConfig, "steps", -1), (RLConfig, "batch_size", 0), (RLConfig, "top_p", 0),
+    (SFTConfig, "learning_rate", -1e-5), (SFTConfig, "per_device_train_batch_size", 0), (SFTConfig, "max_steps", -3),
+    (SFTConfig, "gradient_accumulation_steps", 0), (SFTConfig, "num_train_epochs", 0), (SFTConfig, "lora.r", 0),
+    (SFTConfig, "warmup_steps", -1),
+    (RewardConfig, "learning_rate", -0.1), (RewardConfig, "batch_size", 0), (RewardConfig, "max_steps", -1),
+    (RewardConfig, "warmup_steps", -0.5), (RewardConfig, "train_layers", -2), (RewardConfig, "max_grad_norm", -1),
+    (RLConfig, "learning_rate", -1e-5), (RLConfig, "max_steps", -1), (RLConfig, "batch_size", 0), (RLConfig, "top_p", 0),
     (RLConfig, "kl.init_beta", -0.1), (RLConfig, "gamma", 1.5), (RLConfig, "temperature", 0),
+    (RLConfig, "max_response_tokens", 0),
     (EvalConfig, "n_prompts", 0), (EvalConfig, "batch_size", 0), (EvalConfig, "temperature", -1),
     (DataConfig, "filters.min_responses", 0), (DataConfig, "splits.train", -0.5),
     (DataConfig, "source.window_days", -1), (DataConfig, "max_bad_fraction", 2),
@@ -30,22 +32,22 @@ def test_out_of_range_value_is_refused_naming_the_key(cls, key, value):
         load_config(cls, None, [f"{key}={value}"])
 
 
-@pytest.mark.parametrize("cls,key,value", [(RewardConfig, "lr", 0.0), (RewardConfig, "train_layers", -1),
-                                           (SFTConfig, "steps", 0), (RLConfig, "kl.init_beta", 0.0),
+@pytest.mark.parametrize("cls,key,value", [(RewardConfig, "learning_rate", 0.0), (RewardConfig, "train_layers", -1),
+                                           (SFTConfig, "max_steps", 0), (RLConfig, "kl.init_beta", 0.0),
                                            (RLConfig, "top_p", 1.0), (DataConfig, "source.window_days", 0)])
 def test_boundary_values_that_mean_something_are_accepted(cls, key, value):
     load_config(cls, None, [f"{key}={value}"])  # 0 = automatic / epochs / off: documented meanings
 
 
 def test_nan_is_out_of_every_range():
-    with pytest.raises(ConfigError, match="'lr'"):
-        load_config(SFTConfig, None, ["lr=.nan"])
+    with pytest.raises(ConfigError, match="'learning_rate'"):
+        load_config(SFTConfig, None, ["learning_rate=.nan"])
 
 
 def test_configs_built_in_python_are_checked_by_the_stage():
     # ambient run and scripts build configs directly; the stage's validation checks the bounds
-    with pytest.raises(ConfigError, match="'lr': -0.1"):
-        validate_rm(RewardConfig(data=["d"], out="o", lr=-0.1))
+    with pytest.raises(ConfigError, match="'learning_rate': -0.1"):
+        validate_rm(RewardConfig(data=["d"], out="o", learning_rate=-0.1))
     with pytest.raises(ConfigError, match="'lora.dropout'"):
         cfg = SFTConfig()
         cfg.lora.dropout = 1.0
@@ -53,4 +55,4 @@ def test_configs_built_in_python_are_checked_by_the_stage():
 
 
 def test_help_config_shows_the_range():
-    assert "batch_size = 4   [int, >= 1]" in config_help(SFTConfig)
+    assert "per_device_train_batch_size = 4   [int, >= 1]" in config_help(SFTConfig)

@@ -80,7 +80,7 @@ def test_unknown_config_names_the_presets(tmp_path):
         load_run_config("nope.yaml")
     mine = tmp_path / "demo.yaml"  # a file of the user's own wins over the preset of that name
     mine.write_text("rl: {steps: 3}\n")
-    assert load_run_config(mine).rl.steps == 3
+    assert load_run_config(mine).rl.max_steps == 3  # an old key name (steps) still works
 
 
 @pytest.mark.parametrize("where,key", [("cli", "sft.condition=tier"), ("cli", "sft.model=x"), ("file", "rm.train_half"),
@@ -93,7 +93,7 @@ def test_keys_the_run_sets_are_refused(tmp_path, where, key):
     sec, k = name.split(".")
     if where == "cli":
         with pytest.raises(AmbientError, match=rf"run: the command line sets {sec}\.{k} \(.*remove it"):
-            load_run_config(None, ["rl.steps=3", key])
+            load_run_config(None, ["rl.max_steps=3", key])
     else:
         f = tmp_path / "mine.yaml"
         f.write_text(f"{sec}:\n  {k}: b\n  lr: 0.1\n" if k == "train_half" else f"{sec}:\n  {k}: true\n")
@@ -110,7 +110,7 @@ def test_resolved_config_is_written_and_runs_again(tmp_path):
     from ambient_rlhf.io import write_manifest
     from ambient_rlhf.run import RESOLVED_FILE, RUNNERS, load_run_config, run_pipeline
 
-    cfg = load_run_config("askacademia", [f"out={tmp_path / 'run'}", "sources=[a.ndjson]", "rl.steps=3"])
+    cfg = load_run_config("askacademia", [f"out={tmp_path / 'run'}", "sources=[a.ndjson]", "rl.max_steps=3"])
     run_pipeline(cfg, runners={k: (lambda c, r, o: write_manifest(o, "x")) for k in RUNNERS})  # no training
     path = tmp_path / "run" / RESOLVED_FILE
     text = path.read_text()

@@ -79,11 +79,11 @@ def test_checkpoint_round_trip_restores_rng(tmp_path):
 
 
 def test_metrics_writer_truncates_on_resume(tmp_path):
-    w = MetricsWriter(tmp_path, tensorboard=False)
+    w = MetricsWriter(tmp_path)
     for s in range(1, 6):
         w.log(s, {"loss": float(s), "nan": float("nan")})
     w.close()
-    w2 = MetricsWriter(tmp_path, resume_step=3, tensorboard=False)
+    w2 = MetricsWriter(tmp_path, resume_step=3)
     w2.log(4, {"loss": 40.0})
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]

@@ -67,12 +67,12 @@ def data(tmp_path_factory):
 
 def stage_argv(stage: str, data: Path, out: Path, model: str) -> list[str]:
     if stage == "sft":
-        return ["sft", "--data", str(data), "--model", model, "--out", str(out), "--resume", "batch_size=2"]
+        return ["sft", "--data", str(data), "--model", model, "--out", str(out), "--resume", "per_device_train_batch_size=2"]
     if stage == "rm":
         return ["rm", "--data", str(data), "--model", model, "--out", str(out), "--resume", "eval_split=",
-                "eval_every=0"]
+                "eval_steps=0"]
     return ["rl", "--policy", model, "--data", str(data), "--out", str(out), "--resume", "--algo", "rloo",
-            "reward=token-count:0-4095", "steps=2", "batch_size=2", "rloo_k=2", "response_length=4",
+            "reward=token-count:0-4095", "max_steps=2", "batch_size=2", "rloo_k=2", "max_response_tokens=4",
             "missing_eos_score=null"]
 
 
@@ -85,15 +85,15 @@ def record_stage(stage: str, data: Path, out: Path, model: str) -> None:
 
     if stage == "sft":
         from ambient_rlhf.train.sft import SFTConfig as C
-        keys, ignore = [f"data={data}", f"model={model}", f"out={out}", "resume=true", "batch_size=2"], NOT_RESULT_KEYS
+        keys, ignore = [f"data={data}", f"model={model}", f"out={out}", "resume=true", "per_device_train_batch_size=2"], NOT_RESULT_KEYS
     elif stage == "rm":
         from ambient_rlhf.train.reward import RewardConfig as C
-        keys = [f"data={data}", f"model={model}", f"out={out}", "resume=true", "eval_split=", "eval_every=0"]
+        keys = [f"data={data}", f"model={model}", f"out={out}", "resume=true", "eval_split=", "eval_steps=0"]
         ignore = NOT_RESULT_KEYS + ("feature_cache",)
     else:
         from ambient_rlhf.train.rl import RLConfig as C
         keys = [f"policy={model}", f"data={data}", f"out={out}", "resume=true", "algo=rloo", "reward=token-count:0-4095",
-                "steps=2", "batch_size=2", "rloo_k=2", "response_length=4", "missing_eos_score=null"]
+                "max_steps=2", "batch_size=2", "rloo_k=2", "max_response_tokens=4", "missing_eos_score=null"]
         ignore = NOT_RESULT_KEYS
     prepare_out(out, stage, to_dict(load_config(C, None, keys)), ignore=ignore)
 
@@ -214,7 +214,7 @@ def test_rm_eval_with_a_planted_feature_cache(data, tmp_path, marker, capsys, wa
     """The path the issue found: ``rm eval --feature-cache`` unpickled the cache."""
     fc, rm = tmp_path / "fc", tmp_path / "rm"
     assert main(["rm", "--data", str(data), "--model", "tiny-random", "--out", str(rm), "--train-layers", "0",
-                 f"feature_cache={fc}", "max_steps=2", "eval_split=", "eval_every=0"]) == 0
+                 f"feature_cache={fc}", "max_steps=2", "eval_split=", "eval_steps=0"]) == 0
     files = sorted(fc.iterdir())
     assert [f.name.split(".", 1)[1] for f in files] == ["features.safetensors", "loglik.json"]
     for f in files:

@@ -70,7 +70,7 @@ def test_safetensors_write_error_is_one_line():
 def test_full_disk_is_one_line(tmp_path):
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
-    w = MetricsWriter(tmp_path, tensorboard=False)
+    w = MetricsWriter(tmp_path)
     (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
     with pytest.raises(AmbientError, match=r"metrics.jsonl: cannot write metrics: No space left on device; "
                                            r"free some space or choose another --out"):

@@ -4,10 +4,15 @@ Every stage declares one dataclass.  A config is built from, in order of precede
 its defaults, a YAML file (``--config file.yaml``) and ``key=value`` overrides from the
 command line (dotted keys reach nested dataclasses: ``labels.min_score_ratio=3``).
 An unknown key is an error that names the key and the valid ones; values are coerced
-to the declared type so that ``lr=1e-5`` is a float and ``lora=true`` a bool.
+to the declared type so that ``learning_rate=1e-5`` is a float and ``lora=true`` a bool.
 
 Field docstrings (the string literal under a field, as in cleanrl) are read from the
 source with :mod:`ast`, so ``ambient <stage> --help-config`` prints them.
+
+Renamed keys: a config class may declare ``RENAMED = {"old": "new"}`` (a ``ClassVar``);
+an old name is still accepted, with one deprecation warning, and becomes the new one
+before the layers are merged (:func:`upgrade_keys`), so ``steps=5`` on the command line
+still overrides a YAML's ``max_steps``.  Giving both names in one layer is an error.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from typing import Any, TypeVar
 import yaml
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.logging import get_logger
 
 T = TypeVar("T")
+log = get_logger("config")
 
 
 class ConfigError(AmbientError):
@@ -210,10 +217,43 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def renamed_keys(cls: type) -> dict[str, str]:
+    """``{old name: new name}`` of a config class (its ``RENAMED`` class variable)."""
+    return {old: (new[0] if isinstance(new, tuple) else new) for old, new in getattr(cls, "RENAMED", {}).items()}
+
+
+def upgrade_keys(cls: type, data: Any, prefix: str = "") -> Any:
+    """``data`` (a mapping for dataclass ``cls``) with every old key name replaced by the
+    current one (nested sections too), one deprecation warning per old name.  A
+    ``RENAMED`` value may be ``(new, convert)``: ``convert(value)`` gives the new key's
+    value (and raises ConfigError where there is none)."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return data
+    table = getattr(cls, "RENAMED", {})
+    hints = _type_hints(cls)
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in table:
+            new, convert = table[k] if isinstance(table[k], tuple) else (table[k], None)
+            if new in data:
+                raise ConfigError(f"config keys '{prefix}{k}' and '{prefix}{new}' are one setting ('{k}' is its "
+                                  f"old name); keep '{prefix}{new}'")
+            log.warning("config key '%s%s' is deprecated: use '%s%s' (the name transformers and TRL use); "
+                        "the old name will be refused in a later version", prefix, k, prefix, new)
+            k, v = new, (convert(v) if convert is not None else v)
+        tp = hints.get(k)
+        if tp is not None and dataclasses.is_dataclass(tp):
+            v = upgrade_keys(tp, v, prefix + k + ".")
+        out[k] = v
+    return out
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a (possibly nested) mapping, rejecting unknown keys."""
+    """Build dataclass ``cls`` from a (possibly nested) mapping, rejecting unknown keys
+    (old names of renamed keys are accepted: :func:`upgrade_keys`)."""
     if data is None:
         data = {}
+    data = upgrade_keys(cls, data, prefix)
     hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
@@ -315,14 +355,14 @@ def load_config(
     section: str | None = None,
 ) -> T:
     """Defaults <- ``base`` <- YAML file (its ``section`` if given) <- ``key=value`` overrides."""
-    data: dict[str, Any] = dict(base or {})
+    data: dict[str, Any] = upgrade_keys(cls, dict(base or {}))
     if config_file is not None:
         y = read_yaml(config_file)
         if section is not None:
             y = y.get(section, {}) or {}
-        data = deep_merge(data, y)
+        data = deep_merge(data, upgrade_keys(cls, y))
     if overrides:
-        data = deep_merge(data, overrides_to_dict(overrides))
+        data = deep_merge(data, upgrade_keys(cls, overrides_to_dict(overrides)))
     return from_dict(cls, data)
 
 
@@ -350,6 +390,10 @@ def config_help(cls: type, prefix: str = "") -> str:
         doc = docs.get(f.name, "")
         for dl in doc.splitlines():
             lines.append(f"    {dl}")
+    renamed = renamed_keys(cls)
+    if renamed:
+        lines.append(f"{prefix}(old names, accepted with a deprecation warning: "
+                     + ", ".join(f"{prefix}{o} -> {prefix}{n}" for o, n in renamed.items()) + ")")
     return "\n".join(lines)
 
 

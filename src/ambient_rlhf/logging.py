@@ -2,8 +2,9 @@
 
 * Logging is quiet by default (warnings only); ``-v`` gives INFO, ``-vv`` DEBUG.
 * :func:`progress` wraps tqdm (items/s and ETA); ``AMBIENT_PROGRESS=0`` turns bars off.
-* :class:`MetricsWriter` appends one JSON object per step to ``metrics.jsonl`` and, when
-  TensorBoard is installed, writes the same scalars as events.
+* :class:`MetricsWriter` appends one JSON object per step to ``metrics.jsonl`` and sends
+  the same numbers to the experiment trackers it is given (``train/trackers.py``:
+  accelerate's TensorBoard, W&B, MLflow, ... integrations, the stages' ``report_to``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -64,11 +66,39 @@ def progress_enabled() -> bool:
     return os.environ.get("AMBIENT_PROGRESS", "1") not in ("0", "false", "no")
 
 
+class _Lines:
+    """Where a bar goes when stderr is not a terminal (a log file, a pipe): each update as a
+    line of its own, without the carriage returns and cursor movements that redraw a bar
+    in place (in a file they pile up into one unreadable line)."""
+
+    _ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        for line in self._ESCAPES.sub("", text).replace("\r", "\n").split("\n"):
+            if line.strip():  # a bar being cleared writes only blanks
+                self.stream.write(line.rstrip() + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it", **kw: Any):
-    """A tqdm progress bar (rate and ETA) on stderr; disabled by ``AMBIENT_PROGRESS=0``."""
-    kw.setdefault("mininterval", 0.5 if sys.stderr.isatty() else 5.0)
-    kw.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not progress_enabled(), file=sys.stderr, **kw)
+    """A tqdm progress bar (rate and ETA) on stderr; disabled by ``AMBIENT_PROGRESS=0``.
+    When stderr is not a terminal the bar prints a plain line every 10 s instead of
+    redrawing itself (:class:`_Lines`)."""
+    tty = sys.stderr.isatty()
+    kw.setdefault("mininterval", 0.5 if tty else 10.0)
+    if not tty:
+        kw.setdefault("ncols", 100)  # no terminal to size the bar to
+        kw.setdefault("ascii", True)  # block characters are noise in a log
+    else:
+        kw.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not progress_enabled(),
+                file=sys.stderr if tty else _Lines(sys.stderr), **kw)
 
 
 def _jsonable(v: Any) -> Any:
@@ -90,28 +120,24 @@ def _jsonable(v: Any) -> Any:
 
 
 class MetricsWriter:
-    """Append-only metrics: ``metrics.jsonl`` (+ TensorBoard events when installed).
+    """Append-only metrics: ``metrics.jsonl``, and the same numbers to ``trackers``.
 
     On resume, pass ``resume_step``: lines with ``step > resume_step`` (written after the
     checkpoint that is being resumed) are dropped, so the file reads as one clean run.
+    ``trackers``: started experiment trackers (anything with ``log(values, step)`` and
+    ``finish()``, as accelerate's are; ``train.trackers.make_trackers``).
     """
 
-    def __init__(self, out_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, out_dir: str | Path, resume_step: int | None = None, enabled: bool = True,
+                 trackers: Iterable[Any] = ()):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.enabled = enabled
-        self._tb = None
+        self.trackers = list(trackers) if enabled else []
         if not enabled:
             return
         with writing(self.path, "metrics"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._trim(resume_step)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-                self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
-            except Exception:
-                self._tb = None
 
     def _trim(self, resume_step: int | None) -> None:
         """Resume: keep the rows up to ``resume_step``; a fresh run starts an empty file."""
@@ -134,17 +160,16 @@ class MetricsWriter:
             return row
         with writing(self.path, "metrics"), self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "time") and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
+        numbers = {k: v for k, v in row.items()
+                   if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for t in self.trackers:
+            t.log(numbers, step=int(step))
         return row
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
-            self._tb = None
+        for t in self.trackers:
+            t.finish()
+        self.trackers = []
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

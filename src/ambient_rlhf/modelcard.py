@@ -78,14 +78,19 @@ def _eval_lines(ev: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _load_lines(stage: str, out: Path, rcfg: dict[str, Any] | None) -> list[str]:
+def _load_lines(stage: str, out: Path, rcfg: dict[str, Any] | None, files: Path | None = None) -> list[str]:
     d = str(out)
     if stage in ("sft", "rl"):
-        return ["```python",
-                "from transformers import AutoModelForCausalLM, AutoTokenizer",
-                f"tok = AutoTokenizer.from_pretrained({d!r})",
-                f"model = AutoModelForCausalLM.from_pretrained({d!r})",
-                "```"]
+        lines = ["```python",
+                 "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                 f"tok = AutoTokenizer.from_pretrained({d!r})",
+                 f"model = AutoModelForCausalLM.from_pretrained({d!r})",
+                 "```"]
+        if files is not None and (files / "adapter" / "adapter_config.json").is_file():
+            base = (_read(files / "adapter" / "adapter_config.json") or {}).get("base_model_name_or_path")
+            lines += ["", f"The LoRA adapter alone, on its base `{base}`: "
+                      f"`peft.AutoPeftModelForCausalLM.from_pretrained({str(out / 'adapter')!r})`."]
+        return lines
     if rcfg is not None and "members" in rcfg:
         return ["```python",
                 "from ambient_rlhf.models.heads import load_reward_model",
@@ -150,7 +155,7 @@ def model_card(out: str | Path) -> str:
         if rcfg.get("combined_from"):
             parts = [f"{m.get('weight')} x `{m.get('path')}` ({m.get('objective')})" for m in rcfg["combined_from"]]
             lines += ["A merged combination: " + ", ".join(parts) + ".", ""]
-    lines += ["## Load it", "", *_load_lines(stage, out, rcfg), ""]
+    lines += ["## Load it", "", *_load_lines(stage, out, rcfg, files), ""]
     if rcfg is not None and "members" not in rcfg:
         lines += [*_input_lines(rcfg), ""]
     lines += ["## Trained on", ""]

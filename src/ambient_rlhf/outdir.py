@@ -38,7 +38,7 @@ from ambient_rlhf.io import writing
 STAGE_FILE = "stage.json"
 """Written into ``out`` when a run starts: ``{"stage", "config", "config_sha256"}``."""
 MANIFEST_FILE = "manifest.json"
-NOT_RESULT_KEYS = ("resume", "overwrite", "out")
+NOT_RESULT_KEYS = ("resume", "overwrite", "out", "report_to")
 """Config keys that do not change what a stage produces (left out of the comparison)."""
 
 

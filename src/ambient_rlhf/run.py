@@ -2,7 +2,7 @@
 
     ambient run                                   # the demo: a simulated community, SmolLM2
     ambient run askacademia data.sources=../shared/data/reddit-askacademia
-    ambient run demo out=runs/x sft.steps=10 rl.steps=5
+    ambient run demo out=runs/x sft.max_steps=10 rl.max_steps=5
     ambient run my-run.yaml                       # a YAML file of your own
 
 CONFIG is a preset shipped in ``ambient_rlhf/presets/`` (by name) or a YAML file; its keys
@@ -76,7 +76,7 @@ log = get_logger("run")
 RUN_MANIFEST = "manifest.json"
 KEY_FIELD = "run_key"
 """Field of a stage's manifest.json holding the key it was produced with."""
-_VOLATILE = ("resume", "overwrite")
+_VOLATILE = ("resume", "overwrite", "report_to")  # none of them changes what a stage writes
 """Config fields that do not change a stage's result (left out of its key)."""
 
 

@@ -166,19 +166,19 @@ def _refuse_run_set(given: dict[str, Any], where: str) -> None:
 
 def load_run_config(config_file: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """The demo preset <- YAML (a path or a preset name) <- ``key=value``.  Sections start
-    from the demo's, so ``sft.lr=1e-4`` changes the learning rate and keeps the demo's
+    from the demo's, so ``sft.learning_rate=1e-4`` changes the learning rate and keeps the demo's
     schedule.  A key the run sets itself (:data:`RUN_SET`) is refused."""
-    from ambient_rlhf.config import deep_merge, from_dict, overrides_to_dict, read_yaml
+    from ambient_rlhf.config import deep_merge, from_dict, overrides_to_dict, read_yaml, upgrade_keys
 
     stage_config_types()
     data = to_dict(RunConfig())
     if config_file is not None:
         path = find_preset(config_file)
-        given = read_yaml(path)
+        given = upgrade_keys(RunConfig, read_yaml(path))  # old key names -> new, before merging
         _refuse_run_set(given, str(path))
         data = deep_merge(data, given)
     if overrides:
-        given = overrides_to_dict(overrides)
+        given = upgrade_keys(RunConfig, overrides_to_dict(overrides))
         _refuse_run_set(given, "the command line")
         data = deep_merge(data, given)
     sec = data.get("data")

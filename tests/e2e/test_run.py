@@ -19,12 +19,12 @@ TINY = [
     "model=tiny-random", "simulate.model=template", "simulate.threads=30", "simulate.responses=4",
     "data.splits={train: 0.5, valid: 0.2, test: 0.3}", "data.labels.min_prompt_score=2",
     "data.labels.min_score_ratio=1.5",
-    "sft.steps=2", "sft.batch_size=2", "sft.grad_accum=1", "sft.checkpoint_every=1", "sft.sample_prompts=0",
-    "sft.log_every=1",
-    "rm.epochs=1", "rm.train_layers=1",
+    "sft.max_steps=2", "sft.per_device_train_batch_size=2", "sft.gradient_accumulation_steps=1", "sft.save_steps=1", "sft.sample_prompts=0",
+    "sft.logging_steps=1",
+    "rm.num_train_epochs=1", "rm.train_layers=1",
     # 8 tokens end no tiny-random answer: with the default missing_eos_score every sample
     # would score -1, every RLOO advantage be 0 and RL leave the policy as it was
-    "rl.steps=2", "rl.batch_size=2", "rl.rloo_k=2", "rl.response_length=8", "rl.save_every=1",
+    "rl.max_steps=2", "rl.batch_size=2", "rl.rloo_k=2", "rl.max_response_tokens=8", "rl.save_steps=1",
     "rl.missing_eos_score=null",
     "eval.n_prompts=4", "eval.max_new_tokens=8", "eval.bootstrap_resamples=100",
 ]
@@ -168,6 +168,6 @@ def test_rerun_skips_and_a_change_reruns_downstream(run_dir):
     assert main(["run", f"out={run_dir}", *TINY]) == 0
     assert set(_stages(run_dir).values()) == {"skipped"}
     # RL changed: rl, the evaluation that reads it and the report re-run; eval-goal does not read rl
-    assert main(["run", f"out={run_dir}", *TINY, "rl.steps=3"]) == 0
+    assert main(["run", f"out={run_dir}", *TINY, "rl.max_steps=3"]) == 0
     ran = {k for k, v in _stages(run_dir).items() if v == "ran"}
     assert ran == {"rl", "eval", "report"}

@@ -70,7 +70,7 @@ def test_evaluate_reward_has_the_which_part_table(tmp_path):
     data = make_data_dir(tmp_path / "askfoo", n_threads=36, k=4)
     out = tmp_path / "rm"
     train_reward(load_config(RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={out}", "max_steps=2",
-                                                  "eval_split=test", "eval_every=0", "train_half=a"]))
+                                                  "eval_split=test", "eval_steps=0", "train_half=a"]))
     ev = json.loads((out / "eval.json").read_text())
     meta = json.loads((out / "reward_config.json").read_text())
     assert meta["train_data"] == [str(data.resolve())] and meta["train_half"] == "a"

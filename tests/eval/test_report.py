@@ -327,13 +327,14 @@ def produced_run(tmp_path_factory, tiny_model_path):
           load_config(DataConfig, None, ["splits={train: 0.5, valid: 0.2, test: 0.3}",
                                          "labels.min_prompt_score=2", "labels.min_score_ratio=1.5"]))
     data = str(run / "data")
-    train_sft(SFTConfig(data=data, model=tiny_model_path, out=str(run / "sft"), steps=2, batch_size=2, grad_accum=1,
-                        eval_every=0, eval_examples=8, checkpoint_every=0, sample_prompts=0, log_every=1))
+    train_sft(SFTConfig(data=data, model=tiny_model_path, out=str(run / "sft"), max_steps=2, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=1, eval_steps=0, eval_examples=8, save_steps=0, sample_prompts=0,
+                        logging_steps=1))
     train_reward(load_config(RewardConfig, None, [f"data={data}", f"model={tiny_model_path}", f"out={run / 'rm-gold'}",
-                                                  "epochs=1", "train_layers=1", "eval_every=0", "eval_split=test"]))
+                                                  "num_train_epochs=1", "train_layers=1", "eval_steps=0", "eval_split=test"]))
     train_rl(load_config(RLConfig, None, [f"policy={run / 'sft'}", f"reward={run / 'rm-gold'}", f"data={data}",
-                                          f"out={run / 'rl'}", "algo=rloo", "steps=2", "batch_size=2", "rloo_k=2",
-                                          "response_length=8", "save_every=0", "sample_every=1"]))
+                                          f"out={run / 'rl'}", "algo=rloo", "max_steps=2", "batch_size=2", "rloo_k=2",
+                                          "max_response_tokens=8", "save_steps=0", "sample_every=1"]))
     evaluate_policy(load_config(EvalConfig, None, [
         f"policy={run / 'rl'}", f"reference={run / 'sft'}", f"judge={run / 'rm-gold'}", f"data={data}",
         f"out={run / 'eval'}", "n_prompts=4", "max_new_tokens=8", "bootstrap_resamples=100"]))

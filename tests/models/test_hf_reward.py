@@ -41,7 +41,7 @@ def rms(tmp_path_factory):
                         ("head_pair", ["objective=pairwise", "train_layers=0"]),
                         ("head_rank", ["objective=ranking", "train_layers=0"])):
         cfg = load_config(RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={root / name}",
-                                               "max_steps=2", "lr=1e-2", "eval_split=", "eval_every=0",
+                                               "max_steps=2", "learning_rate=1e-2", "eval_split=", "eval_steps=0",
                                                "max_prompt_tokens=96", "max_response_tokens=96", *extra])
         out[name] = train_reward(cfg)
     out["merged"] = combine([str(out["head_pair"]), str(out["head_rank"])], [1.0, -0.5], root / "merged")
@@ -161,7 +161,7 @@ def test_chat_template_text_is_the_rendering_plus_a_newline(rms):
 
 
 def test_trl_loads_the_reward_model_by_path(rms, tmp_path):
-    trl = pytest.importorskip("trl", reason="TRL is not installed (the `bench` extra): pip install 'trl>=1.16'")
+    trl = pytest.importorskip("trl", reason="TRL is not installed (the `test` extra): pip install 'trl>=1.16'")
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
 

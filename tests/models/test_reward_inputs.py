@@ -34,7 +34,7 @@ def rms(tmp_path_factory):
     for name, extra in (("pair", ["objective=pairwise", "community_prefix=true", "train_layers=-1"]),
                         ("tiers", ["objective=tiers", "train_layers=1"])):
         cfg = load_config(RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={root / name}",
-                                               "max_steps=2", "lr=1e-2", "eval_split=", "eval_every=0",
+                                               "max_steps=2", "learning_rate=1e-2", "eval_split=", "eval_steps=0",
                                                *RM_BUDGETS, *extra])
         train_reward(cfg)
         out[name], out[name + "_cfg"] = root / name, cfg

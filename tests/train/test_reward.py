@@ -16,7 +16,7 @@ from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
 from ambient_rlhf.models.tokenize import encode_pair, pad_batch
 from ambient_rlhf.train import reward as R
 
-FAST = ["eval_split=", "eval_every=0"]
+FAST = ["eval_split=", "eval_steps=0"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def cfg(data, out, *overrides):
 def planted(data, tmp_path_factory):
     """Full fine-tuning of tiny-random on pairs where the MARKER response wins."""
     out = tmp_path_factory.mktemp("rm") / "planted"
-    R.train_reward(cfg(data, out, "objective=pairwise", "lr=3e-3", "epochs=3", "eval_split=test"))
+    R.train_reward(cfg(data, out, "objective=pairwise", "learning_rate=3e-3", "num_train_epochs=3", "eval_split=test"))
     return out
 
 
@@ -94,14 +94,14 @@ def test_normalization_gives_mean0_std1_on_reference(planted, data):
 
 def test_resume_equals_uninterrupted(data, tmp_path):
     full = tmp_path / "full"
-    R.train_reward(cfg(data, full, "max_steps=6", "save_every=3", "lr=3e-3", "eval_every=2"))
+    R.train_reward(cfg(data, full, "max_steps=6", "save_steps=3", "learning_rate=3e-3", "eval_steps=2"))
     part = tmp_path / "part"
     shutil.copytree(full, part)
     # simulate a kill after step 3: drop the step-6 checkpoint and the final model
     shutil.rmtree(part / "checkpoints" / "step-6")
     for f in ("reward_config.json", "model.safetensors", "manifest.json"):  # (written last)
         (part / f).unlink()
-    R.train_reward(cfg(data, part, "max_steps=6", "save_every=3", "lr=3e-3", "eval_every=2", "resume=true"))
+    R.train_reward(cfg(data, part, "max_steps=6", "save_steps=3", "learning_rate=3e-3", "eval_steps=2", "resume=true"))
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(a, b):
@@ -145,7 +145,7 @@ def test_objectives_tiers_and_reply_sentiment_learn_the_planted_signal(data, tmp
     # answers take tiers good and ok (ranks 0, 1), the others ok and bad (ranks 2, 3), and
     # the replies to even-ranked answers are +0.5 under a MARKER answer, -0.5 otherwise.
     # Either objective, learned, must put the MARKER answer first in most test pairs.
-    out = R.train_reward(cfg(data, tmp_path / obj, f"objective={obj}", "lr=3e-3", "epochs=3", "eval_split=test"))
+    out = R.train_reward(cfg(data, tmp_path / obj, f"objective={obj}", "learning_rate=3e-3", "num_train_epochs=3", "eval_split=test"))
     rm = load_reward_model(out)
     assert rm.kind == ("tiers" if obj == "tiers" else "scalar")
     ids, mask = pad_batch([[1, 2, 3], [4, 5]], rm.tokenizer.pad_token_id)

@@ -76,12 +76,12 @@ def data(tmp_path_factory):
 
 def cfg(data, out, *more):
     return load_config(R.RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={out}", "eval_split=",
-                                              "eval_every=2", "train_layers=0", "lr=1e-2", *more])
+                                              "eval_steps=2", "train_layers=0", "learning_rate=1e-2", *more])
 
 
 def test_all_pairs_with_covariates_train_save_and_resume(data, tmp_path):
     extra = ["pairs=all", "covariates=[delay,order,length]", "length_decorrelation=1.0", "max_steps=6",
-             "save_every=3"]
+             "save_steps=3"]
     full = R.train_reward(cfg(data, tmp_path / "full", *extra))
     meta = json.loads((full / "reward_config.json").read_text())
     cm = meta["covariate_model"]

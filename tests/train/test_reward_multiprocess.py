@@ -28,12 +28,12 @@ from ambient_rlhf.train import reward as R
 
 # pairwise, full fine-tuning: 5 pairs a step cut 2 + 3 (unequal shares), a constant LR so a
 # run of 2 steps resumed to 4 is the 4-step run; checkpoint at 2
-PAIRWISE = ["objective=pairwise", "batch_size=5", "eval_every=2", "save_every=2", "schedule=constant",
-            "warmup_ratio=0"]
+PAIRWISE = ["objective=pairwise", "batch_size=5", "eval_steps=2", "save_steps=2", "lr_scheduler_type=constant",
+            "warmup_steps=0"]
 # ranking, top layer trained on cached hidden states: 16 train threads in batches of 3 threads
 # = 6 steps, shares of 1 + 2 threads, and a last batch of 1 thread (one process's share empty)
-RANKING = ["objective=ranking", "train_layers=1", "batch_size=3", "epochs=1", "eval_every=3"]
-COMMON = ["model=tiny-random", "lr=1e-3", "eval_max_pairs=16", "norm_max_responses=12", "eval_split="]
+RANKING = ["objective=ranking", "train_layers=1", "batch_size=3", "num_train_epochs=1", "eval_steps=3"]
+COMMON = ["model=tiny-random", "learning_rate=1e-3", "eval_max_pairs=16", "norm_max_responses=12", "eval_split="]
 
 
 @pytest.fixture(scope="module")

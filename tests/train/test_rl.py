@@ -62,7 +62,7 @@ def _constant_rm(path, tiny_model_path, kind, bias, norm=(0.0, 1.0)):
 def _run(tmp_path, data_dir, model, algo, *overrides):
     cfg = load_config(RLConfig, None, [
         f"policy={model}", f"reward=token-count:{NEWLINE}", f"data={data_dir}", f"algo={algo}",
-        f"out={tmp_path / algo}", "response_length=16", "missing_eos_score=null", "save_every=0", "lr=3e-4",
+        f"out={tmp_path / algo}", "max_response_tokens=16", "missing_eos_score=null", "save_steps=0", "learning_rate=3e-4",
         *overrides])
     out = train_rl(cfg)
     return read_jsonl(out / "metrics.jsonl"), out
@@ -74,7 +74,7 @@ def _run(tmp_path, data_dir, model, algo, *overrides):
 @pytest.mark.parametrize("algo,batch,extra", [("ppo", 8, "lam=1.0"), ("rloo", 4, "lam=0.95"),
                                               ("reinforce", 8, "lam=0.95")])
 def test_each_algorithm_raises_the_reward(tmp_path, data_dir, peaked_model, algo, batch, extra):
-    rows, _ = _run(tmp_path, data_dir, peaked_model, algo, "steps=4", f"batch_size={batch}", extra)
+    rows, _ = _run(tmp_path, data_dir, peaked_model, algo, "max_steps=4", f"batch_size={batch}", extra)
     scores = [r["objective/score"] for r in rows]
     # at seed 1 the first batch scores ~8 of 16 newline tokens; every algorithm reaches > 12
     # within 4 steps (a random policy stays at ~8 +- 1.5 per batch mean)
@@ -94,7 +94,7 @@ def test_higher_beta_keeps_kl_lower(tmp_path, data_dir, peaked_model):
     # REINFORCE on the sequence reward score - beta * KL, advantages not whitened (whitening
     # cancels beta once every score is the same).  Observed at seed 1: beta=0.01 -> KL ~1.4
     # nats over the last 3 steps (score -> 15), beta=10 -> KL ~0.1 (score stays ~10)
-    common = ("steps=6", "batch_size=8", "lr=1e-4", "kl.kind=fixed", "whiten_advantages=false")
+    common = ("max_steps=6", "batch_size=8", "learning_rate=1e-4", "kl.kind=fixed", "whiten_advantages=false")
     low, _ = _run(tmp_path / "lo", data_dir, peaked_model, "reinforce", *common, "kl.init_beta=0.01")
     high, _ = _run(tmp_path / "hi", data_dir, peaked_model, "reinforce", *common, "kl.init_beta=10.0")
     kl_low = sum(r["objective/kl"] for r in low[-3:]) / 3
@@ -103,11 +103,48 @@ def test_higher_beta_keeps_kl_lower(tmp_path, data_dir, peaked_model):
     assert all(r["kl/beta"] == 10.0 for r in high)
 
 
+def test_lora_adapter_is_saved_and_peft_loads_it_on_the_base_as_given(tmp_path, data_dir, tiny_model_path,
+                                                                     monkeypatch):
+    """RL with LoRA writes ``adapter/`` beside the merged policy; its
+    ``base_model_name_or_path`` is the policy as the user typed it (a relative directory
+    here), and peft's ``AutoPeftModelForCausalLM`` (base + adapter, unmerged) computes the
+    same logits as the merged model."""
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(tiny_model_path, tmp_path / "sft")
+    monkeypatch.chdir(tmp_path)
+    _, out = _run(tmp_path, data_dir, "sft", "rloo", "max_steps=1", "batch_size=2", "rloo_k=2", "lora.enabled=true",
+                  "lora.r=4", "learning_rate=5e-2", "reward=token-count:0-4095")
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "sft"
+    assert "AutoPeftModelForCausalLM.from_pretrained(" in (out / "README.md").read_text()  # the model card says so
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained("sft")
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        got, want, before = peft_model(ids).logits, merged(ids).logits, base(ids).logits
+    assert (want - before).abs().max() > 1e-3  # one step at lr 5e-2 moved the policy
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_adapter_base_name():
+    from ambient_rlhf.models.load import resolve_model
+    from ambient_rlhf.train.common import adapter_base_name
+
+    assert adapter_base_name("runs/sft") == "runs/sft"
+    assert adapter_base_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert adapter_base_name("tiny-random") == resolve_model("tiny-random")  # a name transformers cannot load
+
+
 def test_lora_reference_is_the_adapter_disabled_and_output_loads(tmp_path, data_dir, tiny_model_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    rows, out = _run(tmp_path, data_dir, tiny_model_path, "ppo", "steps=2", "batch_size=4", "lora.enabled=true",
-                     "lora.r=4", "lr=1e-2", "value_model=shared", "sample_every=1",
+    rows, out = _run(tmp_path, data_dir, tiny_model_path, "ppo", "max_steps=2", "batch_size=4", "lora.enabled=true",
+                     "lora.r=4", "learning_rate=1e-2", "value_model=shared", "sample_every=1",
                      "reward=token-count:0-4095")  # ~8% of a random model's tokens: a non-zero signal
     # LoRA starts with B = 0: policy == reference at step 1, so the KL is exactly 0
     assert rows[0]["objective/kl"] == 0.0
@@ -131,7 +168,7 @@ def test_reward_model_scores_policy_tokens_and_inits_value_model(tmp_path, data_
 
     # raw output 3 whatever the text, normalisation (mean 1, std 2): every score is (3 - 1) / 2 = 1
     const = _constant_rm(tmp_path / "const", tiny_model_path, "scalar", [3.0], norm=(1.0, 2.0))
-    rows, out = _run(tmp_path, data_dir, tiny_model_path, "ppo", "steps=1", "batch_size=2", f"reward={const}",
+    rows, out = _run(tmp_path, data_dir, tiny_model_path, "ppo", "max_steps=1", "batch_size=2", f"reward={const}",
                      "sample_every=1", *EXACT_PPO)
     assert rows[0]["objective/score"] == pytest.approx(1.0, abs=1e-6) and (out / "config.json").is_file()
     # the value model starts from the reward model on the score's scale: head (0, 3) folded
@@ -177,7 +214,7 @@ def test_reward_spec_errors(tmp_path, data_dir, tiny_model_path):
     for spec, msg in (("token-count:abc", "token-count"), ("token-count:99999999", "outside"),
                       (str(not_rm), "not a reward-model directory"), ("python:nope_module:f", "cannot import")):
         with pytest.raises(AmbientError, match=msg):
-            _run(tmp_path / "e", data_dir, tiny_model_path, "reinforce", "steps=1", f"reward={spec}", "overwrite=true")
+            _run(tmp_path / "e", data_dir, tiny_model_path, "reinforce", "max_steps=1", f"reward={spec}", "overwrite=true")
 
 
 def test_policy_with_goal_tokens_can_use_a_base_reward_model(tiny_model_path):
@@ -203,19 +240,19 @@ def test_existing_output_is_not_clobbered(tmp_path, data_dir, tiny_model_path):
     (out / "notes.txt").write_text("mine")
     for extra in ((), ("resume=true",)):  # not even by --resume when there is no checkpoint
         with pytest.raises(AmbientError, match="output directory exists"):
-            _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=1", "batch_size=2", *extra)
+            _run(tmp_path, data_dir, tiny_model_path, "reinforce", "max_steps=1", "batch_size=2", *extra)
     assert (out / "notes.txt").read_text() == "mine"
     with pytest.raises(AmbientError, match="goal"):
-        _run(tmp_path / "g", data_dir, tiny_model_path, "reinforce", "steps=1", "goal=best")
+        _run(tmp_path / "g", data_dir, tiny_model_path, "reinforce", "max_steps=1", "goal=best")
     # a finished run: --resume leaves it as it is (it used to train again over its model),
     # --resume with another config is refused naming the key
     fin = tmp_path / "fin"
-    _, done = _run(fin, data_dir, tiny_model_path, "reinforce", "steps=1", "batch_size=2")
+    _, done = _run(fin, data_dir, tiny_model_path, "reinforce", "max_steps=1", "batch_size=2")
     before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
-    _run(fin, data_dir, tiny_model_path, "reinforce", "steps=1", "batch_size=2", "resume=true")
+    _run(fin, data_dir, tiny_model_path, "reinforce", "max_steps=1", "batch_size=2", "resume=true")
     assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
-    with pytest.raises(AmbientError, match=r"another config \(differs in: steps\)"):
-        _run(fin, data_dir, tiny_model_path, "reinforce", "steps=2", "batch_size=2", "resume=true")
+    with pytest.raises(AmbientError, match=r"another config \(differs in: max_steps\)"):
+        _run(fin, data_dir, tiny_model_path, "reinforce", "max_steps=2", "batch_size=2", "resume=true")
 
 
 def test_tier_conditioned_policy_with_base_reward_model(tmp_path, data_dir, tiny_model_path):
@@ -230,7 +267,7 @@ def test_tier_conditioned_policy_with_base_reward_model(tmp_path, data_dir, tiny
     add_goal_tokens(tok, lm)
     lm.save_pretrained(pol_dir)
     tok.save_pretrained(pol_dir)
-    rows, out = _run(tmp_path, data_dir, str(pol_dir), "ppo", "steps=1", "batch_size=2", f"reward={rm_dir}",
+    rows, out = _run(tmp_path, data_dir, str(pol_dir), "ppo", "max_steps=1", "batch_size=2", f"reward={rm_dir}",
                      "goal=good", "sample_every=1")
     assert len(rows) == 1 and rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
     assert "<|tier:good|>" in json.loads((out / "manifest.json").read_text())["example_prompt"]
@@ -242,7 +279,7 @@ def test_ppo_with_a_tiers_reward_model(tmp_path, data_dir, tiny_model_path):
     # head logits (ln 3, 0, 0) for (good, ok, bad) whatever the text: softmax (3/5, 1/5, 1/5),
     # tier values (1, 0, -1) -> every score is 3/5 - 1/5 = 0.4
     rm = _constant_rm(tmp_path / "rm", tiny_model_path, "tiers", [math.log(3.0), 0.0, 0.0])
-    rows, _ = _run(tmp_path, data_dir, tiny_model_path, "ppo", "steps=1", "batch_size=2", f"reward={rm}",
+    rows, _ = _run(tmp_path, data_dir, tiny_model_path, "ppo", "max_steps=1", "batch_size=2", f"reward={rm}",
                    "value_model=reward", *EXACT_PPO)
     assert rows[0]["objective/score"] == pytest.approx(0.4, abs=1e-6)
     # an expectation over tiers has no exact one-output linear form: the value head starts at
@@ -253,7 +290,7 @@ def test_ppo_with_a_tiers_reward_model(tmp_path, data_dir, tiny_model_path):
 def test_running_baseline_is_not_undone_by_whitening(tmp_path, data_dir, tiny_model_path):
     """reinforce_baseline=running with whitened advantages: the advantages keep the running
     baseline as their centre (whitening only scales them)."""
-    rows, out = _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=2", "batch_size=4", PROMPT_LENGTH,
+    rows, out = _run(tmp_path, data_dir, tiny_model_path, "reinforce", "max_steps=2", "batch_size=4", PROMPT_LENGTH,
                      "reinforce_baseline=running", "kl.kind=fixed", "kl.init_beta=0", "sample_every=1",
                      "samples_per_log=4")
     samples = read_jsonl(out / "samples.jsonl")
@@ -273,17 +310,17 @@ def test_k3_is_refused_in_the_reward(tmp_path, data_dir, tiny_model_path):
     from ambient_rlhf import AmbientError
 
     with pytest.raises(AmbientError, match=r"kl.estimator=k3 .*kl.in_loss=true"):
-        _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=1", "kl.estimator=k3")
+        _run(tmp_path, data_dir, tiny_model_path, "reinforce", "max_steps=1", "kl.estimator=k3")
     with pytest.raises(AmbientError, match=r"kl.in_loss=true with kl.estimator=k1.*expected gradient 0"):
-        _run(tmp_path, data_dir, tiny_model_path, "reinforce", "steps=1", "kl.in_loss=true")
+        _run(tmp_path, data_dir, tiny_model_path, "reinforce", "max_steps=1", "kl.in_loss=true")
     assert not (tmp_path / "reinforce").exists()
 
 
 @pytest.mark.parametrize("algo,extra", [("reinforce", ()), ("ppo", ("ppo_epochs=1",))])
 def test_k3_in_the_loss(tmp_path, data_dir, tiny_model_path, algo, extra):
     """kl.in_loss=true: beta * k3 is a loss term; the reward carries no KL."""
-    rows, _ = _run(tmp_path, data_dir, tiny_model_path, algo, "steps=2", "batch_size=4", PROMPT_LENGTH,
-                   "kl.in_loss=true", "kl.estimator=k3", "kl.kind=fixed", "kl.init_beta=0.5", "lr=1e-2", *extra)
+    rows, _ = _run(tmp_path, data_dir, tiny_model_path, algo, "max_steps=2", "batch_size=4", PROMPT_LENGTH,
+                   "kl.in_loss=true", "kl.estimator=k3", "kl.kind=fixed", "kl.init_beta=0.5", "learning_rate=1e-2", *extra)
     # step 1: policy == reference, k3 = 0 on every token
     assert rows[0]["ppo/kl_loss"] == pytest.approx(0.0, abs=1e-6)
     # step 2: the policy has moved (lr 1e-2); k3 >= 0 and now positive, and objective/kl is still k1
@@ -297,8 +334,8 @@ def test_k3_in_the_loss(tmp_path, data_dir, tiny_model_path, algo, extra):
 def test_reward_normalize_reference(tmp_path, data_dir, tiny_model_path, monkeypatch, lora):
     """reward_normalize=reference: gain and bias fitted on reference-policy samples of the
     training prompts (mean 0, std 1), kept in the checkpoint and the manifest."""
-    args = ("steps=2", "batch_size=4", PROMPT_LENGTH, "reward_normalize=reference", "reward_normalize_samples=4",
-            "sample_every=1", "samples_per_log=4", "save_every=1", f"lora.enabled={lora}")
+    args = ("max_steps=2", "batch_size=4", PROMPT_LENGTH, "reward_normalize=reference", "reward_normalize_samples=4",
+            "sample_every=1", "samples_per_log=4", "save_steps=1", f"lora.enabled={lora}")
     rows, out = _run(tmp_path, data_dir, tiny_model_path, "reinforce", *args)
     samples = read_jsonl(out / "samples.jsonl")
     step1 = [x for x in samples if x["step"] == 1]

@@ -18,8 +18,8 @@ import torch
 from ambient_rlhf.checkpoint import load_state
 from ambient_rlhf.logging import read_jsonl
 
-ARGS = ["--algo", "ppo", "steps=4", "ppo_epochs=2", "save_every=2", "batch_size=4", "num_minibatches=2", "response_length=8",
-        "missing_eos_score=null", "reward=token-count:0-4095", "lr=1e-3", "lora.enabled=false"]
+ARGS = ["--algo", "ppo", "max_steps=4", "ppo_epochs=2", "save_steps=2", "batch_size=4", "num_minibatches=2", "max_response_tokens=8",
+        "missing_eos_score=null", "reward=token-count:0-4095", "learning_rate=1e-3", "lora.enabled=false"]
 
 
 def _cmd(out, data, model, *extra):
@@ -89,9 +89,9 @@ def _free_port() -> int:
 # which process holds the sample.  Each process holds 1 prompt, and every response is cut
 # at the same length (checked: no EOS), so the average over processes of per-process token
 # means is the global token mean, and DDP's averaged gradient is the single process's.
-DETERMINISTIC = ["--algo", "ppo", "steps=2", "batch_size=2", "ppo_epochs=2", "response_length=6", "top_k=1",
+DETERMINISTIC = ["--algo", "ppo", "max_steps=2", "batch_size=2", "ppo_epochs=2", "max_response_tokens=6", "top_k=1",
                  "whiten_rewards=false", "whiten_advantages=false", "missing_eos_score=null",
-                 "reward=token-count:0-4095", "lr=1e-3", "save_every=1"]
+                 "reward=token-count:0-4095", "learning_rate=1e-3", "save_steps=1"]
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
 from ambient_rlhf.train.common import CausalLMLoss, LoraSettings, lr_factor, token_nll_per_example
 from ambient_rlhf.train.sft import SFTConfig, collate, epoch_batches, read_responses, select_examples, split_step, train_sft
 
-TINY = dict(model="tiny-random", lr=1e-3, warmup_steps=0, schedule="constant", sample_prompts=1,
+TINY = dict(model="tiny-random", learning_rate=1e-3, warmup_steps=0, lr_scheduler_type="constant", sample_prompts=1,
             sample_max_new_tokens=4, eval_examples=16)
 
 
@@ -122,9 +122,9 @@ def test_batches_depend_only_on_the_global_batch():
 def test_grad_accumulation_invariance(data_dir, tmp_path):
     # 1 micro-batch of 8 and 8 micro-batches of 1 see the same 8 examples per step and
     # normalise by the same token count, so losses and weights agree up to float rounding.
-    common = dict(steps=3, log_every=1, eval_every=0, checkpoint_every=0, sample_prompts=0)
-    a = train_sft(cfg_for(data_dir, tmp_path / "a", batch_size=8, grad_accum=1, **common))
-    b = train_sft(cfg_for(data_dir, tmp_path / "b", batch_size=1, grad_accum=8, **common))
+    common = dict(max_steps=3, logging_steps=1, eval_steps=0, save_steps=0, sample_prompts=0)
+    a = train_sft(cfg_for(data_dir, tmp_path / "a", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common))
+    b = train_sft(cfg_for(data_dir, tmp_path / "b", per_device_train_batch_size=1, gradient_accumulation_steps=8, **common))
     la, lb = train_losses(a), train_losses(b)
     assert list(la) == [1, 2, 3]
     for s in la:
@@ -139,9 +139,9 @@ def test_cli_smoke_weights_change_and_output_loads(data_dir, tmp_path, tiny_mode
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "sft"
-    rc = main(["sft", "--data", str(data_dir), "--model", "tiny-random", "--out", str(out), "steps=4",
-               "batch_size=2", "grad_accum=2", "lr=1e-3", "eval_every=2", "checkpoint_every=2", "sample_prompts=2",
-               "sample_max_new_tokens=4", "log_every=1"])
+    rc = main(["sft", "--data", str(data_dir), "--model", "tiny-random", "--out", str(out), "max_steps=4",
+               "per_device_train_batch_size=2", "gradient_accumulation_steps=2", "learning_rate=1e-3", "eval_steps=2",
+               "save_steps=2", "sample_prompts=2", "sample_max_new_tokens=4", "logging_steps=1"])
     assert rc == 0
     model = AutoModelForCausalLM.from_pretrained(out)
     card = (out / "README.md").read_text()  # the model card: the final path (not the temporary one), the data
@@ -150,7 +150,7 @@ def test_cli_smoke_weights_change_and_output_loads(data_dir, tmp_path, tiny_mode
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
     assert len(changed) == len(base.state_dict())  # every tensor moved
     m = json.loads((out / "manifest.json").read_text())
-    assert m["stage"] == "sft" and m["counts"]["train"]["examples"] == 128 and m["config"]["steps"] == 4
+    assert m["stage"] == "sft" and m["counts"]["train"]["examples"] == 128 and m["config"]["max_steps"] == 4
     rows = read_jsonl(out / "metrics.jsonl")
     evals = [r["eval/loss"] for r in rows if "eval/loss" in r]
     assert len(evals) == 3 and evals[-1] < evals[0]
@@ -158,17 +158,24 @@ def test_cli_smoke_weights_change_and_output_loads(data_dir, tmp_path, tiny_mode
     samples = read_jsonl(out / "samples.jsonl")
     assert [s["step"] for s in samples] == [2, 2, 4, 4]
     assert not (out / "checkpoints").exists()
+    # report_to=[tensorboard] (the default): TensorBoard itself reads the same train loss
+    acc = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                              reason="tensorboard is not installed (the `tensorboard` extra)")
+    ev = acc.EventAccumulator(str(out / "tensorboard"))
+    ev.Reload()
+    want = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+    assert [(e.step, e.value) for e in ev.Scalars("train/loss")] == [(s, pytest.approx(v, rel=1e-6)) for s, v in want]
     # a second fresh run refuses the existing directory
     with pytest.raises(AmbientError, match="exists"):
-        train_sft(cfg_for(data_dir, out, steps=1))
+        train_sft(cfg_for(data_dir, out, max_steps=1))
 
 
 def test_tier_conditioning_and_lora(data_dir, tmp_path, tiny_model_path):
     from ambient_rlhf.models.tokenize import has_goal_tokens
     from ambient_rlhf.train.generate import generate
 
-    out = train_sft(cfg_for(data_dir, tmp_path / "tier", condition="tier", steps=3, batch_size=4, grad_accum=1,
-                            eval_every=0, checkpoint_every=0, lora=LoraSettings(enabled=True, r=4, alpha=8)))
+    out = train_sft(cfg_for(data_dir, tmp_path / "tier", condition="tier", max_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                            eval_steps=0, save_steps=0, lora=LoraSettings(enabled=True, r=4, alpha=8)))
     tok = load_tokenizer(str(out))
     assert has_goal_tokens(tok)
     assert (out / "adapter" / "adapter_config.json").is_file()
@@ -184,10 +191,10 @@ def test_tier_conditioning_and_lora(data_dir, tmp_path, tiny_model_path):
 
 
 def _sft_args(data_dir, out, *extra):
-    return ["sft", "--data", str(data_dir), "--model", "tiny-random", "--out", str(out), "steps=16",
-            "batch_size=2", "grad_accum=2", "lr=1e-3", "log_every=1", "eval_every=4", "checkpoint_every=4",
-            "keep_checkpoints=1", "sample_prompts=1", "sample_max_new_tokens=4", "warmup_steps=3",
-            "schedule=cosine", *extra]
+    return ["sft", "--data", str(data_dir), "--model", "tiny-random", "--out", str(out), "max_steps=16",
+            "per_device_train_batch_size=2", "gradient_accumulation_steps=2", "learning_rate=1e-3", "logging_steps=1", "eval_steps=4", "save_steps=4",
+            "save_total_limit=1", "sample_prompts=1", "sample_max_new_tokens=4", "warmup_steps=3",
+            "lr_scheduler_type=cosine", *extra]
 
 
 def test_resume_after_kill_equals_uninterrupted(data_dir, tmp_path):
@@ -228,15 +235,15 @@ def test_resume_after_kill_equals_uninterrupted(data_dir, tmp_path):
 def test_two_processes_match_one(data_dir, tmp_path):
     # 2 processes x batch 2 and 1 process x batch 4 form the same global batch of 4
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AMBIENT_PROGRESS": "0"}
-    args = ["--data", str(data_dir), "--model", "tiny-random", "steps=3", "grad_accum=1", "lr=1e-3",
-            "log_every=1", "eval_every=3", "checkpoint_every=0", "sample_prompts=0"]
+    args = ["--data", str(data_dir), "--model", "tiny-random", "max_steps=3", "gradient_accumulation_steps=1", "learning_rate=1e-3",
+            "logging_steps=1", "eval_steps=3", "save_steps=0", "sample_prompts=0"]
     two = tmp_path / "two"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                        "ambient_rlhf.cli", "sft", "--out", str(two), "batch_size=2", "-v", *args],
+                        "ambient_rlhf.cli", "sft", "--out", str(two), "per_device_train_batch_size=2", "-v", *args],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "2 processes" in r.stderr
-    one = train_sft(load_config(SFTConfig, None, [f"out={tmp_path / 'one'}", "batch_size=4"] +
+    one = train_sft(load_config(SFTConfig, None, [f"out={tmp_path / 'one'}", "per_device_train_batch_size=4"] +
                                 [a for a in args if "=" in a] + [f"data={data_dir}", "model=tiny-random"]))
     l2, l1 = train_losses(two), train_losses(one)
     assert list(l2) == [1, 2, 3]
@@ -249,9 +256,9 @@ def test_two_processes_match_one(data_dir, tmp_path):
 def test_real_default_model_two_steps_and_generate(data_dir, tmp_path, default_model_path):
     from ambient_rlhf.train.generate import generate
 
-    out = train_sft(SFTConfig(data=str(data_dir), out=str(tmp_path / "real"), model=default_model_path, steps=2,
-                              batch_size=2, grad_accum=1, max_prompt_tokens=64, max_response_tokens=32,
-                              eval_examples=4, eval_every=0, checkpoint_every=0, sample_prompts=0, lr=1e-5))
+    out = train_sft(SFTConfig(data=str(data_dir), out=str(tmp_path / "real"), model=default_model_path, max_steps=2,
+                              per_device_train_batch_size=2, gradient_accumulation_steps=1, max_prompt_tokens=64, max_response_tokens=32,
+                              eval_examples=4, eval_steps=0, save_steps=0, sample_prompts=0, learning_rate=1e-5))
     evals = [r["eval/loss"] for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r]
     assert len(evals) == 2 and all(math.isfinite(e) for e in evals)
     # an instruction-tuned model answers a plain question in words

@@ -18,7 +18,7 @@ def test_rm_resume_skips_a_torn_checkpoint(tmp_path, warnings_seen):
 
     def cfg(out, *more):
         return load_config(R.RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={out}", "eval_split=",
-                                                  "eval_every=0", "max_steps=6", "save_every=2", "lr=3e-3", *more])
+                                                  "eval_steps=0", "max_steps=6", "save_steps=2", "learning_rate=3e-3", *more])
 
     full, part = tmp_path / "full", tmp_path / "part"
     R.train_reward(cfg(full))

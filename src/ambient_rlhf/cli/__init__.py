@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rl": ("ambient_rlhf.cli.rl", "policy optimisation against a reward model: ppo, rloo, reinforce"),
     "eval": ("ambient_rlhf.cli.eval", "compare a policy with its reference on held-out prompts"),
     "label": ("ambient_rlhf.cli.label", "a local web page for explicit A/B comparisons; export them as pairs (export)"),
+    "export": ("ambient_rlhf.cli.export", "write a data directory as TRL / datasets files (trl)"),
     "report": ("ambient_rlhf.cli.report", "write report.html for a run directory"),
     "run": ("ambient_rlhf.cli.run", "the whole pipeline in one command"),
 }

@@ -27,13 +27,16 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--prompts", help="file of prompts: .jsonl with a 'prompt' field, or one per line")
     p.add_argument("--goal", choices=list(TIERS), help="tier to ask for (tier-conditioned models)")
     p.add_argument("--out", help="write JSONL here instead of printing")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--template", choices=["auto", "chat", "plain"], default="auto")
-    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per completion (default 64)")
+    p.add_argument("--temperature", type=float, default=0.7,
+                   help="sampling temperature (default 0.7, the RL stage's default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1.0 = off (default)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--template", choices=["auto", "chat", "plain"], default="auto",
+                   help="prompt template; auto (default) = what the model was trained with, else its chat template")
+    p.add_argument("--max-prompt-tokens", type=int, default=256,
+                   help="prompt budget in tokens, cut from the left (default 256)")
     args = p.parse_args(rest)
     setup_logging(args.verbose)
     if args.help_config:

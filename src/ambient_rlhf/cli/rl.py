@@ -16,7 +16,8 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--policy", help="initial policy / reference (SFT output directory or model name)")
     p.add_argument("--reward", help="reward-model directory, token-count:<ids> or python:<module>:<fn>")
     p.add_argument("--data", help="data directory (prompts of the train split)")
-    p.add_argument("--algo", choices=["ppo", "rloo", "reinforce"])
+    p.add_argument("--algo", choices=["ppo", "rloo", "reinforce"],
+                   help="ppo (default; value model, GAE), rloo (leave-one-out baseline) or reinforce")
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")

@@ -19,11 +19,11 @@ def _cli_eval(argv: list[str]) -> int:
                                 description="evaluate a reward model on a data directory's pairs, with baselines")
     p.add_argument("--model", required=True, help="reward model directory (ambient rm / rm combine)")
     p.add_argument("--data", required=True, help="data directory (any community)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split whose pairs are evaluated (default test)")
     p.add_argument("--out", default=None, help="where eval.json and plots go (default MODEL/eval/<community>-<split>)")
     p.add_argument("--loglik-model", default="auto", help="auto | none | self | a model for the log-likelihood baseline")
     p.add_argument("--max-pairs", type=int, default=0, help="evaluate at most this many pairs (whole threads; 0 = all)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="texts scored together (default 8)")
     p.add_argument("--feature-cache", default=None, help="feature_cache directory of a head-only model's training")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
@@ -38,10 +38,11 @@ def _cli_combine(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="ambient rm combine", parents=[common_parser()],
                                 description="weighted sum of normalised rewards, usable as one reward model")
-    p.add_argument("models", nargs="+")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="reward-model directories (ambient rm output); each reward is used normalised")
     p.add_argument("--weights", default=None, help="comma-separated, one per model (default: all 1)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="output directory of the combined reward model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     try:
@@ -64,13 +65,17 @@ def cli(argv: list[str]) -> int:
                                 description="train a reward model (subcommands: eval, combine)",
                                 epilog="any config key as key=value; --help-config lists them")
     p.add_argument("--data", nargs="+", default=None, help="data directories (several = one merged model)")
-    p.add_argument("--model", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--objective", default=None, choices=OBJECTIVES)
-    p.add_argument("--train-half", default=None, choices=("all", "a", "b"))
+    p.add_argument("--model", default=None,
+                   help="model to start from: the SFT output directory (best), default, tiny-random or a model dir")
+    p.add_argument("--out", default=None, help="output directory (a *ForSequenceClassification model dir)")
+    p.add_argument("--objective", default=None, choices=OBJECTIVES,
+                   help="pairwise (default): Bradley-Terry on pairs; ranking: K-way; tiers: good/ok/bad "
+                        "classifier; reply-sentiment: regress the replies' sentiment")
+    p.add_argument("--train-half", default=None, choices=("all", "a", "b"),
+                   help="train on all threads (default) or half a/b (a proxy and a gold judge on disjoint threads)")
     p.add_argument("--train-layers", type=int, default=None, help="-1 all, 0 head only, N top layers")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(rest)
     setup_logging(args.verbose)
     if args.help_config:

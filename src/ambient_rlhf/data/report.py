@@ -26,6 +26,24 @@ def _plt():
     return plt
 
 
+def log_ticks(axis, lo: float, hi: float, most: int = 7) -> None:
+    """Plain-number labels on a log axis at the finest of the 1-1.5-2-3-5, 1-2-5, 1-3 and
+    powers-of-ten series that gives at most ``most`` labels, and no
+    minor labels: matplotlib labels the minor ticks of a log axis spanning less than a
+    decade (``2x10^0``, ``3x10^0``, ...), and those labels crowd or overlap."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    for mantissas in ((1, 1.5, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):  # the finest series that fits
+        ticks = [m * 10.0 ** e for e in range(-3, 10) for m in mantissas if lo <= m * 10.0 ** e <= hi]
+        if len(ticks) <= most:
+            break
+    while len(ticks) > most:  # more than `most` decades: every other power of ten
+        ticks = ticks[::2]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def write_plots(out: Path) -> list[str]:
     """Write the five PNGs into ``out``; return their file names."""
     plt = _plt()
@@ -99,8 +117,10 @@ def write_plots(out: Path) -> list[str]:
     ratio = p.column("score_ratio").to_numpy()
     ratio = ratio[np.isfinite(ratio)]
     if ratio.size:
-        ax.hist(ratio, bins=np.logspace(np.log10(max(ratio.min(), 1.0)), np.log10(max(ratio.max(), 2.0)), 30))
+        lo, hi = max(ratio.min(), 1.0), max(ratio.max(), 2.0)
+        ax.hist(ratio, bins=np.logspace(np.log10(lo), np.log10(hi), 30))
         ax.set_xscale("log")
+        log_ticks(ax.xaxis, lo, hi)
     ax.set_xlabel("score ratio (chosen / rejected)")
     ax.set_ylabel("pairs")
     ax.set_title("Pairs by score ratio")

@@ -133,6 +133,11 @@ def _build_tiny(target: Path) -> None:
     _publish(tmp, target)
 
 
+def is_builtin_model(name: str | os.PathLike) -> bool:
+    """``default`` (and its aliases) or ``tiny-random``: names only this project knows."""
+    return str(name).lower() in _DEFAULT_ALIASES | {TINY_RANDOM}
+
+
 def resolve_model(name: str | os.PathLike) -> str:
     """Turn a model name into something ``from_pretrained`` loads offline (see module doc)."""
     name = str(name)

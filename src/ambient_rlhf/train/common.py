@@ -89,6 +89,31 @@ def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "merge_and_unload") and hasattr(model, "peft_config")
 
 
+def adapter_base_name(model_name: str) -> str:
+    """What a saved adapter's ``base_model_name_or_path`` says: the model as the user gave
+    it (a directory as typed, a hub id), so ``peft.AutoPeftModelForCausalLM`` finds the
+    base from where the user works.  The built-in names (``default``, ``tiny-random``) are
+    no name transformers knows, so they become their converted directory (the default
+    model is SmolLM2-135M-Instruct dequantised from a Q4_1 GGUF: the hub's
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` weights differ)."""
+    from ambient_rlhf.models.load import is_builtin_model, resolve_model
+
+    if is_builtin_model(model_name):
+        return resolve_model(model_name)
+    return model_name
+
+
+def save_adapter(model: nn.Module, out, tok, base_name: str) -> None:
+    """Write the LoRA adapter of a peft ``model`` to ``out`` (peft's ``adapter_config.json``
+    + ``adapter_model.safetensors``, the tokenizer beside it) with
+    ``base_model_name_or_path`` = :func:`adapter_base_name` of ``base_name``."""
+    name = adapter_base_name(base_name)
+    for cfg in model.peft_config.values():
+        cfg.base_model_name_or_path = name
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold LoRA adapters into the base weights and return the plain model (a no-op for
     a model without adapters).  Mutates the base model: call it at the end, or on a copy."""
@@ -148,6 +173,12 @@ def lr_factor(step: int, kind: str, warmup_steps: int, total_steps: int) -> floa
     if kind == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_count(warmup_steps: float, total_steps: int) -> int:
+    """Warmup steps of a ``warmup_steps`` setting: a count when >= 1, else a fraction of
+    ``total_steps`` (rounded down; transformers rounds up: at most one step apart)."""
+    return int(warmup_steps) if warmup_steps >= 1 else int(warmup_steps * total_steps)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, kind: str = "cosine", warmup_steps: int = 0,

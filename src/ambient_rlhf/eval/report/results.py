@@ -101,18 +101,34 @@ def frontier_section(run, figs: Figures) -> str:
     rls = [s for s in run["rl"] if s.metrics]
     if not evals and not rls:
         return not_run("RL and evaluation")
+    img = figs.save(frontier_figure(rls, evals), "frontier")
+    return (img + "<p class='note'>Dots: the proxy reward model's mean score of the RL training samples minus "
+            "its value at the first logged step, against their KL (what RL saw); one marker per RL run. Points "
+            "with bars: held-out evaluation, policy minus reference, with 95% intervals. "
+            "A proxy gain that the gold judge does not share is reward over-optimisation.</p>")
+
+
+def frontier_figure(rls: list[StageDir], evals: list[StageDir]):
+    """The reward-vs-KL figure (a matplotlib Figure) of the RL runs and the evaluations."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    trajectories = []
     for s in rls:
         pts = [(r["objective/kl"], r["objective/score"]) for r in s.metrics
                if isinstance(r.get("objective/kl"), (int, float)) and isinstance(r.get("objective/score"), (int, float))]
         if pts:
-            # relative to the first logged step (the policy is still ~the reference there), so
-            # that the trajectory reads on the same scale as the evaluations' differences
-            base = pts[0][1]
-            sc = ax.scatter([p[0] for p in pts], [p[1] - base for p in pts], c=range(len(pts)), cmap="viridis", s=12,
-                            label=f"{s.name}: proxy score gain on training batches")
-            fig.colorbar(sc, ax=ax, label="RL step (index)")
+            trajectories.append((s, pts))
+    # one colour scale (the logged step) and one colour bar for every RL run; a marker each
+    norm = plt.Normalize(0, max((len(p) - 1 for _, p in trajectories), default=1) or 1)
+    sc = None
+    for (s, pts), marker in zip(trajectories, "o^sDv<>ph" * 10):
+        # relative to the first logged step (the policy is still ~the reference there), so
+        # that the trajectory reads on the same scale as the evaluations' differences
+        base = pts[0][1]
+        sc = ax.scatter([p[0] for p in pts], [p[1] - base for p in pts], c=range(len(pts)), cmap="viridis",
+                        norm=norm, s=12, marker=marker, label=f"{s.name}: proxy score gain on training batches")
+    if sc is not None:
+        fig.colorbar(sc, ax=ax, label="RL step (index)")
     ax.scatter([0], [0], marker="s", color="k", label="reference (by definition)")
     colors = {"judge_score": "#c44e52", "proxy_score": "#dd8452", "true_utility": "#55a868"}
     labels = {"judge_score": "gold judge", "proxy_score": "proxy", "true_utility": "true utility"}
@@ -134,11 +150,7 @@ def frontier_section(run, figs: Figures) -> str:
     ax.set_ylabel("reward (normalised)")
     ax.set_title("reward vs KL")
     ax.legend(fontsize=7, loc="best")
-    img = figs.save(fig, "frontier")
-    return (img + "<p class='note'>Dots: the proxy reward model's mean score of the RL training samples minus "
-            "its value at the first logged step, against their KL (what RL saw). Points with bars: held-out "
-            "evaluation, policy minus reference, with 95% intervals. "
-            "A proxy gain that the gold judge does not share is reward over-optimisation.</p>")
+    return fig
 
 
 def win_section(run, figs: Figures) -> str:
@@ -180,6 +192,23 @@ def win_section(run, figs: Figures) -> str:
     return "".join(out)
 
 
+TEXT_KEYS = ("prompt", "reference", "policy")
+COLLAPSE_CHARS = 200
+"""Texts longer than this show their first characters (on one line: line breaks become
+spaces), the rest one click away."""
+
+
+def _collapsed(text: Any) -> Any:
+    """A long text as ``<details>`` (its start as the summary, the whole text inside); a short
+    one as it is."""
+    if not isinstance(text, str) or len(text) <= COLLAPSE_CHARS:
+        return text
+    flat = " ".join(text.split())[:COLLAPSE_CHARS]
+    head = flat.rsplit(" ", 1)[0] if " " in flat else flat
+    return ("html", f"<details><summary>{esc(head)} … <span class='note'>({len(text):,} characters; "
+                    f"show all)</span></summary>{esc(text)}</details>")
+
+
 def samples_section(run, figs: Figures) -> str:
     evals = [s for s in run["eval"] if s.eval]
     if not evals:
@@ -196,7 +225,8 @@ def samples_section(run, figs: Figures) -> str:
             if f"policy_{k}" in rows[0]:
                 header += [f"{lab}: reference", f"{lab}: policy"]
                 keys += [f"reference_{k}", f"policy_{k}"]
-        out.append(table(header, [[r.get(k) for k in keys] for r in rows], "samples"))
+        out.append(table(header, [[_collapsed(r.get(k)) if k in TEXT_KEYS else r.get(k) for k in keys] for r in rows],
+                         "samples"))
     return "".join(out) or "<p class='missing'>no samples recorded.</p>"
 
 
@@ -204,7 +234,7 @@ def simulated_section(run, figs: Figures) -> str:
     """True utility (known only for the simulated community) against proxy and gold rewards."""
     evals = [s for s in run["eval"] if s.eval and s.eval.get("true_utility")]
     rm_rec = [(s.name, s.eval) for s in run["rm"] if s.eval and any("true_utility" in k for k in flatten_numbers(s.eval))]
-    sims = [s for s in run["data"] if s.manifest.get("stage") == "simulate"]
+    sims = run.get("simulate", [])
     truths = [s for s in run.get("truth", []) if s.eval]
     if not evals and not rm_rec and not sims and not truths:
         return "<p class='missing'>Not a simulated community (no hidden true utility in this run).</p>"

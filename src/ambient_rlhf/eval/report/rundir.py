@@ -14,11 +14,12 @@ log = get_logger("report")
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
-STAGES = ("data", "sft", "rm", "rl", "eval", "truth", "label")
+STAGES = ("simulate", "data", "sft", "rm", "rl", "eval", "truth", "label")
 OPTIONAL_STAGES = ("label",)
 """Stages outside the pipeline: listed in the stages table only when present."""
-STAGE_TITLES = {"data": "Data", "sft": "Behaviour cloning (SFT)", "rm": "Reward models", "rl": "Policy optimisation (RL)",
-                "eval": "Policy evaluation", "truth": "Recovery of the true utility (simulated community)",
+STAGE_TITLES = {"simulate": "Simulated community", "data": "Data", "sft": "Behaviour cloning (SFT)",
+                "rm": "Reward models", "rl": "Policy optimisation (RL)", "eval": "Policy evaluation",
+                "truth": "Recovery of the true utility (simulated community)",
                 "label": "Explicit comparisons (ambient label export)"}
 
 
@@ -46,12 +47,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _classify(name: str, manifest: dict[str, Any]) -> str | None:
     st = str(manifest.get("stage", "")).lower()
-    for key, aliases in (("data", ("data", "simulate")), ("sft", ("sft",)), ("rm", ("rm", "reward", "rm-combine")),
-                         ("rl", ("rl",)), ("eval", ("eval",)), ("truth", ("truth",)), ("label", ("label",))):
+    for key, aliases in (("simulate", ("simulate",)), ("data", ("data",)), ("sft", ("sft",)),
+                         ("rm", ("rm", "reward", "rm-combine")), ("rl", ("rl",)), ("eval", ("eval",)),
+                         ("truth", ("truth",)), ("label", ("label",))):
         if st in aliases:
             return key
     n = name.lower()
-    for key in ("data", "sft", "rm", "rl", "eval", "truth"):
+    for key in STAGES:
         if n == key or n.startswith(key + "-") or n.startswith(key + "_"):
             return key
     return None
@@ -61,15 +63,39 @@ def _load_stage(path: Path, name: str | None = None) -> StageDir | None:
     manifest = _read_json(path / "manifest.json") or {}
     if not manifest and not (path / "eval.json").exists() and not (path / "metrics.jsonl").exists():
         return None
-    stage = _classify(name or path.name, manifest)
+    stage = _classify(path.name, manifest)  # by its own name: a nested one is named by its relative path
     if stage is None:
         return None
     return StageDir(name=name or path.name, path=path, stage=stage, manifest=manifest,
                     eval=_read_json(path / "eval.json"), metrics=read_jsonl(path / "metrics.jsonl"))
 
 
+MAX_DEPTH = 3
+"""How far below RUN_DIR stage directories are looked for (``runs/`` holding ``sft/``, or
+``runs/exp1/sft/``); a stage directory's own subdirectories are never searched."""
+SKIP_DIRS = (REPORT_DIR, "checkpoints", "tensorboard", "adapter", "__pycache__")
+
+
+def _stage_dirs(root: Path, depth: int = 1, prefix: str = ""):
+    """(name, path) of the stage directories below ``root``, depth first, each named by its
+    path relative to the run directory."""
+    try:
+        subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in SKIP_DIRS)
+    except OSError as e:
+        log.warning("%s: unreadable (%s); skipped", root, e)
+        return
+    for sub in subs:
+        name = prefix + sub.name
+        s = _load_stage(sub, name)
+        if s is not None:
+            yield s
+        elif depth < MAX_DEPTH:
+            yield from _stage_dirs(sub, depth + 1, name + "/")
+
+
 def discover(run_dir: str | Path) -> dict[str, list[StageDir]]:
-    """Stage directories of a run, grouped by stage (``data``, ``sft``, ``rm``, ``rl``, ``eval``)."""
+    """Stage directories of a run, grouped by stage (``simulate``, ``data``, ``sft``, ``rm``,
+    ``rl``, ``eval``, ``truth``), found up to :data:`MAX_DEPTH` levels below ``run_dir``."""
     run = Path(run_dir)
     if not run.is_dir():
         raise AmbientError(f"{run}: not a directory; give a run directory (from `ambient run`) or a stage directory")
@@ -80,10 +106,8 @@ def discover(run_dir: str | Path) -> dict[str, list[StageDir]]:
         if s is not None:
             found[s.stage].append(s)
             return found
-    for sub in sorted(p for p in run.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != REPORT_DIR):
-        s = _load_stage(sub)
-        if s is not None:
-            found[s.stage].append(s)
+    for s in _stage_dirs(run):
+        found[s.stage].append(s)
     for st in STAGES:  # in the order they ran (simulate before data), then by name
         found[st].sort(key=lambda s: (str(s.manifest.get("created", "~")), s.name))
     return found

@@ -15,6 +15,17 @@ RL_CURVES = (("objective/score", "reward-model score"), ("objective/kl", "KL to 
              ("objective/entropy", "entropy (nats, as logged)"), ("gen/length", "response length (tokens)"))
 
 
+def run_status(run_manifest: dict[str, Any]) -> str:
+    """The run's status as the page should say it.  ``ambient run`` writes the report as
+    its last stage, while its manifest still says ``running``: when every other stage has
+    ran or was up to date, the run has finished as far as this page can know."""
+    status = str(run_manifest.get("status", "?"))
+    others = [st for st in run_manifest.get("stages", []) if isinstance(st, dict) and st.get("name") != REPORT_DIR]
+    if status == "running" and others and all(st.get("status") in ("ran", "skipped") for st in others):
+        return "finished"
+    return status
+
+
 def stages_table(run: dict[str, list[StageDir]], run_manifest: dict[str, Any] | None = None) -> str:
     """Every stage directory with when it finished and how long it took; with the run's
     manifest (``ambient run``), also each stage's status there (ran, up to date, failed...)."""
@@ -37,18 +48,18 @@ def stages_table(run: dict[str, list[StageDir]], run_manifest: dict[str, Any] | 
             rows.append(["", name, st.get("status", "?"), "–", "–"])
     out = table(["stage", "directory", "status in the run", "finished", "seconds"], rows)
     if run_manifest:
-        out += (f"<p>Run status: {esc(run_manifest.get('status', '?'))}"
+        out += (f"<p>Run status: {esc(run_status(run_manifest))}"
                 + (f", {fnum(float(run_manifest['seconds']), 0)} s in all" if isinstance(run_manifest.get("seconds"), (int, float)) else "")
                 + ".</p>")
     return out
 
 
 def data_section(run, figs: Figures) -> str:
-    if not run["data"]:
+    if not run["data"] and not run.get("simulate"):
         return not_run("data")
     plt = _plt()
     out = []
-    for s in run["data"]:
+    for s in run.get("simulate", []) + run["data"]:  # a simulated community's counts, then the data stage's
         counts = {k: v for k, v in flatten_numbers(s.manifest.get("counts") or {}).items()
                   if not k.startswith(("memory.", "peak_"))}  # resource use, not data
         if not counts:

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.config import above, at_least, between, check_bounds
+from ambient_rlhf.config import ConfigError, above, at_least, check_bounds
 from ambient_rlhf.models.reward_inputs import RewardInputSpec
 from ambient_rlhf.train.common import LoraSettings
 
 OBJECTIVES = ("pairwise", "ranking", "tiers", "reply-sentiment")
 
 
+def _warmup_from_ratio(v):
+    """The old ``warmup_ratio`` (a fraction of the steps) as ``warmup_steps``, which reads
+    a value below 1 as that fraction."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1:
+        raise ConfigError(f"config key 'warmup_ratio': {v!r} is the whole run; it is now 'warmup_steps' "
+                          "(a number of steps, or a fraction < 1 of them): give warmup_steps=<steps>")
+    return v
+
+
 @dataclass
 class RewardConfig:
+    RENAMED: ClassVar[dict] = {"lr": "learning_rate", "schedule": "lr_scheduler_type", "epochs": "num_train_epochs",
+                               "grad_clip": "max_grad_norm", "warmup_ratio": ("warmup_steps", _warmup_from_ratio),
+                               "eval_every": "eval_steps", "save_every": "save_steps"}
+    """Old key names, still accepted with a deprecation warning (``config.upgrade_keys``)."""
+
     data: list[str] = field(default_factory=list)
     """Data directories (``ambient data build`` output).  Several directories train one
     model on several communities (the seed's merged reward model)."""
@@ -93,21 +107,22 @@ class RewardConfig:
     """Form batches from threads of similar length (within shuffled windows of 64
     batches) and keep a thread's units together, so each distinct response of a batch is
     scored once and little compute goes to padding.  Off: plain shuffled units."""
-    lr: Annotated[float, at_least(0)] = 0.0
+    learning_rate: Annotated[float, at_least(0)] = 0.0
     """Peak learning rate; 0 = by what trains: 1e-3 head only, 5e-5 top layers,
     1e-4 LoRA, 1e-5 full (InstructGPT used 9e-6 for its full 6B reward model)."""
     weight_decay: Annotated[float, at_least(0)] = 0.0
     """AdamW weight decay (not on biases/norms).  0: short runs, the data is the regulariser."""
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "linear"
     """LR schedule after warmup; linear decay to 0 as in InstructGPT's reward model."""
-    warmup_ratio: Annotated[float, between(0, 1)] = 0.05
-    """Fraction of the steps spent warming up linearly."""
-    epochs: Annotated[float, above(0)] = 1.0
+    warmup_steps: Annotated[float, at_least(0)] = 0.05
+    """Linear warmup: a number of steps (>= 1), or a fraction of all steps (< 1, rounded
+    down), as in transformers; 5% of the steps by default."""
+    num_train_epochs: Annotated[float, above(0)] = 1.0
     """Passes over the training units (fractions allowed).  One epoch: reward models
     overfit after one (InstructGPT, Stiennon et al.).  Ignored when ``max_steps`` > 0."""
     max_steps: Annotated[int, at_least(0)] = 0
-    """Optimizer steps; 0 = ``epochs`` worth."""
-    grad_clip: Annotated[float, at_least(0)] = 1.0
+    """Optimizer steps; 0 = ``num_train_epochs`` worth."""
+    max_grad_norm: Annotated[float, at_least(0)] = 1.0
     """Clip the gradient norm to this (0 = off); guards the first steps of a fresh head."""
     train_layers: Annotated[int, at_least(-1)] = -1
     """How much of the network trains: -1 = all of it (full fine-tuning, or LoRA with
@@ -137,9 +152,14 @@ class RewardConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA adapters (``lora.enabled=true``, with ``train_layers=-1``); merged into the
     backbone at the end so the output loads as a plain model."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers, through accelerate's integrations (``train/trackers.py``), as in
+    transformers' ``report_to``: ``tensorboard`` (events in ``out/tensorboard``), ``wandb``,
+    ``mlflow``, ``trackio``, ...; [] = ``metrics.jsonl`` only.  A tracker whose package is not
+    installed costs a one-line notice, not the run.  Changes no result (a resume may change it)."""
     seed: int = 0
     """Seed for the head init, subsets and batch order."""
-    eval_every: Annotated[int, at_least(0)] = 50
+    eval_steps: Annotated[int, at_least(0)] = 50
     """Log the valid-split pair accuracy every this many steps (0 = only at the end)."""
     eval_max_pairs: Annotated[int, at_least(0)] = 256
     """Valid pairs used by the periodic evaluation (a seeded subset; 0 = all)."""
@@ -151,7 +171,7 @@ class RewardConfig:
     eval_loglik: str = "auto"
     """Log-likelihood baseline model for the final evaluation: ``auto`` (the reward
     model's own backbone when it was frozen, else skip), ``none``, ``self``, or a model."""
-    save_every: Annotated[int, at_least(0)] = 200
+    save_steps: Annotated[int, at_least(0)] = 200
     """Checkpoint every this many steps (and at the end); 0 = only at the end."""
     resume: bool = False
     """Continue from the newest checkpoint in ``out``."""
@@ -168,8 +188,8 @@ class RewardConfig:
 
 
 def _auto_lr(cfg: RewardConfig) -> float:
-    if cfg.lr > 0:
-        return cfg.lr
+    if cfg.learning_rate > 0:
+        return cfg.learning_rate
     if cfg.train_layers == 0:
         return 1e-3
     if cfg.train_layers > 0:
@@ -183,6 +203,9 @@ def _validate(cfg: RewardConfig) -> None:
     if not cfg.out:
         raise AmbientError("rm: no output directory; pass --out DIR")
     check_bounds(cfg)  # declared on the fields (load_config checks them too)
+    from ambient_rlhf.train.trackers import check_report_to
+
+    check_report_to(cfg.report_to)
     if cfg.batch_size < 1:
         raise AmbientError(f"rm: batch_size={cfg.batch_size} must be >= 1")
     if cfg.backbone_layers and cfg.train_layers > cfg.backbone_layers:

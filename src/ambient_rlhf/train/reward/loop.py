@@ -20,13 +20,15 @@ from ambient_rlhf.models.features import FeatureStore
 from ambient_rlhf.outdir import NOT_RESULT_KEYS, prepare_out
 from ambient_rlhf.models.reward_inputs import RewardInputs, TextTable
 from ambient_rlhf.rl import reward_losses as L
-from ambient_rlhf.train.common import apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator
+from ambient_rlhf.train.common import (apply_lora, make_optimizer, make_scheduler, merge_lora, setup_accelerator,
+                                        warmup_count)
 from ambient_rlhf.train.reward.batching import epoch_batches, loss_share, rank_share, shard_rows
 from ambient_rlhf.train.reward.config import RewardConfig, _auto_lr, _validate, input_spec
 from ambient_rlhf.train.reward.scoring import (CovariateModel, Scorer, ScoreRows, batch_loss, pair_accuracy, raw_rewards,
                                                unit_covariates)
 from ambient_rlhf.train.reward.units import (balance_by_length, index_units, load_units, reference_units,
                                              subset_threads)
+from ambient_rlhf.train.trackers import make_trackers
 
 log = get_logger("rm")
 
@@ -129,7 +131,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     # its shard of the evaluation texts; a feature store is written by each in turn.
     lengths = [len(x) for x in table.ids]
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     if world == 1:
         need = sorted({r for u in train + valid_pairs + norm_units for r in u.rows})
     else:
@@ -156,7 +158,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     trained = torch.nn.ModuleDict({"model": scorer.module, **({"covariates": covm} if covm is not None else {})})
     opt = make_optimizer(trained, lr=lr, weight_decay=cfg.weight_decay)  # fused AdamW
     params = [p for p in trained.parameters() if p.requires_grad]  # (gradient clipping)
-    sched = make_scheduler(opt, cfg.schedule, int(cfg.warmup_ratio * total), total)
+    sched = make_scheduler(opt, cfg.lr_scheduler_type, warmup_count(cfg.warmup_steps, total), total)
     step = 0
     if ckpt is not None:
         state = load_state(ckpt)
@@ -179,7 +181,8 @@ def train_reward(cfg: RewardConfig) -> Path:
             if r_ not in logwords:
                 logwords[r_] = math.log1p(len(table.texts[r_][1].split()))
         return torch.tensor([logwords[r_] for r_ in rows_], device=device)
-    metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main)
+    metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main,
+                            trackers=make_trackers(cfg.report_to, out, to_dict(cfg)) if main else ())
 
     def checkpoint(s: int) -> None:
         if main:
@@ -213,7 +216,7 @@ def train_reward(cfg: RewardConfig) -> Path:
             accelerator.backward(loss * (loss_share(cfg.objective, mine, units) * world))
         else:
             accelerator.backward(loss)
-        gnorm = accelerator.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+        gnorm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.tensor(0.0)
         opt.step()
         sched.step()
         step += 1
@@ -231,13 +234,13 @@ def train_reward(cfg: RewardConfig) -> Path:
                "rm/grad_norm": float(gnorm), "perf/step_seconds": dt, "perf/units": len(units),
                "perf/sequences": len(all_rows), "perf/tokens": sum(lengths[r] for r in all_rows),
                "epoch": step / steps_per_epoch}
-        if valid_pairs and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == total):
+        if valid_pairs and cfg.eval_steps > 0 and (step % cfg.eval_steps == 0 or step == total):
             row["rm/valid_accuracy"] = pair_accuracy(scorer, valid_pairs, max(cfg.batch_size * 2, 8), accelerator)
         metrics.log(step, row)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{row['rm/loss']:.3f}", refresh=False)
-        if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == total:
+        if (cfg.save_steps > 0 and step % cfg.save_steps == 0) or step == total:
             checkpoint(step)
     if bar is not None:
         bar.close()

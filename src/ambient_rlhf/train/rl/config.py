@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.config import Bound, above, at_least, between, check_bounds
@@ -40,6 +40,11 @@ class KLSettings:
 
 @dataclass
 class RLConfig:
+    RENAMED: ClassVar[dict] = {"lr": "learning_rate", "schedule": "lr_scheduler_type", "steps": "max_steps",
+                               "adam_eps": "adam_epsilon", "save_every": "save_steps",
+                               "keep_checkpoints": "save_total_limit", "response_length": "max_response_tokens"}
+    """Old key names, still accepted with a deprecation warning (``config.upgrade_keys``)."""
+
     policy: str = "default"
     """Initial policy (normally the SFT output directory) and, unless ``reference`` is
     given, the frozen reference."""
@@ -69,7 +74,7 @@ class RLConfig:
     overwrite: bool = False
     """Delete what ``out`` holds and start over (never when ``out`` is, contains or lies
     inside ``policy``, ``reward`` or ``data``)."""
-    steps: Annotated[int, at_least(1)] = 100
+    max_steps: Annotated[int, at_least(1)] = 100
     """Iterations (rollout batch + optimisation). A CPU-sized default; the 2019 runs used
     1M episodes / 512 per batch ~ 2000 iterations."""
     batch_size: Annotated[int, at_least(1)] = 16
@@ -90,8 +95,9 @@ class RLConfig:
     mean back in place of the running baseline; docs/rl.md)."""
     baseline_decay: Annotated[float, between(0, 1, hi_open=True)] = 0.9
     """Decay of the running REINFORCE baseline (weight of the past per step)."""
-    response_length: Annotated[int, at_least(1)] = 64
-    """Maximum new tokens per response. The 2019 summarisation tasks used 75, the N details
+    max_response_tokens: Annotated[int, at_least(1)] = 64
+    """Response budget: the most new tokens sampled per response (EOS included), as in
+    ``sft`` and ``rm``. The 2019 summarisation tasks used 75, the N details
     53; 64 keeps CPU runs short. Responses are truncated after the first EOS."""
     max_prompt_tokens: Annotated[int, at_least(1)] = 256
     """Prompt budget in tokens; longer prompts lose text from the left (the end of a
@@ -110,7 +116,7 @@ class RLConfig:
     top_k: Annotated[int, at_least(0)] = 0
     """Top-k filtering; 0 = off (same reason as ``top_p``)."""
     missing_eos_score: float | None = -1.0
-    """Score given to responses that produced no EOS within ``response_length``, replacing
+    """Score given to responses that produced no EOS within ``max_response_tokens``, replacing
     the reward-model score (``penalty_reward_value=-1`` in lm-human-preferences; the N
     details do the same). ``null`` turns it off."""
     reward_normalize: Literal["none", "reference"] = "none"
@@ -158,13 +164,18 @@ class RLConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA on the policy (and a separate value model). The reference is then the same
     model with the adapter disabled."""
-    lr: Annotated[float, above(0)] = 1e-5
+    learning_rate: Annotated[float, above(0)] = 1e-5
     """Peak learning rate of policy and value model (2019 books tasks ``ppo.lr=1e-5``)."""
-    adam_eps: Annotated[float, above(0)] = 1e-5
+    adam_epsilon: Annotated[float, above(0)] = 1e-5
     """Adam epsilon; 1e-5 as in the PyTorch reproduction of the 2019 code (N details)."""
-    schedule: Literal["linear", "constant", "cosine"] = "linear"
+    lr_scheduler_type: Literal["linear", "constant", "cosine"] = "linear"
     """LR schedule over all optimizer steps; linear decay to 0 as in 2019
     (``lrnow = lr * (1 - frac)``)."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers, through accelerate's integrations (``train/trackers.py``), as in
+    transformers' ``report_to``: ``tensorboard`` (events in ``out/tensorboard``), ``wandb``,
+    ``mlflow``, ``trackio``, ...; [] = ``metrics.jsonl`` only.  A tracker whose package is not
+    installed costs a one-line notice, not the run.  Changes no result (a resume may change it)."""
     seed: int = 1
     """Seed of sampling, shuffling and initialisation (2019 launch ``run.seed=1``)."""
     sample_every: Annotated[int, at_least(1)] = 10
@@ -172,9 +183,9 @@ class RLConfig:
     every this many steps (and at step 1)."""
     samples_per_log: Annotated[int, at_least(0)] = 4
     """Samples written each time (2019 ``print_samples`` showed 3)."""
-    save_every: Annotated[int, at_least(0)] = 50
+    save_steps: Annotated[int, at_least(0)] = 50
     """Checkpoint every this many steps (0 = only the final model)."""
-    keep_checkpoints: Annotated[int, at_least(1)] = 2
+    save_total_limit: Annotated[int, at_least(1)] = 2
     """Checkpoints kept (older ones deleted)."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """``auto`` = bf16 autocast on a GPU that supports it, float32 on CPU."""
@@ -185,6 +196,9 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
         if not getattr(cfg, key):
             raise AmbientError(f"{key}: required")
     check_bounds(cfg)  # declared on the fields (load_config checks them too)
+    from ambient_rlhf.train.trackers import check_report_to
+
+    check_report_to(cfg.report_to)
     if cfg.batch_size % n_proc:
         raise AmbientError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({n_proc})")
     n_rollouts = cfg.batch_size // n_proc * (cfg.rloo_k if cfg.algo == "rloo" else 1)

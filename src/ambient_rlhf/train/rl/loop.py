@@ -24,12 +24,13 @@ from ambient_rlhf.rl.losses import (explained_variance, kl_penalty_loss, ppo_pol
                                     sequence_policy_loss)
 from ambient_rlhf.rl.masking import masked_whiten
 from ambient_rlhf.rl.rewards import apply_missing_eos_score, kl_per_token, sequence_rewards, shaped_rewards
-from ambient_rlhf.train.common import apply_lora, make_scheduler, merge_lora, setup_accelerator
+from ambient_rlhf.train.common import apply_lora, is_peft, make_scheduler, merge_lora, save_adapter, setup_accelerator
 from ambient_rlhf.train.rollout import PolicyWithValue, response_logits, sample
 from ambient_rlhf.train.rl.config import RLConfig, _validate
 from ambient_rlhf.train.rl.scorers import make_scorer
 from ambient_rlhf.train.rl.setup import (_adam, _checkpoint, _reference_normalization, _value_model, load_prompts,
                                        prompt_indices)
+from ambient_rlhf.train.trackers import make_trackers
 
 log = get_logger("rl")
 
@@ -84,13 +85,13 @@ def train_rl(cfg: RLConfig) -> Path:
     # optimizers: one per trained model, linear decay over all optimizer steps (2019)
     per_proc = cfg.batch_size // acc.num_processes
     epochs = cfg.ppo_epochs if cfg.algo == "ppo" else 1
-    total_updates = cfg.steps * epochs * cfg.num_minibatches
+    total_updates = cfg.max_steps * epochs * cfg.num_minibatches
     opt = _adam(policy, cfg)
-    sched = make_scheduler(opt, cfg.schedule, 0, total_updates)
+    sched = make_scheduler(opt, cfg.lr_scheduler_type, 0, total_updates)
     v_opt = v_sched = None
     if value is not None:
         v_opt = _adam(value, cfg)
-        v_sched = make_scheduler(v_opt, cfg.schedule, 0, total_updates)
+        v_sched = make_scheduler(v_opt, cfg.lr_scheduler_type, 0, total_updates)
     kl_ctl = (AdaptiveKLController(cfg.kl.init_beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.kind == "adaptive"
               else FixedKLController(cfg.kl.init_beta))
     baseline = RunningBaseline(cfg.baseline_decay)
@@ -115,7 +116,8 @@ def train_rl(cfg: RLConfig) -> Path:
     if value is not None:
         value_ddp, v_opt = acc.prepare(value, v_opt)
 
-    metrics = MetricsWriter(out, resume_step=start_step if ckpt is not None else None, enabled=acc.is_main_process)
+    metrics = MetricsWriter(out, resume_step=start_step if ckpt is not None else None, enabled=acc.is_main_process,
+                            trackers=make_trackers(cfg.report_to, out, to_dict(cfg)) if acc.is_main_process else ())
     samples_path = out / "samples.jsonl"
     if acc.is_main_process:
         if ckpt is not None and samples_path.exists():
@@ -123,13 +125,13 @@ def train_rl(cfg: RLConfig) -> Path:
             samples_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         elif ckpt is None and samples_path.exists():
             samples_path.unlink()
-    bar = progress(total=cfg.steps, initial=start_step, desc=f"rl {cfg.algo}", unit="step")
+    bar = progress(total=cfg.max_steps, initial=start_step, desc=f"rl {cfg.algo}", unit="step")
     eos_id, pad_id = tok.eos_token_id, tok.pad_token_id
     k = cfg.rloo_k if cfg.algo == "rloo" else 1
     T = cfg.temperature
     run_t0 = time.perf_counter()
 
-    for step in range(start_step + 1, cfg.steps + 1):
+    for step in range(start_step + 1, cfg.max_steps + 1):
         t_step = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -143,7 +145,7 @@ def train_rl(cfg: RLConfig) -> Path:
         # step 2. generate with the KV cache, truncate after EOS
         t0 = time.perf_counter()
         with acc.autocast():
-            smp = sample(acc.unwrap_model(policy_ddp).lm, q, q_mask, cfg.response_length, T, eos_id, pad_id,
+            smp = sample(acc.unwrap_model(policy_ddp).lm, q, q_mask, cfg.max_response_tokens, T, eos_id, pad_id,
                          cfg.top_k, cfg.top_p)
         resp, r_mask = smp.response, smp.mask  # (N, R)
         qr = torch.cat([q, resp], 1)  # (N, Tp + R)
@@ -278,7 +280,7 @@ def train_rl(cfg: RLConfig) -> Path:
         metrics.log(step, row)
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/score']:.3f}", kl=f"{row['objective/kl']:.2f}")
-        log.info("step %d/%d: score %.3f, kl %.3f, beta %.4f, length %.1f, %.1fs", step, cfg.steps,
+        log.info("step %d/%d: score %.3f, kl %.3f, beta %.4f, length %.1f, %.1fs", step, cfg.max_steps,
                  row["objective/score"], row["objective/kl"], beta, row["gen/length"], row["time/step"])
 
         if acc.is_main_process and (step == 1 or step % cfg.sample_every == 0):
@@ -290,7 +292,7 @@ def train_rl(cfg: RLConfig) -> Path:
                         "score": float(raw_scores[i]), "kl": float(kl_seq[i]), "has_eos": bool(smp.has_eos[i]),
                     }) + "\n")
 
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+        if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
             _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp if value is not None else None, opt, sched,
                         v_opt, v_sched, kl_ctl, baseline, reward_norm, cfg)
     bar.close()
@@ -299,13 +301,16 @@ def train_rl(cfg: RLConfig) -> Path:
     # the final policy: LoRA merged, a plain save_pretrained directory + tokenizer
     acc.wait_for_everyone()
     if acc.is_main_process:
-        final_lm = merge_lora(acc.unwrap_model(policy_ddp).lm)
+        final_lm = acc.unwrap_model(policy_ddp).lm
+        tok.padding_side = "right"
         with writing(out, "the final policy"):
+            if is_peft(final_lm):  # the adapter too: peft's AutoPeftModelForCausalLM loads it on its base
+                save_adapter(final_lm, out / "adapter", tok, cfg.policy)
+            final_lm = merge_lora(final_lm)
             final_lm.save_pretrained(out)
-            tok.padding_side = "right"
             tok.save_pretrained(out)
         write_manifest(out, "rl", to_dict(cfg), inputs=[p for p in (cfg.policy, cfg.data, cfg.reward) if Path(p).exists()],
-                       counts={"prompts": len(prompts), "steps": cfg.steps, "episodes": cfg.steps * cfg.batch_size * k,
+                       counts={"prompts": len(prompts), "steps": cfg.max_steps, "episodes": cfg.max_steps * cfg.batch_size * k,
                                "processes": acc.num_processes},
                        reward=scorer.name, reward_normalization=reward_norm,
                        seconds=round(time.perf_counter() - run_t0, 1),

@@ -71,7 +71,7 @@ def _reference_normalization(cfg: RLConfig, acc, ref_lm, policy: PolicyWithValue
         q, q_mask = pad_batch([prompt_ids[i] for i in idx], tok.pad_token_id, "left")
         q, q_mask = q.to(acc.device), q_mask.to(acc.device)
         with acc.autocast():
-            args = (q, q_mask, cfg.response_length, cfg.temperature, tok.eos_token_id, tok.pad_token_id, cfg.top_k,
+            args = (q, q_mask, cfg.max_response_tokens, cfg.temperature, tok.eos_token_id, tok.pad_token_id, cfg.top_k,
                     cfg.top_p)
             if ref_lm is not None:
                 smp = sample(ref_lm, *args)
@@ -140,8 +140,8 @@ def _value_model(cfg: RLConfig, rm, n_tokens: int, gain: float, bias: float) -> 
 
 def _adam(module: torch.nn.Module, cfg: RLConfig) -> torch.optim.Optimizer:
     """Adam (AdamW with no weight decay) over the trainable parameters, fused kernel, eps
-    ``cfg.adam_eps`` (1e-5, as lm-human-preferences and the N-details report use)."""
-    return make_optimizer(module, lr=cfg.lr, weight_decay=0.0, eps=cfg.adam_eps)
+    ``cfg.adam_epsilon`` (1e-5, as lm-human-preferences and the N-details report use)."""
+    return make_optimizer(module, lr=cfg.learning_rate, weight_decay=0.0, eps=cfg.adam_epsilon)
 
 
 def _trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -170,7 +170,7 @@ def _checkpoint(acc, out, step, data_pos, policy_ddp, value_ddp, opt, sched, v_o
             if value_ddp is not None:
                 save_tensors(d / "value_trainable.safetensors", _trainable(acc.unwrap_model(value_ddp)))
 
-        save_checkpoint(out, step, state, save_models=save_models, keep=cfg.keep_checkpoints)
+        save_checkpoint(out, step, state, save_models=save_models, keep=cfg.save_total_limit)
     acc.wait_for_everyone()
 
 

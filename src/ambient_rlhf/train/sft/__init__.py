@@ -10,15 +10,15 @@ The flow of :func:`train_sft`, top to bottom:
 2. tokenise once: prompt (cut from the left) + response (cut from the right) + EOS; the
    loss is on response tokens only;
 3. batches: the examples of one optimizer step (a *global batch* of
-   ``batch_size * grad_accum * processes`` sequences) are fixed by ``seed`` and the epoch,
+   ``per_device_train_batch_size * gradient_accumulation_steps * processes`` sequences) are fixed by ``seed`` and the epoch,
    never by how the batch is split, so 1x8 and 8x1 see the same data; with
    ``group_by_length`` global batches are formed from length-sorted windows (little
    padding), and inside a step the examples are length-sorted into micro-batches;
 4. each step: loss = sum of response-token NLL / number of response tokens of the whole
    global batch (so gradient accumulation and several processes give the mean over the
    same tokens as one big batch); clip, AdamW, LR schedule;
-5. every ``eval_every`` steps: loss and perplexity on the valid split; every
-   ``checkpoint_every`` steps: sample completions for a fixed set of valid prompts into
+5. every ``eval_steps`` steps: loss and perplexity on the valid split; every
+   ``save_steps`` steps: sample completions for a fixed set of valid prompts into
    ``samples.jsonl`` and write a checkpoint (weights or adapter, optimizer, scheduler,
    RNG, data position, step);
 6. the end: the output directory (``save_pretrained`` weights, merged when LoRA was

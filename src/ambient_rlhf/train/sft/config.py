@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from ambient_rlhf.config import above, at_least
 from ambient_rlhf.train.common import LoraSettings
@@ -16,6 +16,13 @@ MODEL_INFO_FILE = "ambient_model.json"
 
 @dataclass
 class SFTConfig:
+    RENAMED: ClassVar[dict] = {"lr": "learning_rate", "schedule": "lr_scheduler_type", "steps": "max_steps",
+                               "epochs": "num_train_epochs", "grad_accum": "gradient_accumulation_steps",
+                               "batch_size": "per_device_train_batch_size", "log_every": "logging_steps",
+                               "eval_every": "eval_steps", "checkpoint_every": "save_steps",
+                               "keep_checkpoints": "save_total_limit"}
+    """Old key names, still accepted with a deprecation warning (``config.upgrade_keys``)."""
+
     data: str = ""
     """Data directory from ``ambient data build`` (reads ``responses.parquet``). Required."""
     model: str = "default"
@@ -57,26 +64,27 @@ class SFTConfig:
     max_response_tokens: Annotated[int, at_least(1)] = 256
     """Response budget (cut from the right; a cut response gets no EOS). 256 keeps most
     answers whole at a cost a CPU can bear."""
-    batch_size: Annotated[int, at_least(1)] = 4
+    per_device_train_batch_size: Annotated[int, at_least(1)] = 4
     """Sequences per micro-batch per process. 4 fits the default model at 512 tokens in a
     few GB on CPU; raise it on a GPU."""
-    grad_accum: Annotated[int, at_least(1)] = 4
-    """Micro-batches per optimizer step. With batch_size 4 an optimizer step sees 16
+    gradient_accumulation_steps: Annotated[int, at_least(1)] = 4
+    """Micro-batches per optimizer step. With per_device_train_batch_size 4 an optimizer step sees 16
     sequences, a common SFT batch for small models."""
-    lr: Annotated[float, above(0)] = 2e-5
+    learning_rate: Annotated[float, above(0)] = 2e-5
     """Peak learning rate (AdamW). 2e-5 is the usual full fine-tuning rate for small
     instruction models; with LoRA use about 10x (2e-4)."""
     weight_decay: Annotated[float, at_least(0)] = 0.0
     """AdamW weight decay (not on biases/norms). 0: short SFT runs do not overfit enough
     to need it, and it is the TRL default."""
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "cosine"
     """LR schedule after warmup; cosine to 0 is the common SFT choice."""
-    warmup_steps: Annotated[int, at_least(0)] = 10
-    """Linear warmup steps; 10 steadies Adam's first moments without wasting a short run."""
-    steps: Annotated[int, at_least(0)] = 0
-    """Optimizer steps to run; 0 = ``epochs`` over the selected train data."""
-    epochs: Annotated[float, above(0)] = 1.0
-    """Passes over the train data when ``steps`` is 0 (fractions allowed). One epoch is
+    warmup_steps: Annotated[float, at_least(0)] = 10
+    """Linear warmup: a number of steps (>= 1), or a fraction of all steps (< 1), as in
+    transformers; 10 steps steady Adam's first moments without wasting a short run."""
+    max_steps: Annotated[int, at_least(0)] = 0
+    """Optimizer steps to run; 0 = ``num_train_epochs`` over the selected train data."""
+    num_train_epochs: Annotated[float, above(0)] = 1.0
+    """Passes over the train data when ``max_steps`` is 0 (fractions allowed). One epoch is
     the usual SFT budget on community data (more overfits the few responses per thread)."""
     max_grad_norm: Annotated[float, at_least(0)] = 1.0
     """Clip the global gradient norm (0 = off); 1.0 is the standard guard against the odd
@@ -84,18 +92,18 @@ class SFTConfig:
     group_by_length: bool = True
     """Form batches from examples of similar length (less padding, faster). The order of
     steps is still shuffled. Turn off for exact i.i.d. batches."""
-    log_every: Annotated[int, at_least(1)] = 10
+    logging_steps: Annotated[int, at_least(1)] = 10
     """Write train metrics every N optimizer steps (averaged over them)."""
-    eval_every: Annotated[int, at_least(0)] = 50
+    eval_steps: Annotated[int, at_least(0)] = 50
     """Evaluate on the valid split every N optimizer steps (and at step 0 and the end);
     0 = only at the start and the end."""
     eval_examples: Annotated[int, at_least(0)] = 256
     """Valid responses used for evaluation (a fixed, seeded subset); 256 gives a loss
     estimate to about 1% at a cost of a few training steps; 0 = all."""
-    checkpoint_every: Annotated[int, at_least(0)] = 100
+    save_steps: Annotated[int, at_least(0)] = 100
     """Write a checkpoint (and samples) every N optimizer steps; 0 = only at the end.
     Checkpoints of the default model take ~1.6 GB (weights + Adam state)."""
-    keep_checkpoints: Annotated[int, at_least(1)] = 2
+    save_total_limit: Annotated[int, at_least(1)] = 2
     """Newest checkpoints kept while training (2: one survives a kill during a save).
     Checkpoints are removed from the final output directory."""
     sample_prompts: Annotated[int, at_least(0)] = 4
@@ -106,6 +114,11 @@ class SFTConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """``auto`` = bf16 autocast on a GPU that supports it, float32 on CPU (CPU bf16
     autocast is slower on most CPUs)."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers, through accelerate's integrations (``train/trackers.py``), as in
+    transformers' ``report_to``: ``tensorboard`` (events in ``out/tensorboard``), ``wandb``,
+    ``mlflow``, ``trackio``, ...; [] = ``metrics.jsonl`` only.  A tracker whose package is not
+    installed costs a one-line notice, not the run.  Changes no result (a resume may change it)."""
     seed: int = 0
     """Seeds data order, new-token initialisation and sampling."""
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -16,8 +16,11 @@ from ambient_rlhf.config import check_bounds, to_dict
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress
 from ambient_rlhf.outdir import prepare_out
-from ambient_rlhf.train.common import (CausalLMLoss, TokenMeter, all_sum, apply_lora, is_peft, make_optimizer, make_scheduler, merge_lora, setup_accelerator)
+from ambient_rlhf.train.common import (CausalLMLoss, TokenMeter, all_sum, apply_lora, is_peft, make_optimizer,
+                                        make_scheduler, merge_lora, save_adapter, setup_accelerator,
+                                        warmup_count)
 from ambient_rlhf.train.sft.config import MODEL_INFO_FILE, SFTConfig
+from ambient_rlhf.train.trackers import check_report_to, make_trackers
 from ambient_rlhf.train.sft.data import (collate, encode_examples, epoch_batches, evaluate, read_responses,
                                         select_examples, split_step, write_samples)
 
@@ -44,6 +47,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     if cfg.condition == "tier" and cfg.select == "top_tier":
         raise AmbientError("condition=tier needs responses of every tier; use select=all (or top_k/min_score)")
     check_bounds(cfg)  # declared on SFTConfig's fields (load_config checks them too)
+    check_report_to(cfg.report_to)
     out = Path(cfg.out)
     t_start = time.time()
 
@@ -98,16 +102,17 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     # step 3. schedule of steps
     world = accelerator.num_processes
-    global_batch = cfg.batch_size * cfg.grad_accum * world
+    global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
     steps_per_epoch = max(len(train_ex) // global_batch, 1)  # a last partial batch is dropped
-    total_steps = cfg.steps or max(int(round(cfg.epochs * steps_per_epoch)), 1)
+    total_steps = cfg.max_steps or max(int(round(cfg.num_train_epochs * steps_per_epoch)), 1)
     if len(train_ex) < global_batch:
         raise AmbientError(f"{len(train_ex)} train examples < one global batch of {global_batch} "
-                           f"(batch_size x grad_accum x processes); lower batch_size or grad_accum")
+                           f"(per_device_train_batch_size x gradient_accumulation_steps x processes); lower "
+                           "per_device_train_batch_size or gradient_accumulation_steps")
 
     loss_fn = CausalLMLoss(lm)
-    opt = make_optimizer(loss_fn, cfg.lr, cfg.weight_decay)
-    sched = make_scheduler(opt, cfg.schedule, cfg.warmup_steps, total_steps)
+    opt = make_optimizer(loss_fn, cfg.learning_rate, cfg.weight_decay)
+    sched = make_scheduler(opt, cfg.lr_scheduler_type, warmup_count(cfg.warmup_steps, total_steps), total_steps)
     loss_fn, opt = accelerator.prepare(loss_fn, opt)
     step = 0
     if ckpt is not None:
@@ -119,12 +124,13 @@ def train_sft(cfg: SFTConfig) -> Path:
         log.warning("resuming from %s (step %d of %d)", ckpt, step, total_steps)
     if main:
         log.info("sft: %d train / %d valid examples, %d steps of %d sequences (%d x %d x %d processes)",
-                 len(train_ex), len(valid_ex), total_steps, global_batch, cfg.batch_size, cfg.grad_accum, world)
+                 len(train_ex), len(valid_ex), total_steps, global_batch, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, world)
         log.info("tokens: %s; truncated prompts %d, responses %d", train_tok, train_tok["prompt_truncated"],
                  train_tok["response_truncated"])
         if ckpt is not None:
             _trim_jsonl(out / "samples.jsonl", step)
-    metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main)
+    metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main,
+                            trackers=make_trackers(cfg.report_to, out, to_dict(cfg)) if main else ())
 
     def unwrapped_lm():
         return accelerator.unwrap_model(loss_fn).lm
@@ -145,13 +151,13 @@ def train_sft(cfg: SFTConfig) -> Path:
                      "step": step, "data_position": {"epoch": step // steps_per_epoch,
                                                      "batch": step % steps_per_epoch},
                      "config": to_dict(cfg)}
-            save_checkpoint(out, step, state, save_models, keep=cfg.keep_checkpoints)
+            save_checkpoint(out, step, state, save_models, keep=cfg.save_total_limit)
         accelerator.wait_for_everyone()
 
     def do_eval(step: int) -> dict:
         if not valid_ex:
             return {}
-        m = evaluate(loss_fn, valid_ex, tok.pad_token_id, cfg.batch_size, accelerator)
+        m = evaluate(loss_fn, valid_ex, tok.pad_token_id, cfg.per_device_train_batch_size, accelerator)
         metrics.log(step, m)
         return m
 
@@ -169,7 +175,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         if epoch not in epoch_cache:
             epoch_cache = {epoch: epoch_batches(lengths, global_batch, cfg.seed, epoch, cfg.group_by_length)}
         batch = epoch_cache[epoch][pos]
-        micro = split_step(batch, lengths, cfg.grad_accum * world)
+        micro = split_step(batch, lengths, cfg.gradient_accumulation_steps * world)
         mine = micro[accelerator.process_index::world]  # this process's micro-batches
         # the normaliser: response tokens of the whole global batch (known to every process)
         # tokens predicted per example = len - prompt_len (the first response token is
@@ -201,7 +207,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         acc_tok += n_resp
         if bar is not None:
             bar.update(1)
-        if step % max(cfg.log_every, 1) == 0 or step == total_steps:
+        if step % max(cfg.logging_steps, 1) == 0 or step == total_steps:
             tps = all_sum(accelerator, meter.rate())
             row = metrics.log(step, {"train/loss": acc_loss / max(acc_tok, 1), "train/lr": lr,
                                      "train/grad_norm": grad_norm, "train/tokens": all_sum(accelerator, acc_seen),
@@ -209,9 +215,9 @@ def train_sft(cfg: SFTConfig) -> Path:
             if bar is not None:
                 bar.set_postfix(loss=f"{row['train/loss']:.3f}")
             acc_loss, acc_tok, acc_seen = 0.0, 0, 0
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+        if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
             do_eval(step)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+        if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
             checkpoint(step)
     if bar is not None:
         bar.close()
@@ -225,8 +231,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         lm_final = unwrapped_lm()
         with atomic_dir(out, overwrite=True) as tmp:
             if is_peft(lm_final):
-                lm_final.save_pretrained(tmp / "adapter")
-                tok.save_pretrained(tmp / "adapter")
+                save_adapter(lm_final, tmp / "adapter", tok, cfg.model)
                 lm_final = merge_lora(lm_final)
             lm_final.save_pretrained(tmp)
             tok.save_pretrained(tmp)
