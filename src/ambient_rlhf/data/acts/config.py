@@ -9,10 +9,11 @@ from ambient_rlhf.config import at_least, between, check_bounds
 
 # Cue queries: words that people performing the act tend to write.  min_score is a BM25
 # score on the candidate corpus (thresholds set once on the AskAcademia score distribution,
-# see docs/acts.md); parent_question: the comment must reply to a text with a '?'.
+# see docs/acts.md); parent_question: the comment must reply to a text with a '?'; depth:
+# any | top | nested.  ``answer`` is structural: every top-level reply to a question.
 DEFAULT_ACTS: dict[str, dict[str, Any]] = {
     "answer": {"query": "yes no depends usually typically generally experience answer",
-               "min_score": 3.0, "parent_question": True},
+               "min_score": 0.0, "parent_question": True, "depth": "top"},
     "explanation": {"query": "because reason why means due explains therefore since", "min_score": 3.0},
     "summary": {"query": "tl dr tldr summary summarize summarise short bottom line", "min_score": 2.5},
     "advice": {"query": "should recommend suggest advice try consider make sure talk advisor", "min_score": 3.5},
@@ -49,7 +50,7 @@ class FeedbackWeights:
 class ActsConfig:
     acts: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_ACTS.items()})
     """Acts to find: ``{name: {query: cue words, min_score: BM25 threshold, parent_question:
-    bool}}``.  A YAML file (``--config``) is merged into the defaults by name: a new name adds
+    bool, depth: any|top|nested}}``.  A YAML file (``--config``) is merged into the defaults by name: a new name adds
     an act, a known one changes the keys it gives; ``only`` keeps a subset."""
     only: list[str] = field(default_factory=list)
     """Keep only these acts (names of ``acts``); [] = all."""

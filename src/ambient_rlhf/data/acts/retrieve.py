@@ -3,7 +3,10 @@
 Each act is a short query of cue words (``summary``: "tl dr tldr summary in short ...").
 Every candidate comment is scored against every act's query by BM25 over the corpus of
 candidates; a comment performs the act when its score reaches the act's ``min_score``
-(and, for acts marked ``parent_question``, when the text it replies to asks a question).
+and meets the act's structural conditions: ``depth`` (``top``: a reply to the submission,
+``nested``: a reply to a comment) and ``parent_question`` (the text it replies to asks
+something).  ``min_score: 0`` admits every comment meeting the conditions: the default
+``answer`` act is every top-level reply to a question, ranked by its cue words.
 An optional dense re-ranker (:mod:`ambient_rlhf.models.embed`, wired by
 :mod:`ambient_rlhf.acts`) re-orders the lexical hits by embedding similarity to the query.
 """
@@ -29,13 +32,22 @@ class ActSpec:
     query: str
     min_score: float
     parent_question: bool = False
+    depth: str = "any"  # "any", "top" (replies to the submission) or "nested" (replies to comments)
+
+    def admits(self, depth: int, parent_text: str) -> bool:
+        """The structural conditions: the comment's depth, and a question in its parent."""
+        if self.depth == "top" and depth != 0 or self.depth == "nested" and depth == 0:
+            return False
+        return not self.parent_question or is_question(parent_text)
 
 
-ACT_KEYS = ("query", "min_score", "parent_question")
+ACT_KEYS = ("query", "min_score", "parent_question", "depth")
+DEPTHS = ("any", "top", "nested")
 
 
 def parse_acts(acts: dict[str, Any], where: str = "acts") -> list[ActSpec]:
-    """``{name: {query: str, min_score: float, parent_question: bool}}`` -> specs, checked.
+    """``{name: {query: str, min_score: float, parent_question: bool, depth: any|top|nested}}``
+    -> specs, checked.
 
     A bad entry is an error naming ``where.<name>.<key>`` and what it expects."""
     if not isinstance(acts, dict) or not acts:
@@ -57,7 +69,10 @@ def parse_acts(acts: dict[str, Any], where: str = "acts") -> list[ActSpec]:
         pq = spec.get("parent_question", False)
         if not isinstance(pq, bool):
             raise AmbientError(f"config key '{key}.parent_question': expected true/false, got {pq!r}")
-        out.append(ActSpec(str(name), q, float(ms), pq))
+        dp = spec.get("depth", "any")
+        if dp not in DEPTHS:
+            raise AmbientError(f"config key '{key}.depth': expected one of {list(DEPTHS)}, got {dp!r}")
+        out.append(ActSpec(str(name), q, float(ms), pq, dp))
     return out
 
 
