@@ -36,16 +36,13 @@ from ambient_rlhf.data.acts.feedback import CLASSES, ROLES, Reply, Weights, clas
 from ambient_rlhf.data.acts.retrieve import ActIndex
 from ambient_rlhf.data.acts.trees import Node, ThreadMeta, Tree, read_trees
 from ambient_rlhf.data.config import DataConfig
-from ambient_rlhf.data.schema import RESPONSES_FILE
+from ambient_rlhf.data.schema import ACT_PAIRS_FILE, ACTS_FILE, RESPONSES_FILE
 from ambient_rlhf.data.sources import BadRecords
 from ambient_rlhf.data.threads import Counts, bot_set, read_submissions
 from ambient_rlhf.io import write_json
 from ambient_rlhf.logging import get_logger
 
 log = get_logger("data.acts")
-
-ACTS_FILE = "acts.parquet"
-ACT_PAIRS_FILE = "act_pairs.parquet"
 
 REPLY_TYPE = pa.struct([("id", pa.string()), ("role", pa.string()), ("label", pa.string()),
                         ("created_utc", pa.int64()), ("text", pa.string())])

@@ -48,10 +48,12 @@ class FeedbackWeights:
 
 @dataclass
 class ActsConfig:
-    acts: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_ACTS.items()})
-    """Acts to find: ``{name: {query: cue words, min_score: BM25 threshold, parent_question:
-    bool, depth: any|top|nested}}``.  A YAML file (``--config``) is merged into the defaults by name: a new name adds
-    an act, a known one changes the keys it gives; ``only`` keeps a subset."""
+    acts: dict[str, Any] = field(default_factory=dict)
+    """Acts to find, merged by name into the built-in ones (``DEFAULT_ACTS``: answer,
+    explanation, summary, advice, correction; docs/acts.md lists their queries):
+    ``{name: {query: cue words, min_score: BM25 threshold, parent_question: bool, depth:
+    any|top|nested}}``.  A new name adds an act; a known one changes the keys it gives
+    (``acts.summary.min_score=4``); ``only`` keeps a subset."""
     only: list[str] = field(default_factory=list)
     """Keep only these acts (names of ``acts``); [] = all."""
     k1: Annotated[float, at_least(0)] = 1.5
@@ -80,7 +82,7 @@ class ActsConfig:
         from ambient_rlhf.data.acts.retrieve import parse_acts
 
         check_bounds(self)
-        names = {a.name for a in parse_acts(self.acts)}
+        names = {a.name for a in parse_acts(self.merged_acts())}
         unknown = [n for n in self.only if n not in names]
         if unknown:
             raise AmbientError(f"config key 'only': unknown acts {unknown}; valid: {sorted(names)}")
@@ -89,4 +91,11 @@ class ActsConfig:
         """The acts to find, as :class:`~ambient_rlhf.data.acts.retrieve.ActSpec` (``only`` applied)."""
         from ambient_rlhf.data.acts.retrieve import parse_acts
 
-        return [a for a in parse_acts(self.acts) if not self.only or a.name in self.only]
+        return [a for a in parse_acts(self.merged_acts()) if not self.only or a.name in self.only]
+
+    def merged_acts(self) -> dict[str, Any]:
+        """``DEFAULT_ACTS`` with ``acts`` merged in by name (and key)."""
+        out = {k: dict(v) for k, v in DEFAULT_ACTS.items()}
+        for name, spec in self.acts.items():
+            out[name] = {**out.get(name, {}), **spec} if isinstance(spec, dict) else spec
+        return out

@@ -85,7 +85,8 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
 
 
 class ActIndex:
-    """A BM25 index (``bm25s.BM25``, Lucene variant, k1=1.5, b=0.75) over candidate texts."""
+    """A BM25 index (``bm25s.BM25``, Lucene variant: idf ln(1 + (N - df + .5)/(df + .5)), tf part
+    tf / (tf + k1 (1 - b + b dl/avgdl)); k1=1.5, b=0.75) over candidate texts."""
 
     def __init__(self, texts: Sequence[str], k1: float = 1.5, b: float = 0.75):
         import bm25s
