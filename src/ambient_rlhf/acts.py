@@ -38,7 +38,9 @@ def evaluate_labels(data_dir: str | Path | None, acts_file: str | Path, feedback
             from ambient_rlhf import AmbientError
 
             raise AmbientError(f"{p}: missing; run `ambient data acts {data_dir}` first")
-        out["acts_corpus"] = E.corpus_precision(pd.read_parquet(p, columns=["act", "act_score", "comment_id"]),
-                                                acts_rows, [a.name for a in cfg.specs()], k)
+        df = pd.read_parquet(p, columns=["act", "act_score", "comment_id"])
+        names = [a.name for a in cfg.specs()]
+        out["acts_corpus"] = E.corpus_precision(df, acts_rows, names, k)
+        out["acts_threshold"] = E.threshold_precision(df, acts_rows, names)
     out["feedback"] = E.feedback_precision(E.read_jsonl(feedback_file, ("reply", "role", "label")))
     return out

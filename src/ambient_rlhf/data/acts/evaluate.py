@@ -10,7 +10,8 @@ Files (JSON lines; ``tests/data/acts/README.md`` says how they were drawn and la
 Two act numbers: ``corpus_precision`` -- P@k of each act's ranking over a whole data
 directory (acts.parquet's ``act_score`` order; every comment must be labelled, else it is
 reported as unlabelled); ``sample_precision`` -- P@k of the BM25 ranking built over the
-sample's own comments (the structural conditions applied), next to the act's base rate.
+sample's own comments (the structural conditions applied), next to the act's base rate;
+and ``threshold_precision`` -- precision/recall of the act column itself on the random half.
 """
 
 from __future__ import annotations
@@ -72,6 +73,23 @@ def corpus_precision(acts_df, rows: list[dict[str, Any]], names: Sequence[str], 
         known = [c for c in ids if c in labels]
         out[name] = {"k": len(ids), "labelled": len(known),
                      "p@k": round(sum(name in labels[c] for c in known) / len(known), 3) if known else None}
+    return out
+
+
+def threshold_precision(acts_df, rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per act, on the sample's ``drawn == "random"`` comments: precision and recall of
+    acts.parquet's decision (score >= min_score and the structural conditions) against the
+    hand labels -- what the act column is worth on comments as they come."""
+    rand = [r for r in rows if r.get("drawn") == "random"]
+    out = {}
+    for name in names:
+        marked = set(acts_df.loc[acts_df["act"] == name, "comment_id"])
+        pred = [r for r in rand if r["comment_id"] in marked]
+        gold = [r for r in rand if name in r["acts"]]
+        tp = sum(1 for r in pred if name in r["acts"])
+        out[name] = {"n": len(rand), "marked": len(pred), "labelled": len(gold),
+                     "precision": round(tp / len(pred), 3) if pred else None,
+                     "recall": round(tp / len(gold), 3) if gold else None}
     return out
 
 
