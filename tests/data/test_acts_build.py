@@ -121,3 +121,20 @@ def test_acts_config_errors(tmp_path, capsys):
     assert "config key 'acts.summary.min_score': expected a number >= 0, got -2" in capsys.readouterr().err
     assert main(["data", "acts", str(tmp_path)]) == 2
     assert f"{tmp_path / 'manifest.json'}: missing" in capsys.readouterr().err
+
+
+def test_rm_trains_on_act_pairs(built):
+    """``ambient rm pairs=acts`` reads act_pairs.parquet: the prompt is the act's context."""
+    from ambient_rlhf import AmbientError
+    from ambient_rlhf.train.reward.config import RewardConfig, _validate
+    from ambient_rlhf.train.reward.units import load_units
+
+    out, cfg = built
+    assert main(["data", "acts", str(out), "--config", str(cfg)]) == 0
+    split = pd.read_parquet(out / "act_pairs.parquet")["split"][0]
+    units = load_units(RewardConfig(data=[str(out)], pairs="acts"), split)
+    assert [u.texts for u in units] == [[
+        ("Question s1?\n\nBody of s1.", "You should talk to your advisor and consider a different lab."),
+        ("Question s1?\n\nBody of s1.", "Actually that is not true, it is a common misconception.")]]
+    with pytest.raises(AmbientError, match="act pairs"):
+        _validate(RewardConfig(data=[str(out)], out="x", pairs="acts", covariates=["delay"]))
