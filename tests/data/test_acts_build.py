@@ -138,3 +138,18 @@ def test_rm_trains_on_act_pairs(built):
         ("Question s1?\n\nBody of s1.", "Actually that is not true, it is a common misconception.")]]
     with pytest.raises(AmbientError, match="act pairs"):
         _validate(RewardConfig(data=[str(out)], out="x", pairs="acts", covariates=["delay"]))
+
+
+def test_rerank_fills_the_top_hits(built, tiny_model_path):
+    """``rerank=true``: the embedding cosine of each act's top ``rerank_top`` lexical hits."""
+    from ambient_rlhf.acts import run_acts
+    from ambient_rlhf.config import load_config
+    from ambient_rlhf.data.acts.config import ActsConfig
+
+    out, cfg = built
+    c = load_config(ActsConfig, cfg, ["rerank=true", f"rerank_model={tiny_model_path}", "rerank_top=2"])
+    run_acts(out, c)
+    a = pd.read_parquet(out / "acts.parquet")
+    filled = a.groupby("act")["rerank_score"].apply(lambda s: int(s.notna().sum())).to_dict()
+    assert filled == {"advice": 1, "answer": 2, "correction": 1}  # at most rerank_top per act
+    assert a["rerank_score"].dropna().between(-1.0001, 1.0001).all()
