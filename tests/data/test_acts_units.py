@@ -142,3 +142,16 @@ def test_summarize_weighs_the_asker_most():
                                     Reply("2", "other", "agreement", 3.0, "")], w)
     assert (label, score) == ("agreement", pytest.approx(0.25))
     assert summarize([Reply("1", "author", "gratitude", 1.0, "")], w) == (None, None, None, None)
+
+
+def test_acts_config_is_documented_and_merges_by_name():
+    from ambient_rlhf.config import check_documented, load_config
+    from ambient_rlhf.data.acts.config import DEFAULT_ACTS, ActsConfig
+
+    assert check_documented(ActsConfig) == []
+    cfg = load_config(ActsConfig, None, ["acts.summary.min_score=4", "acts.new.query=thanks", "only=[summary,new]"])
+    specs = {a.name: a for a in cfg.specs()}
+    assert set(specs) == {"summary", "new"}
+    assert specs["summary"].min_score == 4.0 and specs["summary"].query == DEFAULT_ACTS["summary"]["query"]
+    assert specs["new"].min_score == 0.0 and specs["new"].depth == "any"
+    assert [a.name for a in ActsConfig().specs()] == list(DEFAULT_ACTS)

@@ -29,7 +29,8 @@ def acts_markdown(s: dict[str, Any]) -> str:
     agr = s["pairs_upvote_agreement"]
     lines += ["",
               f"Feedback score vs upvotes (Spearman, acts with feedback): {'n/a' if rho is None else f'{rho:.3f}'}.",
-              f"act_pairs.parquet: {s['pairs']} pairs; the chosen (positive feedback) one has more upvotes in "
+              "act_pairs.parquet: " + (", ".join(f"{k} {v:,}" for k, v in sorted(s["pairs"].items())) or "no")
+              + f" pairs; the chosen (positive feedback) one has more upvotes in "
               f"{'n/a' if agr is None else f'{agr:.1%}'} of {s['pairs_upvote_agreement_n']} pairs with unequal scores.",
               "", "Tree counters: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s["counts"].get("trees", {}).items())),
               ""]
