@@ -31,6 +31,7 @@ def acts_dump(d):
         com("r3", "s1", 1, 600, "op1", body="That's wrong, it is in the handbook.", parent="t1_a2"),
         com("r4", "s1", 1, 650, "[deleted]", body="Exactly right", parent="t1_a2"),
         com("r5", "s1", 1, 700, "dave", body="Edit: I forgot the deadline.", parent="t1_a3"),
+        com("r6", "s1", 1, 705, "AutoModerator", body="Thanks for posting!", parent="t1_a3"),  # a bot: no feedback
         com("r1", "s1", 2, 710, "op1", body="Thanks, that solved it!", parent="t1_a1"),  # duplicate id
         com("m1", "s1", 1, 800, "eve", body="orphan", parent="t1_ghost"),  # missing parent
         com("m2", "s1", 1, 810, "eve", body="orphan child", parent="t1_m1"),

@@ -88,10 +88,11 @@ def context_of(tree: Tree, node: Node, max_chars: int) -> str:
     return text[-max_chars:] if max_chars else ""
 
 
-def feedback_rows(tree: Tree, node: Node, w: Weights) -> tuple[list[Reply], dict[str, Any]]:
-    """The direct replies of ``node`` (deleted texts skipped) and its feedback columns."""
+def feedback_rows(tree: Tree, node: Node, w: Weights,
+                  bots: frozenset[str] = frozenset()) -> tuple[list[Reply], dict[str, Any]]:
+    """The direct replies of ``node`` (deleted texts and bots skipped) and its feedback columns."""
     replies = [Reply(c.id, role(c.author, tree.asker, node.author), classify(c.text), c.created_utc, c.text)
-               for c in node.children if not c.deleted]
+               for c in node.children if not c.deleted and (c.author or "").lower() not in bots]
     label, score, frole, best = summarize(replies, w)
     delay = int(best.created_utc - node.created_utc) if best is not None else None
     return replies, {"feedback": label, "feedback_score": score, "feedback_role": frole, "delay": delay}
@@ -206,7 +207,7 @@ def build_acts(data_dir: str | Path, cfg: ActsConfig, rerank: Rerank | None = No
         for i in hits:
             tr, n = cands[i]
             if n.id not in fb_cache:
-                fb_cache[n.id] = feedback_rows(tr, n, w)
+                fb_cache[n.id] = feedback_rows(tr, n, w, bots)
             replies, fb = fb_cache[n.id]
             rows_by_thread.setdefault(tr.thread_id, []).append({
                 "thread_id": tr.thread_id, "comment_id": n.id, "act": spec.name, "act_score": float(s[i]),
