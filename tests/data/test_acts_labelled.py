@@ -102,3 +102,19 @@ def test_bad_labelled_file(tmp_path):
     p.write_text("{oops\n")
     with pytest.raises(AmbientError, match=r"x.jsonl:1: invalid JSON"):
         read_jsonl(p, ("reply",))
+
+
+def test_eval_labels_cli(capsys, tmp_path):
+    import json
+
+    from ambient_rlhf.cli import main
+
+    files = [str(HERE / "acts_labelled.jsonl"), str(HERE / "feedback_labelled.jsonl")]
+    assert main(["data", "acts", "--eval-labels", *files]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"acts_sample", "feedback"} and out["feedback"]["n"] == 100
+    assert set(out["acts_sample"]) == set(NAMES) and "p@10" in out["acts_sample"]["advice"]
+    # with a data directory that has no acts.parquet: a clear error
+    (tmp_path / "manifest.json").write_text("{}")
+    assert main(["data", "acts", str(tmp_path), "--eval-labels", *files]) == 2
+    assert "acts.parquet: missing; run `ambient data acts" in capsys.readouterr().err
