@@ -38,7 +38,7 @@ def evaluate_labels(data_dir: str | Path | None, acts_file: str | Path, feedback
             from ambient_rlhf import AmbientError
 
             raise AmbientError(f"{p}: missing; run `ambient data acts {data_dir}` first")
-        df = pd.read_parquet(p, columns=["act", "act_score", "comment_id"])
+        df = pd.read_parquet(p, columns=["act", "act_score", "act_rank", "comment_id"])
         names = [a.name for a in cfg.specs()]
         out["acts_corpus"] = E.corpus_precision(df, acts_rows, names, k)
         out["acts_threshold"] = E.threshold_precision(df, acts_rows, names)

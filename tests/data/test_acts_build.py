@@ -74,6 +74,7 @@ def test_acts_end_to_end(built, capsys):
     assert row["feedback_score"] == pytest.approx((3 * 1 + 1 * -1) / 4)
     assert row["delay"] == 300  # r1 at 400 s, a1 at 100 s
     assert row["context"] == "Question s1?\n\nBody of s1." and row["depth"] == 0 and row["score"] == 12
+    assert row["act_rank"] == 1  # the only advice
     a2 = a[(a.comment_id == "a2")].iloc[0]
     # op1 disagreement (3 * -1), deleted author agreement (0.5 * 0.5): (-3 + .25) / 3.5
     assert a2["feedback"] == "disagreement" and a2["feedback_score"] == pytest.approx(-2.75 / 3.5)
@@ -154,3 +155,10 @@ def test_rerank_fills_the_top_hits(built, tiny_model_path):
     filled = a.groupby("act")["rerank_score"].apply(lambda s: int(s.notna().sum())).to_dict()
     assert filled == {"advice": 1, "answer": 2, "correction": 1}  # at most rerank_top per act
     assert a["rerank_score"].dropna().between(-1.0001, 1.0001).all()
+    # act_rank: the re-scored hits first, by cosine; then the rest by BM25 (ties by id)
+    for act, g in a.groupby("act"):
+        g = g.sort_values("act_rank")
+        assert list(g["act_rank"]) == list(range(1, len(g) + 1))
+        top = g[g["rerank_score"].notna()]
+        assert list(top["rerank_score"]) == sorted(top["rerank_score"], reverse=True)
+        assert list(g["rerank_score"].notna()) == sorted(g["rerank_score"].notna(), reverse=True)

@@ -77,6 +77,9 @@ def test_corpus_precision_by_hand():
     r = corpus_precision(df, rows, ["summary", "advice"], k=3)
     assert r["summary"] == {"k": 3, "labelled": 3, "p@k": pytest.approx(0.667, abs=1e-3)}
     assert r["advice"] == {"k": 1, "labelled": 1, "p@k": 1.0}
+    # with act_rank (a re-ranker's order) the ranking is act_rank's, not the scores'
+    ranked = df.assign(act_rank=[3, 1, 2, 4, 1])  # summary: c, b, a, zz
+    assert corpus_precision(ranked, rows, ["summary"], k=2)["summary"]["p@k"] == 0.5  # c yes, b no
     # k=4 reaches "zz", which nobody labelled: counted, not guessed
     assert corpus_precision(df, rows, ["summary"], k=4)["summary"] == {"k": 4, "labelled": 3, "p@k": pytest.approx(0.667, abs=1e-3)}
 

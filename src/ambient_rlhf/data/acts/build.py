@@ -48,7 +48,7 @@ REPLY_TYPE = pa.struct([("id", pa.string()), ("role", pa.string()), ("label", pa
                         ("created_utc", pa.int64()), ("text", pa.string())])
 ACTS_SCHEMA = pa.schema([
     ("thread_id", pa.string()), ("comment_id", pa.string()), ("act", pa.string()),
-    ("act_score", pa.float64()), ("rerank_score", pa.float64()), ("prompt", pa.string()),
+    ("act_score", pa.float64()), ("rerank_score", pa.float64()), ("act_rank", pa.int64()), ("prompt", pa.string()),
     ("context", pa.string()), ("comment", pa.string()), ("parent_id", pa.string()), ("depth", pa.int64()),
     ("score", pa.int64()), ("created_utc", pa.int64()), ("replies", pa.list_(REPLY_TYPE)),
     ("num_replies", pa.int64()), ("feedback", pa.string()), ("feedback_role", pa.string()),
@@ -199,11 +199,16 @@ def build_acts(data_dir: str | Path, cfg: ActsConfig, rerank: Rerank | None = No
         hits = [i for i in np.flatnonzero(s >= spec.min_score)
                 if spec.admits(cands[i][1].depth, _parent_text(*cands[i]))]
         counts.inc("acts", spec.name, len(hits))
+        # the act's ranking: BM25 order, ties by comment id; with a re-ranker, its top
+        # rerank_top hits re-ordered by the embedding cosine (the rest keep BM25 order below)
+        order = sorted(hits, key=lambda i: (-s[i], cands[i][1].id))
         rr: dict[int, float] = {}
         if rerank is not None and hits:
-            top = sorted(hits, key=lambda i: -s[i])[: cfg.rerank_top]
+            top = order[: cfg.rerank_top]
             sims = rerank(spec.query, [cands[i][1].text for i in top])
             rr = dict(zip(top, (float(x) for x in sims)))
+            order = sorted(top, key=lambda i: (-rr[i], cands[i][1].id)) + order[cfg.rerank_top:]
+        rank_of = {i: r + 1 for r, i in enumerate(order)}
         for i in hits:
             tr, n = cands[i]
             if n.id not in fb_cache:
@@ -211,7 +216,7 @@ def build_acts(data_dir: str | Path, cfg: ActsConfig, rerank: Rerank | None = No
             replies, fb = fb_cache[n.id]
             rows_by_thread.setdefault(tr.thread_id, []).append({
                 "thread_id": tr.thread_id, "comment_id": n.id, "act": spec.name, "act_score": float(s[i]),
-                "rerank_score": rr.get(i), "prompt": tr.prompt, "context": context_of(tr, n, cfg.max_context_chars),
+                "rerank_score": rr.get(i), "act_rank": rank_of[i], "prompt": tr.prompt, "context": context_of(tr, n, cfg.max_context_chars),
                 "comment": n.text, "parent_id": n.parent, "depth": n.depth, "score": n.score,
                 "created_utc": int(n.created_utc),
                 "replies": [{"id": r.id, "role": r.role, "label": r.label, "created_utc": int(r.created_utc),

@@ -63,12 +63,15 @@ def sample_precision(rows: list[dict[str, Any]], specs: Sequence[ActSpec], ks: S
 
 
 def corpus_precision(acts_df, rows: list[dict[str, Any]], names: Sequence[str], k: int = 10) -> dict[str, dict[str, Any]]:
-    """Per act: P@k of acts.parquet's ``act_score`` order (ties by comment id) against the
+    """Per act: P@k of acts.parquet's ranking (``act_rank`` when present: BM25, or the
+    re-ranker's order of the top hits; else ``act_score``, ties by comment id) against the
     hand labels; comments of the top k without a label are counted, not guessed."""
     labels = {r["comment_id"]: set(r["acts"]) for r in rows}
     out = {}
     for name in names:
-        top = acts_df[acts_df["act"] == name].sort_values(["act_score", "comment_id"], ascending=[False, True])
+        sub = acts_df[acts_df["act"] == name]
+        top = sub.sort_values("act_rank") if "act_rank" in sub.columns else \
+            sub.sort_values(["act_score", "comment_id"], ascending=[False, True])
         ids = list(top["comment_id"][:k])
         known = [c for c in ids if c in labels]
         out[name] = {"k": len(ids), "labelled": len(known),
