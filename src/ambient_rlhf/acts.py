@@ -38,7 +38,10 @@ def evaluate_labels(data_dir: str | Path | None, acts_file: str | Path, feedback
             from ambient_rlhf import AmbientError
 
             raise AmbientError(f"{p}: missing; run `ambient data acts {data_dir}` first")
-        df = pd.read_parquet(p, columns=["act", "act_score", "act_rank", "comment_id"])
+        import pyarrow.parquet as pq
+
+        cols = [c for c in ("act", "act_score", "act_rank", "comment_id") if c in pq.read_schema(p).names]
+        df = pd.read_parquet(p, columns=cols)  # act_rank is absent from files written before it existed
         names = [a.name for a in cfg.specs()]
         out["acts_corpus"] = E.corpus_precision(df, acts_rows, names, k)
         out["acts_threshold"] = E.threshold_precision(df, acts_rows, names)
