@@ -17,7 +17,7 @@ from ambient_rlhf import AmbientError, __version__
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("ambient_rlhf.cli.data", "build a data directory from dumps/tables (build), crawl Reddit into dumps (crawl), or simulate a community (simulate)"),
+    "data": ("ambient_rlhf.cli.data", "build a data directory from dumps/tables (build), crawl Reddit into dumps (crawl), find dialog acts and their feedback (acts), or simulate a community (simulate)"),
     "sft": ("ambient_rlhf.cli.sft", "behaviour cloning: fine-tune a causal LM on prompt -> response"),
     "generate": ("ambient_rlhf.cli.generate", "sample completions from a model"),
     "rm": ("ambient_rlhf.cli.rm", "train (default), evaluate (eval) or combine (combine) reward models"),

@@ -1,4 +1,4 @@
-"""``ambient data build|crawl|simulate``: argument parsing only.
+"""``ambient data build|crawl|acts|simulate``: argument parsing only.
 
 It lives in the command layer, not in ``data/``: ``simulate`` samples answers from a
 language model (:mod:`ambient_rlhf.simulate`, which builds on ``train/``), and ``data/``
@@ -17,10 +17,13 @@ from ambient_rlhf.logging import setup_logging
 
 USAGE = """usage: ambient data build SOURCE... --out DIR [options] [key=value ...]
        ambient data crawl SUBREDDIT... --out DIR [options] [key=value ...]
+       ambient data acts DATA_DIR [options] [key=value ...]
        ambient data simulate [options]
 
   build     read dumps / tables / SHP files and write responses, pairs, rankings
   crawl     collect threads from the Reddit API (PRAW) into dump files build reads; resumable
+  acts      find dialog acts in the comment trees and the feedback their replies give
+            (acts.parquet, act_pairs.parquet in DATA_DIR; docs/acts.md)
   simulate  write a synthetic community with a known preference (ambient_rlhf.simulate)"""
 
 
@@ -35,7 +38,42 @@ def cli(argv: list[str]) -> int:
         return _simulate(rest)
     if sub == "crawl":
         return crawl_cli(rest)
-    raise AmbientError(f"unknown data subcommand '{sub}'; valid: build, crawl, simulate")
+    if sub == "acts":
+        return acts_cli(rest)
+    raise AmbientError(f"unknown data subcommand '{sub}'; valid: build, crawl, acts, simulate")
+
+
+def acts_cli(argv: list[str]) -> int:
+    from ambient_rlhf.acts import evaluate_labels, run_acts
+    from ambient_rlhf.data.acts.config import ActsConfig
+
+    rest, overrides = split_overrides(argv)
+    p = argparse.ArgumentParser(prog="ambient data acts", parents=[common_parser()],
+                                description="Find dialog acts (answer, explanation, summary, advice, correction) "
+                                            "in a data directory's comment trees by BM25 over cue queries, classify "
+                                            "the replies to each act, and write acts.parquet and act_pairs.parquet "
+                                            "into DATA_DIR (docs/acts.md).")
+    p.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="an `ambient data build` directory of a Reddit dump")
+    p.add_argument("--overwrite", action="store_true", help="replace acts.parquet / act_pairs.parquet")
+    p.add_argument("--rerank", action="store_true", help="rerank=true: embedding cosine of each act's top hits")
+    p.add_argument("--eval-labels", nargs=2, metavar=("ACTS_JSONL", "FEEDBACK_JSONL"),
+                   help="only measure precision against hand-labelled files (tests/data/acts/*.jsonl); "
+                        "with DATA_DIR also P@10 of its acts.parquet")
+    args = p.parse_args(rest)
+    setup_logging(args.verbose)
+    if args.help_config:
+        print(config_help(ActsConfig))
+        return 0
+    cfg = load_config(ActsConfig, args.config, (["rerank=true"] if args.rerank else []) + overrides)
+    if args.eval_labels:
+        print(json.dumps(evaluate_labels(args.data_dir, *args.eval_labels, cfg), indent=1))
+        return 0
+    if not args.data_dir:
+        p.error("DATA_DIR is required")
+    s = run_acts(args.data_dir, cfg, overwrite=args.overwrite)
+    print(f"wrote {args.data_dir}/acts.parquet ({s['acts']} acts on {s['comments_with_acts']} comments in "
+          f"{s['threads_with_acts']} threads) and act_pairs.parquet ({json.dumps(s['pairs'])})")
+    return 0
 
 
 def _simulate(argv: list[str]) -> int:

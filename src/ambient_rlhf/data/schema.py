@@ -6,7 +6,9 @@
 * ``pairs.parquet``: one row per preference pair (``PAIR_COLUMNS`` at least);
 * ``rankings.parquet``: one row per thread with >= 2 responses (``RANKING_COLUMNS``):
   the thread's responses ordered best-first by ``adjusted``, for K-way ranking losses;
-* ``manifest.json`` and ``report.md`` (+ PNG plots).
+* ``manifest.json`` and ``report.md`` (+ PNG plots);
+* after ``ambient data acts`` (optional): ``acts.parquet`` (one row per act and comment) and
+  ``act_pairs.parquet`` (``PAIR_COLUMNS``; ``ambient rm pairs=acts``).
 
 ``split`` is one of ``SPLITS``; ``tier`` one of ``TIERS`` (or null before tiers exist).
 ``reply_sentiment`` is null when a response has no direct replies.
@@ -15,6 +17,8 @@
 RESPONSES_FILE = "responses.parquet"
 PAIRS_FILE = "pairs.parquet"
 RANKINGS_FILE = "rankings.parquet"
+ACTS_FILE = "acts.parquet"  # ``ambient data acts`` (docs/acts.md), optional
+ACT_PAIRS_FILE = "act_pairs.parquet"  # its pairs, in the PAIR_COLUMNS contract
 SPLITS = ("train", "valid", "test")
 TIERS = ("good", "ok", "bad")
 

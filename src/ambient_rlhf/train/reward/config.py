@@ -70,12 +70,15 @@ class RewardConfig:
     anything else; balanced pairs carry no length signal, so what the model learns must
     come from the content (``ambient rm eval`` reports both, including the beyond-length
     test).  Pairs of equal length are kept; the drop count goes into the manifest."""
-    pairs: Literal["time_rule", "all"] = "time_rule"
+    pairs: Literal["time_rule", "all", "acts"] = "time_rule"
     """``pairwise``: which pairs train.  ``time_rule``: pairs.parquet (the SHP rule: the
     preferred answer came later, so its lead is not exposure).  ``all``: every candidate
     pair of responses.parquet (``data.covariates.candidate_pairs``: score ratio >=
     ``all_pairs_min_ratio``, both scores >= ``all_pairs_min_score``, whenever posted) --
-    several times the evidence, confounded by exposure unless ``covariates`` model it."""
+    several times the evidence, confounded by exposure unless ``covariates`` model it.
+    ``acts``: act_pairs.parquet (``ambient data acts``: within a thread, the sibling act whose
+    replies drew gratitude/agreement over the one whose replies drew disagreement; the prompt
+    is the act's context).  Validation is on the time-rule pairs in every case."""
     all_pairs_min_ratio: Annotated[float, at_least(1.0)] = 2.0
     """``pairs=all``: the preferred answer's score is at least this times the other's."""
     all_pairs_min_score: Annotated[int, at_least(0)] = 2
@@ -219,7 +222,9 @@ def _validate(cfg: RewardConfig) -> None:
     from ambient_rlhf.data.covariates import COVARIATES
 
     if cfg.objective != "pairwise" and (cfg.covariates or cfg.pairs != "time_rule"):
-        raise AmbientError(f"rm: covariates and pairs=all apply to objective=pairwise, not {cfg.objective}")
+        raise AmbientError(f"rm: covariates and pairs=all|acts apply to objective=pairwise, not {cfg.objective}")
+    if cfg.pairs == "acts" and cfg.covariates:
+        raise AmbientError("rm: covariates need responses.parquet rows; act pairs (pairs=acts) have none")
     if cfg.data_weights:
         if len(cfg.data_weights) != len(cfg.data):
             raise AmbientError(f"rm: data_weights={cfg.data_weights} has {len(cfg.data_weights)} weights for "

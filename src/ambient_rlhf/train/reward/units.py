@@ -99,8 +99,9 @@ def _is_label_export(data_dir) -> bool:
 
 
 def _pair_units(cfg: RewardConfig, data_dir, com: str, split: str, counts: dict) -> list[Unit]:
-    """Pairwise units of one data directory's ``split``: pairs.parquet (``pairs=time_rule``)
-    or every candidate pair of responses.parquet (``pairs=all``), with the covariates of
+    """Pairwise units of one data directory's ``split``: pairs.parquet (``pairs=time_rule``),
+    every candidate pair of responses.parquet (``pairs=all``) or act_pairs.parquet
+    (``pairs=acts``, ``ambient data acts``), with the covariates of
     both answers when ``cfg.covariates`` asks for them."""
     from ambient_rlhf.data.covariates import candidate_pairs, response_covariates
 
@@ -118,6 +119,8 @@ def _pair_units(cfg: RewardConfig, data_dir, com: str, split: str, counts: dict)
     if cfg.pairs == "all":
         df = candidate_pairs(resp, cfg.all_pairs_min_ratio, cfg.all_pairs_min_score, cfg.all_pairs_per_thread, cfg.seed)
         counts[f"{split}_candidate_pairs"] = counts.get(f"{split}_candidate_pairs", 0) + len(df)
+    elif cfg.pairs == "acts":
+        df = read_table(data_dir, schema.ACT_PAIRS_FILE, schema.PAIR_COLUMNS, split)
     else:
         df = read_table(data_dir, schema.PAIRS_FILE, schema.PAIR_COLUMNS, split)
     cov = None
