@@ -95,16 +95,16 @@ def build_parallel(sources: list[str], out: str, cfg: DataConfig, overwrite: boo
     return manifest
 
 
-def _part_name(i: int, inp: Input) -> str:
-    stem = Path(inp.paths[0]).name.split(".")[0]
-    return f"{i:05d}-{stem}"
+def _part_name(inp: Input, key: str) -> str:
+    """Named by its key, so a rerun finds a finished part wherever its input now stands."""
+    return f"{Path(inp.paths[0]).name.split('.')[0]}-{key[:16]}"
 
 
 def _run_parts(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path) -> list[dict[str, Any]]:
     """Every input's finished part (``part.json`` + ``dir``), in input order."""
     code = code_digest()
-    names = [_part_name(i, inp) for i, inp in enumerate(inputs)]
     keys = [part_key(inp, cfg, [], code) for inp in inputs]
+    names = [_part_name(inp, key) for inp, key in zip(inputs, keys)]
     metas = _run_round(client, inputs, cfg, parts, names, keys, [[] for _ in inputs], "inputs")
 
     # step 4. a thread id offered by an earlier input is a duplicate in a later one
@@ -121,8 +121,9 @@ def _run_parts(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path) -
                     "as duplicates (as one process does): %s", len(preseen),
                     ", ".join(str(inputs[i].paths[0]) for i in preseen))
         idx = sorted(preseen)
-        again = _run_round(client, [inputs[i] for i in idx], cfg, parts, [names[i] + "-dedup" for i in idx],
-                           [part_key(inputs[i], cfg, preseen[i], code) for i in idx], [preseen[i] for i in idx],
+        keys2 = [part_key(inputs[i], cfg, preseen[i], code) for i in idx]
+        again = _run_round(client, [inputs[i] for i in idx], cfg, parts,
+                           [_part_name(inputs[i], k) for i, k in zip(idx, keys2)], keys2, [preseen[i] for i in idx],
                            "inputs with repeated threads")
         for i, m in zip(idx, again):
             metas[i] = m

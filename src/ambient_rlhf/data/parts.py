@@ -17,7 +17,7 @@ exists whole or not at all: a worker killed mid-input leaves only a ``.tmp-`` di
 and a rerun with the same key reuses every finished part (resume per input).
 
 :func:`merge_parts` replays the parts, in input order, into a fresh ``Sink``: the rows are
-re-chunked to the build's row groups (``CHUNK_ROWS``) and the counters added in the order
+re-chunked to the build's row groups (``build.CHUNK_ROWS``) and the counters added in the order
 the single-process build would have touched them, so the merged directory is the same, file
 for file, as the one process build's.
 """
@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 
 from ambient_rlhf import __version__
 from ambient_rlhf.config import to_dict
-from ambient_rlhf.data.build import CHUNK_ROWS, SHOW_BAD, ChunkWriter, Sink
+from ambient_rlhf.data import build as _build
+from ambient_rlhf.data.build import SHOW_BAD, ChunkWriter, Sink
 from ambient_rlhf.data.config import DataConfig
 from ambient_rlhf.data.schema import PAIRS_FILE, RANKINGS_FILE
 from ambient_rlhf.data.sources import BadRecords, Input, StreamDamage
@@ -120,12 +121,12 @@ def build_part(inp: Input, cfg: DataConfig, part_dir: str, key: str, preseen: li
             "preseen": len(preseen),
         }
         (tmp / PART_JSON).write_text(json.dumps(meta))
-        if part.exists():  # a stale part (another key), or the same task finished twice
-            if read_part(part, key) is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-                return {**meta, "reused": False}
-            shutil.rmtree(part)
-        os.replace(tmp, part)
+        try:
+            os.replace(tmp, part)
+        except OSError:  # the same task finished twice (Dask may re-run a task it thought lost)
+            if read_part(part, key) is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -145,7 +146,7 @@ def thread_ids(part_dir: Path) -> list[str]:
 
 class _Rechunk:
     """Appends Arrow batches to a :class:`ChunkWriter`'s file in row groups of exactly
-    ``CHUNK_ROWS`` rows (the last one shorter): the layout the single-process build writes."""
+    ``build.CHUNK_ROWS`` rows (the last one shorter): the layout the single-process build writes."""
 
     def __init__(self, writer: ChunkWriter):
         self.w = writer
@@ -157,8 +158,8 @@ class _Rechunk:
             return
         self.buf.append(pa.Table.from_batches([batch], schema=self.w.schema))
         self.n += batch.num_rows
-        while self.n >= CHUNK_ROWS:
-            self._write(CHUNK_ROWS)
+        while self.n >= _build.CHUNK_ROWS:  # read at call time: one value for both paths
+            self._write(_build.CHUNK_ROWS)
 
     def _write(self, n: int) -> None:
         t = pa.concat_tables(self.buf)
@@ -213,7 +214,7 @@ def merge_parts(tmp: Path, cfg: DataConfig, parts: list[tuple[Path, dict[str, An
             communities[c] = communities.get(c, 0) + n
         for name, rc in outs:
             pf = pq.ParquetFile(str(d / name))
-            for batch in pf.iter_batches(batch_size=CHUNK_ROWS):
+            for batch in pf.iter_batches(batch_size=_build.CHUNK_ROWS):
                 rc.add(batch)
                 if rc.w is sink.responses:
                     adj = batch.column("adjusted").to_numpy(zero_copy_only=False)
