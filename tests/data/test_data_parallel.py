@@ -212,7 +212,7 @@ def test_a_failing_input_is_named_and_the_finished_ones_are_reused(cfg, client, 
     with caplog.at_level(logging.INFO, logger="ambient_rlhf.data.parallel"):
         build_parallel([str(beer.parent), str(other.parent)], str(tmp_path / "par"), cfg, client=client,
                        parts_dir=str(parts))
-    reused = [r.getMessage() for r in caplog.records if "reused" in r.getMessage()]
+    reused = [r.getMessage() for r in caplog.records if "reused from" in r.getMessage()]
     assert len(reused) == 1 and str(beer) in reused[0]
     build([str(beer.parent), str(other.parent)], str(tmp_path / "one"), cfg)
     assert_same_dir(tmp_path / "one", tmp_path / "par")

@@ -89,7 +89,13 @@ def build_parallel(sources: list[str], out: str, cfg: DataConfig, overwrite: boo
             if client is None:
                 client = stack.enter_context(dask_client(workers, cluster))
             metas = _run_parts(client, inputs, cfg, parts)
+        t1 = time.time()
+        ran = [m for m in metas if not m.get("reused")]
+        log.info("%d inputs in %.1f s (%d run: %.1f s of worker CPU, %.1f s of task wall time; %d from an earlier run)",
+                 len(metas), t1 - t0, len(ran), sum(m["cpu_seconds"] for m in ran),
+                 sum(m["seconds"] for m in ran), len(metas) - len(ran))
         sink, counts, bad, communities = merge_parts(tmp, cfg, [(parts / m["dir"], m) for m in metas])
+        log.info("merged in %.1f s", time.time() - t1)
         manifest = finalize(tmp, t0, sources, inputs, cfg, sink, counts, bad, communities)
     shutil.rmtree(parts, ignore_errors=True)
     return manifest
@@ -141,7 +147,7 @@ def _run_round(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path, n
         if done is not None:
             log.info("input %d/%d %s: finished in an earlier run, reused from %s", i + 1, len(inputs),
                      inp.paths[0], parts / name)
-            metas[i] = {**done, "dir": name}
+            metas[i] = {**done, "dir": name, "reused": True}
             continue
         # pure=False: a rerun after a failure must run again, not fetch a cached failure
         f = client.submit(build_part, inp, cfg, str(parts / name), key, preseen[i], pure=False,

@@ -30,11 +30,13 @@ import json
 import os
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ambient_rlhf import __version__
@@ -93,6 +95,7 @@ def build_part(inp: Input, cfg: DataConfig, part_dir: str, key: str, preseen: li
         return {**done, "reused": True}
     tmp = part.parent / f".{part.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
+    t0, c0 = time.perf_counter(), time.process_time()
     quiet = os.environ.get("AMBIENT_PROGRESS")
     os.environ["AMBIENT_PROGRESS"] = "0"  # workers' bars would interleave; the driver shows one over inputs
     try:
@@ -119,6 +122,7 @@ def build_part(inp: Input, cfg: DataConfig, part_dir: str, key: str, preseen: li
             "communities": communities, "rz_n": sink.rz_n,
             "rows": {"responses": sink.responses.n, "pairs": sink.pairs.n, "rankings": sink.rankings.n},
             "preseen": len(preseen),
+            "seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(time.process_time() - c0, 3),
         }
         (tmp / PART_JSON).write_text(json.dumps(meta))
         try:
@@ -216,11 +220,11 @@ def merge_parts(tmp: Path, cfg: DataConfig, parts: list[tuple[Path, dict[str, An
             pf = pq.ParquetFile(str(d / name))
             for batch in pf.iter_batches(batch_size=_build.CHUNK_ROWS):
                 rc.add(batch)
-                if rc.w is sink.responses:
-                    adj = batch.column("adjusted").to_numpy(zero_copy_only=False)
-                    train = [s == "train" for s in batch.column("split").to_pylist()]
-                    sink.all_adjusted.extend(adj.tolist())
-                    sink.train_adjusted.extend(x for x, t in zip(adj.tolist(), train) if t)
+                if rc.w is sink.responses:  # the values the tiers' quantiles are taken over
+                    adj = batch.column("adjusted")
+                    train = pc.equal(batch.column("split"), "train")
+                    sink.all_adjusted.frombytes(adj.to_numpy(zero_copy_only=False).tobytes())
+                    sink.train_adjusted.frombytes(pc.filter(adj, train).to_numpy(zero_copy_only=False).tobytes())
         terms = array.array("d")
         with open(d / RZ_TERMS, "rb") as f:
             terms.frombytes(f.read())
