@@ -161,7 +161,8 @@ def _run_round(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path, n
                 metas[i] = {**f.result(), "dir": names[i]}
                 log.info("input %d/%d %s: done", i + 1, len(inputs), inputs[i].paths[0])
             else:
-                failed.append(f"{', '.join(map(str, inputs[i].paths))}: {_reason(f.exception())}")
+                why, files = _reason(f.exception()), ", ".join(map(str, inputs[i].paths))
+                failed.append(why if why.startswith(str(inputs[i].paths[0])) else f"{files}: {why}")
             bar.update(1)
     if failed:
         ok = sum(m is not None for m in metas)
