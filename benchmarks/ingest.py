@@ -127,14 +127,21 @@ def worker_many(sources: list[str], out: str, workers: int, overrides: list[str]
     t = time.perf_counter()
     if workers == 0:
         m = build(sources, out, cfg)
-        return {"seconds": time.perf_counter() - t, "startup": 0.0, "counts": m["counts"]}
+        return {"seconds": time.perf_counter() - t, "startup": 0.0, "counts": m["counts"], "cpu": _cpu()}
     from ambient_rlhf.data.parallel import build_parallel, dask_client
 
     with dask_client(workers) as client:
         client.wait_for_workers(workers)
         startup = time.perf_counter() - t
         m = build_parallel(sources, out, cfg, client=client)
-    return {"seconds": time.perf_counter() - t, "startup": startup, "counts": m["counts"]}
+    # the workers are this process's children: their CPU counts once the cluster has closed
+    return {"seconds": time.perf_counter() - t, "startup": startup, "counts": m["counts"], "cpu": _cpu()}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (user + system)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run_worker(mode: str, d: Path, overrides: list[str] = (), extra: list[str] = ()) -> dict:
@@ -294,19 +301,24 @@ def main_workers(d: Path, workers: int, copies: int, repeat: int, archive_bytes:
         diff = compare_dirs(one["out"], par["out"])
         c = one["counts"]
         records = sum(c.get(g, {}).get("read", 0) for g in ("submissions", "comments", "table_rows"))
-    print(f"\n{'path':<28} {'seconds':>8} {'startup':>8} {'MB/s':>7} {'rec/s':>8} {'vs one':>7}")
+    print(f"\n{'path':<14} {'seconds':>8} {'startup':>8} {'MB/s':>7} {'rec/s':>8} {'vs one':>7} {'CPU s':>7} "
+          f"{'MB/CPU-s':>9}")
     for name, r in runs.items():
-        print(f"{name:<28} {r['seconds']:>8.1f} {r['startup']:>8.1f} {size / 1e6 / r['seconds']:>7.2f} "
-              f"{records / r['seconds']:>8.0f} {one['seconds'] / r['seconds']:>6.2f}x")
+        print(f"{name:<14} {r['seconds']:>8.1f} {r['startup']:>8.1f} {size / 1e6 / r['seconds']:>7.2f} "
+              f"{records / r['seconds']:>8.0f} {one['seconds'] / r['seconds']:>6.2f}x {r['cpu']:>7.1f} "
+              f"{size / 1e6 / r['cpu']:>9.2f}")
+    print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other users' jobs stretch "
+          f"the wall times; CPU seconds are this build's own)")
     build_only = par["seconds"] - par["startup"]
     print(f"{workers} workers without the cluster's startup: {build_only:.1f} s, "
           f"{one['seconds'] / build_only:.2f}x the one-process build (on {os.cpu_count()} cores)")
     print("same directory, file for file: " + ("yes" if not diff else f"NO, differs: {diff}"))
-    per_core = size / one["seconds"]
+    per_core = size / par["cpu"]  # a core's throughput inside a parallel build, its overheads included
     total = archive_bytes * archive_ratio
     print(f"\npaper estimate of a full-archive build: {archive_bytes / 1e12:.2f} TB of zstd x {archive_ratio:.1f} "
           f"(decompressed/compressed, measured on the AskAcademia dump) = {total / 1e12:.1f} TB of JSON "
-          f"at {per_core / 1e6:.2f} MB/s per core (the one-process build above):")
+          f"at {per_core / 1e6:.2f} MB per CPU-second (the {workers}-worker build's CPU above, all processes), "
+          f"assuming the work spreads evenly over the cores:")
     for cores in (1, 64, 256, 1024):
         h = total / (per_core * cores) / 3600
         print(f"  {cores:>5} cores: {h:>9.1f} h" + ("" if h < 48 else f" ({h / 24:.1f} days)"))

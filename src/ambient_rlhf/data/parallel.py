@@ -62,9 +62,14 @@ def dask_client(workers: int = 0, cluster: str | None = None) -> Iterator[Any]:
         with client:
             yield client
         return
-    # one thread per worker: the readers are pure Python (the GIL), so processes are the unit
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as lc, Client(lc) as client:
+    import dask
+
+    # one thread per worker: the readers are pure Python (the GIL), so processes are the unit;
+    # saturation 1.0: a worker holds one input at a time, the others wait on the scheduler for
+    # whichever worker frees up first (with the default 1.1 a busy worker could queue a second)
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None) as lc, Client(lc) as client:
         yield client
 
 
@@ -142,7 +147,10 @@ def _run_round(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path, n
 
     metas: list[dict[str, Any] | None] = [None] * len(inputs)
     futures = {}
-    for i, (inp, name, key) in enumerate(zip(inputs, names, keys)):
+    # largest inputs first: the long tasks start early and the small ones fill the gaps
+    order = sorted(range(len(inputs)), key=lambda j: -sum(Path(p).stat().st_size for p in inputs[j].paths))
+    for i in order:
+        inp, name, key = inputs[i], names[i], keys[i]
         done = read_part(parts / name, key)
         if done is not None:
             log.info("input %d/%d %s: finished in an earlier run, reused from %s", i + 1, len(inputs),

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -123,6 +124,7 @@ def build_part(inp: Input, cfg: DataConfig, part_dir: str, key: str, preseen: li
             "rows": {"responses": sink.responses.n, "pairs": sink.pairs.n, "rankings": sink.rankings.n},
             "preseen": len(preseen),
             "seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(time.process_time() - c0, 3),
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
         }
         (tmp / PART_JSON).write_text(json.dumps(meta))
         try:
