@@ -146,7 +146,8 @@ def _run_round(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path, n
     from dask.distributed import as_completed
 
     metas: list[dict[str, Any] | None] = [None] * len(inputs)
-    futures = {}
+    futures: dict[Any, list[int]] = {}  # one task per key: the same files given twice run once
+    by_key: dict[str, Any] = {}
     # largest inputs first: the long tasks start early and the small ones fill the gaps
     order = sorted(range(len(inputs)), key=lambda j: -sum(Path(p).stat().st_size for p in inputs[j].paths))
     for i in order:
@@ -157,27 +158,34 @@ def _run_round(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path, n
                      inp.paths[0], parts / name)
             metas[i] = {**done, "dir": name, "reused": True}
             continue
+        if key in by_key:
+            futures[by_key[key]].append(i)
+            continue
         # pure=False: a rerun after a failure must run again, not fetch a cached failure
         f = client.submit(build_part, inp, cfg, str(parts / name), key, preseen[i], pure=False,
                           key=f"ambient-part-{name}-{key[:10]}")
-        futures[f] = i
+        by_key[key], futures[f] = f, [i]
     failed: list[str] = []
-    with progress(total=len(inputs), desc=what, unit="input", initial=len(inputs) - len(futures)) as bar:
+    todo = sum(len(ix) for ix in futures.values())
+    with progress(total=len(inputs), desc=what, unit="input", initial=len(inputs) - todo) as bar:
         for f in as_completed(list(futures)):
-            i = futures[f]
-            if f.status == "finished":
-                metas[i] = {**f.result(), "dir": names[i]}
-                log.info("input %d/%d %s: done", i + 1, len(inputs), inputs[i].paths[0])
-            else:
-                why, files = _reason(f.exception()), ", ".join(map(str, inputs[i].paths))
-                failed.append(why if why.startswith(str(inputs[i].paths[0])) else f"{files}: {why}")
-            bar.update(1)
+            for i in futures[f]:
+                if f.status == "finished":
+                    metas[i] = {**f.result(), "dir": names[i]}
+                    log.info("input %d/%d %s: done", i + 1, len(inputs), inputs[i].paths[0])
+                else:
+                    why, files = _reason(f.exception()), ", ".join(map(str, inputs[i].paths))
+                    failed.append(why if why.startswith(str(inputs[i].paths[0])) else f"{files}: {why}")
+                bar.update(1)
     if failed:
         ok = sum(m is not None for m in metas)
         raise AmbientError(
             f"{len(failed)} of {len(inputs)} inputs failed (nothing written to --out; the {ok} finished "
             f"inputs are kept in {parts} and the same command resumes from them):\n  " + "\n  ".join(failed))
-    return [m for m in metas if m is not None]
+    lost = [str(inputs[i].paths[0]) for i, m in enumerate(metas) if m is None]
+    if lost:  # cannot happen by construction; never merge without an input
+        raise AmbientError(f"no result for {len(lost)} input(s): {', '.join(lost)}; run the build again")
+    return metas  # type: ignore[return-value]
 
 
 def _reason(e: BaseException | None) -> str:

@@ -65,13 +65,15 @@ def code_digest() -> str:
 
 
 def part_key(inp: Input, cfg: DataConfig, preseen: list[str], code: str) -> str:
-    """What a part depends on: the input's files (path, size, mtime), the resolved config,
-    the thread ids counted as already seen, and the code."""
+    """What a part depends on: the input's files (path, size, mtime), the resolved config
+    (but ``max_bad_fraction``), the thread ids counted as already seen, and the code."""
     files = []
     for p in inp.paths:
         st = Path(p).stat()
         files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
-    blob = json.dumps({"kind": inp.kind, "files": files, "config": to_dict(cfg),
+    # max_bad_fraction is checked after the merge and changes no part: raising it reuses them
+    config = {k: v for k, v in to_dict(cfg).items() if k != "max_bad_fraction"}
+    blob = json.dumps({"kind": inp.kind, "files": files, "config": config,
                        "preseen": sorted(preseen), "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
