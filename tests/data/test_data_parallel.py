@@ -263,3 +263,18 @@ def test_cli_refuses_parts_dir_without_workers(sources, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["data", "build", *sources, "--out", str(tmp_path / "o"), "--parts-dir", str(tmp_path / "p")])
     assert "--parts-dir needs --workers" in capsys.readouterr().err
+
+
+def test_the_same_table_under_two_spellings_runs_once_and_is_all_duplicates(cfg, client, tmp_path):
+    """``beer`` and ``beer/../beer`` are two inputs to one process (the second all
+    duplicates); the parallel build runs the shared files once, then the second input again
+    with every id seen, and matches it."""
+    from ambient_rlhf.data.parallel import build_parallel
+
+    a = subsample_beer(tmp_path / "beer" / "responses.csv", 15)
+    srcs = [str(a.parent), str(a.parent / ".." / "beer")]
+    m1 = build(srcs, str(tmp_path / "one"), cfg)
+    build_parallel(srcs, str(tmp_path / "par"), cfg, client=client, parts_dir=str(tmp_path / "parts"))
+    assert_same_dir(tmp_path / "one", tmp_path / "par")
+    th = m1["counts"]["threads"]
+    assert th["duplicate_id"] > 0 and 2 * th["duplicate_id"] == th["assembled"]  # every thread of the 2nd input
