@@ -131,13 +131,14 @@ def worker_many(sources: list[str], out: str, workers: int, overrides: list[str]
                 "driver_cpu": _cpu(children=False)}
     from ambient_rlhf.data.parallel import build_parallel, dask_client
 
+    phases: dict[str, float] = {}
     with dask_client(workers) as client:
         client.wait_for_workers(workers)
         startup = time.perf_counter() - t
-        m = build_parallel(sources, out, cfg, client=client)
+        m = build_parallel(sources, out, cfg, client=client, timings=phases)
     # the workers are this process's children: their CPU counts once the cluster has closed
     return {"seconds": time.perf_counter() - t, "startup": startup, "counts": m["counts"], "cpu": _cpu(),
-            "driver_cpu": _cpu(children=False)}
+            "driver_cpu": _cpu(children=False), "phases": phases}
 
 
 def _cpu(children: bool = True) -> float:
@@ -316,15 +317,21 @@ def main_workers(d: Path, workers: int, copies: int, repeat: int, archive_bytes:
     print(f"{workers} workers without the cluster's startup: {build_only:.1f} s, "
           f"{one['seconds'] / build_only:.2f}x the one-process build (on {os.cpu_count()} cores)")
     print("same directory, file for file: " + ("yes" if not diff else f"NO, differs: {diff}"))
-    # the workers' part spreads over the cores; the driver's (merge, tiers, report) does not
+    ph = par["phases"]
+    print(f"{workers} workers, phases: cluster start {par['startup']:.1f} s, inputs {ph['parts']:.1f} s, merge "
+          f"{ph['merge']:.1f} s ({ph['merge_cpu']:.1f} CPU s), tiers + report + manifest {ph['finalize']:.1f} s "
+          f"({ph['finalize_cpu']:.1f} CPU s)")
+    # the workers' share spreads over the cores; the driver's merge and tiers/report do not
+    serial_cpu = ph["merge_cpu"] + ph["finalize_cpu"]
     par_rate = size / (par["cpu"] - par["driver_cpu"])
-    ser_rate = size / par["driver_cpu"]
+    ser_rate = size / serial_cpu
     total = archive_bytes * archive_ratio
     print(f"\npaper estimate of a full-archive build: {archive_bytes / 1e12:.2f} TB of zstd x {archive_ratio:.1f} "
           f"(decompressed/compressed, measured on the AskAcademia dump) = {total / 1e12:.1f} TB of JSON; "
-          f"the workers did {par_rate / 1e6:.2f} MB per CPU-second (their overheads included), the driver "
-          f"{ser_rate / 1e6:.1f} MB per CPU-second (one process, serial): hours = TB/(workers' rate x cores) + "
-          f"TB/driver's rate")
+          f"the workers did {par_rate / 1e6:.2f} MB per CPU-second (startup and Dask overheads included), the "
+          f"driver's merge + tiers + report {ser_rate / 1e6:.1f} MB per CPU-second (one process: serial, its fixed "
+          f"costs counted as if they grew with the data): hours = bytes / (workers' rate x cores) + bytes / "
+          f"driver's rate")
     for cores in (1, 64, 256, 1024):
         h = (total / (par_rate * cores) + total / ser_rate) / 3600
         print(f"  {cores:>5} cores: {h:>9.1f} h" + ("" if h < 48 else f" ({h / 24:.1f} days)")

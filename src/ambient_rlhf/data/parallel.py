@@ -74,14 +74,16 @@ def dask_client(workers: int = 0, cluster: str | None = None) -> Iterator[Any]:
 
 
 def build_parallel(sources: list[str], out: str, cfg: DataConfig, overwrite: bool = False, workers: int = 2,
-                   cluster: str | None = None, parts_dir: str | None = None, client: Any = None) -> dict:
+                   cluster: str | None = None, parts_dir: str | None = None, client: Any = None,
+                   timings: dict[str, float] | None = None) -> dict:
     """Build ``out`` from ``sources`` with one Dask task per input; return the manifest.
 
     The directory equals the one :func:`ambient_rlhf.data.build.build` writes (the manifest's
     ``created``, ``command`` and ``seconds`` aside).  ``client``: an existing Dask client
     (else one is made from ``workers``/``cluster``).  Finished parts are kept in
     ``parts_dir`` (default ``OUT.parts``) until the build succeeds, so a failed or
-    interrupted build resumes per input."""
+    interrupted build resumes per input.  ``timings``, when given, receives the phases'
+    seconds: ``parts`` (wall), ``merge`` and ``finalize`` (wall and ``*_cpu``: this process's)."""
     cfg.validate()
     if client is None and not cluster and workers < 1:
         raise AmbientError(f"--workers must be >= 1 for a parallel build, got {workers}")
@@ -99,9 +101,14 @@ def build_parallel(sources: list[str], out: str, cfg: DataConfig, overwrite: boo
         log.info("%d inputs in %.1f s (%d run: %.1f s of worker CPU, %.1f s of task wall time; %d from an earlier run)",
                  len(metas), t1 - t0, len(ran), sum(m["cpu_seconds"] for m in ran),
                  sum(m["seconds"] for m in ran), len(metas) - len(ran))
+        c1 = time.process_time()
         sink, counts, bad, communities = merge_parts(tmp, cfg, [(parts / m["dir"], m) for m in metas])
-        log.info("merged in %.1f s", time.time() - t1)
+        t2, c2 = time.time(), time.process_time()
+        log.info("merged in %.1f s", t2 - t1)
         manifest = finalize(tmp, t0, sources, inputs, cfg, sink, counts, bad, communities)
+        if timings is not None:
+            timings.update(parts=t1 - t0, merge=t2 - t1, merge_cpu=c2 - c1, finalize=time.time() - t2,
+                           finalize_cpu=time.process_time() - c2)
     shutil.rmtree(parts, ignore_errors=True)
     return manifest
 
