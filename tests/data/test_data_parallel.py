@@ -9,6 +9,7 @@ project's existing, separately tested path): the parallel path must reproduce it
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -121,6 +122,34 @@ def client():
         yield c
 
 
+@contextlib.contextmanager
+def killing_a_running_part(client, parts: Path):
+    """SIGKILL, once, the worker process running a part task that has started writing (its
+    ``.NAME.tmp-*`` directory exists under ``parts``); yields the list of what was killed."""
+    pids = client.run(os.getpid)  # worker address -> pid
+    killed: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def killer():
+        while not stop.is_set() and not killed:
+            started = [p.name[1:].split(".tmp-")[0] for p in parts.glob(".*.tmp-*")] if parts.exists() else []
+            for addr, keys in (client.processing() if started else {}).items():
+                for k in keys:
+                    if any(str(k).startswith(f"ambient-part-{name}") for name in started):
+                        os.kill(pids[addr], signal.SIGKILL)
+                        killed.append((addr, str(k)))
+                        return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        t.join()
+
+
 def assert_same_dir(a: Path, b: Path) -> None:
     """Every file byte for byte; the manifest apart from its timing fields."""
     names = sorted(os.listdir(a))
@@ -160,33 +189,39 @@ def test_a_worker_killed_mid_input_is_replaced_and_the_input_rerun(sources, cfg,
     from ambient_rlhf.data.parallel import build_parallel
 
     parts = tmp_path / "parts"
-    pids = client.run(os.getpid)  # worker address -> pid
-    killed: list[tuple[str, str]] = []
-    stop = threading.Event()
-
-    def killer():
-        while not stop.is_set() and not killed:
-            started = [p.name for p in parts.glob(".*.tmp-*")] if parts.exists() else []
-            if started:
-                for addr, keys in client.processing().items():
-                    for k in keys:
-                        if any(str(k).startswith(f"ambient-part-{s[1:].split('.tmp-')[0]}") for s in started):
-                            os.kill(pids[addr], signal.SIGKILL)
-                            killed.append((addr, str(k)))
-                            return
-            time.sleep(0.01)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    try:
+    with killing_a_running_part(client, parts) as killed:
         out = tmp_path / "par"
         build_parallel(sources, str(out), cfg, client=client, parts_dir=str(parts))
-    finally:
-        stop.set()
-        t.join()
     assert killed, "no task was caught running: the test did not kill anything"
     assert_same_dir(reference, out)
     client.wait_for_workers(2, timeout=60)  # the nanny replaced the dead worker
+
+
+def test_an_input_whose_worker_dies_every_time_is_reported(sources, cfg, tmp_path):
+    """With ``allowed-failures`` 0 one death is final (the default allows 3 re-runs): the
+    build fails naming the input whose worker died, and the other inputs, run on the
+    replacement worker, are kept (one task in flight per worker thread, so the death
+    counts against the running input only)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from ambient_rlhf.data.parallel import build_parallel
+
+    parts = tmp_path / "parts"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as lc, \
+            Client(lc) as c, killing_a_running_part(c, parts) as killed, pytest.raises(AmbientError) as e:
+        build_parallel(sources, str(tmp_path / "par"), cfg, client=c, parts_dir=str(parts))
+    assert len(killed) == 1
+    msg = str(e.value)
+    assert "1 of 3 inputs failed" in msg and "died each time" in msg
+    dead = next(p for p in killed[0][1].split("ambient-part-")[1:])  # the task's name: <stem>-<key>-...
+    failed_line = [ln for ln in msg.splitlines() if "died each time" in ln][0]
+    assert dead.split("-")[0] in failed_line
+    finished = sorted(json.loads((p / "part.json").read_text())["paths"][0] for p in parts.iterdir()
+                      if (p / "part.json").is_file())
+    assert len(finished) == 2 and not any(dead.split("-")[0] in f for f in finished)
+    assert not (tmp_path / "par").exists()
 
 
 def test_a_failing_input_is_named_and_the_finished_ones_are_reused(cfg, client, tmp_path, caplog):

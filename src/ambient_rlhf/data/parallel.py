@@ -153,30 +153,39 @@ def _run_round(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path, n
     from dask.distributed import as_completed
 
     metas: list[dict[str, Any] | None] = [None] * len(inputs)
-    futures: dict[Any, list[int]] = {}  # one task per key: the same files given twice run once
-    by_key: dict[str, Any] = {}
+    todo: dict[str, list[int]] = {}  # key -> inputs: the same files given twice run once
     # largest inputs first: the long tasks start early and the small ones fill the gaps
     order = sorted(range(len(inputs)), key=lambda j: -sum(Path(p).stat().st_size for p in inputs[j].paths))
     for i in order:
-        inp, name, key = inputs[i], names[i], keys[i]
-        done = read_part(parts / name, key)
+        done = read_part(parts / names[i], keys[i])
         if done is not None:
             log.info("input %d/%d %s: finished in an earlier run, reused from %s", i + 1, len(inputs),
-                     inp.paths[0], parts / name)
-            metas[i] = {**done, "dir": name, "reused": True}
-            continue
-        if key in by_key:
-            futures[by_key[key]].append(i)
-            continue
-        # pure=False: a rerun after a failure must run again, not fetch a cached failure
-        f = client.submit(build_part, inp, cfg, str(parts / name), key, preseen[i], pure=False,
-                          key=f"ambient-part-{name}-{key[:10]}")
-        by_key[key], futures[f] = f, [i]
+                     inputs[i].paths[0], parts / names[i])
+            metas[i] = {**done, "dir": names[i], "reused": True}
+        else:
+            todo.setdefault(keys[i], []).append(i)
+    queue = list(todo.values())
+    running: dict[Any, list[int]] = {}
+    done_futures = as_completed()
+
+    def submit() -> None:
+        # no more tasks in flight than worker threads: a worker that dies takes only the input
+        # it was running with it (Dask counts a death against every task a worker holds)
+        while queue and len(running) < max(1, _threads(client)):
+            idx = queue.pop(0)
+            i = idx[0]
+            # pure=False: a rerun after a failure must run again, not fetch a cached failure
+            f = client.submit(build_part, inputs[i], cfg, str(parts / names[i]), keys[i], preseen[i], pure=False,
+                              key=f"ambient-part-{names[i]}-{keys[i][:10]}")
+            running[f] = idx
+            done_futures.add(f)
+
     failed: list[str] = []
-    todo = sum(len(ix) for ix in futures.values())
-    with progress(total=len(inputs), desc=what, unit="input", initial=len(inputs) - todo) as bar:
-        for f in as_completed(list(futures)):
-            for i in futures[f]:
+    submit()
+    left = sum(len(ix) for ix in todo.values())
+    with progress(total=len(inputs), desc=what, unit="input", initial=len(inputs) - left) as bar:
+        for f in done_futures:
+            for i in running.pop(f):
                 if f.status == "finished":
                     metas[i] = {**f.result(), "dir": names[i]}
                     log.info("input %d/%d %s: done", i + 1, len(inputs), inputs[i].paths[0])
@@ -184,6 +193,7 @@ def _run_round(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path, n
                     why, files = _reason(f.exception()), ", ".join(map(str, inputs[i].paths))
                     failed.append(why if why.startswith(str(inputs[i].paths[0])) else f"{files}: {why}")
                 bar.update(1)
+            submit()
     if failed:
         ok = sum(m is not None for m in metas)
         raise AmbientError(
@@ -193,6 +203,11 @@ def _run_round(client: Any, inputs: list[Input], cfg: DataConfig, parts: Path, n
     if lost:  # cannot happen by construction; never merge without an input
         raise AmbientError(f"no result for {len(lost)} input(s): {', '.join(lost)}; run the build again")
     return metas  # type: ignore[return-value]
+
+
+def _threads(client: Any) -> int:
+    """Worker threads in the cluster now (workers may come and go)."""
+    return sum(client.nthreads().values())
 
 
 def _reason(e: BaseException | None) -> str:
