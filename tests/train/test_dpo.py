@@ -141,12 +141,15 @@ def test_cached_reference_equals_recomputed(data_dir, tmp_path):
 
     ref = load_file(str(cache))
     assert ref["train"].shape == (128, 2) and ref["valid"].shape == (8, 2)
+    # 2 steps of 4 pairs draw 8 train pairs: only those are computed (the others are NaN)
+    used = (~ref["train"].isnan().any(1)).nonzero()[:, 0].tolist()
+    assert len(used) == 8 and not ref["valid"].isnan().any()
     # recomputed independently: the start model, one sequence at a time, log-softmax by hand
     cfg = _cfg(data_dir, "x")
     tok = load_tokenizer("tiny-random")
     lm = load_causal_lm("tiny-random").eval()
     train_ex, _ = encode(tok, load_pairs(cfg, "train", {}), cfg, "chat")
-    for i in (0, 57, 127):
+    for i in used[:3]:
         e = train_ex[i]
         assert float(ref["train"][i, 0]) == pytest.approx(_logp_by_hand(lm, e.chosen, e.prompt_len), abs=2e-4)
         assert float(ref["train"][i, 1]) == pytest.approx(_logp_by_hand(lm, e.rejected, e.prompt_len), abs=2e-4)
@@ -156,7 +159,7 @@ def test_cached_reference_equals_recomputed(data_dir, tmp_path):
         def forward(self, *a):
             raise AssertionError("the reference was recomputed")
 
-    sets = {"train": train_ex[:3]}
+    sets = {"train": [train_ex[i] for i in used[:3]]}
     with pytest.raises(AssertionError, match="recomputed"):
         cached_reference(tmp_path / "c.safetensors", "k1", NoForward(), sets, tok.pad_token_id, 2, "cpu")
     from ambient_rlhf.train.common import CausalLMLoss
@@ -164,7 +167,7 @@ def test_cached_reference_equals_recomputed(data_dir, tmp_path):
     first = cached_reference(tmp_path / "c.safetensors", "k1", CausalLMLoss(lm), sets, tok.pad_token_id, 2, "cpu")
     again = cached_reference(tmp_path / "c.safetensors", "k1", NoForward(), sets, tok.pad_token_id, 2, "cpu")
     assert torch.equal(first["train"], again["train"])
-    assert torch.equal(first["train"], ref["train"][:3])  # the trainer's cache holds the same numbers
+    assert torch.equal(first["train"], ref["train"][used[:3]])  # the trainer's cache holds the same numbers
 
 
 # ---- the trainer -----------------------------------------------------------------------------

@@ -179,23 +179,27 @@ def sequence_logps(loss_fn, examples: list[Example], pad_id: int, device) -> tup
 
 
 # ---- the reference, once ----------------------------------------------------------------
-def fingerprint(model: str, sets: dict[str, list[Example]]) -> str:
-    """sha256 of the model name and every token of the pairs: a cache made for other
-    pairs, other budgets or another model is not reused."""
+def fingerprint(model: str, sets: dict[str, list[Example]], need: dict[str, list[int]]) -> str:
+    """sha256 of the model name, every token of the pairs and which pairs are needed: a
+    cache made for other pairs, other budgets, another run length or another model is
+    not reused."""
     h = hashlib.sha256(model.encode())
     for name, exs in sets.items():
         h.update(name.encode())
         for e in exs:
             h.update(json.dumps([e.chosen, e.rejected, e.prompt_len]).encode())
+        h.update(json.dumps(sorted(need[name])).encode())
     return h.hexdigest()
 
 
 @torch.no_grad()
 def compute_reference(loss_fn, examples: list[Example], pad_id: int, batch_size: int, device,
-                      desc: str = "reference") -> torch.Tensor:
-    """(N, 2) reference log-probs of ``examples``, in batches of similar length."""
-    out = torch.zeros(len(examples), 2, dtype=torch.float32)
-    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+                      desc: str = "reference", need: list[int] | None = None) -> torch.Tensor:
+    """(N, 2) reference log-probs of ``examples`` (only the rows ``need`` when given; NaN
+    in the others), in batches of similar length."""
+    out = torch.full((len(examples), 2), float("nan"), dtype=torch.float32)
+    rows = range(len(examples)) if need is None else sorted(set(need))
+    order = sorted(rows, key=lambda i: examples[i].length)
     was = loss_fn.training
     loss_fn.eval()
     for s in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
@@ -207,9 +211,10 @@ def compute_reference(loss_fn, examples: list[Example], pad_id: int, batch_size:
 
 
 def cached_reference(path: Path, key: str, loss_fn, sets: dict[str, list[Example]], pad_id: int, batch_size: int,
-                     device) -> dict[str, torch.Tensor]:
-    """The reference log-probs of every set: read from ``path`` when its fingerprint is
-    ``key``, else computed and written there."""
+                     device, need: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """The reference log-probs of every set (of the rows ``need[set]`` when given: a run
+    shorter than an epoch needs only the pairs its steps draw): read from ``path`` when
+    its fingerprint is ``key``, else computed and written there."""
     from safetensors import safe_open
 
     from ambient_rlhf.checkpoint import save_tensors
@@ -220,10 +225,12 @@ def cached_reference(path: Path, key: str, loss_fn, sets: dict[str, list[Example
                 if (f.metadata() or {}).get("fingerprint") == key and set(f.keys()) == set(sets):
                     log.info("reference log-probs read from %s", path)
                     return {k: f.get_tensor(k) for k in sets}
+            log.warning("%s: made for other pairs or another model; recomputing", path)
         except Exception as e:  # a torn file from a kill: recompute
             log.warning("%s: unreadable (%s); recomputing", path, e)
-        log.warning("%s: made for other pairs or another model; recomputing", path)
-    ref = {k: compute_reference(loss_fn, exs, pad_id, batch_size, device, f"reference ({k})") for k, exs in sets.items()}
+    need = need or {}
+    ref = {k: compute_reference(loss_fn, exs, pad_id, batch_size, device, f"reference ({k})", need.get(k))
+           for k, exs in sets.items()}
     tmp = path.with_suffix(".tmp")
     save_tensors(tmp, ref, metadata={"fingerprint": key})
     tmp.replace(path)

@@ -82,13 +82,24 @@ def train_dpo(cfg: DPOConfig) -> Path:
     sample_prompts = list(dict.fromkeys(p.prompt for p in valid_pairs))[: cfg.sample_prompts]
     lengths = [e.length for e in train_ex]
 
-    # step 2. the reference: log-probs of every pair under the start model, computed once
-    # (the main process writes the cache, the others read it) and reused on resume
+    world = accelerator.num_processes
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    if len(train_ex) < global_batch:
+        raise AmbientError(f"{len(train_ex)} train pairs < one global batch of {global_batch} "
+                           f"(batch_size x grad_accum x processes); lower batch_size or grad_accum")
+    steps_per_epoch = len(train_ex) // global_batch  # a last partial batch is dropped
+    total_steps = cfg.steps or max(int(round(cfg.epochs * steps_per_epoch)), 1)
+    batches = {e: epoch_batches(lengths, global_batch, cfg.seed, e, cfg.group_by_length)
+               for e in range((total_steps - 1) // steps_per_epoch + 1)}  # the data order: seed and step only
+    used = sorted({j for s in range(total_steps) for j in batches[s // steps_per_epoch][s % steps_per_epoch]})
+
+    # step 2. the reference: log-probs under the start model of every pair the run draws,
+    # computed once (the main process writes the cache, the others read it), reused on resume
     lm = load_causal_lm(cfg.model).to(accelerator.device)
-    key = fingerprint(cfg.model, {"train": train_ex, "valid": valid_ex})
+    sets, need = {"train": train_ex, "valid": valid_ex}, {"train": used, "valid": list(range(len(valid_ex)))}
     with accelerator.main_process_first(), accelerator.autocast():
-        ref = cached_reference(out / REFERENCE_FILE, key, CausalLMLoss(lm), {"train": train_ex, "valid": valid_ex},
-                               tok.pad_token_id, cfg.batch_size * 2, accelerator.device)
+        ref = cached_reference(out / REFERENCE_FILE, fingerprint(cfg.model, sets, need), CausalLMLoss(lm), sets,
+                               tok.pad_token_id, cfg.batch_size * 2, accelerator.device, need)
 
     # step 3. the policy (from the checkpoint on resume), LoRA
     if ckpt is not None and not cfg.lora.enabled:
@@ -101,13 +112,6 @@ def train_dpo(cfg: DPOConfig) -> Path:
         set_peft_model_state_dict(lm, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
     lm.train()
 
-    world = accelerator.num_processes
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    if len(train_ex) < global_batch:
-        raise AmbientError(f"{len(train_ex)} train pairs < one global batch of {global_batch} "
-                           f"(batch_size x grad_accum x processes); lower batch_size or grad_accum")
-    steps_per_epoch = len(train_ex) // global_batch  # a last partial batch is dropped
-    total_steps = cfg.steps or max(int(round(cfg.epochs * steps_per_epoch)), 1)
     loss_fn = CausalLMLoss(lm)
     opt = make_optimizer(loss_fn, cfg.lr, cfg.weight_decay)
     sched = make_scheduler(opt, cfg.schedule, cfg.warmup_steps, total_steps)
@@ -151,13 +155,10 @@ def train_dpo(cfg: DPOConfig) -> Path:
         first_eval = next((r for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r), {})
 
     # step 4. train: each step one policy forward+backward over chosen and rejected
-    meter, acc, acc_w, acc_seen, epoch_cache = TokenMeter(), dict.fromkeys(TRAIN_KEYS, 0.0), 0.0, 0, {}
+    meter, acc, acc_w, acc_seen = TokenMeter(), dict.fromkeys(TRAIN_KEYS, 0.0), 0.0, 0
     bar = progress(total=total_steps, initial=step, desc="dpo", unit="step") if main else None
     while step < total_steps:
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch not in epoch_cache:
-            epoch_cache = {epoch: epoch_batches(lengths, global_batch, cfg.seed, epoch, cfg.group_by_length)}
-        batch = epoch_cache[epoch][pos]
+        batch = batches[step // steps_per_epoch][step % steps_per_epoch]
         micro = split_step(batch, lengths, cfg.grad_accum * world)
         mine = micro[accelerator.process_index::world]  # this process's micro-batches
         w_total = sum(train_ex[j].weight for j in batch)  # the global batch's weight, known to every process
