@@ -188,6 +188,8 @@ def test_cli_run_starts_at_log2_and_learns_the_planted_preference(data_dir, tmp_
     m = json.loads((out / "manifest.json").read_text())
     assert m["stage"] == "dpo" and m["counts"]["train_pairs"] == 128 and m["counts"]["steps"] == 8
     assert json.loads((out / "ambient_model.json").read_text())["stage"] == "dpo"
+    card = (out / "README.md").read_text()
+    assert "direct preference optimisation" in card and "AutoModelForCausalLM.from_pretrained" in card
     assert not (out / "checkpoints").exists()
     from transformers import AutoModelForCausalLM
 
