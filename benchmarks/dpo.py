@@ -136,7 +136,7 @@ def main() -> int:
         if data is None:
             from helpers import make_data_dir
 
-            data = str(make_data_dir(tmp / "data", n_threads=30, k=4))  # 20 train threads x 4 pairs
+            data = str(make_data_dir(tmp / "data", n_threads=18, k=4))  # 12 train threads x 4 pairs
         results = {"ours": [], "trl": []}
         for r in range(args.rounds):
             for name, fn in (("ours", run_ours), ("trl", run_trl)):

@@ -14,8 +14,9 @@ log = get_logger("report")
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
-STAGES = ("data", "sft", "rm", "rl", "eval", "truth")
+STAGES = ("data", "sft", "rm", "rl", "dpo", "eval", "truth")
 STAGE_TITLES = {"data": "Data", "sft": "Behaviour cloning (SFT)", "rm": "Reward models", "rl": "Policy optimisation (RL)",
+                "dpo": "Direct preference optimisation (DPO)",
                 "eval": "Policy evaluation", "truth": "Recovery of the true utility (simulated community)"}
 
 
@@ -44,11 +45,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _classify(name: str, manifest: dict[str, Any]) -> str | None:
     st = str(manifest.get("stage", "")).lower()
     for key, aliases in (("data", ("data", "simulate")), ("sft", ("sft",)), ("rm", ("rm", "reward", "rm-combine")),
-                         ("rl", ("rl",)), ("eval", ("eval",)), ("truth", ("truth",))):
+                         ("rl", ("rl",)), ("dpo", ("dpo",)), ("eval", ("eval",)), ("truth", ("truth",))):
         if st in aliases:
             return key
     n = name.lower()
-    for key in ("data", "sft", "rm", "rl", "eval", "truth"):
+    for key in ("data", "sft", "rm", "rl", "dpo", "eval", "truth"):
         if n == key or n.startswith(key + "-") or n.startswith(key + "_"):
             return key
     return None
