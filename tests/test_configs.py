@@ -85,7 +85,7 @@ def test_unknown_config_names_the_presets(tmp_path):
 
 @pytest.mark.parametrize("where,key", [("cli", "sft.condition=tier"), ("cli", "sft.model=x"), ("file", "rm.train_half"),
                                        ("cli", "eval.goal=good"), ("cli", "rl.reward=token-count:1"),
-                                       ("file", "sft.resume")])
+                                       ("file", "sft.resume"), ("cli", "dpo.model=x"), ("file", "dpo.data")])
 def test_keys_the_run_sets_are_refused(tmp_path, where, key):
     from ambient_rlhf.run import load_run_config
 
@@ -104,6 +104,43 @@ def test_keys_the_run_sets_are_refused(tmp_path, where, key):
 
     stages = {s.name: s.config for s in plan(load_run_config(None, ["rm.seed=7", f"out={tmp_path}"]))}
     assert (stages["rm-proxy"].seed, stages["rm-gold"].seed) == (7, 8)
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("rl", ["rl", "eval"]), ("dpo", ["dpo", "eval-dpo"]), ("both", ["rl", "eval", "dpo", "eval-dpo"])])
+def test_method_places_dpo_beside_rl(tmp_path, method, expected):
+    """``method`` picks the policy stages; DPO starts from sft/ on data/ and its evaluation
+    is RL's with the policy swapped: same prompts, reference and judges."""
+    from ambient_rlhf.run import RUNNERS, load_run_config, plan, run_pipeline
+
+    cfg = load_run_config(None, [f"out={tmp_path}", f"method={method}", "dpo.beta=0.2"])
+    stages = {s.name: s for s in plan(cfg)}
+    policy = [n for n in stages if n in ("rl", "eval", "dpo", "eval-dpo")]
+    assert policy == expected
+    if "dpo" in stages:
+        d = stages["dpo"]
+        assert (d.kind, d.deps, d.resumable) == ("dpo", ["data", "sft"], True)
+        assert (d.config.data, d.config.model, d.config.out) == (str(tmp_path / "data"), str(tmp_path / "sft"),
+                                                                 str(tmp_path / "dpo"))
+        assert d.config.beta == 0.2 and d.config.overwrite and not d.config.resume
+        e = stages["eval-dpo"]
+        assert e.config.policy == str(tmp_path / "dpo") and "dpo" in e.deps
+        assert (e.config.reference, e.config.judge) == (str(tmp_path / "sft"), str(tmp_path / "rm-gold"))
+        if "eval" in stages:  # the same evaluation but for the policy and the directory
+            from dataclasses import replace
+
+            assert replace(e.config, policy="p", out="o") == replace(stages["eval"].config, policy="p", out="o")
+    calls: list[str] = []
+
+    def stub(c, resume, out):
+        calls.append(Path(out).name)
+        from ambient_rlhf.io import write_manifest
+
+        write_manifest(out, "stub", {})
+
+    run_pipeline(cfg, runners={k: stub for k in RUNNERS})
+    assert [c for c in calls if c in ("rl", "eval", "dpo", "eval-dpo")] == expected
+    assert "dpo" in RUNNERS
 
 
 def test_resolved_config_is_written_and_runs_again(tmp_path):

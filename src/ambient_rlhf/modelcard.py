@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 CARD_FILE = "README.md"
-MODEL_STAGES = ("sft", "rm", "rm-combine", "rl")
+MODEL_STAGES = ("sft", "rm", "rm-combine", "rl", "dpo")
 
 _WHAT = {
     "sft": "a causal language model fine-tuned on community answers (behaviour cloning, `ambient sft`)",
     "rl": "a causal language model optimised against a reward model (`ambient rl`)",
+    "dpo": "a causal language model fitted to preference pairs by direct preference optimisation (`ambient dpo`)",
     "rm": "a reward model (`ambient rm`)",
     "rm-combine": "a weighted combination of reward models (`ambient rm combine`)",
 }
@@ -80,7 +81,7 @@ def _eval_lines(ev: dict[str, Any]) -> list[str]:
 
 def _load_lines(stage: str, out: Path, rcfg: dict[str, Any] | None, files: Path | None = None) -> list[str]:
     d = str(out)
-    if stage in ("sft", "rl"):
+    if stage in ("sft", "rl", "dpo"):
         lines = ["```python",
                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
                  f"tok = AutoTokenizer.from_pretrained({d!r})",

@@ -21,8 +21,10 @@ Stages, each in its own subdirectory of ``out`` with its ``manifest.json``::
     rm-gold/    reward model on half ``b``: only judges (Gao et al. 2022)
     truth/      simulated community only: how well the raw score, the adjusted rank and
                 both reward models recover the hidden utility (within-thread Spearman)
-    rl/         policy optimisation against rm-proxy, KL to sft
+    rl/         policy optimisation against rm-proxy, KL to sft (``method`` rl or both)
     eval/       rl vs sft on held-out prompts, judged by rm-gold
+    dpo/        direct preference optimisation on the pairs, from sft (``method`` dpo or both)
+    eval-dpo/   dpo vs sft, the same prompts and judge as eval/
     eval-goal/  sft-tier with <|tier:good|> vs sft, same judge
     report/     report.html
 
@@ -45,7 +47,7 @@ replacements for some of them, and :func:`execute` runs any list of :class:`Stag
 with any runners, which is how the orchestration tests check skip / resume /
 re-run-on-change with small local functions instead of training.
 
-**Several processes.**  Under ``accelerate launch``/``torchrun`` SFT and RL run on every
+**Several processes.**  Under ``accelerate launch``/``torchrun`` SFT, RL and DPO run on every
 process; the other stages run on the main process while the rest wait at a barrier.
 """
 
@@ -124,7 +126,7 @@ def plan(cfg: RunConfig) -> list[Stage]:
     """The stages of a run, in order, with their configs wired to each other's outputs."""
     run = Path(cfg.out)
     d = {n: str(run / n) for n in ("simulate", "data", "sft", "sft-tier", "rm-proxy", "rm-gold", "truth", "rl", "eval",
-                                   "eval-goal", "report")}
+                                   "dpo", "eval-dpo", "eval-goal", "report")}
     r = dataclasses.replace
     stages: list[Stage] = []
     if cfg.sources:
@@ -152,11 +154,17 @@ def plan(cfg: RunConfig) -> list[Stage]:
         truth = {"data": d["data"], "reward_models": {"rm-proxy": d["rm-proxy"], "rm-gold": d["rm-gold"]},
                  "split": cfg.eval.split, "batch_size": cfg.eval.batch_size}
         stages.append(Stage("truth", "truth", truth, ["data", "rm-proxy", "rm-gold"]))
-    rl = r(cfg.rl, policy=d["sft"], reward=d["rm-proxy"], data=d["data"], out=d["rl"])
-    stages.append(Stage("rl", "rl", _volatile_off(rl), ["data", "sft", "rm-proxy"], resumable=hasattr(rl, "resume")))
     ev = r(cfg.eval, policy=d["rl"], reference=d["sft"], judge=d["rm-gold"], proxy=d["rm-proxy"], data=d["data"],
            out=d["eval"], goal=None, overwrite=True)
-    stages.append(Stage("eval", "eval", ev, ["data", "sft", "rm-proxy", "rm-gold", "rl"]))
+    if cfg.method in ("rl", "both"):
+        rl = r(cfg.rl, policy=d["sft"], reward=d["rm-proxy"], data=d["data"], out=d["rl"])
+        stages.append(Stage("rl", "rl", _volatile_off(rl), ["data", "sft", "rm-proxy"], resumable=hasattr(rl, "resume")))
+        stages.append(Stage("eval", "eval", ev, ["data", "sft", "rm-proxy", "rm-gold", "rl"]))
+    if cfg.method in ("dpo", "both"):
+        dpo = r(cfg.dpo, data=d["data"], model=d["sft"], out=d["dpo"], resume=False, overwrite=True)
+        stages.append(Stage("dpo", "dpo", dpo, ["data", "sft"], resumable=True))
+        stages.append(Stage("eval-dpo", "eval", r(ev, policy=d["dpo"], out=d["eval-dpo"]),
+                            ["data", "sft", "rm-proxy", "rm-gold", "dpo"]))
     if cfg.goal_model:
         stages.append(Stage("eval-goal", "eval", r(ev, policy=d["sft-tier"], goal="good", out=d["eval-goal"]),
                             ["data", "sft", "sft-tier", "rm-proxy", "rm-gold"]))
@@ -212,6 +220,12 @@ def _run_rl(cfg: Any, resume: bool, out: str) -> None:
     train_rl(_with_resume(cfg, resume))
 
 
+def _run_dpo(cfg: Any, resume: bool, out: str) -> None:
+    from ambient_rlhf.train.dpo import train_dpo
+
+    train_dpo(_with_resume(cfg, resume))
+
+
 def _run_eval(cfg: Any, resume: bool, out: str) -> None:
     from ambient_rlhf.eval.policy_eval import evaluate_policy
 
@@ -237,7 +251,7 @@ def _with_resume(cfg: Any, resume: bool) -> Any:
 
 Runner = Callable[[Any, bool, str], None]
 RUNNERS: dict[str, Runner] = {
-    "simulate": _run_simulate, "data": _run_data, "sft": _run_sft, "rm": _run_rm, "rl": _run_rl,
+    "simulate": _run_simulate, "data": _run_data, "sft": _run_sft, "rm": _run_rm, "rl": _run_rl, "dpo": _run_dpo,
     "truth": _run_truth, "eval": _run_eval, "report": _run_report, **ROUND_RUNNERS,
 }
 """Stage kind -> ``runner(stage_config, resume, out_dir)``.  The injection point of
@@ -273,7 +287,7 @@ def run_pipeline(cfg: RunConfig, runners: dict[str, Runner] | None = None, until
     return execute(Path(cfg.out), stages, {**RUNNERS, **(runners or {})}, to_dict(cfg))
 
 
-DISTRIBUTED_KINDS = {"sft", "rm", "rl"}
+DISTRIBUTED_KINDS = {"sft", "rm", "rl", "dpo"}
 """Stage kinds that run on every process under ``accelerate launch`` / ``torchrun``
 (their trainers shard the batch); every other stage runs on the main process while the
 others wait at a barrier."""

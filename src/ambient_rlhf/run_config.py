@@ -30,13 +30,14 @@ def stage_config_types() -> dict[str, type]:
     """Import the stage config classes (torch and transformers come with them) and make
     them resolvable for :class:`RunConfig`'s annotations."""
     from ambient_rlhf.data.build import DataConfig
+    from ambient_rlhf.train.dpo import DPOConfig
     from ambient_rlhf.eval.policy_eval import EvalConfig
     from ambient_rlhf.train.reward import RewardConfig
     from ambient_rlhf.train.rl import RLConfig
     from ambient_rlhf.train.sft import SFTConfig
 
     types_ = {"DataConfig": DataConfig, "SFTConfig": SFTConfig, "RewardConfig": RewardConfig,
-              "RLConfig": RLConfig, "EvalConfig": EvalConfig}
+              "RLConfig": RLConfig, "DPOConfig": DPOConfig, "EvalConfig": EvalConfig}
     globals().update(types_)
     return types_
 
@@ -104,6 +105,10 @@ class RunConfig:
     goal_model: bool = field(default_factory=_demo("goal_model"))
     """Also train the tier-conditioned SFT model and evaluate it with ``<|tier:good|>``
     against plain SFT on the same judge (goal tokens vs RL)."""
+    method: Literal["rl", "dpo", "both"] = field(default_factory=_demo("method", fallback="rl"))
+    """How the policy learns from the votes: ``rl`` (reward model + ``rl``, evaluated in
+    ``eval/``), ``dpo`` (straight from the pairs, ``dpo/``, evaluated in ``eval-dpo/``) or
+    ``both``, side by side under the same judge in the report."""
     rm_init: Literal["sft", "base"] = field(default_factory=_demo("rm_init"))
     """Reward models start from the ``sft`` model (InstructGPT/Stiennon et al.: the
     reward model shares the policy's view of the text) or from the ``base`` model."""
@@ -123,6 +128,10 @@ class RunConfig:
     rl: RLConfig = field(default_factory=_demo("rl", "RLConfig"))  # noqa: F821
     """Policy optimisation. The run sets ``policy``, ``reward``, ``data``, ``out``,
     ``resume``, ``overwrite`` (giving one is an error)."""
+    dpo: DPOConfig = field(default_factory=_demo("dpo", "DPOConfig"))  # noqa: F821
+    """Direct preference optimisation (``method`` dpo or both), from the run's sft/ model.
+    The run sets ``data``, ``model``, ``out``, ``resume``, ``overwrite`` (giving one is an
+    error)."""
     eval: EvalConfig = field(default_factory=_demo("eval", "EvalConfig"))  # noqa: F821
     """Policy evaluation (both evaluations). The run sets the model paths, ``data``,
     ``out``, ``overwrite`` and ``goal`` (none for ``eval/``, ``good`` for ``eval-goal/``);
@@ -147,8 +156,10 @@ RUN_SET = {
     "rl": {"policy": "the run's sft/", "reward": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's rl/",
            "reference": "the run's sft/ (later rounds start from the last policy)",
            "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
-    "eval": {"policy": "rl/ or sft-tier/", "reference": "the run's sft/", "judge": "the run's rm-gold/",
-             "proxy": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's eval/ and eval-goal/",
+    "dpo": {"data": "the run's data/", "model": "the run's sft/", "out": "the run's dpo/",
+            "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
+    "eval": {"policy": "rl/, dpo/ or sft-tier/", "reference": "the run's sft/", "judge": "the run's rm-gold/",
+             "proxy": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's eval/, eval-dpo/ and eval-goal/",
              "goal": "none for eval/, good for eval-goal/", "overwrite": "the run decides"},
 }
 """Stage keys that :func:`plan` sets, with what it sets them to.  A user's value for one
@@ -226,8 +237,8 @@ def run_config_help() -> str:
     run_defaults = _flatten(to_dict(RunConfig()))
     stage_defaults: dict[str, Any] = {}
     for name, cls in (("simulate", SimulateConfig), ("data", types_["DataConfig"]), ("sft", types_["SFTConfig"]),
-                      ("rm", types_["RewardConfig"]), ("rl", types_["RLConfig"]), ("eval", types_["EvalConfig"]),
-                      ("feedback", FeedbackConfig)):
+                      ("rm", types_["RewardConfig"]), ("rl", types_["RLConfig"]), ("dpo", types_["DPOConfig"]),
+                      ("eval", types_["EvalConfig"]), ("feedback", FeedbackConfig)):
         stage_defaults.update(_flatten(to_dict(cls()), f"{name}."))
     diff = [f"  {k} = {v!r}" for k, v in run_defaults.items() if k in stage_defaults and stage_defaults[k] != v]
     return (text + f"\n\nDefaults of `ambient run` (the demo, {PRESETS / (DEMO + '.yaml')}) that differ from the "

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -190,6 +191,30 @@ def test_summarize_by_hand():
     # mean score difference (1 + 3 + 0 - 5) / 4 = -0.25
     assert r["judge_score"]["difference"]["value"] == -0.25
     assert "true_utility" not in r and "proxy_score" not in r
+
+
+def test_length_controlled_win_rate_by_hand():
+    from ambient_rlhf.eval.policy_summary import length_controlled_win_rate
+
+    # 4 answers 10 tokens longer than the reference (3 wins, 1 loss) and 2 answers 10 shorter
+    # (1 win, 1 loss): raw win rate 4/6.  d = +-10, std(d) = sqrt(8/9) * 10 (mean 10/3), so
+    # x = tanh(d / std) = +-a; the fit is saturated: b + phi a = logit(3/4) = ln 3 and
+    # b - phi a = logit(1/2) = 0, so b = ln(3) / 2 and the LC win rate is
+    # sigmoid(ln(3) / 2) = sqrt(3) / (1 + sqrt(3)) = 0.6340
+    y = np.array([1, 1, 1, 0, 1, 0], float)
+    d = np.array([10, 10, 10, 10, -10, -10], float)
+    r = length_controlled_win_rate(y, d, list("abcdef"), n_resamples=200)
+    assert r["value"] == pytest.approx(math.sqrt(3) / (1 + math.sqrt(3)), abs=1e-4)
+    a = math.tanh(10 / (math.sqrt(8 / 9) * 10))
+    assert r["length_slope"] == pytest.approx(math.log(3) / 2 / a, abs=1e-3)
+    assert r["n"] == 6 and r["low"] <= r["value"] <= r["high"]
+    # equal lengths: nothing to adjust, the LC win rate is the win rate (logit of the mean)
+    same = length_controlled_win_rate(np.array([1, 1, 0, 0.5]), np.zeros(4), list("abcd"), n_resamples=50)
+    assert same["value"] == pytest.approx(0.625, abs=1e-4)
+    # in summarize: every row has policy 3 tokens vs reference 2, so x is constant 0 (std 0)
+    r = summarize(_rows([("x", 2, 1, "c c d"), ("x", 3, 0, "c d e"), ("y", 1, 1, "f f f"), ("y", 0, 5, "g h g")]),
+                  EvalConfig(bootstrap_resamples=50))
+    assert r["length_controlled_win_rate"]["value"] == pytest.approx(0.625, abs=1e-4)
 
 
 def test_verdict_reads_the_interval():

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("ambient_rlhf.cli.generate", "sample completions from a model"),
     "rm": ("ambient_rlhf.cli.rm", "train (default), evaluate (eval) or combine (combine) reward models"),
     "rl": ("ambient_rlhf.cli.rl", "policy optimisation against a reward model: ppo, rloo, reinforce"),
+    "dpo": ("ambient_rlhf.cli.dpo", "direct preference optimisation on upvote pairs (no reward model): dpo, ipo, ..."),
     "eval": ("ambient_rlhf.cli.eval", "compare a policy with its reference on held-out prompts"),
     "label": ("ambient_rlhf.cli.label", "a local web page for explicit A/B comparisons; export them as pairs (export)"),
     "export": ("ambient_rlhf.cli.export", "write a data directory as TRL / datasets files (trl)"),

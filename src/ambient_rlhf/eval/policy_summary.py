@@ -68,6 +68,8 @@ def summarize(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
             tu["spearman_proxy"] = stats.spearman(np.concatenate([col("policy_proxy"), col("reference_proxy")]), both_u)
         tu["policy_samples"] = policy_sample_judge(rows, B, seed)
         result["true_utility"] = tu
+    result["length_controlled_win_rate"] = length_controlled_win_rate(
+        outcomes, col("policy_tokens") - col("reference_tokens"), g, B, seed)
     result["verdict"] = verdict(result["win_rate"])
     # side-by-side table: the first n_table prompts, first sample of each
     table = [r for r in rows if r["sample"] == 0][: cfg.n_table]
@@ -94,6 +96,54 @@ def policy_sample_judge(rows: list[dict[str, Any]], n_resamples: int = 1000, see
         out[name] = {"spearman": stats.spearman_interval(s_pol, u_pol, n_resamples, seed),
                      "pair_accuracy": stats.pair_accuracy(s_all, u_all, group, is_pol)}
     return out
+
+
+LC_L2 = 1e-4
+"""Ridge on the length-controlled fit: keeps it finite when the outcomes separate by length
+(small data), negligible otherwise."""
+
+
+def _lc_fit(y: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+    """(intercept, slope) of the logistic regression of the outcome on ``x``."""
+    from ambient_rlhf.eval.reward_metrics import fit_logistic
+
+    w = fit_logistic(np.column_stack([np.ones_like(x), x]), y, l2=LC_L2)
+    return float(w[0]), float(w[1])
+
+
+def length_controlled_win_rate(outcomes: np.ndarray, len_diff: np.ndarray, groups: list, n_resamples: int = 1000,
+                               seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """The win rate at zero length difference: the regression adjustment of AlpacaEval 2.0's
+    length-controlled win rate (Dubois et al. 2024), for one policy against one reference.
+
+    The judge's outcome (1 win, 0.5 tie, 0 loss) is modelled as
+    ``sigmoid(b + phi * tanh(d / std(d)))`` with ``d`` the policy's minus the reference's
+    answer length in tokens; the length-controlled win rate is ``sigmoid(b)``, the
+    predicted win rate of an answer as long as the reference's.  A policy that wins only by
+    writing longer has a large ``phi`` and an LC win rate near 0.5.  The interval resamples
+    prompts (``groups``), refitting each time.
+
+    Args: outcomes, len_diff (N,); groups (N,) prompt of each row.
+    Returns: ``{"value", "low", "high", "n", "confidence", "length_slope"}``."""
+    y, d = np.asarray(outcomes, float), np.asarray(len_diff, float)
+    nan = float("nan")
+    if y.size == 0:
+        return {"value": nan, "low": nan, "high": nan, "n": 0, "confidence": confidence, "length_slope": nan}
+    sd = float(d.std())
+    x = np.tanh(d / sd) if sd > 0 else np.zeros_like(d)
+    b, phi = _lc_fit(y, x)
+    _, inv = np.unique(np.asarray(groups), return_inverse=True)
+    G = int(inv.max()) + 1
+    members = [np.flatnonzero(inv == k) for k in range(G)]
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_resamples):
+        idx = np.concatenate([members[k] for k in rng.integers(0, G, size=G)])
+        boot.append(_lc_fit(y[idx], x[idx])[0])
+    alpha = (1.0 - confidence) / 2
+    low, high = 1.0 / (1.0 + np.exp(-np.quantile(boot, [alpha, 1 - alpha])))
+    return {"value": float(1.0 / (1.0 + np.exp(-b))), "low": float(low), "high": float(high), "n": G,
+            "confidence": confidence, "length_slope": phi}
 
 
 def verdict(win: dict[str, float]) -> str:

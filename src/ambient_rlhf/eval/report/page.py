@@ -43,7 +43,7 @@ SECTIONS: list[tuple[str, str, Callable]] = [
     ("labels", "Explicit comparisons: agreement between labellers and with the upvotes", label_section),
     ("rl", "RL: score, KL, entropy, length", rl_section),
     ("data", "Data: summary and filters", data_section),
-    ("training", "Training losses (SFT, reward models)", curves_section),
+    ("training", "Training losses (SFT, reward models, DPO)", curves_section),
     ("stages", "Stages", None),  # drawn by render(), which has the run's manifest
 ]
 

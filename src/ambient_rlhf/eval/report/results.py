@@ -78,6 +78,12 @@ def headline(run: dict[str, list[StageDir]]) -> str:
         if isinstance(kl, dict):
             txt += f", at a KL of {fnum(kl.get('value'), 2)} nats per answer"
         txt += "."
+        lc = e.get("length_controlled_win_rate")
+        if isinstance(lc, dict) and _val(lc) is not None:
+            ln = e.get("length") or {}
+            txt += (f" Length-controlled (the win rate at equal length, AlpacaEval 2.0's regression): {interval(lc)}; "
+                    f"mean length {fnum((ln.get('policy') or {}).get('mean_tokens'), 1)} tokens against "
+                    f"{fnum((ln.get('reference') or {}).get('mean_tokens'), 1)}.")
         d = (e.get("judge_score") or {}).get("difference")
         if d:
             txt += f" Mean gold score difference {interval(d)}."
@@ -160,8 +166,9 @@ def win_section(run, figs: Figures) -> str:
     plt = _plt()
     names, vals, ivs = [], [], []
     for s in evals:
-        for key, lab in (("win_rate", "gold judge"), ("proxy_score", "proxy"), ("true_utility", "true utility")):
-            w = s.eval.get(key) if key == "win_rate" else (s.eval.get(key) or {}).get("win_rate")
+        for key, lab in (("win_rate", "gold judge"), ("length_controlled_win_rate", "gold judge, length-controlled"),
+                         ("proxy_score", "proxy"), ("true_utility", "true utility")):
+            w = s.eval.get(key) if "win_rate" in key else (s.eval.get(key) or {}).get("win_rate")
             if not isinstance(w, dict) or _val(w) is None:
                 continue
             names.append(f"{s.name}: {lab}")

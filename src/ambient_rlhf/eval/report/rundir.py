@@ -14,11 +14,13 @@ log = get_logger("report")
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
-STAGES = ("simulate", "data", "sft", "rm", "rl", "eval", "truth", "label")
-OPTIONAL_STAGES = ("label",)
-"""Stages outside the pipeline: listed in the stages table only when present."""
+STAGES = ("simulate", "data", "sft", "rm", "rl", "dpo", "eval", "truth", "label")
+OPTIONAL_STAGES = ("dpo", "label")
+"""Stages outside the default pipeline: listed in the stages table only when present (DPO
+runs with ``ambient run method=dpo|both``)."""
 STAGE_TITLES = {"simulate": "Simulated community", "data": "Data", "sft": "Behaviour cloning (SFT)",
-                "rm": "Reward models", "rl": "Policy optimisation (RL)", "eval": "Policy evaluation",
+                "rm": "Reward models", "rl": "Policy optimisation (RL)",
+                "dpo": "Direct preference optimisation (DPO)", "eval": "Policy evaluation",
                 "truth": "Recovery of the true utility (simulated community)",
                 "label": "Explicit comparisons (ambient label export)"}
 
@@ -48,8 +50,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _classify(name: str, manifest: dict[str, Any]) -> str | None:
     st = str(manifest.get("stage", "")).lower()
     for key, aliases in (("simulate", ("simulate",)), ("data", ("data",)), ("sft", ("sft",)),
-                         ("rm", ("rm", "reward", "rm-combine")), ("rl", ("rl",)), ("eval", ("eval",)),
-                         ("truth", ("truth",)), ("label", ("label",))):
+                         ("rm", ("rm", "reward", "rm-combine")), ("rl", ("rl",)), ("dpo", ("dpo",)),
+                         ("eval", ("eval",)), ("truth", ("truth",)), ("label", ("label",))):
         if st in aliases:
             return key
     n = name.lower()

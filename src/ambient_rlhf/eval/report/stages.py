@@ -285,9 +285,9 @@ def rl_section(run, figs: Figures) -> str:
 
 
 def curves_section(run, figs: Figures) -> str:
-    """Loss curves of the SFT and reward-model stages (metrics whose name has 'loss'),
+    """Loss curves of the SFT, reward-model and DPO stages (metrics whose name has 'loss'),
     one panel per stage directory."""
-    stages = [s for st in ("sft", "rm") for s in run[st] if s.metrics]
+    stages = [s for st in ("sft", "rm", "dpo") for s in run[st] if s.metrics]
     panels = []
     for s in stages:
         keys = sorted({k for r in s.metrics for k in r if "loss" in k})[:4]
@@ -296,7 +296,7 @@ def curves_section(run, figs: Figures) -> str:
         if series:
             panels.append((s.name, series))
     if not panels:
-        return not_run("SFT and reward-model training") if not stages else "<p class='missing'>no loss curves logged.</p>"
+        return not_run("SFT, reward-model and DPO training") if not stages else "<p class='missing'>no loss curves logged.</p>"
     plt = _plt()
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
