@@ -122,9 +122,10 @@ class RunConfig:
     """Policy optimisation. The run sets ``policy``, ``reward``, ``data``, ``out``,
     ``resume``, ``overwrite`` (giving one is an error)."""
     eval: EvalConfig = field(default_factory=_demo("eval", "EvalConfig"))  # noqa: F821
-    """Policy evaluation (both evaluations). The run sets the model paths, ``data``,
-    ``out``, ``overwrite`` and ``goal`` (none for ``eval/``, ``good`` for ``eval-goal/``);
-    giving one is an error."""
+    """Policy evaluation (every evaluation). The run sets the model paths, ``data``,
+    ``out``, ``overwrite``, ``goal`` (none for ``eval/``, ``good`` for ``eval-goal/`` and
+    ``eval-steer/``) and ``reference_goal`` (``bad`` for ``eval-steer/``, the steering
+    test); giving one is an error."""
 
 
 RUN_SET = {
@@ -136,9 +137,11 @@ RUN_SET = {
            "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
     "rl": {"policy": "the run's sft/", "reward": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's rl/",
            "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
-    "eval": {"policy": "rl/ or sft-tier/", "reference": "the run's sft/", "judge": "the run's rm-gold/",
-             "proxy": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's eval/ and eval-goal/",
-             "goal": "none for eval/, good for eval-goal/", "overwrite": "the run decides"},
+    "eval": {"policy": "rl/ or sft-tier/", "reference": "the run's sft/ (sft-tier/ for eval-steer/)",
+             "judge": "the run's rm-gold/", "proxy": "the run's rm-proxy/", "data": "the run's data/",
+             "out": "the run's eval/, eval-goal/ and eval-steer/",
+             "goal": "none for eval/, good for eval-goal/ and eval-steer/",
+             "reference_goal": "bad for eval-steer/, else none", "overwrite": "the run decides"},
 }
 """Stage keys that :func:`plan` sets, with what it sets them to.  A user's value for one
 of them is refused (never silently replaced)."""

@@ -11,6 +11,7 @@ from ambient_rlhf.eval.report.markup import Figures, esc
 from ambient_rlhf.eval.report.results import (frontier_section, headline, samples_section, simulated_section,
                                               win_section)
 from ambient_rlhf.eval.report.rundir import REPORT_DIR, REPORT_FILE, STAGES, StageDir, _read_json, discover
+from ambient_rlhf.eval.report.steering import steering_section
 from ambient_rlhf.eval.report.stages import curves_section, data_section, rl_section, rm_section, stages_table
 from ambient_rlhf.io import atomic_dir, write_manifest
 from ambient_rlhf.logging import get_logger
@@ -33,6 +34,7 @@ img{max-width:100%;display:block;margin:.6em 0}.missing{color:#888;font-style:it
 SECTIONS: list[tuple[str, str, Callable]] = [
     ("headline", "Headline", lambda run, figs: headline(run)),
     ("win", "Win rates on held-out prompts", win_section),
+    ("steering", "Goals: the steering test and the token shift", steering_section),
     ("frontier", "Reward vs KL", frontier_section),
     ("simulated", "Simulated community: true utility vs proxy and gold rewards", simulated_section),
     ("samples", "Samples side by side", samples_section),
