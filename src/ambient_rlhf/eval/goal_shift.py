@@ -46,6 +46,7 @@ def _shift_pass(model, tok, template: str, prompts: Sequence[str], responses: Se
     Sequences are left-padded with explicit position ids, and logits are kept only for
     the last ``L + 1`` positions (L = longest response), as in
     :func:`ambient_rlhf.eval.policy_eval.response_logprobs`."""
+    from ambient_rlhf.models.soft_prompt import select_goal
     from ambient_rlhf.models.tokenize import encode_pair, pad_batch
 
     device = next(model.parameters()).device
@@ -59,13 +60,14 @@ def _shift_pass(model, tok, template: str, prompts: Sequence[str], responses: Se
     q_sum: torch.Tensor | None = None
     for start in range(0, N, cfg.batch_size):
         sl = slice(start, min(start + cfg.batch_size, N))
-        enc = {g: [encode_pair(tok, p, r, cfg.max_prompt_tokens, cfg.max_new_tokens, template, g)
-                   for p, r in zip(prompts[sl], responses[sl])] for g in (goal_p, goal_q)}
-        n_resp = [len(e.input_ids) - e.prompt_len for e in enc[goal_p]]
-        L = max(max(n_resp), 1)
-        logps = []
+        logps, n_resp = [], []
         for g in (goal_p, goal_q):
-            ids, mask = pad_batch([e.input_ids for e in enc[g]], pad, "left")
+            # a soft-prompt model: the goal selects its prompt and the text has no goal token
+            enc = [encode_pair(tok, p, r, cfg.max_prompt_tokens, cfg.max_new_tokens, template, select_goal(model, g))
+                   for p, r in zip(prompts[sl], responses[sl])]
+            n_resp = n_resp or [len(e.input_ids) - e.prompt_len for e in enc]
+            L = max(max(n_resp), 1)
+            ids, mask = pad_batch([e.input_ids for e in enc], pad, "left")
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             kw = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                       use_cache=False)

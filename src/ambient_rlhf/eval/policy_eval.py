@@ -205,12 +205,21 @@ def _encode(tok, prompt: str, response: str, cfg: EvalConfig, template: str, goa
     return encode_pair(tok, prompt, response, cfg.max_prompt_tokens, cfg.max_new_tokens, template, goal)
 
 
+def _text_goal(side: Side) -> str | None:
+    """The goal token to write into ``side``'s prompts; a soft-prompt model selects its
+    goal's prompt instead (and gets no token)."""
+    from ambient_rlhf.models.soft_prompt import select_goal
+
+    return select_goal(side.model, side.goal)
+
+
 def response_lengths(side: Side, prompts: list[str], responses: list[str], cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
     """Response length in tokens (EOS not counted) and whether each answer stopped (ended
     with EOS before ``max_new_tokens``).  (N,), (N,)."""
     n, stopped = np.zeros(len(prompts), dtype=int), np.zeros(len(prompts), dtype=bool)
+    goal = _text_goal(side)
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        e = _encode(side.tok, p, r, cfg, side.template, side.goal)
+        e = _encode(side.tok, p, r, cfg, side.template, goal)
         stopped[i] = not e.response_truncated
         n[i] = len(e.input_ids) - e.prompt_len - int(stopped[i])
     return n, stopped
@@ -233,8 +242,9 @@ def response_logprobs(side: Side, prompts: list[str], responses: list[str], cfg:
     sums = np.zeros(len(prompts))
     counts = np.zeros(len(prompts), dtype=int)
     pad = side.tok.pad_token_id
+    goal = _text_goal(side)
     for start in range(0, len(prompts), cfg.batch_size):
-        enc = [_encode(side.tok, p, r, cfg, side.template, side.goal) for p, r in zip(prompts[start:start + cfg.batch_size],
+        enc = [_encode(side.tok, p, r, cfg, side.template, goal) for p, r in zip(prompts[start:start + cfg.batch_size],
                                                                 responses[start:start + cfg.batch_size])]
         T = max(len(e.input_ids) for e in enc)
         L = max(max(len(e.input_ids) - e.prompt_len for e in enc), 1)  # longest response
