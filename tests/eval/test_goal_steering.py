@@ -163,3 +163,53 @@ def test_without_a_reference_goal_there_is_no_steering_block():
     r = summarize(_rows([("x", 1)]), EvalConfig(goal="good", bootstrap_resamples=50))
     assert "steering" not in r
     assert r["length"]["difference"]["value"] == 1.0
+
+
+def test_cli_prints_the_steering_line(models, tmp_path, capsys):
+    from ambient_rlhf.cli import main
+
+    args = ["eval", "--policy", models["tier"], "--reference", models["tier"], "--goal", "good", "--reference-goal",
+            "bad", "--judge", models["judge"], "--data", models["data"], "--out", str(tmp_path / "c"),
+            "n_prompts=2", "samples_per_prompt=1", "max_new_tokens=4", "bootstrap_resamples=50"]
+    assert main(args) == 0
+    assert "steering: goal good minus goal bad on the judge:" in capsys.readouterr().out  # not simulated data
+    assert json.loads((tmp_path / "c" / "eval.json").read_text())["steering"]["by"] == "judge"
+
+
+def test_steering_test_of_a_soft_prompt_model(models, tmp_path, tiny_model_path):
+    # a frozen model with one soft prompt per tier: the goal selects a prompt, not a token;
+    # the reference for the token shift is peft's own forward with the tier's adapter active
+    from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
+    from ambient_rlhf.models.soft_prompt import wrap
+    from ambient_rlhf.models.tokenize import encode_pair
+    from ambient_rlhf.train.generate import generate
+
+    tok = load_tokenizer(tiny_model_path)
+    lm = wrap(load_causal_lm(tiny_model_path), tok, ["good", "ok", "bad"], 2, "a {name} answer")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n in lm.names:
+            lm.peft.prompt_encoder[n].embedding.weight.copy_(3 * torch.randn(2, lm.config.hidden_size))
+    lm.save_pretrained(tmp_path / "soft")
+    tok.save_pretrained(tmp_path / "soft")
+    soft = str(tmp_path / "soft")
+    cfg = _cfg(models, tmp_path / "e", policy=soft, reference=soft, n_prompts=2)
+    r = evaluate_policy(cfg, true_utility=_length)
+    rows = [json.loads(x) for x in (tmp_path / "e" / "samples.jsonl").read_text().splitlines()]
+    m = load_causal_lm(soft)
+    ptok = load_tokenizer(soft, padding_side="left")
+    kw = dict(max_new_tokens=6, temperature=0.7, batch_size=3, seed=0, max_prompt_tokens=cfg.max_prompt_tokens)
+    assert generate((m, ptok), [x["prompt"] for x in rows], goal="bad", **kw) == [x["reference"] for x in rows]
+    kl_seq = []
+    for row in rows:
+        e = encode_pair(ptok, row["prompt"], row["policy"], cfg.max_prompt_tokens, cfg.max_new_tokens)  # no goal token
+        ids = torch.tensor([e.input_ids])
+        lp = {}
+        for g in ("good", "bad"):
+            m.peft.set_adapter(g)
+            with torch.no_grad():  # peft prepends 2 virtual tokens
+                logits = m.peft(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 2 + e.prompt_len - 1:-1]
+            lp[g] = torch.log_softmax(logits / cfg.temperature, -1)
+        kl_seq.append(float((lp["good"].exp() * (lp["good"] - lp["bad"])).sum()))
+    assert r["token_shift"]["kl"]["sequence"]["value"] == pytest.approx(np.mean(kl_seq), rel=1e-3)
+    assert r["token_shift"]["kl"]["sequence"]["value"] > 1e-3  # the prompts differ, so the distributions do
