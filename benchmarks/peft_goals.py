@@ -67,6 +67,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--response-length", type=int, default=32)
     ap.add_argument("--n-prompts", type=int, default=12, help="held-out prompts of each evaluation")
     ap.add_argument("--methods", default="full,lora,prompt")
+    ap.add_argument("--rl-extra", default="", help="more `ambient rl` overrides for every method, space-separated "
+                    "(a tiny random policy never ends an answer: missing_eos_score=null)")
+    ap.add_argument("--lrs", default="", help="learning rates instead of the usual ones, e.g. "
+                    "full=1e-3,lora=1e-2,prompt=1e-1 (a tiny random model needs far larger steps)")
     ap.add_argument("--sft", action="store_true", help="also a soft-prompt tier SFT and its steering test")
     ap.add_argument("--sft-steps", type=int, default=8)
     ap.add_argument("--model", default="default", help="start model of the soft-prompt SFT (the run's model)")
@@ -75,15 +79,20 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     amb = [sys.executable, "-m", "ambient_rlhf.cli"]
     budget = ["--algo", "rloo", f"steps={a.steps}", "batch_size=2", "rloo_k=4", f"response_length={a.response_length}",
-              "max_prompt_tokens=128", "save_every=0", "samples_per_log=0", "seed=0"]
+              "max_prompt_tokens=128", "save_every=0", "samples_per_log=0", "seed=0", *a.rl_extra.split()]
     ev = [f"n_prompts={a.n_prompts}", "samples_per_prompt=1", f"max_new_tokens={a.response_length}",
           "max_prompt_tokens=128", "--judge", str(run / "rm-gold"), "--proxy", str(run / "rm-proxy"),
           "--data", str(run / "data"), "--overwrite"]
+    lrs = dict(kv.split("=") for kv in a.lrs.split(",") if kv)
+    key = {"full": "lr", "lora": "lr", "prompt": "prompt_tuning.lr"}
+    methods = {m: [x for x in args if not x.startswith(key[m] + "=")] + ([f"{key[m]}={lrs[m]}"] if m in lrs else
+                                                                         [x for x in args if x.startswith(key[m] + "=")])
+               for m, args in METHODS.items()}
     results: dict = {"budget": budget, "eval": ev, "methods": {}}
-    for m in a.methods.split(","):
+    for m in [x for x in a.methods.split(",") if x]:  # "" : only --sft
         rl_dir, ev_dir = out / f"rl-{m}", out / f"eval-{m}"
         rl_cmd = [*amb, "rl", "--policy", str(run / "sft"), "--reward", str(run / "rm-proxy"), "--data",
-                  str(run / "data"), "--out", str(rl_dir), "--overwrite", *budget, *METHODS[m]]
+                  str(run / "data"), "--out", str(rl_dir), "--overwrite", *budget, *methods[m]]
         t_rl = _run(rl_cmd, out / f"rl-{m}.log")
         ev_cmd = [*amb, "eval", "--policy", str(rl_dir), "--reference", str(run / "sft"), "--out", str(ev_dir), *ev]
         t_ev = _run(ev_cmd, out / f"eval-{m}.log")

@@ -168,9 +168,9 @@ def test_report_of_a_full_run(full_report):
     # the steering test is stated as one (a goal, not a policy, is tested), on the true utility
     assert ("[eval-steer] Steering test on 12 held-out prompts: the goal token of <code>sft-tier</code> "
             "<b>steers</b> — goal <code>good</code> minus goal <code>bad</code>, same seeds: true utility ") in head
-    assert "moved by 0.060 nats per token (exact KL)" in head
+    assert "moved by 0.0600 nats per token (exact KL; 0.4000 at the first)" in head
     steer = page[page.index("id='steering'"):page.index("id='frontier'")]
-    assert "<td>&#x27; thanks&#x27;</td><td>0.020</td><td>0.005</td><td>+1.50e-02</td><td>&#x27; no&#x27;</td>" in steer
+    assert "<td>&#x27; thanks&#x27;</td><td>0.0200</td><td>0.0050</td><td>+1.50e-02</td><td>&#x27; no&#x27;</td>" in steer
     assert "&lt;script&gt;" in steer and "<script>" not in steer
     # reward models: 0.69 +- 0.04 vs longer 0.62 +- 0.04 -> 0.65 > 0.66? no: overlapping -> "some"
     # (it beats loglik 0.52 +- 0.04 clearly: 0.65 > 0.56)

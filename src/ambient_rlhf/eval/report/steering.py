@@ -35,7 +35,8 @@ def steering_headline(s: StageDir) -> str:
     ts = e.get("token_shift") or {}
     if ts.get("kl"):
         txt += (f". Only the input changed, and the next-token distribution moved by "
-                f"{fnum(ts['kl'].get('per_token'), 3)} nats per token (exact KL)")
+                f"{fnum(ts['kl'].get('per_token'), 4)} nats per token (exact KL; "
+                f"{fnum(ts['kl'].get('first_token'), 4)} at the first)")
     return txt + " (95% intervals over threads).</li>"
 
 
@@ -69,9 +70,9 @@ def token_shift_part(name: str, ts: dict[str, Any], figs: Figures) -> str:
     kl, rev = ts.get("kl") or {}, ts.get("reverse_kl") or {}
     out.append(table(["answers", "KL per answer (exact, 95% interval)", "per token", "first token", "tokens"],
                      [[f"sampled with goal {a}: KL(p_{a} || p_{b})", ("html", interval(kl.get("sequence"), 2)),
-                       kl.get("per_token"), kl.get("first_token"), kl.get("tokens")],
+                       fnum(kl.get("per_token"), 4), fnum(kl.get("first_token"), 4), kl.get("tokens")],
                       [f"sampled with goal {b}: KL(p_{b} || p_{a})", ("html", interval(rev.get("sequence"), 2)),
-                       rev.get("per_token"), rev.get("first_token"), rev.get("tokens")]], "compact"))
+                       fnum(rev.get("per_token"), 4), fnum(rev.get("first_token"), 4), rev.get("tokens")]], "compact"))
     bp = ts.get("by_position") or {}
     if bp.get("kl"):
         plt = _plt()
@@ -93,7 +94,7 @@ def token_shift_part(name: str, ts: dict[str, Any], figs: Figures) -> str:
             row: list[Any] = []
             for lst in (gained, lost):
                 t = lst[i] if i < len(lst) else {}
-                row += [repr(t["token"]) if t else "", t.get("p_goal"), t.get("p_reference_goal"),
+                row += [repr(t["token"]) if t else "", fnum(t.get("p_goal"), 4), fnum(t.get("p_reference_goal"), 4),
                         (f"{t['difference']:+.2e}" if t else "")]
             rows.append(row)
         out.append(f"<p>Mean probability of each token over all {fnum(ts.get('positions'))} response positions of "
