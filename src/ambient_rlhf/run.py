@@ -26,6 +26,7 @@ Stages, each in its own subdirectory of ``out`` with its ``manifest.json``::
     dpo/        direct preference optimisation on the pairs, from sft (``method`` dpo or both)
     eval-dpo/   dpo vs sft, the same prompts and judge as eval/
     eval-goal/  sft-tier with <|tier:good|> vs sft, same judge
+    eval-steer/ the steering test: sft-tier with <|tier:good|> vs itself with <|tier:bad|>
     report/     report.html
 
 **Idempotent.**  Every stage has a *key*: the sha256 of its resolved config (paths
@@ -126,7 +127,7 @@ def plan(cfg: RunConfig) -> list[Stage]:
     """The stages of a run, in order, with their configs wired to each other's outputs."""
     run = Path(cfg.out)
     d = {n: str(run / n) for n in ("simulate", "data", "sft", "sft-tier", "rm-proxy", "rm-gold", "truth", "rl", "eval",
-                                   "dpo", "eval-dpo", "eval-goal", "report")}
+                                   "dpo", "eval-dpo", "eval-goal", "eval-steer", "report")}
     r = dataclasses.replace
     stages: list[Stage] = []
     if cfg.sources:
@@ -155,7 +156,7 @@ def plan(cfg: RunConfig) -> list[Stage]:
                  "split": cfg.eval.split, "batch_size": cfg.eval.batch_size}
         stages.append(Stage("truth", "truth", truth, ["data", "rm-proxy", "rm-gold"]))
     ev = r(cfg.eval, policy=d["rl"], reference=d["sft"], judge=d["rm-gold"], proxy=d["rm-proxy"], data=d["data"],
-           out=d["eval"], goal=None, overwrite=True)
+           out=d["eval"], goal=None, reference_goal=None, overwrite=True)
     if cfg.method in ("rl", "both"):
         rl = r(cfg.rl, policy=d["sft"], reward=d["rm-proxy"], data=d["data"], out=d["rl"])
         stages.append(Stage("rl", "rl", _volatile_off(rl), ["data", "sft", "rm-proxy"], resumable=hasattr(rl, "resume")))
@@ -168,6 +169,10 @@ def plan(cfg: RunConfig) -> list[Stage]:
     if cfg.goal_model:
         stages.append(Stage("eval-goal", "eval", r(ev, policy=d["sft-tier"], goal="good", out=d["eval-goal"]),
                             ["data", "sft", "sft-tier", "rm-proxy", "rm-gold"]))
+        # the steering test: the same model and seeds, only the goal token differs
+        steer = r(ev, policy=d["sft-tier"], reference=d["sft-tier"], goal="good", reference_goal="bad",
+                  out=d["eval-steer"])
+        stages.append(Stage("eval-steer", "eval", steer, ["data", "sft-tier", "rm-proxy", "rm-gold"]))
     stages.append(Stage("report", "report", {"run_dir": str(run)}, [s.name for s in stages]))
     return plan_rounds(cfg, stages, Stage)  # rounds 2..N (rounds=N), before the report
 

@@ -133,9 +133,10 @@ class RunConfig:
     The run sets ``data``, ``model``, ``out``, ``resume``, ``overwrite`` (giving one is an
     error)."""
     eval: EvalConfig = field(default_factory=_demo("eval", "EvalConfig"))  # noqa: F821
-    """Policy evaluation (both evaluations). The run sets the model paths, ``data``,
-    ``out``, ``overwrite`` and ``goal`` (none for ``eval/``, ``good`` for ``eval-goal/``);
-    giving one is an error."""
+    """Policy evaluation (every evaluation). The run sets the model paths, ``data``,
+    ``out``, ``overwrite``, ``goal`` (none for ``eval/``, ``good`` for ``eval-goal/`` and
+    ``eval-steer/``) and ``reference_goal`` (``bad`` for ``eval-steer/``, the steering
+    test); giving one is an error."""
     rounds: int = field(default_factory=_demo("rounds", fallback=1))
     """Rounds of iterated RLHF (``ambient_rlhf.rounds``): after round 1 (rm-proxy, rl,
     eval), each round r collects feedback on the last policy's answers (``feedback.*``),
@@ -158,9 +159,11 @@ RUN_SET = {
            "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
     "dpo": {"data": "the run's data/", "model": "the run's sft/", "out": "the run's dpo/",
             "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
-    "eval": {"policy": "rl/, dpo/ or sft-tier/", "reference": "the run's sft/", "judge": "the run's rm-gold/",
-             "proxy": "the run's rm-proxy/", "data": "the run's data/", "out": "the run's eval/, eval-dpo/ and eval-goal/",
-             "goal": "none for eval/, good for eval-goal/", "overwrite": "the run decides"},
+    "eval": {"policy": "rl/, dpo/ or sft-tier/", "reference": "the run's sft/ (sft-tier/ for eval-steer/)",
+             "judge": "the run's rm-gold/", "proxy": "the run's rm-proxy/", "data": "the run's data/",
+             "out": "the run's eval/, eval-dpo/, eval-goal/ and eval-steer/",
+             "goal": "none for eval/ and eval-dpo/, good for eval-goal/ and eval-steer/",
+             "reference_goal": "bad for eval-steer/, else none", "overwrite": "the run decides"},
 }
 """Stage keys that :func:`plan` sets, with what it sets them to.  A user's value for one
 of them is refused (never silently replaced)."""

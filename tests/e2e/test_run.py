@@ -28,7 +28,8 @@ TINY = [
     "rl.missing_eos_score=null",
     "eval.n_prompts=4", "eval.max_new_tokens=8", "eval.bootstrap_resamples=100",
 ]
-ALL = ["simulate", "data", "sft", "sft-tier", "rm-proxy", "rm-gold", "truth", "rl", "eval", "eval-goal", "report"]
+ALL = ["simulate", "data", "sft", "sft-tier", "rm-proxy", "rm-gold", "truth", "rl", "eval", "eval-goal", "eval-steer",
+       "report"]
 
 
 def _stages(run: Path) -> dict[str, str]:
@@ -83,6 +84,12 @@ def test_every_stage_wrote_its_directory(run_dir):
     assert ev["judge"].endswith("rm-gold") and ev["proxy"].endswith("rm-proxy") and ev["policy"].endswith("rl")
     goal = json.loads((run_dir / "eval-goal" / "manifest.json").read_text())["config"]
     assert goal["goal"] == "good" and goal["policy"].endswith("sft-tier")
+    # the steering test: one model on both sides, only the goal differs
+    steer = json.loads((run_dir / "eval-steer" / "manifest.json").read_text())["config"]
+    assert steer["policy"] == steer["reference"] and steer["policy"].endswith("sft-tier")
+    assert (steer["goal"], steer["reference_goal"]) == ("good", "bad")
+    st = json.loads((run_dir / "eval-steer" / "eval.json").read_text())
+    assert st["steering"]["by"] == "true_utility" and "token_shift" in st
     assert (run_dir / "simulate" / "truth" / "utility.parquet").is_file()
     # the data stage recorded where its data came from (read by the report and eval)
     data = json.loads((run_dir / "data" / "manifest.json").read_text())

@@ -211,6 +211,6 @@ def test_until_stops_after_the_named_stage_and_a_full_run_finishes(tmp_path):
     assert [s["name"] for s in m["stages"]] == calls
     calls.clear()
     run_pipeline(cfg, runners)  # without --until: only the stages after rm-gold run
-    assert calls == ["truth", "rl", "eval", "eval-goal", "report"]
+    assert calls == ["truth", "rl", "eval", "eval-goal", "eval-steer", "report"]
     with pytest.raises(AmbientError, match="not a stage of this run.*rm-proxy"):
         run_pipeline(cfg, runners, until="rm")

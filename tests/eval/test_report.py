@@ -81,9 +81,10 @@ def _eval_rows(rng, n_prompts: int, shift: float) -> list[dict]:
 
 def _eval_dir(d: Path, rows: list[dict], **cfg) -> None:
     _manifest(d, "eval", seconds={"total_s": 42.0})
-    c = EvalConfig(policy=cfg.get("policy", "run/rl"), reference="run/sft", judge="run/rm-gold", data="run/data",
-                   proxy="run/rm-proxy", goal=cfg.get("goal"), bootstrap_resamples=300)
-    (d / "eval.json").write_text(json.dumps(summarize(rows, c)))
+    c = EvalConfig(policy=cfg.get("policy", "run/rl"), reference=cfg.get("reference", "run/sft"), judge="run/rm-gold",
+                   data="run/data", proxy="run/rm-proxy", goal=cfg.get("goal"), reference_goal=cfg.get("reference_goal"),
+                   bootstrap_resamples=300)
+    (d / "eval.json").write_text(json.dumps({**summarize(rows, c), **cfg.get("extra", {})}))
     _jsonl(d / "samples.jsonl", rows)
 
 
@@ -112,6 +113,19 @@ def make_run_dir(root: Path) -> Path:
          "gen/length": 40 + i, "kl/beta": 0.05, "gen/eos_rate": 0.9} for i in range(1, 31)])
     _eval_dir(run / "eval", _eval_rows(rng, 12, shift=0.8))
     _eval_dir(run / "eval-goal", _eval_rows(rng, 12, shift=0.0), policy="run/sft-tier", goal="good")
+    # the steering test: one model, goal good vs goal bad; the token shift as goal_shift writes it
+    shift = {"goal": "good", "reference_goal": "bad", "temperature": 0.7, "positions": 400, "tv_of_mean": 0.12,
+             "kl": {"on": "good", "sequence": {"value": 2.5, "low": 2.0, "high": 3.1, "n": 12}, "per_token": 0.06,
+                    "first_token": 0.4, "tokens": 200},
+             "reverse_kl": {"on": "bad", "sequence": {"value": 2.1, "low": 1.7, "high": 2.6, "n": 12},
+                            "per_token": 0.05, "first_token": 0.3, "tokens": 200},
+             "by_position": {"kl": [0.4, 0.1, None, 0.05], "reverse_kl": [0.3, 0.08, 0.02, 0.04],
+                             "n": [12, 12, 0, 6], "n_reverse": [12, 12, 8, 6]},
+             "gained": [{"id": 1, "token": " thanks", "p_goal": 0.02, "p_reference_goal": 0.005, "difference": 0.015},
+                        {"id": 2, "token": EVIL, "p_goal": 0.01, "p_reference_goal": 0.004, "difference": 0.006}],
+             "lost": [{"id": 3, "token": " no", "p_goal": 0.001, "p_reference_goal": 0.02, "difference": -0.019}]}
+    _eval_dir(run / "eval-steer", _eval_rows(rng, 12, shift=0.8), policy="run/sft-tier", reference="run/sft-tier",
+              goal="good", reference_goal="bad", extra={"token_shift": shift})
     (run / "notes").mkdir()  # an unrelated folder is ignored
     (run / "manifest.json").write_text(json.dumps({"stage": "run", "status": "finished", "seconds": 1500.0, "stages": [
         {"name": "rl", "status": "ran", "seconds": 610.0}, {"name": "rl-long", "status": "failed"}]}))
@@ -151,6 +165,13 @@ def test_report_of_a_full_run(full_report):
     head = page[page.index("id='headline'"):page.index("id='win'")]
     assert "[eval] On the gold judge <code>rm-gold</code>, the policy <code>rl</code> <b>beat</b>" in head
     assert "[eval-goal]" in head and "<b>did not clearly beat</b>" in head and "goal <code>good</code>" in head
+    # the steering test is stated as one (a goal, not a policy, is tested), on the true utility
+    assert ("[eval-steer] Steering test on 12 held-out prompts: the goal token of <code>sft-tier</code> "
+            "<b>steers</b> — goal <code>good</code> minus goal <code>bad</code>, same seeds: true utility ") in head
+    assert "moved by 0.0600 nats per token (exact KL; 0.4000 at the first)" in head
+    steer = page[page.index("id='steering'"):page.index("id='frontier'")]
+    assert "<td>&#x27; thanks&#x27;</td><td>0.0200</td><td>0.0050</td><td>+1.50e-02</td><td>&#x27; no&#x27;</td>" in steer
+    assert "&lt;script&gt;" in steer and "<script>" not in steer
     # reward models: 0.69 +- 0.04 vs longer 0.62 +- 0.04 -> 0.65 > 0.66? no: overlapping -> "some"
     # (it beats loglik 0.52 +- 0.04 clearly: 0.65 > 0.56)
     assert "[rm-gold on askacademia] reward-model pairwise accuracy 0.690 [0.650, 0.730]" in head
@@ -161,9 +182,9 @@ def test_report_of_a_full_run(full_report):
     assert "Hidden utility = 1·relevance + 0.5·sentiment + 0.5·length − 1·repetition." in page
     for section in ("data_counts_data", "data_counts_simulate", "data_data_score_distribution", "rm_accuracy_rm_gold_on_askacademia", "rm_calibration_rm_proxy_on_askacademia",
                     "rm_rm_gold_on_askacademia_accuracy_buckets", "rl_curves_rl", "frontier", "win_rates",
-                    "true_utility_eval", "true_vs_reward_eval", "training_losses"):
+                    "true_utility_eval", "true_vs_reward_eval", "training_losses", "goal_kl_by_position_eval_steer"):
         assert (run / REPORT_DIR / f"{section}.png").is_file(), section
-    assert json.loads((run / REPORT_DIR / "manifest.json").read_text())["counts"]["eval"] == 2
+    assert json.loads((run / REPORT_DIR / "manifest.json").read_text())["counts"]["eval"] == 3
 
 
 def test_report_of_an_empty_run_says_not_run(tmp_path):

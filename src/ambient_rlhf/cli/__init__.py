@@ -61,6 +61,23 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+PEFT_CHOICES = ("none", "lora", "prompt")
+PEFT_HELP = ("lora: low-rank adapters; prompt: soft prompts only, every model weight frozen "
+             "(peft prompt tuning); none: full fine-tuning (the default)")
+
+
+def peft_overrides(argv: list[str]) -> list[str]:
+    """``--peft lora|prompt|none`` as config overrides (``lora.enabled``,
+    ``prompt_tuning.enabled``), appended after the user's own so the flag wins."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--peft", choices=PEFT_CHOICES)
+    known, _ = pre.parse_known_args(argv)
+    if known.peft is None:
+        return []
+    return [f"lora.enabled={str(known.peft == 'lora').lower()}",
+            f"prompt_tuning.enabled={str(known.peft == 'prompt').lower()}"]
+
+
 def parse_stage(parser: argparse.ArgumentParser, argv: list[str], config_cls: type,
                 values: tuple[str, ...] = (), switches: tuple[str, ...] = ()):
     """The shared front half of a stage command.

@@ -20,10 +20,13 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--proxy", help="optional: the reward model RL optimised, scored alongside")
     p.add_argument("--out", help="output directory (default: eval)")
     p.add_argument("--goal", choices=list(TIERS), help="goal token for a tier-conditioned policy")
+    p.add_argument("--reference-goal", dest="reference_goal", choices=list(TIERS),
+                   help="goal token for the reference; with --reference = --policy and --goal good "
+                        "--reference-goal bad this is the steering test (only the goal differs)")
     p.add_argument("--split", help="split of the prompts (default: test)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args, cfg = parse_stage(p, argv, EvalConfig,
-                            values=("policy", "reference", "judge", "data", "proxy", "out", "goal", "split"),
+                            values=("policy", "reference", "judge", "data", "proxy", "out", "goal", "reference_goal", "split"),
                             switches=("overwrite",))
     if cfg is None:
         return 0
@@ -37,4 +40,11 @@ def cli(argv: list[str]) -> int:
         print(f"{name} on the policy's own samples: Spearman with the true utility {sp['value']:.2f} "
               f"[{sp['low']:.2f}, {sp['high']:.2f}], pair accuracy {m['pair_accuracy']['value']:.2f} "
               f"({m['pair_accuracy']['n']} pairs)")
+    st = r.get("steering")
+    if st:
+        d = st[st["by"]]
+        print(f"steering: goal {st['goal']} minus goal {st['reference_goal']} on the {st['by'].replace('_', ' ')}: "
+              f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({st['verdict']}); length "
+              f"{st['length_tokens']['value']:+.1f} tokens [{st['length_tokens']['low']:+.1f}, "
+              f"{st['length_tokens']['high']:+.1f}]")
     return 0

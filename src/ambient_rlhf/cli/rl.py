@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-from ambient_rlhf.cli import common_parser, parse_stage
+from ambient_rlhf.cli import PEFT_CHOICES, PEFT_HELP, common_parser, parse_stage, peft_overrides
 from ambient_rlhf.train.rl.config import RLConfig
 from ambient_rlhf.train.rl.loop import train_rl
 
@@ -21,7 +21,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
-    args, cfg = parse_stage(p, argv, RLConfig, values=("policy", "reward", "data", "algo", "out"),
+    p.add_argument("--peft", choices=PEFT_CHOICES, help=PEFT_HELP + "; prompt: the KL to the reference is paid "
+                   "through the soft prompt alone")
+    args, cfg = parse_stage(p, argv + peft_overrides(argv), RLConfig, values=("policy", "reward", "data", "algo", "out"),
                             switches=("resume", "overwrite"))
     if cfg is None:
         return 0

@@ -6,7 +6,7 @@ import argparse
 import os
 
 
-from ambient_rlhf.cli import common_parser, parse_stage
+from ambient_rlhf.cli import PEFT_CHOICES, PEFT_HELP, common_parser, parse_stage, peft_overrides
 from ambient_rlhf.train.sft.config import SFTConfig
 from ambient_rlhf.train.sft.loop import train_sft
 
@@ -20,7 +20,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--condition", choices=["none", "tier"], help="tier: train with goal tokens")
-    args, cfg = parse_stage(p, argv, SFTConfig, values=("data", "model", "out", "condition"),
+    p.add_argument("--peft", choices=PEFT_CHOICES, help=PEFT_HELP + "; with --condition tier and prompt, one "
+                   "soft prompt per tier")
+    args, cfg = parse_stage(p, argv + peft_overrides(argv), SFTConfig, values=("data", "model", "out", "condition"),
                             switches=("resume", "overwrite"))
     if cfg is None:
         return 0

@@ -88,6 +88,17 @@ class EvalConfig:
     """Quality tier (``good``, ``ok``, ``bad``) whose control token is added to the
     *policy's* prompts: for the tier-conditioned SFT model (``--goal good``), compared
     with plain SFT on the same judge. None for RL policies."""
+    reference_goal: str | None = None
+    """Quality tier whose control token is added to the *reference's* prompts. With the
+    same tier-conditioned model on both sides, ``goal=good reference_goal=bad`` is the
+    **steering test**: only the goal token differs between the two sides (same prompts,
+    same sampling seed), so every difference is the goal's effect, and eval.json gains a
+    ``steering`` block (good minus bad on the true utility, the judge and the length, with
+    intervals over threads) and ``token_shift`` (per-token KL between the two goals and
+    the tokens whose probabilities move most). None: the reference is prompted plainly."""
+    token_shift_top: Annotated[int, at_least(1)] = 12
+    """Steering test only: how many tokens ``token_shift`` lists as gaining and as losing
+    the most probability under ``goal`` against ``reference_goal``."""
     batch_size: Annotated[int, at_least(1)] = 8
     """Sequences per forward pass when sampling, computing log-probs and scoring. 8 keeps
     the default model's logits under ~200 MB on a CPU."""
@@ -117,8 +128,9 @@ def _validate(cfg: EvalConfig) -> None:
         if not getattr(cfg, key):
             raise AmbientError(f"eval: config key '{key}' is required (--{key} DIR)")
     check_bounds(cfg)  # declared on the fields (load_config checks them too)
-    if cfg.goal is not None and cfg.goal not in TIERS:
-        raise AmbientError(f"eval: goal={cfg.goal!r}; expected one of {', '.join(TIERS)}")
+    for key in ("goal", "reference_goal"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) not in TIERS:
+            raise AmbientError(f"eval: {key}={getattr(cfg, key)!r}; expected one of {', '.join(TIERS)}")
     if cfg.n_prompts < 1 or cfg.samples_per_prompt < 1 or cfg.max_new_tokens < 1:
         raise AmbientError("eval: n_prompts, samples_per_prompt and max_new_tokens must be >= 1")
     if cfg.temperature <= 0:
@@ -193,12 +205,21 @@ def _encode(tok, prompt: str, response: str, cfg: EvalConfig, template: str, goa
     return encode_pair(tok, prompt, response, cfg.max_prompt_tokens, cfg.max_new_tokens, template, goal)
 
 
+def _text_goal(side: Side) -> str | None:
+    """The goal token to write into ``side``'s prompts; a soft-prompt model selects its
+    goal's prompt instead (and gets no token)."""
+    from ambient_rlhf.models.soft_prompt import select_goal
+
+    return select_goal(side.model, side.goal)
+
+
 def response_lengths(side: Side, prompts: list[str], responses: list[str], cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
     """Response length in tokens (EOS not counted) and whether each answer stopped (ended
     with EOS before ``max_new_tokens``).  (N,), (N,)."""
     n, stopped = np.zeros(len(prompts), dtype=int), np.zeros(len(prompts), dtype=bool)
+    goal = _text_goal(side)
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        e = _encode(side.tok, p, r, cfg, side.template, side.goal)
+        e = _encode(side.tok, p, r, cfg, side.template, goal)
         stopped[i] = not e.response_truncated
         n[i] = len(e.input_ids) - e.prompt_len - int(stopped[i])
     return n, stopped
@@ -221,8 +242,9 @@ def response_logprobs(side: Side, prompts: list[str], responses: list[str], cfg:
     sums = np.zeros(len(prompts))
     counts = np.zeros(len(prompts), dtype=int)
     pad = side.tok.pad_token_id
+    goal = _text_goal(side)
     for start in range(0, len(prompts), cfg.batch_size):
-        enc = [_encode(side.tok, p, r, cfg, side.template, side.goal) for p, r in zip(prompts[start:start + cfg.batch_size],
+        enc = [_encode(side.tok, p, r, cfg, side.template, goal) for p, r in zip(prompts[start:start + cfg.batch_size],
                                                                 responses[start:start + cfg.batch_size])]
         T = max(len(e.input_ids) for e in enc)
         L = max(max(len(e.input_ids) - e.prompt_len for e in enc), 1)  # longest response
@@ -348,17 +370,31 @@ def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) ->
         lp_pol, _ = response_logprobs(pol, prompts, pol_text, cfg)
         n_pol, stop_pol = response_lengths(pol, prompts, pol_text, cfg)
         timings["logprobs_s"] = time.time() - t
-        del pol
-        gc.collect()
+        # the steering test: one model, two goals -- reuse the loaded weights
+        same = cfg.reference == cfg.policy
+        if same:
+            ref = Side(pol.model, pol.tok, pol.template, cfg.reference_goal)
+        else:
+            del pol
+            gc.collect()
+            ref = _load_side(cfg.reference, cfg, cfg.reference_goal, device)
         t = time.time()
-        ref = _load_side(cfg.reference, cfg, None, device)
         ref_text = _sample(ref, prompts, cfg)
         timings["generate_s"] += time.time() - t
         t = time.time()
         lp_ref, _ = response_logprobs(ref, prompts, pol_text, cfg)
         n_ref, stop_ref = response_lengths(ref, prompts, ref_text, cfg)
         timings["logprobs_s"] += time.time() - t
+        shift = None
+        if same and cfg.goal != cfg.reference_goal:  # only the input differs: how far does it move p?
+            from ambient_rlhf.eval.goal_shift import token_shift
+
+            t = time.time()
+            shift = token_shift(ref.model, ref.tok, ref.template, prompts, tids, pol_text, ref_text, cfg.goal,
+                                cfg.reference_goal, cfg)
+            timings["token_shift_s"] = time.time() - t
         del ref
+        pol = None
         gc.collect()
         kl = lp_pol - lp_ref  # (N,) sequence k1 estimate per policy sample
 
@@ -399,6 +435,8 @@ def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) ->
                 row["policy_true_utility"] = float(util[0][i])
             rows.append(row)
         result = summarize(rows, cfg)
+        if shift is not None:
+            result["token_shift"] = shift
         result["seconds"] = {**{k_: round(v, 2) for k_, v in timings.items()}, "total_s": round(time.time() - t0, 2)}
 
         # step 7. files

@@ -58,6 +58,8 @@ def summarize(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
             "stopped_rate": float(np.mean([r[f"{side}_stopped"] for r in rows])) if rows else float("nan"),
         }
         result["distinct"][side] = {"distinct_1": stats.distinct_n(texts, 1), "distinct_2": stats.distinct_n(texts, 2)}
+    # tokens, policy minus reference, paired by prompt and sample
+    result["length"]["difference"] = stats.describe(col("policy_tokens") - col("reference_tokens"), B, seed, g)
     if rows and "policy_proxy" in rows[0]:
         result["proxy_score"] = side_by_side("policy_proxy", "reference_proxy")
     if rows and "policy_true_utility" in rows[0]:
@@ -71,6 +73,8 @@ def summarize(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
     result["length_controlled_win_rate"] = length_controlled_win_rate(
         outcomes, col("policy_tokens") - col("reference_tokens"), g, B, seed)
     result["verdict"] = verdict(result["win_rate"])
+    if getattr(cfg, "reference_goal", None) is not None:
+        result["steering"] = steering(result, cfg)
     # side-by-side table: the first n_table prompts, first sample of each
     table = [r for r in rows if r["sample"] == 0][: cfg.n_table]
     result["table"] = [{k: r[k] for k in r if k not in ("thread_id",)} for r in table]
@@ -144,6 +148,31 @@ def length_controlled_win_rate(outcomes: np.ndarray, len_diff: np.ndarray, group
     low, high = 1.0 / (1.0 + np.exp(-np.quantile(boot, [alpha, 1 - alpha])))
     return {"value": float(1.0 / (1.0 + np.exp(-b))), "low": float(low), "high": float(high), "n": G,
             "confidence": confidence, "length_slope": phi}
+
+
+def steering(result: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """The steering test's summary: goal minus reference goal on every judge, and whether
+    the goal steers.
+
+    The verdict reads the best judge available: the hidden true utility (a simulated
+    community), else the gold judge.  ``steers`` when the whole interval of the
+    difference lies above 0, ``reversed`` when below, ``no clear effect`` when it
+    contains 0 (what a goal token the model ignores must give).  Length is reported
+    beside it: on real data a goal that only lengthens answers shows up there."""
+    out: dict[str, Any] = {"goal": cfg.goal, "reference_goal": cfg.reference_goal,
+                           "same_model": cfg.policy == cfg.reference}
+    for key, src in (("true_utility", result.get("true_utility")), ("judge", result.get("judge_score")),
+                     ("proxy", result.get("proxy_score"))):
+        if src:
+            out[key] = src["difference"]
+    out["length_tokens"] = result["length"]["difference"]
+    out["kl"] = result["kl"]
+    out["by"] = "true_utility" if "true_utility" in out else "judge"
+    d = out[out["by"]]
+    lo, hi = d.get("low"), d.get("high")
+    ok = isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and np.isfinite(lo) and np.isfinite(hi)
+    out["verdict"] = "steers" if ok and lo > 0 else "reversed" if ok and hi < 0 else "no clear effect"
+    return out
 
 
 def verdict(win: dict[str, float]) -> str:

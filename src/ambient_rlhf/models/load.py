@@ -224,6 +224,10 @@ def load_causal_lm(name_or_path: str, dtype=None, device=None, dropout: bool = F
     if model.config.pad_token_id is None:
         tok = load_tokenizer(path)
         model.config.pad_token_id = tok.pad_token_id
+    from ambient_rlhf.models.soft_prompt import is_soft_prompt_dir, load as load_soft_prompts
+
+    if is_soft_prompt_dir(path):  # a frozen model with soft-prompt goals (`--peft prompt`)
+        model = load_soft_prompts(model, path)
     if device is not None:
         model.to(device)
     return model

@@ -22,7 +22,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Iterable
+from typing import Annotated, Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -83,6 +83,45 @@ def apply_lora(model: nn.Module, settings: LoraSettings, trainable_token_ids: li
     log.info("LoRA r=%d alpha=%d: %d of %d parameters trainable (%.2f%%)", settings.r, settings.alpha,
              n_train, n_all, 100.0 * n_train / max(n_all, 1))
     return peft_model
+
+
+@dataclass
+class PromptTuningSettings:
+    RENAMED: ClassVar[dict] = {"lr": "learning_rate"}
+    """Old key names (``config.upgrade_keys``)."""
+
+    enabled: bool = False
+    """Train soft prompts only (peft prompt tuning): every weight of the model stays as it
+    was; a few learned input vectors steer it (``--peft prompt``). With ``condition=tier``
+    (SFT) one prompt per tier, selected by the goal; otherwise one prompt."""
+    virtual_tokens: Annotated[int, at_least(1)] = 8
+    """Virtual tokens per prompt. 8 gives 8 x 576 = 4.6k trainable numbers per prompt on the
+    default model: small enough to show what frozen weights allow, and Lester et al. 2021
+    found most of the gain by 5-20 tokens."""
+    init_text: str = "Write a {name} answer."
+    """Each prompt starts as the embeddings of this text (``{name}``: the tier, or
+    ``default``), repeated to ``virtual_tokens``: real word vectors train far better than
+    random ones (Lester et al. 2021)."""
+    learning_rate: Annotated[float, above(0)] = 3e-3
+    """Learning rate of the soft prompt (it replaces the stage's ``learning_rate``): prompt vectors need
+    a much larger step than weights (Lester et al. used 0.3 with Adafactor; 3e-3 with Adam
+    moves a 135M model's prompt within a few dozen steps)."""
+
+
+def apply_prompt_tuning(model: nn.Module, settings: PromptTuningSettings, tok, names: list[str]) -> nn.Module:
+    """Freeze ``model`` and give it a soft prompt per name (a
+    :class:`~ambient_rlhf.models.soft_prompt.SoftPromptLM`); ``model`` unchanged when
+    ``settings.enabled`` is false."""
+    if not settings.enabled:
+        return model
+    from ambient_rlhf.models.soft_prompt import wrap
+
+    lm = wrap(model, tok, names, settings.virtual_tokens, settings.init_text)
+    n_train = sum(p.numel() for p in lm.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in lm.parameters())
+    log.info("prompt tuning: %d prompt(s) x %d virtual tokens: %d of %d parameters trainable (%.4f%%)",
+             len(names), settings.virtual_tokens, n_train, n_all, 100.0 * n_train / max(n_all, 1))
+    return lm
 
 
 def is_peft(model: nn.Module) -> bool:
@@ -262,8 +301,9 @@ class CausalLMLoss(nn.Module):
                           and lm.get_output_embeddings() is not None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids, attention_mask, labels: (B, T), labels -100 where not predicted.
+                labels: torch.Tensor, goal_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask, labels: (B, T), labels -100 where not predicted;
+        goal_idx (B,): for a soft-prompt model, the prompt of each row (else ignored).
         Returns (nll_sum (B,), n_tokens (B,))."""
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
         if bool(attention_mask.all()):
@@ -272,7 +312,8 @@ class CausalLMLoss(nn.Module):
         keep = target != -100  # (B, T-1)
         if self.selective:
             out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                        position_ids=position_ids, use_cache=False)
+                                        position_ids=position_ids, use_cache=False, **(
+                                            {"goal_idx": goal_idx} if goal_idx is not None else {}))
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, d)
             h = hidden[:, :-1][keep]  # (N, d) only labelled positions
             logits = self.lm.get_output_embeddings()(h).float()  # (N, V)

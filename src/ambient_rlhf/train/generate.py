@@ -71,6 +71,9 @@ def generate(model, prompts: list[str], goal: str | None = None, max_new_tokens:
         lm, tok = load_for_generation(str(model))
     if template == "auto" and info.get("template"):
         template = info["template"]
+    from ambient_rlhf.models.soft_prompt import select_goal
+
+    goal = select_goal(lm, goal)  # a soft-prompt model: the goal picks its prompt, no token
     if goal is not None and not has_goal_tokens(tok):
         raise AmbientError(f"--goal {goal}: this model has no goal tokens; train it with `ambient sft --condition tier`")
     if not prompts:

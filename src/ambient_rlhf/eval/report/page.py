@@ -13,6 +13,7 @@ from ambient_rlhf.eval.report.results import (frontier_section, headline, sample
                                               win_section)
 from ambient_rlhf.eval.report.rounds import rounds_section
 from ambient_rlhf.eval.report.rundir import REPORT_DIR, REPORT_FILE, STAGES, StageDir, _read_json, discover
+from ambient_rlhf.eval.report.steering import steering_section
 from ambient_rlhf.eval.report.stages import curves_section, data_section, rl_section, rm_section, stages_table
 from ambient_rlhf.io import atomic_dir, write_manifest
 from ambient_rlhf.logging import get_logger
@@ -35,6 +36,7 @@ img{max-width:100%;display:block;margin:.6em 0}.missing{color:#888;font-style:it
 SECTIONS: list[tuple[str, str, Callable]] = [
     ("headline", "Headline", lambda run, figs: headline(run)),
     ("win", "Win rates on held-out prompts", win_section),
+    ("steering", "Goals: the steering test and the token shift", steering_section),
     ("frontier", "Reward vs KL", frontier_section),
     ("simulated", "Simulated community: true utility vs proxy and gold rewards", simulated_section),
     ("rounds", "Rounds: does the reward model rank the policy's own answers right?", rounds_section),

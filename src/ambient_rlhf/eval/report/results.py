@@ -11,6 +11,7 @@ from ambient_rlhf.eval.report.markup import (Figures, _plt, _slug, _val, errbars
                                              interval, lohi, not_run, table)
 from ambient_rlhf.eval.report.rundir import StageDir
 from ambient_rlhf.eval.report.stages import BEYOND_LENGTH_WORDS, beyond_length_verdict, rm_evals
+from ambient_rlhf.eval.report.steering import steering_headline
 from ambient_rlhf.logging import read_jsonl
 
 
@@ -63,6 +64,9 @@ def headline(run: dict[str, list[StageDir]]) -> str:
                    if sc.get("difference") is not None else "") + ".</li>")
     for s in evals:
         e = s.eval
+        if isinstance(e.get("steering"), dict):  # one model against itself: a goal, not a policy, is tested
+            parts.append(steering_headline(s))
+            continue
         w = e.get("win_rate", {})
         v = e.get("verdict") or verdict(w)
         judge = Path(str(e.get("judge", "?"))).name
@@ -190,7 +194,8 @@ def win_section(run, figs: Figures) -> str:
         e = s.eval
         ln, ds, js = e.get("length") or {}, e.get("distinct") or {}, e.get("judge_score") or {}
         for side in ("policy", "reference"):
-            rows.append([s.name, side, Path(str(e.get(side, ""))).name + (f" (goal {e['goal']})" if side == "policy" and e.get("goal") else ""),
+            goal = e.get("goal") if side == "policy" else e.get("reference_goal")
+            rows.append([s.name, side, Path(str(e.get(side, ""))).name + (f" (goal {goal})" if goal else ""),
                          ("html", interval(js.get(side))),
                          ("html", fnum((ln.get(side) or {}).get("mean_tokens"), 1)), (ln.get(side) or {}).get("stopped_rate"),
                          (ds.get(side) or {}).get("distinct_1"), (ds.get(side) or {}).get("distinct_2"),

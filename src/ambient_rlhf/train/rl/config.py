@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.config import Bound, above, at_least, between, check_bounds
-from ambient_rlhf.train.common import LoraSettings
+from ambient_rlhf.train.common import LoraSettings, PromptTuningSettings
 from ambient_rlhf.data.schema import TIERS
 
 
@@ -164,6 +164,11 @@ class RLConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA on the policy (and a separate value model). The reference is then the same
     model with the adapter disabled."""
+    prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
+    """Optimise only a soft prompt (peft prompt tuning; ``--peft prompt``): every weight
+    of the policy stays the SFT model's, the KL to that reference is paid through the
+    prompt alone, and the policy's learning rate is ``prompt_tuning.learning_rate``. Needs a plain
+    policy (no goal, no LoRA); a PPO value model still trains as configured."""
     learning_rate: Annotated[float, above(0)] = 1e-5
     """Peak learning rate of policy and value model (2019 books tasks ``ppo.lr=1e-5``)."""
     adam_epsilon: Annotated[float, above(0)] = 1e-5
@@ -199,6 +204,9 @@ def _validate(cfg: RLConfig, n_proc: int) -> None:
     from ambient_rlhf.train.trackers import check_report_to
 
     check_report_to(cfg.report_to)
+    if cfg.prompt_tuning.enabled and (cfg.lora.enabled or cfg.goal is not None):
+        raise AmbientError("prompt_tuning.enabled: the soft prompt is the only thing trained; turn lora.enabled off "
+                           "and leave goal unset (--peft prompt)")
     if cfg.batch_size % n_proc:
         raise AmbientError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({n_proc})")
     n_rollouts = cfg.batch_size // n_proc * (cfg.rloo_k if cfg.algo == "rloo" else 1)

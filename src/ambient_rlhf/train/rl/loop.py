@@ -24,7 +24,8 @@ from ambient_rlhf.rl.losses import (explained_variance, kl_penalty_loss, ppo_pol
                                     sequence_policy_loss)
 from ambient_rlhf.rl.masking import masked_whiten
 from ambient_rlhf.rl.rewards import apply_missing_eos_score, kl_per_token, sequence_rewards, shaped_rewards
-from ambient_rlhf.train.common import apply_lora, is_peft, make_scheduler, merge_lora, save_adapter, setup_accelerator
+from ambient_rlhf.train.common import (apply_lora, apply_prompt_tuning, is_peft, make_scheduler, merge_lora,
+                                        save_adapter, setup_accelerator)
 from ambient_rlhf.train.rollout import PolicyWithValue, response_logits, sample
 from ambient_rlhf.train.rl.config import RLConfig, _validate
 from ambient_rlhf.train.rl.scorers import make_scorer
@@ -66,6 +67,13 @@ def train_rl(cfg: RLConfig) -> Path:
         ref_lm = load_causal_lm(cfg.reference or cfg.policy).to(device).eval()
         ref_lm.requires_grad_(False)
     lm = apply_lora(lm, cfg.lora)
+    if cfg.prompt_tuning.enabled:  # the policy's weights stay the reference's; a soft prompt learns
+        from ambient_rlhf.models.soft_prompt import DEFAULT, SoftPromptLM
+
+        if isinstance(lm, SoftPromptLM):
+            raise AmbientError(f"prompt_tuning: the policy {cfg.policy} already has soft prompts; start RL from a "
+                               "plain model (the reference must be the policy without a prompt)")
+        lm = apply_prompt_tuning(lm, cfg.prompt_tuning, tok, [DEFAULT])
     policy = PolicyWithValue(lm, value_head=(cfg.algo == "ppo" and cfg.value_model == "shared")).to(device).eval()
     scorer, rm = make_scorer(cfg, tok, prompts, device)
     # reward normalisation: score = gain * scorer output + bias (gain 1, bias 0 unless
@@ -86,7 +94,7 @@ def train_rl(cfg: RLConfig) -> Path:
     per_proc = cfg.batch_size // acc.num_processes
     epochs = cfg.ppo_epochs if cfg.algo == "ppo" else 1
     total_updates = cfg.max_steps * epochs * cfg.num_minibatches
-    opt = _adam(policy, cfg)
+    opt = _adam(policy, cfg, cfg.prompt_tuning.learning_rate if cfg.prompt_tuning.enabled else None)
     sched = make_scheduler(opt, cfg.lr_scheduler_type, 0, total_updates)
     v_opt = v_sched = None
     if value is not None:

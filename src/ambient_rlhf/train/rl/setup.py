@@ -138,10 +138,11 @@ def _value_model(cfg: RLConfig, rm, n_tokens: int, gain: float, bias: float) -> 
     return ValueModel(vm)
 
 
-def _adam(module: torch.nn.Module, cfg: RLConfig) -> torch.optim.Optimizer:
+def _adam(module: torch.nn.Module, cfg: RLConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """Adam (AdamW with no weight decay) over the trainable parameters, fused kernel, eps
-    ``cfg.adam_epsilon`` (1e-5, as lm-human-preferences and the N-details report use)."""
-    return make_optimizer(module, lr=cfg.learning_rate, weight_decay=0.0, eps=cfg.adam_epsilon)
+    ``cfg.adam_epsilon`` (1e-5, as lm-human-preferences and the N-details report use);
+    ``lr`` defaults to ``cfg.learning_rate``."""
+    return make_optimizer(module, lr=cfg.learning_rate if lr is None else lr, weight_decay=0.0, eps=cfg.adam_epsilon)
 
 
 def _trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:

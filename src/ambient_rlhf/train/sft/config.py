@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal
 
 from ambient_rlhf.config import above, at_least
-from ambient_rlhf.train.common import LoraSettings
+from ambient_rlhf.train.common import LoraSettings, PromptTuningSettings
 
 
 MODEL_INFO_FILE = "ambient_model.json"
@@ -122,6 +122,11 @@ class SFTConfig:
     seed: int = 0
     """Seeds data order, new-token initialisation and sampling."""
     lora: LoraSettings = field(default_factory=LoraSettings)
-    """LoRA adapters through peft (``lora.enabled=true``)."""
+    """LoRA adapters through peft (``lora.enabled=true``, or ``--peft lora``)."""
+    prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
+    """Soft prompts through peft, every model weight frozen (``prompt_tuning.enabled=true``,
+    or ``--peft prompt``). With ``condition=tier``: one prompt per tier, chosen by the goal
+    (no goal tokens are added to the vocabulary); the learning rate is
+    ``prompt_tuning.learning_rate``."""
 
 

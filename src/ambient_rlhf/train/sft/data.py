@@ -72,8 +72,9 @@ def select_examples(df, split: str, cfg: SFTConfig) -> tuple[list[tuple[str, str
     return rows, counts
 
 
-def encode_examples(tok, rows, cfg: SFTConfig) -> tuple[list[tuple[list[int], int]], dict[str, int]]:
-    """Tokenise ``rows`` into ``(ids, prompt_len)``, counting truncations and tokens."""
+def encode_examples(tok, rows, cfg: SFTConfig, kept: list[int] | None = None) -> tuple[list[tuple[list[int], int]], dict[str, int]]:
+    """Tokenise ``rows`` into ``(ids, prompt_len)``, counting truncations and tokens;
+    ``kept`` (a list to fill) receives the index in ``rows`` of each example returned."""
     from ambient_rlhf.models.tokenize import encode_pairs
 
     try:
@@ -82,11 +83,13 @@ def encode_examples(tok, rows, cfg: SFTConfig) -> tuple[list[tuple[list[int], in
         raise AmbientError(f"sft: {err}") from None
     out, stats = [], {"prompt_truncated": 0, "response_truncated": 0, "prompt_tokens": 0, "response_tokens": 0,
                       "skipped_empty_response": 0}
-    for e in encoded:
+    for i, e in enumerate(encoded):
         if len(e.input_ids) <= e.prompt_len:  # nothing to predict
             stats["skipped_empty_response"] += 1
             continue
         out.append((e.input_ids, e.prompt_len))
+        if kept is not None:
+            kept.append(i)
         stats["prompt_truncated"] += int(e.prompt_truncated)
         stats["response_truncated"] += int(e.response_truncated)
         stats["prompt_tokens"] += e.prompt_len
@@ -134,17 +137,20 @@ def split_step(batch: list[int], lengths: list[int], n_micro: int) -> list[list[
 
 # ---- evaluation and samples ------------------------------------------------------------
 @torch.no_grad()
-def evaluate(loss_fn, examples, pad_id: int, batch_size: int, accelerator) -> dict[str, float]:
+def evaluate(loss_fn, examples, pad_id: int, batch_size: int, accelerator,
+             goals: list[int] | None = None) -> dict[str, float]:
     """Token-mean NLL and perplexity of the response tokens of ``examples`` (sharded
-    over processes, summed)."""
+    over processes, summed); ``goals``: each example's soft prompt (prompt tuning)."""
     was_training = loss_fn.training
     loss_fn.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))[rank::world]
     nll_sum, n_tok = 0.0, 0
     for i in range(0, len(order), batch_size):
-        ids, att, lab = collate([examples[j] for j in order[i:i + batch_size]], pad_id)
-        nll, n = loss_fn(ids.to(accelerator.device), att.to(accelerator.device), lab.to(accelerator.device))
+        idx = order[i:i + batch_size]
+        ids, att, lab = collate([examples[j] for j in idx], pad_id)
+        extra = (torch.tensor([goals[j] for j in idx], device=accelerator.device),) if goals is not None else ()
+        nll, n = loss_fn(ids.to(accelerator.device), att.to(accelerator.device), lab.to(accelerator.device), *extra)
         nll_sum += float(nll.sum())
         n_tok += int(n.sum())
     nll_sum, n_tok = all_sum(accelerator, nll_sum), all_sum(accelerator, n_tok)

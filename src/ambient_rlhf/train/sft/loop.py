@@ -9,15 +9,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.checkpoint import load_state, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ambient_rlhf.checkpoint import (load_state, load_tensors, rng_state, save_checkpoint, save_tensors, seed_everything,
+                                     set_rng_state)
+from ambient_rlhf.data.schema import TIERS
+from ambient_rlhf.models.soft_prompt import DEFAULT
 from ambient_rlhf.config import check_bounds, to_dict
 from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress
 from ambient_rlhf.outdir import prepare_out
-from ambient_rlhf.train.common import (CausalLMLoss, TokenMeter, all_sum, apply_lora, is_peft, make_optimizer,
-                                        make_scheduler, merge_lora, save_adapter, setup_accelerator,
+from ambient_rlhf.train.common import (CausalLMLoss, TokenMeter, all_sum, apply_lora, apply_prompt_tuning, is_peft,
+                                        make_optimizer, make_scheduler, merge_lora, save_adapter, setup_accelerator,
                                         warmup_count)
 from ambient_rlhf.train.sft.config import MODEL_INFO_FILE, SFTConfig
 from ambient_rlhf.train.trackers import check_report_to, make_trackers
@@ -25,6 +29,16 @@ from ambient_rlhf.train.sft.data import (collate, encode_examples, epoch_batches
                                         select_examples, split_step, write_samples)
 
 log = get_logger("sft")
+
+
+SOFT_STATE = "soft_prompt.safetensors"
+"""A prompt-tuning checkpoint's trainable tensors (the base is the start model, unchanged)."""
+
+
+def _goal_index(rows: list[tuple], names: list[str]) -> list[tuple]:
+    """``(prompt, response, goal)`` -> ``(prompt, response, None, index of the goal's prompt)``:
+    with soft prompts the goal is not written into the text."""
+    return [(p, r, None, names.index(g if g is not None else DEFAULT)) for p, r, g in rows]
 
 
 def _trim_jsonl(path: Path, max_step: int) -> None:
@@ -46,6 +60,9 @@ def train_sft(cfg: SFTConfig) -> Path:
         raise AmbientError("sft: --out is required")
     if cfg.condition == "tier" and cfg.select == "top_tier":
         raise AmbientError("condition=tier needs responses of every tier; use select=all (or top_k/min_score)")
+    soft = cfg.prompt_tuning.enabled
+    if soft and cfg.lora.enabled:
+        raise AmbientError("sft: lora.enabled and prompt_tuning.enabled are exclusive; choose one (--peft lora|prompt)")
     check_bounds(cfg)  # declared on SFTConfig's fields (load_config checks them too)
     check_report_to(cfg.report_to)
     out = Path(cfg.out)
@@ -76,28 +93,40 @@ def train_sft(cfg: SFTConfig) -> Path:
         template = resolve_template(tok, cfg.template)
     except ValueError as e:
         raise AmbientError(f"template: {e}") from None
-    if ckpt is not None and not cfg.lora.enabled:
+    if ckpt is not None and not cfg.lora.enabled and not soft:
         lm = load_causal_lm(str(ckpt / "model"))
         tok = load_tokenizer(str(ckpt / "model"), padding_side="right")
     else:
         lm = load_causal_lm(cfg.model)
     new_token_ids = None
-    if cfg.condition == "tier":
+    names = (list(TIERS) if cfg.condition == "tier" else [DEFAULT]) if soft else []
+    if cfg.condition == "tier" and not soft:
         add_goal_tokens(tok, lm)  # mean-resized rows; seeded above, so a resume rebuilds them
         new_token_ids = tok.convert_tokens_to_ids(list(GOAL_TOKENS))
     lm = apply_lora(lm, cfg.lora, trainable_token_ids=new_token_ids)
+    # soft prompts: the goal picks a prompt instead of a token, so the text carries no goal
+    lm = apply_prompt_tuning(lm, cfg.prompt_tuning, tok, names)
     if ckpt is not None and cfg.lora.enabled:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(lm, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
+    if ckpt is not None and soft:
+        lm.load_state_dict(load_tensors(ckpt / SOFT_STATE, "start the run again without --resume"), strict=False)
     lm.train()
-    train_ex, train_tok = encode_examples(tok, train_rows, cfg)
-    valid_ex, valid_tok = encode_examples(tok, valid_rows, cfg)
+    if soft:
+        train_rows, valid_rows = _goal_index(train_rows, names), _goal_index(valid_rows, names)
+    kept_train: list[int] = []
+    kept_valid: list[int] = []
+    train_ex, train_tok = encode_examples(tok, [r[:3] for r in train_rows], cfg, kept_train)
+    valid_ex, valid_tok = encode_examples(tok, [r[:3] for r in valid_rows], cfg, kept_valid)
+    train_goal = [train_rows[i][3] for i in kept_train] if soft else None
+    valid_goal = [valid_rows[i][3] for i in kept_valid] if soft else None
     if cfg.eval_examples and len(valid_ex) > cfg.eval_examples:
         pick = np.random.default_rng(cfg.seed).choice(len(valid_ex), cfg.eval_examples, replace=False)
         valid_ex = [valid_ex[i] for i in sorted(pick)]
-    sample_prompts = list(dict.fromkeys(p for p, _, _ in valid_rows))[: cfg.sample_prompts]
+        valid_goal = [valid_goal[i] for i in sorted(pick)] if soft else None
+    sample_prompts = list(dict.fromkeys(r[0] for r in valid_rows))[: cfg.sample_prompts]
     lengths = [len(ids) for ids, _ in train_ex]
 
     # step 3. schedule of steps
@@ -111,7 +140,7 @@ def train_sft(cfg: SFTConfig) -> Path:
                            "per_device_train_batch_size or gradient_accumulation_steps")
 
     loss_fn = CausalLMLoss(lm)
-    opt = make_optimizer(loss_fn, cfg.learning_rate, cfg.weight_decay)
+    opt = make_optimizer(loss_fn, cfg.prompt_tuning.learning_rate if soft else cfg.learning_rate, cfg.weight_decay)
     sched = make_scheduler(opt, cfg.lr_scheduler_type, warmup_count(cfg.warmup_steps, total_steps), total_steps)
     loss_fn, opt = accelerator.prepare(loss_fn, opt)
     step = 0
@@ -137,7 +166,9 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     def save_models(tmp: Path) -> None:
         m = unwrapped_lm()
-        if is_peft(m):
+        if soft:  # the prompts only: the frozen base is the start model, as it was
+            save_tensors(tmp / SOFT_STATE, {n: p.detach().cpu() for n, p in m.named_parameters() if p.requires_grad})
+        elif is_peft(m):
             m.save_pretrained(tmp / "adapter")
         else:
             m.save_pretrained(tmp / "model")
@@ -157,7 +188,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     def do_eval(step: int) -> dict:
         if not valid_ex:
             return {}
-        m = evaluate(loss_fn, valid_ex, tok.pad_token_id, cfg.per_device_train_batch_size, accelerator)
+        m = evaluate(loss_fn, valid_ex, tok.pad_token_id, cfg.per_device_train_batch_size, accelerator, valid_goal)
         metrics.log(step, m)
         return m
 
@@ -186,8 +217,9 @@ def train_sft(cfg: SFTConfig) -> Path:
             ids, att, lab = collate([train_ex[j] for j in mb], tok.pad_token_id)
             ids, att, lab = ids.to(accelerator.device), att.to(accelerator.device), lab.to(accelerator.device)
             sync = accelerator.no_sync(loss_fn) if k < len(mine) - 1 else contextlib.nullcontext()
+            extra = (torch.tensor([train_goal[j] for j in mb], device=accelerator.device),) if soft else ()
             with sync:
-                nll, n = loss_fn(ids, att, lab)
+                nll, n = loss_fn(ids, att, lab, *extra)
                 # DDP averages gradients over processes, hence * world
                 loss = nll.sum() * (world / n_resp)
                 accelerator.backward(loss)
@@ -236,7 +268,8 @@ def train_sft(cfg: SFTConfig) -> Path:
             lm_final.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             write_json(tmp / MODEL_INFO_FILE, {"stage": "sft", "template": template, "condition": cfg.condition,
-                                                "goal_tokens": list(GOAL_TOKENS) if cfg.condition == "tier" else []})
+                                                "goal_tokens": list(GOAL_TOKENS) if cfg.condition == "tier" and not soft
+                                                else [], "soft_prompts": names})
             for name in ("metrics.jsonl", "samples.jsonl", "tensorboard"):
                 src = out / name
                 if src.is_dir():
