@@ -40,10 +40,10 @@ def _cfg(data: str, model: str, out: str, steps: int, batch: int, max_tokens: in
     from ambient_rlhf.train.dpo import DPOConfig
 
     half = max_tokens // 2
-    return DPOConfig(data=data, model=model, out=out, steps=steps, batch_size=batch, grad_accum=1,
-                     max_prompt_tokens=half, max_response_tokens=max_tokens - half, lr=1e-6, warmup_steps=0,
-                     schedule="constant", log_every=1, eval_every=0, eval_pairs=1, checkpoint_every=0,
-                     sample_prompts=0, beta=0.1, loss="dpo")
+    return DPOConfig(data=data, model=model, out=out, max_steps=steps, per_device_train_batch_size=batch,
+                     gradient_accumulation_steps=1, max_prompt_tokens=half, max_response_tokens=max_tokens - half,
+                     learning_rate=1e-6, warmup_steps=0, lr_scheduler_type="constant", logging_steps=1, eval_steps=0,
+                     eval_pairs=1, save_steps=0, sample_prompts=0, beta=0.1, loss="dpo")
 
 
 def run_ours(data: str, model: str, steps: int, warmup: int, batch: int, max_tokens: int, tmp: Path) -> dict:

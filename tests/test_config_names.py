@@ -1,4 +1,4 @@
-"""One vocabulary for training keys across ``sft``, ``rm`` and ``rl`` (issue 14 item 7):
+"""One vocabulary for training keys across ``sft``, ``rm``, ``rl`` and ``dpo`` (issue 14 item 7):
 the same setting has the same name in every stage, the name transformers' and TRL's
 ``TrainingArguments`` give it; old names still work, with a deprecation warning; every
 command-line flag has help text."""
@@ -12,11 +12,12 @@ import pytest
 
 from ambient_rlhf.config import ConfigError, config_help, load_config, renamed_keys
 from ambient_rlhf.train.common import warmup_count
+from ambient_rlhf.train.dpo.config import DPOConfig
 from ambient_rlhf.train.reward.config import RewardConfig
 from ambient_rlhf.train.rl.config import RLConfig
 from ambient_rlhf.train.sft.config import SFTConfig
 
-STAGES = (SFTConfig, RewardConfig, RLConfig)
+STAGES = (SFTConfig, RewardConfig, RLConfig, DPOConfig)
 # settings every trainer has, written once here by hand
 SHARED = ("learning_rate", "lr_scheduler_type", "max_steps", "save_steps", "seed", "mixed_precision")
 # names of transformers.TrainingArguments that a stage uses with the same meaning
@@ -37,7 +38,7 @@ def test_shared_settings_have_one_name_in_every_stage():
 def test_no_stage_keeps_a_name_another_stage_retired():
     # `batch_size` stays in rm (units per optimizer step) and rl (prompts per iteration, all
     # processes): a global batch, not sft's per-process micro-batch, which is now
-    # per_device_train_batch_size as in transformers
+    # per_device_train_batch_size as in transformers (dpo's too: pairs per micro-batch per process)
     retired = {old for cls in STAGES for old in renamed_keys(cls)} - {"batch_size"}
     for cls in STAGES:
         assert not (retired & _names(cls)), (cls.__name__, retired & _names(cls))
@@ -57,7 +58,13 @@ def test_the_names_are_transformers_names():
     (SFTConfig, "checkpoint_every", "save_steps", 9), (RewardConfig, "grad_clip", "max_grad_norm", 0.5),
     (RewardConfig, "epochs", "num_train_epochs", 2.0), (RewardConfig, "warmup_ratio", "warmup_steps", 0.1),
     (RLConfig, "steps", "max_steps", 11), (RLConfig, "response_length", "max_response_tokens", 24),
-    (RLConfig, "adam_eps", "adam_epsilon", 1e-6), (RLConfig, "keep_checkpoints", "save_total_limit", 4)])
+    (RLConfig, "adam_eps", "adam_epsilon", 1e-6), (RLConfig, "keep_checkpoints", "save_total_limit", 4),
+    (DPOConfig, "lr", "learning_rate", 5e-6), (DPOConfig, "schedule", "lr_scheduler_type", "cosine"),
+    (DPOConfig, "steps", "max_steps", 7), (DPOConfig, "epochs", "num_train_epochs", 2.0),
+    (DPOConfig, "batch_size", "per_device_train_batch_size", 3),
+    (DPOConfig, "grad_accum", "gradient_accumulation_steps", 5),
+    (DPOConfig, "log_every", "logging_steps", 2), (DPOConfig, "eval_every", "eval_steps", 20),
+    (DPOConfig, "checkpoint_every", "save_steps", 9), (DPOConfig, "keep_checkpoints", "save_total_limit", 3)])
 def test_an_old_name_still_works_with_a_deprecation_warning(cls, old, new, value, warnings_seen):
     cfg = load_config(cls, None, [f"{old}={value}"])
     assert getattr(cfg, new) == value
@@ -87,6 +94,11 @@ def test_the_run_config_upgrades_old_names_before_merging_with_the_preset(warnin
     cfg = load_run_config(None, ["sft.steps=3", "rm.epochs=2", "rl.response_length=9"])  # the demo says 12 / 8 / 64
     assert (cfg.sft.max_steps, cfg.rm.num_train_epochs, cfg.rl.max_response_tokens) == (3, 2.0, 9)
     assert any("'sft.steps' is deprecated: use 'sft.max_steps'" in w for w in warnings_seen)
+    # dpo: the demo sets learning_rate 1e-5 and gradient_accumulation_steps 2 (the default is 4)
+    cfg = load_run_config(None, ["dpo.lr=1e-4", "dpo.batch_size=2"])
+    d = cfg.dpo
+    assert (d.learning_rate, d.per_device_train_batch_size, d.gradient_accumulation_steps) == (1e-4, 2, 2)
+    assert any("'dpo.batch_size' is deprecated: use 'dpo.per_device_train_batch_size'" in w for w in warnings_seen)
 
 
 def test_warmup_steps_is_a_count_or_a_fraction():
@@ -101,7 +113,7 @@ def test_help_config_lists_the_old_names():
 
 
 COMMANDS = [["data", "build"], ["data", "simulate"], ["sft"], ["generate"], ["rm"], ["rm", "eval"],
-            ["rm", "combine"], ["rl"], ["eval"], ["report"], ["run"], ["export", "trl"]]
+            ["rm", "combine"], ["rl"], ["dpo"], ["eval"], ["report"], ["run"], ["export", "trl"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)

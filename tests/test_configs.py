@@ -33,10 +33,12 @@ def test_presets_exist_once():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_preset_loads_and_plans(name):
+def test_preset_loads_and_plans(name, warnings_seen):
     from ambient_rlhf.run import load_run_config, plan
 
     cfg = load_run_config(PRESET_DIR / name)
+    # the presets use the current key names in every section (sft, rm, rl, dpo, ...)
+    assert not [w for w in warnings_seen if "deprecated" in w], warnings_seen
     stages = [s.name for s in plan(cfg)]
     assert stages[-1] == "report" and "rl" in stages and "eval" in stages
     assert ("simulate" in stages) == (not cfg.sources)

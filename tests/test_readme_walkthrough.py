@@ -42,11 +42,12 @@ def test_every_directory_read_was_written_before():
 def test_every_key_value_is_a_config_key(warnings_seen):
     from ambient_rlhf.data.build import DataConfig
     from ambient_rlhf.eval.policy_eval import EvalConfig
+    from ambient_rlhf.train.dpo import DPOConfig
     from ambient_rlhf.train.reward import RewardConfig
     from ambient_rlhf.train.rl import RLConfig
     from ambient_rlhf.train.sft import SFTConfig
 
-    classes = {"data": DataConfig, "sft": SFTConfig, "rm": RewardConfig, "rl": RLConfig, "eval": EvalConfig}
+    classes = {"data": DataConfig, "sft": SFTConfig, "rm": RewardConfig, "rl": RLConfig, "dpo": DPOConfig, "eval": EvalConfig}
     checked = 0
     for argv in walkthrough():
         keys = [a for a in argv[2:] if re.match(r"^[A-Za-z_][\w.]*=", a)]

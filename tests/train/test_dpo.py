@@ -28,8 +28,8 @@ from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
 from ambient_rlhf.train.dpo import (REFERENCE_FILE, DPOConfig, Pair, adjust_for_length, cached_reference, encode,
                                    load_pairs, train_dpo)
 
-TINY = ["--model", "tiny-random", "batch_size=2", "grad_accum=2", "lr=1e-3", "warmup_steps=0", "schedule=constant",
-        "log_every=1", "sample_prompts=1", "sample_max_new_tokens=4", "eval_pairs=8"]
+TINY = ["--model", "tiny-random", "per_device_train_batch_size=2", "gradient_accumulation_steps=2", "learning_rate=1e-3",
+        "warmup_steps=0", "lr_scheduler_type=constant", "logging_steps=1", "sample_prompts=1", "sample_max_new_tokens=4", "eval_pairs=8"]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,19 @@ def _rows(out, key):
 
 def test_config_documented():
     assert check_documented(DPOConfig) == []
+
+
+def test_docs_usage_uses_current_key_names(warnings_seen):
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "dpo.md").read_text()
+    block = text.split("## Usage", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    keys = [a for line in block.splitlines() if " dpo " in f" {line} " for a in shlex.split(line)
+            if re.match(r"^[A-Za-z_][\w.]*=", a)]
+    assert "learning_rate=5e-6" in keys and len(keys) >= 4
+    load_config(DPOConfig, None, keys)  # an unknown key raises
+    assert not [w for w in warnings_seen if "deprecated" in w]  # an old name warns
 
 
 # ---- which pairs, which weights ------------------------------------------------------------
@@ -135,7 +148,7 @@ def _logp_by_hand(lm, ids: list[int], prompt_len: int) -> float:
 
 
 def test_cached_reference_equals_recomputed(data_dir, tmp_path):
-    out = train_dpo(_cfg(data_dir, tmp_path / "o", "steps=2", "eval_every=0", "checkpoint_every=0"))
+    out = train_dpo(_cfg(data_dir, tmp_path / "o", "max_steps=2", "eval_steps=0", "save_steps=0"))
     cache = out / REFERENCE_FILE
     from safetensors.torch import load_file
 
@@ -173,8 +186,8 @@ def test_cached_reference_equals_recomputed(data_dir, tmp_path):
 # ---- the trainer -----------------------------------------------------------------------------
 def test_cli_run_starts_at_log2_and_learns_the_planted_preference(data_dir, tmp_path):
     out = tmp_path / "o"
-    assert main(["dpo", "--data", str(data_dir), "--out", str(out), *TINY, "steps=8", "eval_every=4",
-                 "checkpoint_every=4"]) == 0
+    assert main(["dpo", "--data", str(data_dir), "--out", str(out), *TINY, "max_steps=8", "eval_steps=4",
+                 "save_steps=4"]) == 0
     ev = {r["step"]: r for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r}
     assert list(ev) == [0, 4, 8]
     # step 0: the policy is the reference, so h = 0 and the loss is -log sigmoid(0) = log 2
@@ -198,8 +211,8 @@ def test_cli_run_starts_at_log2_and_learns_the_planted_preference(data_dir, tmp_
 
 
 def test_ipo_and_lora(data_dir, tmp_path):
-    out = train_dpo(_cfg(data_dir, tmp_path / "o", "loss=ipo", "beta=0.5", "steps=2", "eval_every=0",
-                         "checkpoint_every=0", "sample_prompts=0", "lora.enabled=true", "lora.r=4"))
+    out = train_dpo(_cfg(data_dir, tmp_path / "o", "loss=ipo", "beta=0.5", "max_steps=2", "eval_steps=0",
+                         "save_steps=0", "sample_prompts=0", "lora.enabled=true", "lora.r=4"))
     ev = [r["eval/loss"] for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r]
     assert ev[0] == pytest.approx((0 - 1 / (2 * 0.5)) ** 2, abs=1e-5)  # IPO at h = 0: (1/(2 beta))^2 = 1
     assert ev[1] < ev[0]
@@ -208,9 +221,11 @@ def test_ipo_and_lora(data_dir, tmp_path):
 
 def test_accumulation_invariance(data_dir, tmp_path):
     """1 micro-batch of 4 pairs and 2 of 2 form the same weighted step (ranking weights differ)."""
-    common = ["pairs=ranking", "steps=3", "eval_every=0", "checkpoint_every=0", "sample_prompts=0"]
-    a = train_dpo(_cfg(data_dir, tmp_path / "a", *common, "batch_size=4", "grad_accum=1"))
-    b = train_dpo(_cfg(data_dir, tmp_path / "b", *common, "batch_size=1", "grad_accum=4"))
+    common = ["pairs=ranking", "max_steps=3", "eval_steps=0", "save_steps=0", "sample_prompts=0"]
+    a = train_dpo(_cfg(data_dir, tmp_path / "a", *common, "per_device_train_batch_size=4",
+                       "gradient_accumulation_steps=1"))
+    b = train_dpo(_cfg(data_dir, tmp_path / "b", *common, "per_device_train_batch_size=1",
+                       "gradient_accumulation_steps=4"))
     la, lb = _rows(a, "train/loss"), _rows(b, "train/loss")
     assert list(la) == [1, 2, 3]
     assert lb == pytest.approx(la, rel=1e-5)
@@ -240,8 +255,8 @@ def _env():
 
 
 def _args(data_dir, out, *extra):
-    return ["dpo", "--data", str(data_dir), "--out", str(out), *TINY, "steps=12", "schedule=cosine",
-            "warmup_steps=2", "eval_every=4", "checkpoint_every=4", "keep_checkpoints=1", *extra]
+    return ["dpo", "--data", str(data_dir), "--out", str(out), *TINY, "max_steps=12", "lr_scheduler_type=cosine",
+            "warmup_steps=2", "eval_steps=4", "save_steps=4", "save_total_limit=1", *extra]
 
 
 @pytest.mark.slow
@@ -286,15 +301,16 @@ def _free_port() -> int:
 def test_two_processes_match_one(data_dir, tmp_path):
     """torchrun --nproc_per_node 2 (gloo on CPU) with batch 2 each == one process with batch 4:
     the same global batch of weighted ranking pairs, split over the processes."""
-    args = ["--data", str(data_dir), *TINY, "pairs=ranking", "grad_accum=1", "steps=3", "eval_every=3",
-            "checkpoint_every=0", "sample_prompts=0"]
+    args = ["--data", str(data_dir), *TINY, "pairs=ranking", "gradient_accumulation_steps=1", "max_steps=3",
+            "eval_steps=3", "save_steps=0", "sample_prompts=0"]
     two, one = tmp_path / "two", tmp_path / "one"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(_free_port()), "-m", "ambient_rlhf.cli", "dpo", "--out", str(two), *args, "batch_size=2"],
+                        str(_free_port()), "-m", "ambient_rlhf.cli", "dpo", "--out", str(two), *args,
+                        "per_device_train_batch_size=2"],
                        env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((two / "manifest.json").read_text())["counts"]["processes"] == 2
-    assert main(["dpo", "--out", str(one), *args, "batch_size=4"]) == 0
+    assert main(["dpo", "--out", str(one), *args, "per_device_train_batch_size=4"]) == 0
     for k in ("train/loss", "train/rewards/margin", "train/logps/chosen", "eval/loss", "eval/rewards/margin"):
         a, b = _rows(two, k), _rows(one, k)
         assert list(a) == list(b) and len(a) >= 1, k

@@ -18,9 +18,9 @@ The flow of :func:`train_dpo`, top to bottom (the numbered comments in the loop)
    accumulation and processes see the same data), one forward+backward of the policy
    over the chosen and rejected sequences together, the loss of ``rl.dpo_losses`` as a
    weighted mean over the global batch; clip, AdamW, LR schedule;
-5. at step 0, every ``eval_every`` steps and the end: the valid pairs' loss, implicit
+5. at step 0, every ``eval_steps`` steps and the end: the valid pairs' loss, implicit
    reward margins and accuracy, log-probs, and the mean length of greedy answers to a few
-   valid prompts; checkpoints every ``checkpoint_every`` steps;
+   valid prompts; checkpoints every ``save_steps`` steps;
 6. the output directory (merged weights, ``adapter/`` with LoRA, tokenizer,
    ``ambient_model.json``, metrics, samples, the reference cache, manifest) replaces the
    working directory in one rename.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.config import above, at_least, between, check_bounds
@@ -13,6 +13,13 @@ from ambient_rlhf.train.common import LoraSettings
 
 @dataclass
 class DPOConfig:
+    RENAMED: ClassVar[dict] = {"lr": "learning_rate", "schedule": "lr_scheduler_type", "steps": "max_steps",
+                               "epochs": "num_train_epochs", "grad_accum": "gradient_accumulation_steps",
+                               "batch_size": "per_device_train_batch_size", "log_every": "logging_steps",
+                               "eval_every": "eval_steps", "checkpoint_every": "save_steps",
+                               "keep_checkpoints": "save_total_limit"}
+    """Old key names, still accepted with a deprecation warning (``config.upgrade_keys``)."""
+
     data: str = ""
     """Data directory from ``ambient data build`` (reads ``pairs.parquet``, or
     ``rankings.parquet`` / ``responses.parquet`` as ``pairs`` says). Required."""
@@ -74,32 +81,33 @@ class DPOConfig:
     """Prompt budget in tokens (cut from the left)."""
     max_response_tokens: Annotated[int, at_least(1)] = 256
     """Response budget in tokens including EOS (cut from the right, no EOS when cut)."""
-    batch_size: Annotated[int, at_least(1)] = 4
+    per_device_train_batch_size: Annotated[int, at_least(1)] = 4
     """Pairs per micro-batch per process (2x sequences: chosen and rejected run together)."""
-    grad_accum: Annotated[int, at_least(1)] = 4
+    gradient_accumulation_steps: Annotated[int, at_least(1)] = 4
     """Micro-batches per optimizer step: 16 pairs per step with the defaults (TRL's
     examples use 8-64)."""
-    lr: Annotated[float, above(0)] = 5e-7
+    learning_rate: Annotated[float, above(0)] = 5e-7
     """Peak learning rate (AdamW). DPO moves far with little: 5e-7 is the Zephyr / TRL
     full fine-tuning value; with LoRA use about 5e-6."""
     weight_decay: Annotated[float, at_least(0)] = 0.0
     """AdamW weight decay (not on biases/norms)."""
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "linear"
     """LR schedule after warmup; linear to 0 as in the DPO paper's setup."""
-    warmup_steps: Annotated[int, at_least(0)] = 10
-    """Linear warmup steps."""
-    steps: Annotated[int, at_least(0)] = 0
-    """Optimizer steps to run; 0 = ``epochs`` over the train pairs."""
-    epochs: Annotated[float, above(0)] = 1.0
-    """Passes over the train pairs when ``steps`` is 0; DPO overfits after one or two."""
+    warmup_steps: Annotated[float, at_least(0)] = 10
+    """Linear warmup: a number of steps (>= 1), or a fraction of all steps (< 1), as in
+    transformers."""
+    max_steps: Annotated[int, at_least(0)] = 0
+    """Optimizer steps to run; 0 = ``num_train_epochs`` over the train pairs."""
+    num_train_epochs: Annotated[float, above(0)] = 1.0
+    """Passes over the train pairs when ``max_steps`` is 0; DPO overfits after one or two."""
     max_grad_norm: Annotated[float, at_least(0)] = 1.0
     """Clip the global gradient norm (0 = off)."""
     group_by_length: bool = True
     """Form steps from pairs of similar length (less padding); the order of steps is
     still shuffled."""
-    log_every: Annotated[int, at_least(1)] = 10
+    logging_steps: Annotated[int, at_least(1)] = 10
     """Write train metrics every N optimizer steps (averaged over them)."""
-    eval_every: Annotated[int, at_least(0)] = 50
+    eval_steps: Annotated[int, at_least(0)] = 50
     """Evaluate on the valid pairs every N steps (and at step 0 and the end); 0 = only then."""
     eval_pairs: Annotated[int, at_least(0)] = 256
     """Valid pairs used for evaluation (a fixed seeded subset); 0 = all."""
@@ -109,9 +117,9 @@ class DPOConfig:
     go to ``samples.jsonl``; 0 = none."""
     sample_max_new_tokens: Annotated[int, at_least(1)] = 64
     """Length budget of those samples."""
-    checkpoint_every: Annotated[int, at_least(0)] = 100
+    save_steps: Annotated[int, at_least(0)] = 100
     """Write a checkpoint every N steps; 0 = only at the end."""
-    keep_checkpoints: Annotated[int, at_least(1)] = 2
+    save_total_limit: Annotated[int, at_least(1)] = 2
     """Newest checkpoints kept while training."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """``auto`` = bf16 autocast on a GPU that supports it, float32 on CPU."""

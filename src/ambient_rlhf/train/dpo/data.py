@@ -267,8 +267,8 @@ def evaluate(loss_fn, examples: list[Example], ref: torch.Tensor, pad_id: int, c
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)[rank::world]
     tot: dict[str, float] = {}
     w_sum = 0.0
-    for s in range(0, len(order), cfg.batch_size):
-        idx = order[s:s + cfg.batch_size]
+    for s in range(0, len(order), cfg.per_device_train_batch_size):
+        idx = order[s:s + cfg.per_device_train_batch_size]
         exs = [examples[i] for i in idx]
         pol, n = sequence_logps(loss_fn, exs, pad_id, accelerator.device)
         w = torch.tensor([e.weight for e in exs], device=pol.device)

@@ -18,7 +18,7 @@ from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 from ambient_rlhf.logging import MetricsWriter, get_logger, progress, read_jsonl
 from ambient_rlhf.outdir import prepare_out
 from ambient_rlhf.train.common import (CausalLMLoss, TokenMeter, all_sum, apply_lora, is_peft, make_optimizer,
-                                       make_scheduler, merge_lora, setup_accelerator)
+                                       make_scheduler, merge_lora, setup_accelerator, warmup_count)
 from ambient_rlhf.train.dpo.config import DPOConfig, validate
 from ambient_rlhf.train.dpo.data import (REFERENCE_FILE, cached_reference, encode, evaluate, fingerprint, load_pairs,
                                         pair_metrics, sequence_logps, write_samples)
@@ -83,12 +83,13 @@ def train_dpo(cfg: DPOConfig) -> Path:
     lengths = [e.length for e in train_ex]
 
     world = accelerator.num_processes
-    global_batch = cfg.batch_size * cfg.grad_accum * world
+    global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
     if len(train_ex) < global_batch:
         raise AmbientError(f"{len(train_ex)} train pairs < one global batch of {global_batch} "
-                           f"(batch_size x grad_accum x processes); lower batch_size or grad_accum")
+                           f"(per_device_train_batch_size x gradient_accumulation_steps x processes); lower "
+                           f"per_device_train_batch_size or gradient_accumulation_steps")
     steps_per_epoch = len(train_ex) // global_batch  # a last partial batch is dropped
-    total_steps = cfg.steps or max(int(round(cfg.epochs * steps_per_epoch)), 1)
+    total_steps = cfg.max_steps or max(int(round(cfg.num_train_epochs * steps_per_epoch)), 1)
     batches = {e: epoch_batches(lengths, global_batch, cfg.seed, e, cfg.group_by_length)
                for e in range((total_steps - 1) // steps_per_epoch + 1)}  # the data order: seed and step only
     used = sorted({j for s in range(total_steps) for j in batches[s // steps_per_epoch][s % steps_per_epoch]})
@@ -99,7 +100,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     sets, need = {"train": train_ex, "valid": valid_ex}, {"train": used, "valid": list(range(len(valid_ex)))}
     with accelerator.main_process_first(), accelerator.autocast():
         ref = cached_reference(out / REFERENCE_FILE, fingerprint(cfg.model, sets, need), CausalLMLoss(lm), sets,
-                               tok.pad_token_id, cfg.batch_size * 2, accelerator.device, need)
+                               tok.pad_token_id, cfg.per_device_train_batch_size * 2, accelerator.device, need)
 
     # step 3. the policy (from the checkpoint on resume), LoRA
     if ckpt is not None and not cfg.lora.enabled:
@@ -113,8 +114,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
     lm.train()
 
     loss_fn = CausalLMLoss(lm)
-    opt = make_optimizer(loss_fn, cfg.lr, cfg.weight_decay)
-    sched = make_scheduler(opt, cfg.schedule, cfg.warmup_steps, total_steps)
+    opt = make_optimizer(loss_fn, cfg.learning_rate, cfg.weight_decay)
+    sched = make_scheduler(opt, cfg.lr_scheduler_type, warmup_count(cfg.warmup_steps, total_steps), total_steps)
     loss_fn, opt = accelerator.prepare(loss_fn, opt)
     step = 0
     if ckpt is not None:
@@ -126,8 +127,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
         log.warning("resuming from %s (step %d of %d)", ckpt, step, total_steps)
     if main:
         log.info("dpo (%s, beta=%g): %d train / %d valid pairs, %d steps of %d pairs (%d x %d x %d processes)",
-                 cfg.loss, cfg.beta, len(train_ex), len(valid_ex), total_steps, global_batch, cfg.batch_size,
-                 cfg.grad_accum, world)
+                 cfg.loss, cfg.beta, len(train_ex), len(valid_ex), total_steps, global_batch,
+                 cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, world)
         if ckpt is not None:
             _trim_jsonl(out / "samples.jsonl", step)
     metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main)
@@ -159,7 +160,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     bar = progress(total=total_steps, initial=step, desc="dpo", unit="step") if main else None
     while step < total_steps:
         batch = batches[step // steps_per_epoch][step % steps_per_epoch]
-        micro = split_step(batch, lengths, cfg.grad_accum * world)
+        micro = split_step(batch, lengths, cfg.gradient_accumulation_steps * world)
         mine = micro[accelerator.process_index::world]  # this process's micro-batches
         w_total = sum(train_ex[j].weight for j in batch)  # the global batch's weight, known to every process
         for k, mb in enumerate(mine):
@@ -186,7 +187,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
         acc_w += w_total
         if bar is not None:
             bar.update(1)
-        if step % cfg.log_every == 0 or step == total_steps:
+        if step % cfg.logging_steps == 0 or step == total_steps:
             row = {f"train/{k}": all_sum(accelerator, v) / acc_w for k, v in acc.items()}
             row.update({"train/lr": lr, "train/grad_norm": grad_norm, "train/tokens": all_sum(accelerator, acc_seen),
                         "train/tokens_per_s": all_sum(accelerator, meter.rate()), "epoch": step / steps_per_epoch})
@@ -194,13 +195,13 @@ def train_dpo(cfg: DPOConfig) -> Path:
             if bar is not None:
                 bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc=f"{row['train/rewards/accuracy']:.2f}")
             acc, acc_w, acc_seen = dict.fromkeys(TRAIN_KEYS, 0.0), 0.0, 0
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+        if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
             do_eval(step)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+        if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
             if main:
                 state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
                          "step": step, "config": to_dict(cfg)}
-                save_checkpoint(out, step, state, save_models, keep=cfg.keep_checkpoints)
+                save_checkpoint(out, step, state, save_models, keep=cfg.save_total_limit)
             accelerator.wait_for_everyone()
     if bar is not None:
         bar.close()
