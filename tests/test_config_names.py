@@ -1,6 +1,6 @@
 """One vocabulary for training keys across ``sft``, ``rm``, ``rl`` and ``dpo`` (issue 14 item 7):
 the same setting has the same name in every stage, the name transformers' and TRL's
-``TrainingArguments`` give it; old names still work, with a deprecation warning; every
+``TrainingArguments`` give it; old names are refused with the new name; every
 command-line flag has help text."""
 
 import contextlib
@@ -65,15 +65,9 @@ def test_the_names_are_transformers_names():
     (DPOConfig, "grad_accum", "gradient_accumulation_steps", 5),
     (DPOConfig, "log_every", "logging_steps", 2), (DPOConfig, "eval_every", "eval_steps", 20),
     (DPOConfig, "checkpoint_every", "save_steps", 9), (DPOConfig, "keep_checkpoints", "save_total_limit", 3)])
-def test_an_old_name_still_works_with_a_deprecation_warning(cls, old, new, value, warnings_seen):
-    cfg = load_config(cls, None, [f"{old}={value}"])
-    assert getattr(cfg, new) == value
-    assert any(f"'{old}' is deprecated: use '{new}'" in w for w in warnings_seen), warnings_seen
-
-
-def test_old_and_new_name_together_are_refused():
-    with pytest.raises(ConfigError, match="'lr' and 'learning_rate' are one setting"):
-        load_config(SFTConfig, None, ["lr=1e-3", "learning_rate=1e-4"])
+def test_an_old_name_is_refused_with_the_new_name(cls, old, new, value):
+    with pytest.raises(ConfigError, match=f"'{old}' was renamed '{new}'"):
+        load_config(cls, None, [f"{old}={value}"])
 
 
 def test_a_whole_run_warmup_ratio_has_no_warmup_steps_equivalent():
@@ -81,24 +75,21 @@ def test_a_whole_run_warmup_ratio_has_no_warmup_steps_equivalent():
         load_config(RewardConfig, None, ["warmup_ratio=1"])
 
 
-def test_an_old_name_on_the_command_line_overrides_the_file(tmp_path, warnings_seen):
-    f = tmp_path / "c.yaml"
-    f.write_text("max_steps: 5\nlearning_rate: 1.0e-4\n")
-    cfg = load_config(SFTConfig, f, ["steps=9"])
-    assert (cfg.max_steps, cfg.learning_rate) == (9, 1e-4)
-
-
-def test_the_run_config_upgrades_old_names_before_merging_with_the_preset(warnings_seen):
+def test_old_names_are_refused_in_files_and_run_configs(tmp_path):
     from ambient_rlhf.run_config import load_run_config
 
-    cfg = load_run_config(None, ["sft.steps=3", "rm.epochs=2", "rl.response_length=9"])  # the demo says 12 / 8 / 64
-    assert (cfg.sft.max_steps, cfg.rm.num_train_epochs, cfg.rl.max_response_tokens) == (3, 2.0, 9)
-    assert any("'sft.steps' is deprecated: use 'sft.max_steps'" in w for w in warnings_seen)
-    # dpo: the demo sets learning_rate 1e-5 and gradient_accumulation_steps 2 (the default is 4)
-    cfg = load_run_config(None, ["dpo.lr=1e-4", "dpo.batch_size=2"])
-    d = cfg.dpo
-    assert (d.learning_rate, d.per_device_train_batch_size, d.gradient_accumulation_steps) == (1e-4, 2, 2)
-    assert any("'dpo.batch_size' is deprecated: use 'dpo.per_device_train_batch_size'" in w for w in warnings_seen)
+    f = tmp_path / "c.yaml"
+    f.write_text("max_steps: 5\nlr: 1.0e-4\n")
+    with pytest.raises(ConfigError, match="'lr' was renamed 'learning_rate'.*write learning_rate=0.0001"):
+        load_config(SFTConfig, f, [])
+    with pytest.raises(ConfigError, match="'sft.steps' was renamed 'sft.max_steps'"):
+        load_run_config(None, ["sft.steps=3"])
+    with pytest.raises(ConfigError, match="'dpo.batch_size' was renamed 'dpo.per_device_train_batch_size'"):
+        load_run_config(None, ["dpo.batch_size=2"])
+    with pytest.raises(ConfigError, match="'rl.prompt_tuning.lr' was renamed 'rl.prompt_tuning.learning_rate'"):
+        load_run_config(None, ["rl.prompt_tuning.lr=0.01"])
+    with pytest.raises(ConfigError, match="write warmup_steps=0.1"):
+        load_config(RewardConfig, None, ["warmup_ratio=0.1"])
 
 
 def test_warmup_steps_is_a_count_or_a_fraction():

@@ -37,8 +37,6 @@ def test_preset_loads_and_plans(name, warnings_seen):
     from ambient_rlhf.run import load_run_config, plan
 
     cfg = load_run_config(PRESET_DIR / name)
-    # the presets use the current key names in every section (sft, rm, rl, dpo, ...)
-    assert not [w for w in warnings_seen if "deprecated" in w], warnings_seen
     stages = [s.name for s in plan(cfg)]
     assert stages[-1] == "report" and "rl" in stages and "eval" in stages
     assert ("simulate" in stages) == (not cfg.sources)
@@ -81,8 +79,8 @@ def test_unknown_config_names_the_presets(tmp_path):
     with pytest.raises(AmbientError, match=r"nope.yaml: no such file and no such preset.*askacademia, demo"):
         load_run_config("nope.yaml")
     mine = tmp_path / "demo.yaml"  # a file of the user's own wins over the preset of that name
-    mine.write_text("rl: {steps: 3}\n")
-    assert load_run_config(mine).rl.max_steps == 3  # an old key name (steps) still works
+    mine.write_text("rl: {max_steps: 3}\n")
+    assert load_run_config(mine).rl.max_steps == 3
 
 
 @pytest.mark.parametrize("where,key", [("cli", "sft.condition=tier"), ("cli", "sft.model=x"), ("file", "rm.train_half"),
@@ -98,7 +96,7 @@ def test_keys_the_run_sets_are_refused(tmp_path, where, key):
             load_run_config(None, ["rl.max_steps=3", key])
     else:
         f = tmp_path / "mine.yaml"
-        f.write_text(f"{sec}:\n  {k}: b\n  lr: 0.1\n" if k == "train_half" else f"{sec}:\n  {k}: true\n")
+        f.write_text(f"{sec}:\n  {k}: b\n  learning_rate: 0.1\n" if k == "train_half" else f"{sec}:\n  {k}: true\n")
         with pytest.raises(AmbientError, match=rf"mine.yaml sets {sec}\.{k} \("):
             load_run_config(f)
     # the seeds the run derives from a user's value are honoured: proxy = rm.seed, gold = rm.seed + 1
@@ -153,7 +151,7 @@ def test_resolved_config_is_written_and_runs_again(tmp_path):
     run_pipeline(cfg, runners={k: (lambda c, r, o: write_manifest(o, "x")) for k in RUNNERS})  # no training
     path = tmp_path / "run" / RESOLVED_FILE
     text = path.read_text()
-    assert text.startswith("# written by `ambient run`") and "rl.steps" not in text and "steps: 3" in text
+    assert text.startswith("# written by `ambient run`") and "max_steps: 3" in text
     again = load_run_config(path)  # no key the run sets is in it, so it loads as a user's config
     assert to_dict(again) == to_dict(cfg)
 

@@ -10,9 +10,8 @@ Field docstrings (the string literal under a field, as in cleanrl) are read from
 source with :mod:`ast`, so ``ambient <stage> --help-config`` prints them.
 
 Renamed keys: a config class may declare ``RENAMED = {"old": "new"}`` (a ``ClassVar``);
-an old name is still accepted, with one deprecation warning, and becomes the new one
-before the layers are merged (:func:`upgrade_keys`), so ``steps=5`` on the command line
-still overrides a YAML's ``max_steps``.  Giving both names in one layer is an error.
+an old name is refused with the new name and the value to write (:func:`upgrade_keys`):
+one spelling per setting, so a file and a command line never disagree about which wins.
 """
 
 from __future__ import annotations
@@ -223,10 +222,10 @@ def renamed_keys(cls: type) -> dict[str, str]:
 
 
 def upgrade_keys(cls: type, data: Any, prefix: str = "") -> Any:
-    """``data`` (a mapping for dataclass ``cls``) with every old key name replaced by the
-    current one (nested sections too), one deprecation warning per old name.  A
-    ``RENAMED`` value may be ``(new, convert)``: ``convert(value)`` gives the new key's
-    value (and raises ConfigError where there is none)."""
+    """Refuse the old name of a renamed key (nested sections too) with the new name and
+    the value to give it.  A ``RENAMED`` value may be ``(new, convert)``: ``convert(value)``
+    gives the new key's value for the hint (and raises ConfigError where there is none).
+    Returns ``data`` unchanged when no old name is used."""
     if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
         return data
     table = getattr(cls, "RENAMED", {})
@@ -235,12 +234,9 @@ def upgrade_keys(cls: type, data: Any, prefix: str = "") -> Any:
     for k, v in data.items():
         if k in table:
             new, convert = table[k] if isinstance(table[k], tuple) else (table[k], None)
-            if new in data:
-                raise ConfigError(f"config keys '{prefix}{k}' and '{prefix}{new}' are one setting ('{k}' is its "
-                                  f"old name); keep '{prefix}{new}'")
-            log.warning("config key '%s%s' is deprecated: use '%s%s' (the name transformers and TRL use); "
-                        "the old name will be refused in a later version", prefix, k, prefix, new)
-            k, v = new, (convert(v) if convert is not None else v)
+            value = convert(v) if convert is not None else v
+            raise ConfigError(f"config key '{prefix}{k}' was renamed '{prefix}{new}' (the name transformers and "
+                              f"TRL use): write {prefix}{new}={value}")
         tp = hints.get(k)
         if tp is not None and dataclasses.is_dataclass(tp):
             v = upgrade_keys(tp, v, prefix + k + ".")
@@ -250,7 +246,7 @@ def upgrade_keys(cls: type, data: Any, prefix: str = "") -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a (possibly nested) mapping, rejecting unknown keys
-    (old names of renamed keys are accepted: :func:`upgrade_keys`)."""
+    (old names of renamed keys are refused with a hint: :func:`upgrade_keys`)."""
     if data is None:
         data = {}
     data = upgrade_keys(cls, data, prefix)
@@ -392,7 +388,7 @@ def config_help(cls: type, prefix: str = "") -> str:
             lines.append(f"    {dl}")
     renamed = renamed_keys(cls)
     if renamed:
-        lines.append(f"{prefix}(old names, accepted with a deprecation warning: "
+        lines.append(f"{prefix}(old names, refused with a hint: "
                      + ", ".join(f"{prefix}{o} -> {prefix}{n}" for o, n in renamed.items()) + ")")
     return "\n".join(lines)
 

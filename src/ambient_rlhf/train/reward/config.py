@@ -27,7 +27,7 @@ class RewardConfig:
     RENAMED: ClassVar[dict] = {"lr": "learning_rate", "schedule": "lr_scheduler_type", "epochs": "num_train_epochs",
                                "grad_clip": "max_grad_norm", "warmup_ratio": ("warmup_steps", _warmup_from_ratio),
                                "eval_every": "eval_steps", "save_every": "save_steps"}
-    """Old key names, still accepted with a deprecation warning (``config.upgrade_keys``)."""
+    """Old key names, refused with the new name (``config.upgrade_keys``)."""
 
     data: list[str] = field(default_factory=list)
     """Data directories (``ambient data build`` output).  Several directories train one

@@ -43,7 +43,7 @@ class RLConfig:
     RENAMED: ClassVar[dict] = {"lr": "learning_rate", "schedule": "lr_scheduler_type", "steps": "max_steps",
                                "adam_eps": "adam_epsilon", "save_every": "save_steps",
                                "keep_checkpoints": "save_total_limit", "response_length": "max_response_tokens"}
-    """Old key names, still accepted with a deprecation warning (``config.upgrade_keys``)."""
+    """Old key names, refused with the new name (``config.upgrade_keys``)."""
 
     policy: str = "default"
     """Initial policy (normally the SFT output directory) and, unless ``reference`` is

@@ -21,7 +21,7 @@ class SFTConfig:
                                "batch_size": "per_device_train_batch_size", "log_every": "logging_steps",
                                "eval_every": "eval_steps", "checkpoint_every": "save_steps",
                                "keep_checkpoints": "save_total_limit"}
-    """Old key names, still accepted with a deprecation warning (``config.upgrade_keys``)."""
+    """Old key names, refused with the new name (``config.upgrade_keys``)."""
 
     data: str = ""
     """Data directory from ``ambient data build`` (reads ``responses.parquet``). Required."""
