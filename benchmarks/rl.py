@@ -17,8 +17,8 @@
   (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``; the latter changes small-model step times
   several-fold on CPU).  The figure is the median seconds per iteration after ``--warmup``
   iterations; the ratio is ours / theirs (target <= 0.5).
-* ``--peer-repeats 2`` runs the peer twice, alternating with ours (ours, peer, [ours
-  with ``reuse_forward=false`` under ``--baseline``,] peer): the ratio is against the mean,
+* ``--peer-repeats 2`` runs the peer twice, alternating with ours (peer, ours, peer[, ours
+  with ``reuse_forward=false`` under ``--baseline``]): the ratio is against the mean,
   and the spread of the peer's runs shows how much other jobs on the machine moved the
   figures.  The machine, versions and load averages are printed with the ratios.
 """
@@ -289,12 +289,12 @@ def main() -> int:
                 run_peer = lambda: run_side(trl112, "trl-ppo", a, paths, ppo_env)  # noqa: E731
             ours_runs = [("ours", [])] + ([("ours, reuse_forward=false", ["reuse_forward=false"])] if a.baseline else [])
             peers, results = [], {}
-            for i in range(max(a.peer_repeats, len(ours_runs))):
+            for i in range(max(a.peer_repeats, len(ours_runs))):  # peer, ours, peer, ours baseline, ...
+                if i < a.peer_repeats:
+                    peers.append(run_peer()["median"])
                 if i < len(ours_runs):
                     name, extra = ours_runs[i]
                     results[name] = run_side(sys.executable, "ours", a, paths, env, extra)
-                if i < a.peer_repeats:
-                    peers.append(run_peer()["median"])
             peer = statistics.mean(peers)
             spread = f" (runs: {', '.join(f'{x:.3f}' for x in peers)})" if len(peers) > 1 else ""
             print(f"{algo}: {peer_name} {peer:.3f} s/iter{spread}")
