@@ -17,6 +17,10 @@
   (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``; the latter changes small-model step times
   several-fold on CPU).  The figure is the median seconds per iteration after ``--warmup``
   iterations; the ratio is ours / theirs (target <= 0.5).
+* ``--peer-repeats 2`` runs the peer twice, alternating with ours (peer, ours, peer[, ours
+  with ``reuse_forward=false`` under ``--baseline``]): the ratio is against the mean,
+  and the spread of the peer's runs shows how much other jobs on the machine moved the
+  figures.  The machine, versions and load averages are printed with the ratios.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def worker_ours(a, paths) -> dict:
         f"policy={paths['model']}", f"reward={reward}", f"data={paths['data']}", f"out={out}", f"algo={a.algo}",
         f"max_steps={a.steps}", f"batch_size={a.prompts}", f"rloo_k={a.k}", f"max_response_tokens={a.length}",
         "missing_eos_score=null", "save_steps=0", "overwrite=true", "kl.kind=fixed", "kl.init_beta=0.05",
-        "learning_rate=1e-6", "num_minibatches=1", "ppo_epochs=4", "sample_every=1000000"])
+        "learning_rate=1e-6", "num_minibatches=1", "ppo_epochs=4", "sample_every=1000000", *json.loads(a.extra or "[]")])
     train_rl(cfg)
     rows = read_jsonl(out / "metrics.jsonl")
     phases = ("time/generate", "time/score", "time/reference", "time/policy_forward", "time/train")
@@ -186,10 +190,37 @@ WORKERS = {"ours": worker_ours, "trl-rloo": worker_trl_rloo, "trl-ppo": worker_t
 
 
 # ---- driver --------------------------------------------------------------------------------
-def run_side(python: str, side: str, a, paths: dict, env: dict) -> dict:
+def _load() -> str:
+    """The 1/5/15-minute load averages (other jobs on a shared machine slow both sides)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def _machine() -> str:
+    import platform
+
+    import torch
+    import transformers
+    import trl
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"machine: {cpu}, {os.cpu_count()} cores, load average {_load()}; python {platform.python_version()}, "
+            f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__} (PPO peer: 1.12.0)")
+
+
+def run_side(python: str, side: str, a, paths: dict, env: dict, extra: list[str] = ()) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--algo", a.algo, "--work", a.work,
            "--paths", json.dumps(paths), "--steps", str(a.steps), "--warmup", str(a.warmup), "--prompts",
-           str(a.prompts), "--k", str(a.k), "--length", str(a.length)]
+           str(a.prompts), "--k", str(a.k), "--length", str(a.length), "--extra", json.dumps(list(extra))]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"{side} ({a.algo}) failed:\n{r.stderr[-4000:]}")
@@ -211,6 +242,11 @@ def main() -> int:
     p.add_argument("--wait-policy", default="ACTIVE", help="OMP_WAIT_POLICY for both sides")
     p.add_argument("--trl112-path", help="a directory holding trl==1.12.0 (pip install --target), used instead "
                    "of creating .bench/trl112 (for machines without network)")
+    p.add_argument("--baseline", action="store_true", help="also run ours with reuse_forward=false (a separate "
+                   "no-grad forward for the old log-probs, the code path before that shortcut) in the same run")
+    p.add_argument("--peer-repeats", type=int, default=1, help="run the peer this many times, alternating with "
+                   "ours (2 brackets our runs: on a shared machine the spread shows the contention)")
+    p.add_argument("--extra", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--paths", help=argparse.SUPPRESS)
@@ -239,21 +275,33 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rlbench-") as work:
         a.work = work
         paths = prepare(Path(work), a.model, a.prompts)
+        print(_machine())
         print(f"model={a.model} device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={a.threads} "
               f"OMP_WAIT_POLICY={a.wait_policy} prompts={a.prompts} k={a.k} length={a.length} "
               f"steps={a.steps} (median after {a.warmup})")
         for algo in algos:
             a.algo = algo
-            ours = run_side(sys.executable, "ours", a, paths, env)
             if algo == "rloo":
-                peer, peer_name = run_side(sys.executable, "trl-rloo", a, paths, env), "TRL 1.16 RLOOTrainer"
+                peer_name = "TRL 1.16 RLOOTrainer"
+                run_peer = lambda: run_side(sys.executable, "trl-rloo", a, paths, env)  # noqa: E731
             else:
-                peer, peer_name = run_side(trl112, "trl-ppo", a, paths, ppo_env), "TRL 1.12 PPOTrainer"
-            ratio = ours["median"] / peer["median"]
-            print(f"{algo}: ours {ours['median']:.3f} s/iter, {peer_name} {peer['median']:.3f} s/iter, "
-                  f"ratio {ratio:.2f}x")
-            print("  ours per phase (median s): " + ", ".join(f"{k.split('/')[1]} {v:.3f}"
-                                                           for k, v in ours["phases"].items()))
+                peer_name = "TRL 1.12 PPOTrainer"
+                run_peer = lambda: run_side(trl112, "trl-ppo", a, paths, ppo_env)  # noqa: E731
+            ours_runs = [("ours", [])] + ([("ours, reuse_forward=false", ["reuse_forward=false"])] if a.baseline else [])
+            peers, results = [], {}
+            for i in range(max(a.peer_repeats, len(ours_runs))):  # peer, ours, peer, ours baseline, ...
+                if i < a.peer_repeats:
+                    peers.append(run_peer()["median"])
+                if i < len(ours_runs):
+                    name, extra = ours_runs[i]
+                    results[name] = run_side(sys.executable, "ours", a, paths, env, extra)
+            peer = statistics.mean(peers)
+            spread = f" (runs: {', '.join(f'{x:.3f}' for x in peers)})" if len(peers) > 1 else ""
+            print(f"{algo}: {peer_name} {peer:.3f} s/iter{spread}")
+            for name, res in results.items():
+                print(f"  {name}: {res['median']:.3f} s/iter, ratio {res['median'] / peer:.2f}x; per phase (median s): "
+                      + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in res["phases"].items()))
+        print(f"load average at the end: {_load()}")
     return 0
 
 

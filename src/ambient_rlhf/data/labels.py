@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ambient_rlhf.data import vader
 from ambient_rlhf.data.schema import TIERS
 
 GOOD, OK, BAD = TIERS
@@ -111,22 +112,10 @@ def assign_tiers(adjusted: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
-_VADER = None
-
-
-def vader():
-    """The VADER analyser (its lexicon ships inside ``vaderSentiment``), built once."""
-    global _VADER
-    if _VADER is None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        _VADER = SentimentIntensityAnalyzer()
-    return _VADER
-
-
 def sentiment(text: str) -> float:
-    """VADER compound score of ``text`` in [-1, 1]."""
-    return float(vader().polarity_scores(text)["compound"])
+    """VADER compound score of ``text`` in [-1, 1] (:mod:`ambient_rlhf.data.vader`: the same
+    number as ``vaderSentiment``'s ``polarity_scores(text)["compound"]``, several times faster)."""
+    return vader.compound(text)
 
 
 def mean_or_none(total: float, n: int) -> float | None:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ambient_rlhf import stats
+from ambient_rlhf.data import vader
 
 UTILITY_WEIGHTS = {"relevance": 1.0, "sentiment": 0.5, "length": 0.5, "repetition": -1.0}
 """utility = sum(weight * component); see the module docstring for each component."""
@@ -71,17 +72,9 @@ def content_words(text: str) -> list[str]:
     return out
 
 
-_VADER = None
-
-
 def sentiment(text: str) -> float:
-    """VADER compound sentiment in [-1, 1] (Hutto & Gilbert 2014)."""
-    global _VADER
-    if _VADER is None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        _VADER = SentimentIntensityAnalyzer()
-    return float(_VADER.polarity_scores(text)["compound"])
+    """VADER compound sentiment in [-1, 1] (Hutto & Gilbert 2014), via :mod:`ambient_rlhf.data.vader`."""
+    return vader.compound(text)
 
 
 def utility_components(prompt: str, response: str) -> dict[str, float]:

@@ -12,7 +12,8 @@ One iteration of :func:`train_rl` (the numbered comments in the loop are these s
    reference samples before step 1, or 1 and 0); replace the score of responses without
    EOS by ``missing_eos_score``;
 4. reference log-probs from the frozen reference (with LoRA: the same model with the
-   adapter disabled, so no second copy in memory); the policy's own log-probs too;
+   adapter disabled, so no second copy in memory); the policy's own log-probs too (with
+   one minibatch, from the first training forward of step 7, drawn here: ``reuse_forward``);
 5. values (PPO): a separate value model (initialised from the reward model by default,
    its one-output head on the scale of the scores) or a value head on the policy;
 6. shaped rewards ``-beta * k1_t`` (none with ``kl.in_loss``) plus the score at the last

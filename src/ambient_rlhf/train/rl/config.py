@@ -84,6 +84,12 @@ class RLConfig:
     num_minibatches: Annotated[int, at_least(1)] = 1
     """Minibatches per epoch (one optimizer step each); the rollouts of a process are
     split evenly. 1, the 2019 default (``nminibatches=1``)."""
+    reuse_forward: bool = True
+    """With one minibatch, take the rollout's old-policy log-probs (and PPO values) from
+    the first training forward -- the same weights on the same batch -- instead of a
+    separate no-grad forward before it: one policy (and value) forward fewer per
+    iteration, the same numbers (tests/train/test_rl_speed.py).  false runs the separate
+    forward; ignored with several minibatches."""
     rloo_k: Annotated[int, at_least(1)] = 4
     """RLOO: samples per prompt for the leave-one-out baseline; 4, as in Ahmadian et al.
     2024 (k=4 recovered most of the gain of larger k)."""

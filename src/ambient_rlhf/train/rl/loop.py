@@ -137,6 +137,9 @@ def train_rl(cfg: RLConfig) -> Path:
     eos_id, pad_id = tok.eos_token_id, tok.pad_token_id
     k = cfg.rloo_k if cfg.algo == "rloo" else 1
     T = cfg.temperature
+    # one minibatch: take the old policy's log-probs (and values) from the first training
+    # forward instead of a separate no-grad forward of the same weights on the same batch
+    reuse_forward = cfg.reuse_forward and cfg.num_minibatches == 1
     run_t0 = time.perf_counter()
 
     for step in range(start_step + 1, cfg.max_steps + 1):
@@ -170,6 +173,7 @@ def train_rl(cfg: RLConfig) -> Path:
 
         # step 4. reference log-probs (LoRA: adapter disabled), and the policy's own
         t0 = time.perf_counter()
+        N = qr.shape[0]
         with torch.no_grad(), acc.autocast():
             base = acc.unwrap_model(policy_ddp)
             if ref_lm is not None:
@@ -179,14 +183,35 @@ def train_rl(cfg: RLConfig) -> Path:
                     ref_logits, _ = response_logits(base.lm, qr, qr_mask, Tp)
             ref_logp = logprobs_from_logits(ref_logits, resp, T)
             del ref_logits
-            timings["time/reference"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            logits, old_values = base(qr, qr_mask, Tp)
-            old_logp = logprobs_from_logits(logits, resp, T)
-            del logits
-            # step 5. values (PPO)
-            if value is not None:
-                old_values = acc.unwrap_model(value_ddp)(qr, qr_mask, Tp)
+        timings["time/reference"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        first = None  # with one minibatch, the first training forward is the old policy's (step 7)
+        if reuse_forward:
+            # the first epoch's order, drawn here instead of in step 7 (nothing between
+            # uses the RNG, so the permutation is the same)
+            perm = torch.randperm(N)
+            b = perm.to(device)
+            with acc.autocast():
+                new_logits, v_pred = policy_ddp(qr[b], qr_mask[b], Tp)
+                new_logp = logprobs_from_logits(new_logits, resp[b], T)
+                del new_logits
+                if value is not None:
+                    v_pred = value_ddp(qr[b], qr_mask[b], Tp)
+            first = (perm, new_logp, v_pred)
+            old_logp = torch.empty_like(new_logp)
+            old_logp[b] = new_logp.detach()
+            old_values = None
+            if v_pred is not None:
+                old_values = torch.empty_like(v_pred)
+                old_values[b] = v_pred.detach()
+        else:
+            with torch.no_grad(), acc.autocast():
+                logits, old_values = base(qr, qr_mask, Tp)
+                old_logp = logprobs_from_logits(logits, resp, T)
+                del logits
+                # step 5. values (PPO)
+                if value is not None:
+                    old_values = acc.unwrap_model(value_ddp)(qr, qr_mask, Tp)
         timings["time/policy_forward"] = time.perf_counter() - t0
         m = r_mask.float()
         old_logp, ref_logp = old_logp * m, ref_logp * m
@@ -218,21 +243,25 @@ def train_rl(cfg: RLConfig) -> Path:
 
         # step 7. optimisation epochs over shuffled minibatches
         t0 = time.perf_counter()
-        N = qr.shape[0]
         mb = N // cfg.num_minibatches
         stats: dict[str, list[float]] = {}
         for _epoch in range(epochs):
-            perm = torch.randperm(N)
+            if first is None:
+                perm = torch.randperm(N)
             for s in range(0, N, mb):
                 b = perm[s:s + mb].to(device)
                 with acc.autocast():
-                    new_logits, v_pred = policy_ddp(qr[b], qr_mask[b], Tp)
-                    new_logp = logprobs_from_logits(new_logits, resp[b], T)
-                    del new_logits
-                    if cfg.algo == "ppo":
-                        pg_loss, st = ppo_policy_loss(new_logp, old_logp[b], adv[b], r_mask[b], cfg.clip)
+                    if first is not None:  # the forward of step 4, on the same weights
+                        _, new_logp, v_pred = first
+                        first = None
+                    else:
+                        new_logits, v_pred = policy_ddp(qr[b], qr_mask[b], Tp)
+                        new_logp = logprobs_from_logits(new_logits, resp[b], T)
+                        del new_logits
                         if value is not None:
                             v_pred = value_ddp(qr[b], qr_mask[b], Tp)
+                    if cfg.algo == "ppo":
+                        pg_loss, st = ppo_policy_loss(new_logp, old_logp[b], adv[b], r_mask[b], cfg.clip)
                         vf_loss, vf_clip = ppo_value_loss(v_pred, old_values[b], returns[b], r_mask[b], cfg.value_clip)
                         loss = pg_loss + cfg.vf_coef * vf_loss
                         st = {**st, "value_loss": vf_loss.detach(), "value_clipfrac": vf_clip}
