@@ -14,7 +14,7 @@ def test_three_rounds_plan_and_wiring(tmp_path):
     assert cfg.rounds == 3 and cfg.feedback.prompts == 48
     stages = {s.name: s for s in plan(cfg)}
     names = list(stages)
-    assert names[names.index("eval-goal") + 1:] == ["feedback-2", "mix-2", "rm-proxy-2", "rl-2", "eval-2", "feedback-3",
+    assert names[names.index("eval-steer") + 1:] == ["feedback-2", "mix-2", "rm-proxy-2", "rl-2", "eval-2", "feedback-3",
                                                     "mix-3", "rm-proxy-3", "rl-3", "eval-3", "report"]
     assert set(stages["report"].deps) == set(names[:-1])
     fb3 = stages["feedback-3"].config

@@ -85,7 +85,7 @@ def test_stage_directories_nested_below_the_run_dir_are_found(tmp_path):
     found = discover(root)
     assert [s.name for s in found["rl"]] == ["exp1/run/rl"]
     assert sorted(s.name for s in found["sft"]) == ["exp1/run/sft", "sft"]
-    assert sorted(s.name for s in found["eval"]) == ["exp1/run/eval", "exp1/run/eval-goal"]
+    assert sorted(s.name for s in found["eval"]) == ["exp1/run/eval", "exp1/run/eval-goal", "exp1/run/eval-steer"]
     assert [s.name for s in found["simulate"]] == ["exp1/run/simulate"]
     stages = stages_table(found)
     assert "<td>exp1/run/rl</td>" in stages and "<td>exp1/run/simulate</td>" in stages
@@ -162,7 +162,7 @@ def test_long_prompts_are_collapsed_in_chromium(report, tmp_path):
     assert m, r.stderr[-2000:]
     heights = [float(x) for x in m.group(1).split(",")]
     # the 3,700-character prompt at 22em per cell would make rows thousands of pixels tall
-    assert len(heights) == 2 and max(heights) < 300, heights
+    assert len(heights) == 3 and max(heights) < 300, heights  # the samples of eval, eval-goal and eval-steer
 
 
 def test_progress_written_to_a_file_is_plain_lines(tmp_path):

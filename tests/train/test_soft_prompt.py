@@ -20,7 +20,7 @@ from ambient_rlhf.models.soft_prompt import SOFT_PROMPT_DIR, SoftPromptLM, wrap
 SFT = ["--model", "tiny-random", "--condition", "tier", "--peft", "prompt", "max_steps=6", "per_device_train_batch_size=4", "gradient_accumulation_steps=2",
        "logging_steps=1", "eval_steps=3", "eval_examples=8", "warmup_steps=0", "lr_scheduler_type=cosine", "sample_prompts=1",
        "sample_max_new_tokens=3", "prompt_tuning.virtual_tokens=3", "prompt_tuning.learning_rate=0.05", "save_steps=3",
-       "keep_checkpoints=1"]
+       "save_total_limit=1"]
 
 
 @pytest.fixture(scope="module")
