@@ -31,7 +31,8 @@ from ambient_rlhf.data.pairs import PairRule, is_pair, thread_pairs
 from ambient_rlhf.data.schema import PAIRS_FILE, RANKINGS_FILE, RESPONSES_FILE
 from ambient_rlhf.data.sources import BadRecords, discover
 from ambient_rlhf.data.splits import split_of
-from ambient_rlhf.data.threads import Counts, Thread, read_input
+from ambient_rlhf.data.records import Counts, Thread
+from ambient_rlhf.data.threads import read_input
 from ambient_rlhf.io import atomic_dir, write_manifest
 from ambient_rlhf.logging import get_logger
 

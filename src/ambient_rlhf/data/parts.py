@@ -47,7 +47,8 @@ from ambient_rlhf.data.build import SHOW_BAD, ChunkWriter, Sink
 from ambient_rlhf.data.config import DataConfig
 from ambient_rlhf.data.schema import PAIRS_FILE, RANKINGS_FILE
 from ambient_rlhf.data.sources import BadRecords, Input, StreamDamage
-from ambient_rlhf.data.threads import Counts, read_input
+from ambient_rlhf.data.records import Counts
+from ambient_rlhf.data.threads import read_input
 
 PART_JSON = "part.json"
 UNTIERED = "responses.untiered.parquet"

@@ -38,7 +38,8 @@ from ambient_rlhf.data.acts.trees import Node, ThreadMeta, Tree, read_trees
 from ambient_rlhf.data.config import DataConfig
 from ambient_rlhf.data.schema import ACT_PAIRS_FILE, ACTS_FILE, RESPONSES_FILE
 from ambient_rlhf.data.sources import BadRecords
-from ambient_rlhf.data.threads import Counts, bot_set, read_submissions
+from ambient_rlhf.data.records import Counts, bot_set
+from ambient_rlhf.data.reddit import read_submissions
 from ambient_rlhf.io import write_json
 from ambient_rlhf.logging import get_logger
 

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 
 from ambient_rlhf.data.records import Comment, RecordError, finite, record_id
 from ambient_rlhf.data.sources import BadRecords, StreamDamage, iter_records
-from ambient_rlhf.data.threads import DELETED_AUTHOR, DELETED_TEXT, Counts, strip_prefix
+from ambient_rlhf.data.records import DELETED_AUTHOR, DELETED_TEXT, Counts, strip_prefix
 
 
 @dataclass
