@@ -85,6 +85,15 @@ def apply_lora(model: nn.Module, settings: LoraSettings, trainable_token_ids: li
     return peft_model
 
 
+PER_DEVICE_RENAMED = {"lr": "learning_rate", "schedule": "lr_scheduler_type", "steps": "max_steps",
+                      "epochs": "num_train_epochs", "grad_accum": "gradient_accumulation_steps",
+                      "batch_size": "per_device_train_batch_size", "log_every": "logging_steps",
+                      "eval_every": "eval_steps", "checkpoint_every": "save_steps",
+                      "keep_checkpoints": "save_total_limit"}
+"""The old training-key names of the stages whose batch is per process (sft, dpo), refused
+with their transformers/TRL names (``config.upgrade_keys``)."""
+
+
 @dataclass
 class PromptTuningSettings:
     RENAMED: ClassVar[dict] = {"lr": "learning_rate"}

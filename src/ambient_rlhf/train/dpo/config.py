@@ -8,16 +8,12 @@ from typing import Annotated, ClassVar, Literal
 from ambient_rlhf import AmbientError
 from ambient_rlhf.config import above, at_least, between, check_bounds
 from ambient_rlhf.data.schema import TIERS
-from ambient_rlhf.train.common import LoraSettings
+from ambient_rlhf.train.common import PER_DEVICE_RENAMED, LoraSettings
 
 
 @dataclass
 class DPOConfig:
-    RENAMED: ClassVar[dict] = {"lr": "learning_rate", "schedule": "lr_scheduler_type", "steps": "max_steps",
-                               "epochs": "num_train_epochs", "grad_accum": "gradient_accumulation_steps",
-                               "batch_size": "per_device_train_batch_size", "log_every": "logging_steps",
-                               "eval_every": "eval_steps", "checkpoint_every": "save_steps",
-                               "keep_checkpoints": "save_total_limit"}
+    RENAMED: ClassVar[dict] = PER_DEVICE_RENAMED
     """Old key names, refused with the new name (``config.upgrade_keys``)."""
 
     data: str = ""
