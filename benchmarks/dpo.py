@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_env import describe, result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -149,6 +150,9 @@ def main() -> int:
     print(json.dumps({"model": args.model, "batch": args.batch, "max_tokens": args.max_tokens, "threads": args.threads,
                       "steps": args.steps, "ours_tokens_per_s": round(best["ours"]), "trl_tokens_per_s": round(best["trl"])}))
     print(f"ratio ours/trl = {best['ours'] / best['trl']:.2f}x (target >= 1.2x)")
+    print(describe(args.threads))
+    result("dpo", ours=best["ours"], peer=best["trl"], unit="tokens/s", higher_is_better=True, target=1.2,
+           peer_name="TRL DPOTrainer", threads=args.threads, model=args.model)
     return 0
 
 

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_env import describe, result
+
 
 def texts_of(args):
     import pandas as pd
@@ -117,6 +119,11 @@ def main(argv=None) -> int:
            "minutes_all_responses_peer": round(n_all * best["peer"] / len(idx) / 60, 1),
            "minutes_all_responses_ours_cut": round(n_all * best["ours_cut"] / len(idx) / 60, 1)}
     print(json.dumps(res, indent=1))
+    print(describe(torch.get_num_threads()))
+    result("features", ours=len(idx) / best["ours_cut"], peer=len(idx) / best["peer"], unit="texts/s",
+           higher_is_better=True, target=2.0, peer_name="transformers loop (whole model)",
+           threads=torch.get_num_threads(), model=args.model, cut_layers=args.layers,
+           whole_model_ratio=best["peer"] / best["ours_full"], max_abs_feature_diff=err)
     if err > 1e-3:
         print(f"features differ from the peer's by {err:.2g}", file=sys.stderr)
         return 1

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_env import describe, result
+
 HERE = Path(__file__).resolve()
 DEFAULT_DATA = HERE.parents[2] / "shared" / "data" / "reddit-askacademia"
 WINDOW = 2**31
@@ -402,6 +404,11 @@ def main() -> None:
     ing = rows["ingest (sentiment off)"]
     print(f"\nratio ingest/bare speed: {bare['seconds'] / ing['seconds']:.2f}x without reply sentiment, "
           f"{bare['seconds'] / rows['ingest (default)']['seconds']:.2f}x with it (target >= 0.5x)")
+    print(describe())
+    result("ingest", ours=rows["ingest (default)"]["records"] / rows["ingest (default)"]["seconds"],
+           peer=bare["records"] / bare["seconds"], unit="records/s", higher_is_better=True, target=0.5,
+           peer_name="bare zstd + json.loads", sentiment_off_ratio=bare["seconds"] / ing["seconds"],
+           peak_rss_mb=rows["ingest (default)"]["peak_rss_mb"])
     if a.skip_growth:
         return
     print("\npeak RSS of ingest (sentiment off) as the input grows (inputs recompressed with an 8 MiB\n"

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_env import describe, result
+
 
 def ours(args, work: Path) -> dict:
     from ambient_rlhf.logging import read_jsonl
@@ -136,6 +138,9 @@ def main() -> int:
     print(json.dumps(res, indent=2))
     print(f"ambient rm: {a['pairs_per_s']:.3f} pairs/s   TRL RewardTrainer: {b['pairs_per_s']:.3f} pairs/s   "
           f"ratio {res['ratio']:.2f}x")
+    print(describe(args.threads))
+    result("reward", ours=a["pairs_per_s"], peer=b["pairs_per_s"], unit="pairs/s", higher_is_better=True, target=1.2,
+           peer_name="TRL RewardTrainer", threads=args.threads, model=args.model)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0

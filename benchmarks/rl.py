@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_env import describe, load_average, result
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / ".bench"
 TRL112 = BENCH / "trl112"
@@ -190,33 +192,6 @@ WORKERS = {"ours": worker_ours, "trl-rloo": worker_trl_rloo, "trl-ppo": worker_t
 
 
 # ---- driver --------------------------------------------------------------------------------
-def _load() -> str:
-    """The 1/5/15-minute load averages (other jobs on a shared machine slow both sides)."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def _machine() -> str:
-    import platform
-
-    import torch
-    import transformers
-    import trl
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"machine: {cpu}, {os.cpu_count()} cores, load average {_load()}; python {platform.python_version()}, "
-            f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__} (PPO peer: 1.12.0)")
-
-
 def run_side(python: str, side: str, a, paths: dict, env: dict, extra: list[str] = ()) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--algo", a.algo, "--work", a.work,
            "--paths", json.dumps(paths), "--steps", str(a.steps), "--warmup", str(a.warmup), "--prompts",
@@ -275,7 +250,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rlbench-") as work:
         a.work = work
         paths = prepare(Path(work), a.model, a.prompts)
-        print(_machine())
+        print(describe(a.threads) + " (PPO's peer: trl 1.12.0)")
         print(f"model={a.model} device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={a.threads} "
               f"OMP_WAIT_POLICY={a.wait_policy} prompts={a.prompts} k={a.k} length={a.length} "
               f"steps={a.steps} (median after {a.warmup})")
@@ -301,7 +276,10 @@ def main() -> int:
             for name, res in results.items():
                 print(f"  {name}: {res['median']:.3f} s/iter, ratio {res['median'] / peer:.2f}x; per phase (median s): "
                       + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in res["phases"].items()))
-        print(f"load average at the end: {_load()}")
+            result(f"rl-{algo}", ours=results["ours"]["median"], peer=peer, unit="s/iteration", higher_is_better=False,
+                   target=0.5, peer_name=peer_name, threads=a.threads, model=a.model, peer_runs=peers,
+                   phases=results["ours"]["phases"])
+        print(f"load average at the end: {load_average()}")
     return 0
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from bench_env import describe, result
 
 HERE = Path(__file__).resolve()
 DEFAULT_DATA = HERE.parents[2] / "shared" / "data" / "reddit-askacademia"
@@ -50,19 +50,13 @@ def main() -> None:
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="a Pushshift-format dump directory")
     ap.add_argument("--repeat", type=int, default=3, help="timing repeats (best is reported)")
     a = ap.parse_args()
-    import vaderSentiment
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     from ambient_rlhf.data.vader import analyser
 
     texts = direct_replies(Path(a.data))
     sia, ours = SentimentIntensityAnalyzer(), analyser()
-    try:
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        load = "unknown"
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load}; python "
-          f"{platform.python_version()}, vaderSentiment {getattr(vaderSentiment, '__version__', '3.3.2')}")
+    print(describe())
     best = {"vaderSentiment": float("inf"), "ambient_rlhf.data.vader": float("inf")}
     for _ in range(a.repeat):
         for name, f in (("vaderSentiment", lambda t: sia.polarity_scores(t)["compound"]),
@@ -78,6 +72,8 @@ def main() -> None:
         print(f"{name:<26} {s:7.2f} s CPU  {s / len(texts) * 1e6:7.1f} us/reply")
     peer, mine = best["vaderSentiment"], best["ambient_rlhf.data.vader"]
     print(f"ratio: {peer / mine:.1f}x the replies/s of vaderSentiment; same float on {same} of {len(texts)}")
+    result("sentiment", ours=len(texts) / mine, peer=len(texts) / peer, unit="replies/s (CPU)", higher_is_better=True,
+           target=2.0, peer_name="vaderSentiment", same_float=same, texts=len(texts))
 
 
 if __name__ == "__main__":
