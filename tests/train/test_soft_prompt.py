@@ -92,11 +92,16 @@ def test_sft_prompt_tuning_freezes_the_model_and_saves_standard_peft_adapters(da
     assert all(v == v for v in losses)  # finite numbers were logged
 
 
-def test_sft_prompt_tuning_resumes_exactly(data_dir, tmp_path):
+MODELS = ["tiny-random", pytest.param("default", marks=pytest.mark.slow)]  # default: SmolLM2, where users run it
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_sft_prompt_tuning_resumes_exactly(data_dir, tmp_path, model):
     import ambient_rlhf.train.sft.loop as loop
 
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert main(["sft", "--data", str(data_dir), "--out", str(full), *SFT]) == 0
+    args = [*SFT[:1], model, *SFT[2:]]
+    assert main(["sft", "--data", str(data_dir), "--out", str(full), *args]) == 0
     real = loop.save_checkpoint
 
     def save_then_interrupt(*a, **kw):  # Ctrl-C right after the step-3 checkpoint
@@ -105,9 +110,9 @@ def test_sft_prompt_tuning_resumes_exactly(data_dir, tmp_path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "save_checkpoint", save_then_interrupt)
-        assert main(["sft", "--data", str(data_dir), "--out", str(cut), *SFT]) == 130
+        assert main(["sft", "--data", str(data_dir), "--out", str(cut), *args]) == 130
     assert (cut / "checkpoints" / "step-3" / "soft_prompt.safetensors").is_file()
-    assert main(["sft", "--data", str(data_dir), "--out", str(cut), *SFT, "--resume"]) == 0
+    assert main(["sft", "--data", str(data_dir), "--out", str(cut), *args, "--resume"]) == 0
     assert _losses(cut) == _losses(full)  # every train and eval loss, bit for bit
     for tier in ("good", "ok", "bad"):
         a = (full / SOFT_PROMPT_DIR / tier / "adapter_model.safetensors").read_bytes()
@@ -120,13 +125,17 @@ RL = ["--algo", "rloo", "--peft", "prompt", "max_steps=4", "batch_size=2", "rloo
       "prompt_tuning.learning_rate=0.05"]
 
 
-def test_rl_prompt_tuning_trains_only_the_prompt_and_resumes_exactly(data_dir, tmp_path, tiny_model_path):
+@pytest.mark.parametrize("model", MODELS)
+def test_rl_prompt_tuning_trains_only_the_prompt_and_resumes_exactly(data_dir, tmp_path, model):
     import ambient_rlhf.train.rl.setup as setup
 
     from transformers import AutoModelForCausalLM
 
+    from ambient_rlhf.models.load import resolve_model
+
+    model_path = resolve_model(model)
     full, cut = tmp_path / "full", tmp_path / "cut"
-    base = ["rl", "--policy", tiny_model_path, "--data", str(data_dir)]
+    base = ["rl", "--policy", model_path, "--data", str(data_dir)]
     assert main([*base, "--out", str(full), *RL]) == 0
     real = setup.save_checkpoint
 
@@ -141,7 +150,7 @@ def test_rl_prompt_tuning_trains_only_the_prompt_and_resumes_exactly(data_dir, t
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]  # noqa: E731
     assert strip(read_jsonl(cut / "metrics.jsonl")) == strip(read_jsonl(full / "metrics.jsonl"))
     # the policy's weights are the reference's, bit for bit; only the prompt was trained
-    start = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(model_path).state_dict()
     saved = AutoModelForCausalLM.from_pretrained(str(full)).state_dict()
     assert all(torch.equal(saved[k], start[k]) for k in start)
     pol = load_causal_lm(str(full))

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.models.kv import cache_kw
 
 SOFT_PROMPT_DIR = "soft_prompt"
 INDEX_FILE = "soft_prompts.json"
@@ -132,12 +133,14 @@ class SoftPromptLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: Any = None, use_cache: bool = False,
-                logits_to_keep: int = 0, goal_idx: torch.Tensor | None = None, **_):
+                logits_to_keep: int = 0, goal_idx: torch.Tensor | None = None, cache: Any = None, **_):
         """Logits of the text positions (the last ``logits_to_keep`` when > 0), like the
         base model's ``forward``.  ``position_ids`` are recomputed from the mask (the
         virtual tokens shift them by ``k``).  With ``past_key_values`` the call continues
         a cached sequence: ``input_ids`` are new tokens only, ``attention_mask`` covers
-        the text so far, and the cache already holds the virtual tokens."""
+        the text so far, and the cache already holds the virtual tokens.  ``cache`` is the
+        same argument under its transformers >= 5.24 name (:mod:`ambient_rlhf.models.kv`)."""
+        past_key_values = cache if cache is not None else past_key_values
         if past_key_values is None:
             embeds, mask, pos = self._expand(input_ids, attention_mask, goal_idx)
             out = self.base(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=use_cache,
@@ -149,8 +152,8 @@ class SoftPromptLM(nn.Module):
         mask = torch.cat([torch.ones(B, self.k, dtype=attention_mask.dtype, device=attention_mask.device),
                           attention_mask], 1)
         pos = (mask.long().cumsum(-1) - 1)[:, -input_ids.shape[1]:]
-        return self.base(input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=past_key_values,
-                         use_cache=use_cache, logits_to_keep=logits_to_keep)
+        return self.base(input_ids=input_ids, attention_mask=mask, position_ids=pos,
+                         **cache_kw(self.base, past_key_values), use_cache=use_cache, logits_to_keep=logits_to_keep)
 
     @torch.no_grad()
     def generate(self, **kw):

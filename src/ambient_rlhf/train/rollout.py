@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ambient_rlhf.models.kv import cache_kw, cache_out
 from ambient_rlhf.rl.logprobs import logprobs_from_logits
 
 
@@ -77,7 +78,7 @@ def sample(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, m
     mask = prompt_mask.long()
     pos = position_ids_from_mask(mask)
     out = lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = cache_out(out)
     logits = out.logits[:, -1].float()  # (B, V)
     next_pos = pos[:, -1:] + 1  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
@@ -92,9 +93,9 @@ def sample(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, m
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = lm(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
+        out = lm(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, **cache_kw(lm, cache),
                  use_cache=True)
-        cache = out.past_key_values
+        cache = cache_out(out)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     response = torch.stack(toks, 1)  # (B, R)
