@@ -102,6 +102,7 @@ def main(argv=None) -> dict:
         results["methods"][m] = {
             "trainable": n, "proxy": proxy, "gold": e["judge_score"]["difference"], "kl": e["kl"],
             "true_utility": (e.get("true_utility") or {}).get("difference"),
+            "length_tokens": (e.get("length") or {}).get("difference"),
             "proxy_per_million_params": proxy["value"] / n * 1e6, "rl_seconds": round(t_rl, 1),
             "eval_seconds": round(t_ev, 1), "commands": [" ".join(rl_cmd), " ".join(ev_cmd)]}
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -125,11 +126,12 @@ def main(argv=None) -> dict:
         return "–" if not d else f"{d['value']:+.{nd}f} [{d['low']:+.{nd}f}, {d['high']:+.{nd}f}]"
 
     print("\n| method | trainable params | proxy gain | gold gain | true utility | KL (nats/answer) | "
-          "proxy gain per 1M params | RL s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "length change (tokens) | proxy gain per 1M params | RL s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m, r in results["methods"].items():
         print(f"| {m} | {r['trainable']:,} | {iv(r['proxy'])} | {iv(r['gold'])} | {iv(r['true_utility'])} | "
-              f"{iv(r['kl'], 2)} | {r['proxy_per_million_params']:+.4g} | {r['rl_seconds']:.0f} |")
+              f"{iv(r['kl'], 2)} | {iv(r.get('length_tokens'), 1)} | {r['proxy_per_million_params']:+.4g} | "
+              f"{r['rl_seconds']:.0f} |")
     if "sft_prompt" in results:
         s = results["sft_prompt"]["steering"]
         print(f"\nsoft-prompt tier SFT, steering (good - bad): verdict {s['verdict']}; {s['by']} {iv(s[s['by']])}; "

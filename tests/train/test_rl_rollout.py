@@ -82,3 +82,37 @@ def test_draw_matches_the_distribution():
     freq = torch.bincount(idx, minlength=4).float() / idx.numel()
     # binomial sd at n=20000 is <= 0.0035; 0.015 is > 4 sd; a zero-probability entry never comes up
     assert torch.allclose(freq, p[0], atol=0.015) and freq[1] == 0
+
+
+def test_distinct_rows_by_hand():
+    from ambient_rlhf.train.rollout import distinct_rows
+
+    ids = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9], [0, 5, 6], [7, 8, 9]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1]])
+    first, inverse = distinct_rows(ids, mask)
+    assert first.tolist() == [0, 2] and inverse.tolist() == [0, 0, 1, 0, 1]
+    # the same ids under another mask are another prompt; all distinct -> None
+    assert distinct_rows(ids[:3], torch.tensor([[0, 1, 1], [1, 1, 1], [1, 1, 1]])) is None
+
+
+@pytest.mark.parametrize("model", ["tiny", pytest.param("default", marks=pytest.mark.slow)])
+def test_shared_prompt_prefill_samples_the_same_tokens(lm, model):
+    """RLOO's k copies of a prompt: one prefill copied to k rows gives the tokens k prefills give."""
+    if model == "default":
+        from ambient_rlhf.models.load import load_causal_lm, resolve_model
+
+        lm = load_causal_lm(resolve_model("default")).eval()
+    g = torch.Generator().manual_seed(1)
+    p1, p2 = torch.randint(3, 1000, (6,), generator=g), torch.randint(3, 1000, (9,), generator=g)
+    one = torch.zeros(2, 9, dtype=torch.long)
+    m = torch.zeros(2, 9, dtype=torch.long)
+    one[0, 3:], m[0, 3:] = p1, 1
+    one[1], m[1] = p2, 1
+    ids, mask = one.repeat_interleave(4, 0), m.repeat_interleave(4, 0)  # (8, 9): 4 samples of each prompt
+    runs = []
+    for share in (True, False):
+        torch.manual_seed(3)
+        runs.append(sample(lm, ids, mask, 12, 1.0, eos_id=2, pad_id=0, share_prompts=share))
+    a, b = runs
+    assert torch.equal(a.response, b.response) and torch.equal(a.mask, b.mask)
+    assert len({tuple(r) for r in a.response[:4].tolist()}) > 1  # the k samples differ: real sampling

@@ -66,20 +66,53 @@ class Samples:
     """(B,) bool: the response ended with EOS within the budget"""
 
 
+def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows that repeat an earlier row (ids and mask alike), as RLOO's k samples of a prompt do.
+
+    Shapes: (B, T), (B, T) -> (first, inverse): ``first`` (G,) the index of each distinct
+    row's first occurrence, ``inverse`` (B,) which distinct row each row is; None when
+    every row is distinct."""
+    seen: dict[tuple, int] = {}
+    first, inverse = [], []
+    for i, key in enumerate(zip(ids.tolist(), mask.tolist())):
+        key = (tuple(key[0]), tuple(key[1]))
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(i)
+        inverse.append(seen[key])
+    if len(first) == ids.shape[0]:
+        return None
+    return torch.tensor(first, device=ids.device), torch.tensor(inverse, device=ids.device)
+
+
 @torch.no_grad()
 def sample(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-           temperature: float, eos_id: int, pad_id: int, top_k: int = 0, top_p: float = 1.0) -> Samples:
+           temperature: float, eos_id: int, pad_id: int, top_k: int = 0, top_p: float = 1.0,
+           share_prompts: bool = True) -> Samples:
     """Sample responses with the KV cache; truncate after the first EOS.
 
     Shapes: prompt_ids, prompt_mask (B, Tp), left-padded -> :class:`Samples` with R <=
     ``max_new_tokens`` (stops early when every row has produced EOS).  Uses the global
-    torch RNG (checkpointed, so a resumed run samples the same tokens)."""
+    torch RNG (checkpointed, so a resumed run samples the same tokens).
+
+    ``share_prompts``: a prompt that appears in several rows (RLOO's k samples) is run
+    through the model once and its keys/values copied to each of its rows before decoding
+    (each row's computation is the same; tests check the samples are the same tokens)."""
     B = prompt_ids.shape[0]
     mask = prompt_mask.long()
     pos = position_ids_from_mask(mask)
-    out = lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = cache_out(out)
-    logits = out.logits[:, -1].float()  # (B, V)
+    shared = distinct_rows(prompt_ids, mask) if share_prompts else None
+    if shared is None:
+        out = lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache = cache_out(out)
+        logits = out.logits[:, -1].float()  # (B, V)
+    else:
+        first, inverse = shared
+        out = lm(input_ids=prompt_ids[first], attention_mask=mask[first], position_ids=pos[first], use_cache=True,
+                 logits_to_keep=1)
+        cache = cache_out(out)
+        cache.batch_select_indices(inverse)  # every layer's keys/values: (G, ...) -> (B, ...)
+        logits = out.logits[inverse, -1].float()  # (B, V)
     next_pos = pos[:, -1:] + 1  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     toks, live = [], []
