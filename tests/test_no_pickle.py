@@ -23,7 +23,8 @@ from ambient_rlhf import AmbientError
 from ambient_rlhf.checkpoint import save_checkpoint
 from ambient_rlhf.cli import main
 from ambient_rlhf.models.features import FeatureStore
-from ambient_rlhf.models.heads import ScalarHeadModel, load_reward_model
+from ambient_rlhf.models.heads import ScalarHeadModel
+from ambient_rlhf.models.reward_model import load_reward_model
 from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
 
 

@@ -94,7 +94,7 @@ def _load_lines(stage: str, out: Path, rcfg: dict[str, Any] | None, files: Path 
         return lines
     if rcfg is not None and "members" in rcfg:
         return ["```python",
-                "from ambient_rlhf.models.heads import load_reward_model",
+                "from ambient_rlhf.models.reward_model import load_reward_model",
                 "from ambient_rlhf.models.reward_inputs import RewardFunction",
                 f"fn = RewardFunction(load_reward_model({d!r}))  # fn.texts(prompts, responses, communities)",
                 "```",

@@ -60,7 +60,7 @@ def test_policy_equal_to_reference_ties_everywhere(models, tmp_path):
 
 
 def test_eval_outputs_kl_and_scores_match_direct_computation(models, tmp_path):
-    from ambient_rlhf.models.heads import load_reward_model
+    from ambient_rlhf.models.reward_model import load_reward_model
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
     from ambient_rlhf.models.tokenize import encode_pair
 

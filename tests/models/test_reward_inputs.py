@@ -9,7 +9,7 @@ import torch
 from helpers import make_data_dir
 
 from ambient_rlhf.config import load_config
-from ambient_rlhf.models.heads import load_reward_model
+from ambient_rlhf.models.reward_model import load_reward_model
 from ambient_rlhf.models.load import load_tokenizer
 from ambient_rlhf.models.reward_inputs import (RewardFunction, RewardInputs, RewardInputSpec, TextTable,
                                                reward_inputs_of)

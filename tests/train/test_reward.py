@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from ambient_rlhf import AmbientError
 from ambient_rlhf.config import check_documented, load_config
 from ambient_rlhf.logging import read_jsonl
-from ambient_rlhf.models.heads import ScalarHeadModel, load_reward_model
+from ambient_rlhf.models.heads import ScalarHeadModel
+from ambient_rlhf.models.reward_model import load_reward_model
 from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
 from ambient_rlhf.models.tokenize import encode_pair, pad_batch
 from ambient_rlhf.train import reward as R

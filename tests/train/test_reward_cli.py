@@ -9,7 +9,7 @@ from helpers import make_data_dir
 
 from ambient_rlhf import AmbientError
 from ambient_rlhf.cli import main
-from ambient_rlhf.models.heads import CompositeReward, load_reward_model
+from ambient_rlhf.models.reward_model import CompositeReward, load_reward_model
 from ambient_rlhf.models.reward_inputs import RewardFunction
 from ambient_rlhf.models.tokenize import encode_pair
 

@@ -192,7 +192,8 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
     import pandas as pd
 
     from ambient_rlhf.data.tables import community_name, read_table
-    from ambient_rlhf.models.heads import ScalarHeadModel, load_reward_model
+    from ambient_rlhf.models.heads import ScalarHeadModel
+    from ambient_rlhf.models.reward_model import load_reward_model
     from ambient_rlhf.models.load import load_causal_lm
     from ambient_rlhf.models.reward_inputs import TextTable, reward_inputs_of
 

@@ -194,7 +194,7 @@ def reward_inputs_of(rm) -> RewardInputs:
 class RewardFunction:
     """Normalised rewards of (prompt, response, community) triples under any reward model.
 
-    ``rm``: a single reward model or a combined one (``models.heads.CompositeReward``:
+    ``rm``: a single reward model or a combined one (``models.reward_model.CompositeReward``:
     the weighted sum of its members' rewards, each member scoring its own rendering).
     ``drop_ids``: token ids the policy has and the reward model lacks (goal tokens),
     removed from token-id responses before scoring."""

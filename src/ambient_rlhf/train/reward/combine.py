@@ -10,7 +10,7 @@ from ambient_rlhf.io import write_manifest
 
 def combine(paths: list[str], weights: list[float], out: str | Path, overwrite: bool = False) -> Path:
     """Write a composite reward model directory (weighted sum of normalised rewards)."""
-    from ambient_rlhf.models.heads import CompositeReward, load_reward_model
+    from ambient_rlhf.models.reward_model import CompositeReward, load_reward_model
 
     if len(paths) < 1:
         raise AmbientError("rm combine: give at least one reward model directory")

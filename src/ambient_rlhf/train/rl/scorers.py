@@ -117,7 +117,8 @@ def make_scorer(cfg: RLConfig, tokenizer, prompts: list[str], device):
             raise AmbientError(f"reward={spec!r}: cannot import ({e})") from None
         return PythonScorer(spec, fn, prompts, tokenizer), None
     from ambient_rlhf.data.tables import community_name
-    from ambient_rlhf.models.heads import is_reward_dir, load_reward_model
+    from ambient_rlhf.models.heads import is_reward_dir
+    from ambient_rlhf.models.reward_model import load_reward_model
 
     if not is_reward_dir(spec):
         raise AmbientError(f"reward={spec!r}: not a reward-model directory (train one with `ambient rm`), "
