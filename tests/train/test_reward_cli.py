@@ -54,7 +54,7 @@ def test_cli_train_eval_combine(tmp_path, capsys):
             one = lambda m, e: m.reward(torch.tensor([e.input_ids]), torch.ones(1, len(e.input_ids), dtype=torch.long))
             want.append((1.0 * one(a, ea) + 0.5 * one(b, eb)).item())
         got = RewardFunction(c, batch_size=2).texts([q for q, _ in texts], [r for _, r in texts], ["askbar"] * 2)
-    assert got.tolist() == pytest.approx(want, abs=1e-6)
+    assert got.tolist() == pytest.approx(want, rel=1e-6, abs=1e-5)  # batch of 2 vs one at a time: float32 rounding
 
     # members must share a tokenizer
     other = tmp_path / "other"
