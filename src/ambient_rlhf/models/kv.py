@@ -27,6 +27,5 @@ def cache_kw(model, cache: Any) -> dict[str, Any]:
 
 def cache_out(out: Any) -> Any:
     """The KV cache a forward returned (``out.cache`` on new versions, else ``out.past_key_values``)."""
-    if "cache" in getattr(out, "__dataclass_fields__", {}) or (isinstance(out, dict) and "cache" in out):
-        return out["cache"] if isinstance(out, dict) else out.cache
-    return out.past_key_values
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
