@@ -120,6 +120,10 @@ class LabelConfig:
     reply_sentiment: bool = True
     """Compute reply_sentiment (VADER over direct replies).  It is most of the build's CPU
     time; false leaves the column null."""
+    sentiment_process: bool = True
+    """Score reply sentiment in a second process while the reader parses (the same numbers;
+    uses a second core).  false scores in the reading process (e.g. when each core already
+    runs a build)."""
     min_score: Annotated[int, at_least(1)] = 2
     """Pairs: both responses need at least this score (SHP: 2)."""
     min_prompt_score: int = 10

@@ -8,8 +8,9 @@ Dumps are read in two passes (see docs/data.md, "Memory"):
    by its first comment and *closed* -- labelled, written and forgotten -- once the
    stream time passes ``created_utc + window_days`` of its submission (Reddit archives
    a thread after six months: no new comments or votes).  Only top-level comments of
-   open threads are held; a direct reply adds its VADER sentiment to its parent's
-   running sum and is dropped.  Memory is bounded by the threads open in one window,
+   open threads are held; a direct reply's text goes to the reply scorer (VADER, in a
+   second process) and is dropped, and its score is added to its parent's sum when the
+   thread closes.  Memory is bounded by the threads open in one window,
    not by the number of comments.
 
 Every record ends in exactly one counter (``Counts``): kept, or dropped for a named
@@ -20,16 +21,17 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.data import labels as L
 from ambient_rlhf.data.config import DataConfig
 from ambient_rlhf.data.records import (DAY, DELETED_AUTHOR, DELETED_TEXT, MOD_DISTINGUISHED, Comment, Counts, RecordError,
                                        Response, Submission, Thread, bot_set, finite, maturity_reason, prompt_text,
                                        record_id, response_drop_reason, strip_prefix)
+from ambient_rlhf.data.reply_scorer import ReplyScorer
 from ambient_rlhf.data.sources import BadRecords, Input, StreamDamage, iter_records
 
 
@@ -125,15 +127,23 @@ def read_submissions(path: Path, cfg: DataConfig, counts: Counts, bad: BadRecord
 
 
 class _Open:
-    __slots__ = ("meta", "responses")
+    __slots__ = ("meta", "responses", "pending")
 
     def __init__(self, meta: SubMeta):
         self.meta = meta
         self.responses: dict[str, Response] = {}  # fullname t1_... -> Response
+        self.pending: dict[str, list[int]] = {}  # fullname -> its replies' sentiment tickets
 
 
 def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) -> Iterator[Thread]:
-    """Pass 1 over submissions, then stream comments and yield threads as they close."""
+    """Pass 1 over submissions, then stream comments and yield threads as they close
+    (reply sentiment scored beside the reader: :mod:`~ambient_rlhf.data.reply_scorer`)."""
+    with ReplyScorer(process=cfg.labels.sentiment_process) as scorer:
+        yield from _read_reddit(inp, cfg, counts, bad, scorer)
+
+
+def _read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords,
+                 scorer: ReplyScorer) -> Iterator[Thread]:
     f = cfg.filters
     bots = bot_set(f)
     want_sentiment = cfg.labels.reply_sentiment
@@ -148,7 +158,9 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
     source = str(inp.submissions.parent)
     peak_open = 0
 
-    def close(tid: str) -> Thread | None:
+    closed: deque[tuple[Thread, _Open, int]] = deque()  # closed, waiting for reply scores
+
+    def close(tid: str) -> None:
         th = open_.pop(tid)
         status[tid] = _CLOSED
         m = th.meta
@@ -156,9 +168,20 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
             # it may have lost comments in a gap: its answer set is incomplete
             counts.inc("damage", "threads_dropped")
             counts.inc("damage", "responses_dropped", len(th.responses))
-            return None
+            for tickets in th.pending.values():
+                scorer.drop(tickets)
+            return
         rs = sorted(th.responses.values(), key=lambda r: (r.created_utc, r.response_id))
-        return Thread(tid, m.prompt, m.score, m.created_utc, source, m.subreddit, rs)
+        last = max((ts[-1] for ts in th.pending.values()), default=-1)
+        closed.append((Thread(tid, m.prompt, m.score, m.created_utc, source, m.subreddit, rs), th, last))
+
+    def settled(wait: bool) -> Iterator[Thread]:
+        """The closed threads, in closing order, as far as their replies are scored."""
+        while closed and (wait or scorer.ready(closed[0][2])):
+            t, th, _ = closed.popleft()
+            for name, tickets in th.pending.items():
+                scorer.settle(th.responses[name], tickets)
+            yield t
 
     comments_c, responses_c, replies_c = counts.group("comments"), counts.group("responses"), counts.group("replies")
     seen0 = bad.seen
@@ -200,9 +223,9 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
             # close every thread whose window has passed
             while heap and heap[0][0] < now:
                 _, tid = heapq.heappop(heap)
-                th = close(tid)
-                if th is not None:
-                    yield th
+                close(tid)
+            if closed:
+                yield from settled(wait=False)
         tid = strip_prefix(link)
         st = status.get(tid)
         if st is None:
@@ -258,13 +281,14 @@ def read_reddit(inp: Input, cfg: DataConfig, counts: Counts, bad: BadRecords) ->
             pc("sentiment_off")
         else:
             pc("used")
-            parent_resp.sentiment_sum += L.sentiment(body)
-            parent_resp.n_replies += 1
+            tickets = th.pending.get(parent)
+            if tickets is None:
+                tickets = th.pending[parent] = []
+            tickets.append(scorer.add(body))
     if bad.seen == seen0:
         raise AmbientError(f"{path}: no records (the file holds no non-blank line)")
     for _, tid in sorted(heap):
         if tid in open_:
-            th = close(tid)
-            if th is not None:
-                yield th
+            close(tid)
+    yield from settled(wait=True)
     counts.inc("memory", "peak_open_threads", peak_open)
