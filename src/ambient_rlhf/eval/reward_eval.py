@@ -99,7 +99,6 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
     from ambient_rlhf.models.features import text_key
     from ambient_rlhf.models.heads import ScalarHeadModel
     from ambient_rlhf.models.tokenize import pad_batch
-    from ambient_rlhf.rl.masking import last_token_index
 
     dev = next(rm.parameters()).device
     res: dict[str, dict[int, float]] = {"reward": {}, "loglik_sum": {}, "loglik_mean": {}}
@@ -108,7 +107,8 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
         done, feats = [], []
         for r in rows:
             k = text_key(table.ids[r])
-            f, ll = store.features.get(k), store.loglik.get(f"{k}:{table.prompt_len[r]}")
+            f, ll = store.features.get(store.key(table.ids[r], table.prompt_len[r])), \
+                store.loglik.get(f"{k}:{table.prompt_len[r]}")
             if f is not None and (loglik is None or ll is not None):
                 done.append(r)
                 feats.append(f)
@@ -137,12 +137,12 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
         h = None
         if isinstance(rm, ScalarHeadModel):
             h = rm.hidden_states(ids, mask)  # (n, T, d)
-            last = h[torch.arange(len(chunk), device=dev), last_token_index(mask)]
+            last = rm.pool(h, mask, torch.tensor([table.prompt_len[r] for r in chunk], device=dev))
             raw = rm.raw_reward(rm.head(last.to(rm.head.weight.dtype)))
             rew = (raw - rm.norm_mean) / rm.norm_std
             if store is not None:
                 for r, f in zip(chunk, last.float().cpu()):
-                    store.features[text_key(table.ids[r])] = f.clone()
+                    store.features[store.key(table.ids[r], table.prompt_len[r])] = f.clone()
             res["reward"].update(zip(chunk, rew.float().tolist()))
         if loglik is not None:
             labels = ids.clone()
@@ -234,7 +234,7 @@ def evaluate_reward(model_dir: str | Path, data_dir: str | Path, split: str = "t
         from ambient_rlhf.models.load import resolve_model
 
         store = FeatureStore(feature_cache, resolve_model(meta.get("base_model", model_dir)),
-                             int(meta.get("backbone_layers", 0) or 0))
+                             int(meta.get("backbone_layers", 0) or 0), rm.pooling)
     scores = score_rows(rm, table, list(pc) + list(pr) + list(uc) + list(ur), batch_size, ll, store)
     rew = scores["reward"]
     r_c = np.array([rew[i] for i in pc])

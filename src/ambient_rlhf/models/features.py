@@ -1,7 +1,8 @@
 """Backbone features of reward-model texts, cached on disk.
 
 A head-only reward model (``train_layers=0``) reads one feature per text: the backbone's
-hidden state at the last real token.  The backbone never changes, so the feature can be
+hidden state at the last real token (or, with ``pooling=mean``, the mean of the response
+tokens' states: another file, keys that include the prompt length).  The backbone never changes, so the feature can be
 computed once and reused by every reward model of that backbone (another objective,
 another seed) and by their evaluation."""
 
@@ -37,12 +38,15 @@ class FeatureStore:
     it claims to be) is ignored with a warning and replaced at the next save; the
     ``<fingerprint>.pt`` pickle of earlier versions is never read."""
 
-    def __init__(self, directory: str | Path, model_path: str, layers: int = 0):
+    def __init__(self, directory: str | Path, model_path: str, layers: int = 0, pooling: str = "last"):
         from ambient_rlhf.io import describe_input
 
         who = describe_input(model_path)
         if layers:  # the first ``layers`` layers of that backbone: other features, another file
             who["layers"] = int(layers)
+        self.pooling = pooling
+        if pooling != "last":  # mean-pooled response states: other features, another file
+            who["pooling"] = pooling
         ident = json.dumps(who, sort_keys=True)
         stem = hashlib.sha256(ident.encode()).hexdigest()[:16]
         self.features_path = Path(directory) / f"{stem}.features.safetensors"
@@ -55,6 +59,12 @@ class FeatureStore:
         self.features: dict[str, torch.Tensor] = {}
         self.loglik: dict[str, tuple[float, float]] = {}
         self._merge_from_disk()
+
+    def key(self, ids: list[int], prompt_len: int) -> str:
+        """The feature key of a text: the sha1 of its ids; with mean pooling also the prompt
+        length (the same ids split elsewhere pool other tokens)."""
+        k = text_key(ids)
+        return k if self.pooling == "last" else f"{k}:{int(prompt_len)}"
 
     def _merge_from_disk(self) -> None:
         """Add the entries on disk that this store does not hold yet."""

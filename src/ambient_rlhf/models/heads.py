@@ -32,6 +32,14 @@ On disk (``save_pretrained``) a reward model is a standard transformers
   not tied to its input embeddings, ``lm_head.safetensors`` (the project's log-likelihood
   baseline and value models read it; transformers ignores it).
 
+Pooling (``pooling`` in ``reward_config.json`` and ``ambient_reward``): ``last`` (the
+default) reads the head at the last real token, as transformers does; ``mean`` reads it on
+the mean of the **response** tokens' states (EOS included when present), which needs each
+sequence's prompt length -- :class:`~ambient_rlhf.models.reward_inputs.RewardFunction`
+and the project's scorers pass it.  transformers' sequence-classification model reads the
+last token only, so a ``mean`` reward model loads there but must be scored through
+ambient-rlhf (or by pooling its hidden states by hand, as its model card says).
+
 A directory of the earlier format (the causal LM's own ``model.safetensors`` +
 ``reward_head.safetensors``) still loads, with a warning naming
 :func:`convert_reward_dir`, which rewrites it in place.  One with the head as the pickle
@@ -66,6 +74,28 @@ CONFIG_FILE = "reward_config.json"
 TIER_LABELS = tuple(TIERS)
 
 log = get_logger("rm")
+
+POOLINGS = ("last", "mean")
+
+
+def pool_states(h: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor | None = None,
+                pooling: str = "last") -> torch.Tensor:
+    """(B, T, d) hidden states -> (B, d): the last real token's (``last``) or the mean over
+    the response tokens (``mean``: real tokens at or after ``prompt_lens[b]``, counted over
+    real tokens only, so left and right padding agree).  A row without response tokens
+    pools to zeros."""
+    if pooling == "last":
+        return h[torch.arange(h.shape[0], device=h.device), last_token_index(attention_mask)]
+    if pooling != "mean":
+        raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+    if prompt_lens is None:
+        raise AmbientError("a reward model with pooling=mean needs each sequence's prompt length; score it "
+                           "through ambient_rlhf.models.reward_inputs.RewardFunction (or pass prompt_lens)")
+    real = attention_mask.bool()
+    pos = attention_mask.long().cumsum(-1) - 1  # (B, T) index among real tokens
+    m = real & (pos >= prompt_lens.to(pos.device).long().unsqueeze(1))  # (B, T) response tokens
+    w = m.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
 def body_of(lm: nn.Module) -> nn.Module:
@@ -117,6 +147,17 @@ class ScalarHeadModel(nn.Module):
         self.norm_mean = 0.0
         self.norm_std = 1.0
         self.meta: dict[str, Any] = dict(meta or {})
+        if self.pooling not in POOLINGS:
+            raise AmbientError(f"reward model pooling={self.pooling!r}: must be one of {POOLINGS}")
+
+    @property
+    def pooling(self) -> str:
+        """``last`` or ``mean`` (module doc); kept in ``meta`` so that it is saved and loaded."""
+        return self.meta.get("pooling", "last")
+
+    def pool(self, h: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor | None = None):
+        """(B, T, d) -> (B, d) by this model's pooling (:func:`pool_states`)."""
+        return pool_states(h, attention_mask, prompt_lens, self.pooling)
 
     @property
     def config(self):
@@ -136,12 +177,12 @@ class ScalarHeadModel(nn.Module):
         h = self.hidden_states(input_ids, attention_mask)
         return self.head(h.to(self.head.weight.dtype))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw head output at the last real token: (B, n_outputs)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prompt_lens: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw head output on the pooled states (the last real token by default): (B, n_outputs).
+        ``prompt_lens`` (B,): needed with ``pooling=mean``, ignored otherwise."""
         h = self.hidden_states(input_ids, attention_mask)  # (B, T, d)
-        idx = last_token_index(attention_mask)  # (B,)
-        last = h[torch.arange(h.shape[0], device=h.device), idx]  # (B, d)
-        return self.head(last.to(self.head.weight.dtype))
+        return self.head(self.pool(h, attention_mask, prompt_lens).to(self.head.weight.dtype))
 
     def raw_reward(self, outputs: torch.Tensor) -> torch.Tensor:
         """(B, n_outputs) head outputs -> (B,) unnormalised reward."""
@@ -150,9 +191,10 @@ class ScalarHeadModel(nn.Module):
             return (outputs.softmax(-1) * vals).sum(-1)
         return outputs[:, 0]
 
-    def reward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def reward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               prompt_lens: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised reward, (B,)."""
-        r = self.raw_reward(self.forward(input_ids, attention_mask))
+        r = self.raw_reward(self.forward(input_ids, attention_mask, prompt_lens))
         return (r - self.norm_mean) / self.norm_std
 
     def set_normalization(self, mean: float, std: float) -> None:
@@ -179,6 +221,8 @@ class ScalarHeadModel(nn.Module):
                      "norm_mean": self.norm_mean, "norm_std": self.norm_std,
                      "reward": "(sum(softmax(logits + logit_bias) * tier_values) - norm_mean) / norm_std",
                      "normalization_folded": False}
+        if self.pooling != "last":  # transformers reads the last token: say what this head reads
+            extra["pooling"] = self.pooling
         return weight.to(self.head.weight.dtype), {"kind": self.kind, "format": FORMAT, **extra}
 
     def save_pretrained(self, out_dir: str | Path, tokenizer=None) -> None:

@@ -220,8 +220,9 @@ class RewardFunction:
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
             ids, mask = pad_batch([encodings[i].input_ids for i in idx], pad_id, side="right")
+            p_len = torch.tensor([encodings[i].prompt_len for i in idx], device=self.device)
             with torch.no_grad():
-                r = model.reward(ids.to(self.device), mask.to(self.device)).float().cpu()
+                r = model.reward(ids.to(self.device), mask.to(self.device), p_len).float().cpu()
             out[torch.tensor(idx)] = r
         return out
 

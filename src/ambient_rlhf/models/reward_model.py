@@ -65,7 +65,9 @@ class CompositeReward(nn.Module):
                 return None
         w = sum(wt * m.hf_score()[0].double() for wt, m in zip(self.weights, ms))
         c = sum(wt * m.hf_score()[1]["offset"] for wt, m in zip(self.weights, ms))
-        spec_keys = set(RewardInputSpec().to_meta())
+        if len({m.pooling for m in ms}) > 1:
+            return None  # one head cannot read two poolings
+        spec_keys = set(RewardInputSpec().to_meta()) | {"pooling"}
         meta = {k: v for k, v in ms[0].meta.items() if k in spec_keys}
         meta.update(objective="combined", combined_from=[
             {"path": p, "weight": wt, "objective": m.meta.get("objective")}

@@ -138,6 +138,13 @@ class RewardConfig:
     state through the final norm.  Middle layers are often as good as the last for a
     linear read-out, and cost N/L of the compute: what makes caching every response of a
     community feasible on a CPU (docs/reward.md, "Using all the data on a CPU")."""
+    pooling: Literal["last", "mean"] = "last"
+    """What the head reads: ``last`` = the state at the last real token (as transformers'
+    sequence-classification models do); ``mean`` = the mean of the response tokens' states
+    (EOS included), which carried preference information beyond length where the last token
+    did not (docs/reward.md, "Mean-pooled features").  ``mean`` needs the head only
+    (``train_layers=0``, ``cache_features=true``); it is saved with the model and every
+    ambient-rlhf scorer applies it, but transformers alone reads the last token."""
     cache_features: bool = True
     """With a frozen bottom (``train_layers`` >= 0), compute its output once per text and
     reuse it every step (exact: the frozen part never changes).  What makes a reward
@@ -213,6 +220,10 @@ def _validate(cfg: RewardConfig) -> None:
         raise AmbientError(f"rm: batch_size={cfg.batch_size} must be >= 1")
     if cfg.backbone_layers and cfg.train_layers > cfg.backbone_layers:
         raise AmbientError(f"rm: train_layers={cfg.train_layers} exceeds backbone_layers={cfg.backbone_layers}")
+    if cfg.pooling != "last" and (cfg.train_layers != 0 or not cfg.cache_features):
+        raise AmbientError(f"rm: pooling={cfg.pooling} reads cached features with the head only; set "
+                           f"train_layers=0 and cache_features=true (got train_layers={cfg.train_layers}, "
+                           f"cache_features={str(cfg.cache_features).lower()})")
     if cfg.lora.enabled and cfg.train_layers != -1:
         raise AmbientError("rm: lora.enabled=true needs train_layers=-1 (LoRA adapts every layer)")
     if cfg.max_ranked < 2:

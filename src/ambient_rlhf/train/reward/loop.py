@@ -89,7 +89,7 @@ def train_reward(cfg: RewardConfig) -> Path:
             raise AmbientError(f"rm: backbone_layers={cfg.backbone_layers} but {cfg.model} has {have} layers")
         keep_first_layers(lm, cfg.backbone_layers)
     kind = "tiers" if cfg.objective == "tiers" else "scalar"
-    rm = ScalarHeadModel(lm, kind=kind)
+    rm = ScalarHeadModel(lm, kind=kind, meta={"pooling": cfg.pooling})
     body = body_of(lm)
     n_layers = len(body.layers)
     if cfg.train_layers > n_layers:
@@ -110,7 +110,8 @@ def train_reward(cfg: RewardConfig) -> Path:
     mode = "full"
     if cfg.train_layers >= 0 and cfg.cache_features:
         mode = "head" if cfg.train_layers == 0 else "top"
-    store = FeatureStore(cfg.feature_cache, resolve_model(cfg.model), cfg.backbone_layers) if (mode == "head" and cfg.feature_cache) else None
+    store = (FeatureStore(cfg.feature_cache, resolve_model(cfg.model), cfg.backbone_layers, cfg.pooling)
+             if (mode == "head" and cfg.feature_cache) else None)
     scorer = Scorer(rm, table, mode, cfg.train_layers, device, tok.pad_token_id, store)
     if mode == "top":
         probe = train[0].rows[:2]
@@ -269,6 +270,8 @@ def train_reward(cfg: RewardConfig) -> Path:
                "train_data": [str(Path(d).resolve()) for d in cfg.data], "train_half": cfg.train_half,
                "base_model": cfg.model, "norm_reference": {"split": "valid", "n": len(ref)},
                "pairs": cfg.pairs, "length_decorrelation": cfg.length_decorrelation}
+    if cfg.pooling != "last":
+        rm.meta["pooling"] = cfg.pooling
     if covm is not None:  # the non-text part of the preference model: for reading, not for scoring
         rm.meta["covariate_model"] = covm.describe()
     rm.cpu()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ambient_rlhf.logging import progress
-from ambient_rlhf.models.features import FeatureStore, text_key
+from ambient_rlhf.models.features import FeatureStore
 from ambient_rlhf.models.kv import cache_kw, cache_out
 from ambient_rlhf.models.tokenize import pad_batch
 from ambient_rlhf.models.reward_inputs import TextTable
@@ -32,7 +32,7 @@ class _Stop(Exception):
 
 
 class HeadOnFeatures(nn.Module):
-    """Head-only model on cached last-token features: (n, d) -> (n, n_out)."""
+    """Head-only model on cached pooled features: (n, d) -> (n, n_out)."""
 
     def __init__(self, head: nn.Linear):
         super().__init__()
@@ -131,16 +131,22 @@ class Scorer:
     def _ids(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return _padded([self.table.ids[r] for r in rows], self.device)
 
+    def _prompt_lens(self, rows: list[int]) -> torch.Tensor:
+        return torch.tensor([self.table.prompt_len[r] for r in rows], device=self.device)
+
+    def _key(self, r: int) -> str:
+        return self.store.key(self.table.ids[r], self.table.prompt_len[r])
+
     @torch.no_grad()
     def _frozen(self, rows: list[int]) -> list[torch.Tensor]:
         """Output of the frozen bottom for each row (CPU float32)."""
-        from ambient_rlhf.models.heads import body_of, last_token_index
+        from ambient_rlhf.models.heads import body_of
 
         ids, mask = self._ids(rows)
         if self.mode == "head":
             h = self.rm.hidden_states(ids, mask)  # (n, T, d)
-            last = h[torch.arange(h.shape[0], device=h.device), last_token_index(mask)]
-            return [x.float().cpu() for x in last]
+            pooled = self.rm.pool(h, mask, self._prompt_lens(rows))  # last token, or mean of the response
+            return [x.float().cpu() for x in pooled]
         body = body_of(self.rm.lm)
         layer = body.layers[len(body.layers) - self.n_top]
         got: dict[str, torch.Tensor] = {}
@@ -167,7 +173,7 @@ class Scorer:
             return 0
         if self.store is not None:
             for r in rows:
-                f = self.store.features.get(text_key(self.table.ids[r]))
+                f = self.store.features.get(self._key(r))
                 if f is not None:
                     self.cache[r] = f
         todo = sorted({r for r in rows if r not in self.cache}, key=lambda r: len(self.table.ids[r]))
@@ -178,7 +184,7 @@ class Scorer:
             for r, f in zip(chunk, self._frozen(chunk)):
                 self.cache[r] = f
                 if self.store is not None:
-                    self.store.features[text_key(self.table.ids[r])] = f
+                    self.store.features[self._key(r)] = f
             bar.update(len(chunk))
             if save and self.store is not None and time.monotonic() - last_save > self.save_seconds:
                 self.store.save()  # a killed run keeps all but the last few minutes of its work
@@ -204,7 +210,7 @@ class Scorer:
         """Largest difference between the cached path and the plain full model."""
         with torch.no_grad():
             ids, mask = self._ids(rows)
-            ref = self.rm(ids, mask)
+            ref = self.rm(ids, mask, self._prompt_lens(rows))
             return float((self.outputs(rows) - ref).abs().max())
 
 

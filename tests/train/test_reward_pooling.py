@@ -1,0 +1,119 @@
+"""``ambient rm pooling=mean``: the head reads the mean of the response tokens' states.
+
+Expected values are computed here by hand from the body's hidden states (slice the
+response positions, average, apply the head), never by the pooling code under test."""
+
+import json
+
+import pytest
+import torch
+from helpers import make_data_dir
+
+from ambient_rlhf import AmbientError
+from ambient_rlhf.config import load_config
+from ambient_rlhf.eval.reward_eval import evaluate_reward
+from ambient_rlhf.models.heads import ScalarHeadModel, pool_states
+from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
+from ambient_rlhf.models.reward_inputs import RewardFunction, RewardInputs
+from ambient_rlhf.models.reward_model import load_reward_model
+from ambient_rlhf.models.tokenize import pad_batch
+from ambient_rlhf.train import reward as R
+
+
+def test_pool_states_by_hand():
+    # two sequences, d = 1: [p p r r] (prompt 2) and [p r r r] (prompt 1) right-padded to 5,
+    # and the same left-padded; values are the position numbers 1..5 for readability
+    h = torch.tensor([[1.0, 2.0, 3.0, 4.0, 9.0], [1.0, 2.0, 3.0, 4.0, 9.0]]).unsqueeze(-1)
+    right = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+    plen = torch.tensor([2, 1])
+    assert pool_states(h, right, plen, "mean")[:, 0].tolist() == [3.5, 3.0]  # (3+4)/2, (2+3+4)/3
+    assert pool_states(h, right, None, "last")[:, 0].tolist() == [4.0, 4.0]
+    hl = torch.tensor([[9.0, 1.0, 2.0, 3.0, 4.0], [9.0, 1.0, 2.0, 3.0, 4.0]]).unsqueeze(-1)
+    left = torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
+    assert pool_states(hl, left, plen, "mean")[:, 0].tolist() == [3.5, 3.0]
+    # no response token (the prompt fills the sequence): zeros, not a division by zero
+    assert pool_states(h, right, torch.tensor([4, 4]), "mean")[:, 0].tolist() == [0.0, 0.0]
+    with pytest.raises(AmbientError, match="prompt length"):
+        pool_states(h, right, None, "mean")
+
+
+def test_mean_pooled_reward_equals_the_hand_average_whatever_the_padding(tiny_model_path):
+    torch.manual_seed(0)
+    tok = load_tokenizer(tiny_model_path)
+    rm = ScalarHeadModel(load_causal_lm(tiny_model_path), meta={"pooling": "mean"}).eval()
+    seqs = [tok("question one answer here")["input_ids"], tok("q two a")["input_ids"],
+            tok("a longer question with words then the answer")["input_ids"]]
+    plens = [2, 1, 5]
+    with torch.no_grad():
+        want = []
+        for s, p in zip(seqs, plens):
+            h = rm.hidden_states(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0]  # (T, d)
+            want.append(rm.head(h[p:].mean(0))[0])
+        want = torch.stack(want)
+        got_r = rm(*pad_batch(seqs, tok.pad_token_id, "right"), torch.tensor(plens))[:, 0]
+        got_l = rm(*pad_batch(seqs, tok.pad_token_id, "left"), torch.tensor(plens))[:, 0]
+        last = ScalarHeadModel(rm.lm)
+        last.head.load_state_dict(rm.head.state_dict())
+        got_last = last(*pad_batch(seqs, tok.pad_token_id, "right"))[:, 0]
+    assert torch.allclose(got_r, want, atol=1e-5) and torch.allclose(got_l, want, atol=1e-5)
+    assert (got_last - want).abs().max() > 1e-3  # the last token reads something else: not vacuous
+    with pytest.raises(AmbientError, match="prompt length"):
+        rm(*pad_batch(seqs, tok.pad_token_id, "right"))
+    with pytest.raises(AmbientError, match="pooling"):
+        ScalarHeadModel(rm.lm, meta={"pooling": "max"})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data_dir(tmp_path_factory.mktemp("rmpool") / "data", n_threads=36, k=4)
+
+
+def cfg(data, out, *more):
+    return load_config(R.RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={out}", "eval_split=",
+                                              "eval_steps=0", "train_layers=0", "learning_rate=1e-2", *more])
+
+
+def test_trained_mean_pooled_model_scores_as_the_hand_average_everywhere(data, tmp_path):
+    """Train head-only with pooling=mean; the saved model says so, and RL's RewardFunction,
+    rm eval with and without the feature cache, and a hand computation all agree."""
+    fc = tmp_path / "fc"
+    out = R.train_reward(cfg(data, tmp_path / "rm", "pooling=mean", f"feature_cache={fc}"))
+    assert json.loads((out / "reward_config.json").read_text())["pooling"] == "mean"
+    assert json.loads((out / "config.json").read_text())["ambient_reward"]["pooling"] == "mean"
+    assert "mean of the response tokens" in (out / "README.md").read_text()
+    rm = load_reward_model(out)
+    assert rm.pooling == "mean"
+    inputs = RewardInputs.from_pretrained(out)
+    prompts = ["What is a good first paper to read?", "How do I ask for an extension?"]
+    answers = ["Start with a survey of the field.", "Write early and explain briefly; most say yes."]
+    got = RewardFunction(rm).texts(prompts, answers)
+    with torch.no_grad():
+        want = []
+        for p, a in zip(prompts, answers):
+            e = inputs.encode(p, a)
+            h = rm.hidden_states(torch.tensor([e.input_ids]), torch.ones(1, len(e.input_ids), dtype=torch.long))[0]
+            raw = rm.head(h[e.prompt_len:].mean(0))[0]
+            want.append(float((raw - rm.norm_mean) / rm.norm_std))
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+    # the feature cache holds mean-pooled features in a file of its own, keyed with the prompt length
+    files = list(fc.glob("*.features.safetensors"))
+    assert len(files) == 1
+    from safetensors.torch import load_file
+
+    assert all(":" in k for k in load_file(files[0]))
+    # rm eval from the cache equals rm eval from the model
+    a = evaluate_reward(out, data, split="test", out=tmp_path / "ev_cache", loglik_model="none", plots=False,
+                        feature_cache=str(fc), n_boot=50)
+    b = evaluate_reward(out, data, split="test", out=tmp_path / "ev_model", loglik_model="none", plots=False,
+                        n_boot=50)
+    assert a["accuracy"] == b["accuracy"] and a["length_correlation"] == b["length_correlation"]
+    # a last-token model from the same cache directory uses another file
+    R.train_reward(cfg(data, tmp_path / "rm_last", f"feature_cache={fc}"))
+    assert len(list(fc.glob("*.features.safetensors"))) == 2
+
+
+def test_mean_pooling_needs_the_head_only(data, tmp_path):
+    with pytest.raises(AmbientError, match="train_layers=0 and cache_features=true"):
+        R.train_reward(cfg(data, tmp_path / "x", "pooling=mean", "train_layers=-1"))
+    with pytest.raises(AmbientError, match="train_layers=0 and cache_features=true"):
+        R.train_reward(cfg(data, tmp_path / "y", "pooling=mean", "cache_features=false"))
