@@ -92,26 +92,22 @@ def _load_lines(stage: str, out: Path, rcfg: dict[str, Any] | None, files: Path 
             lines += ["", f"The LoRA adapter alone, on its base `{base}`: "
                       f"`peft.AutoPeftModelForCausalLM.from_pretrained({str(out / 'adapter')!r})`."]
         return lines
+    ambient_loader = ["```python",
+                      "from ambient_rlhf.models.reward_model import load_reward_model",
+                      "from ambient_rlhf.models.reward_inputs import RewardFunction",
+                      f"fn = RewardFunction(load_reward_model({d!r}))  # fn.texts(prompts, responses, communities)",
+                      "```",
+                      ""]
     if rcfg is not None and "members" in rcfg:
-        return ["```python",
-                "from ambient_rlhf.models.reward_model import load_reward_model",
-                "from ambient_rlhf.models.reward_inputs import RewardFunction",
-                f"fn = RewardFunction(load_reward_model({d!r}))  # fn.texts(prompts, responses, communities)",
-                "```",
-                "",
-                "The members are separate `*ForSequenceClassification` directories (listed in "
-                "`reward_config.json`); transformers loads each of them on its own."]
+        return ambient_loader + [
+            "The members are separate `*ForSequenceClassification` directories (listed in "
+            "`reward_config.json`); transformers loads each of them on its own."]
     if (rcfg or {}).get("pooling", "last") == "mean":
-        return ["```python",
-                "from ambient_rlhf.models.reward_model import load_reward_model",
-                "from ambient_rlhf.models.reward_inputs import RewardFunction",
-                f"fn = RewardFunction(load_reward_model({d!r}))  # fn.texts(prompts, responses, communities)",
-                "```",
-                "",
-                "This head reads the **mean of the response tokens' hidden states** (`pooling: mean`), not "
-                "the last token that transformers' `AutoModelForSequenceClassification` reads: score it "
-                "through ambient-rlhf as above, or run the model's body, average the final-norm states of "
-                "the response tokens and apply `score.weight` and `ambient_reward.offset` to that."]
+        return ambient_loader + [
+            "This head reads the **mean of the response tokens' hidden states** (`pooling: mean`), not "
+            "the last token that transformers' `AutoModelForSequenceClassification` reads: score it "
+            "through ambient-rlhf as above, or run the model's body, average the final-norm states of "
+            "the response tokens and apply `score.weight` and `ambient_reward.offset` to that."]
     kind = (rcfg or {}).get("kind", "scalar")
     last = ("reward = logits[:, 0] + rm.config.ambient_reward['offset']" if kind == "scalar" else
             "reward = reward_from_logits(logits, rm.config.ambient_reward)  # expected tier value, normalised")
