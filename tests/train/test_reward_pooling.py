@@ -117,3 +117,46 @@ def test_mean_pooling_needs_the_head_only(data, tmp_path):
         R.train_reward(cfg(data, tmp_path / "x", "pooling=mean", "train_layers=-1"))
     with pytest.raises(AmbientError, match="train_layers=0 and cache_features=true"):
         R.train_reward(cfg(data, tmp_path / "y", "pooling=mean", "cache_features=false"))
+
+
+def test_feature_moments_by_hand_and_across_processes():
+    from ambient_rlhf.train.reward.scoring import feature_moments
+
+    feats = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 6.0])]
+    mean, std = feature_moments(feats)
+    assert mean.tolist() == [2.0, 4.0] and std.tolist() == [1.0, 2.0]
+    # a second process holding the feature (5, 10): the sums combine -> mean (3, 6),
+    # variance ((4 + 0 + 4) / 3, (16 + 0 + 16) / 3)
+    other = (1, torch.tensor([5.0, 10.0], dtype=torch.float64), torch.tensor([25.0, 100.0], dtype=torch.float64))
+    mean, std = feature_moments(feats, gather=lambda parts: parts + [other])
+    assert mean.tolist() == [3.0, 6.0]
+    assert std.tolist() == pytest.approx([(8 / 3) ** 0.5, (32 / 3) ** 0.5])
+
+
+def test_standardised_head_folds_into_the_same_function():
+    from ambient_rlhf.train.reward.scoring import HeadOnFeatures
+
+    torch.manual_seed(0)
+    x = torch.randn(20, 6) * torch.tensor([1.0, 100.0, 0.01, 5.0, 1.0, 30.0]) + 3.0
+    m = HeadOnFeatures(torch.nn.Linear(6, 1))
+    m.standardize(x.mean(0), x.std(0, unbiased=False))
+    want = m(x)
+    by_hand = m.head((x - x.mean(0)) / x.std(0, unbiased=False))
+    m.fold()
+    assert m.mean is None
+    assert torch.allclose(want, by_hand, atol=1e-6) and torch.allclose(m(x), want, atol=1e-4)
+
+
+def test_standardised_training_saves_a_folded_head(data, tmp_path):
+    """The valid accuracy logged at the last step (standardised features) equals the saved
+    model's on the same pairs (raw features through the folded head)."""
+    out = R.train_reward(cfg(data, tmp_path / "std", "pooling=mean", "standardize_features=true", "eval_steps=1000",
+                             "weight_decay=0.1", "eval_max_pairs=0"))
+    from ambient_rlhf.logging import read_jsonl
+
+    logged = [r for r in read_jsonl(out / "metrics.jsonl") if "rm/valid_accuracy" in r][-1]["rm/valid_accuracy"]
+    ev = evaluate_reward(out, data, split="valid", out=tmp_path / "ev", loglik_model="none", plots=False, n_boot=50)
+    assert ev["accuracy"]["value"] == pytest.approx(logged, abs=1e-9)
+    assert json.loads((out / "reward_config.json").read_text())["standardize_features"] is True
+    with pytest.raises(AmbientError, match="standardize_features"):
+        R.train_reward(cfg(data, tmp_path / "z", "standardize_features=true", "train_layers=1"))

@@ -145,6 +145,11 @@ class RewardConfig:
     did not (docs/reward.md, "Mean-pooled features").  ``mean`` needs the head only
     (``train_layers=0``, ``cache_features=true``); it is saved with the model and every
     ambient-rlhf scorer applies it, but transformers alone reads the last token."""
+    standardize_features: bool = False
+    """Head only (``train_layers=0``): the head reads the cached features standardised with
+    the training texts' mean and standard deviation, folded into the saved head at the end
+    (the same function of raw features).  With ``weight_decay`` it is an L2-penalised
+    linear read-out of equally scaled features, as a linear probe is fitted."""
     cache_features: bool = True
     """With a frozen bottom (``train_layers`` >= 0), compute its output once per text and
     reuse it every step (exact: the frozen part never changes).  What makes a reward
@@ -224,6 +229,9 @@ def _validate(cfg: RewardConfig) -> None:
         raise AmbientError(f"rm: pooling={cfg.pooling} reads cached features with the head only; set "
                            f"train_layers=0 and cache_features=true (got train_layers={cfg.train_layers}, "
                            f"cache_features={str(cfg.cache_features).lower()})")
+    if cfg.standardize_features and (cfg.train_layers != 0 or not cfg.cache_features):
+        raise AmbientError("rm: standardize_features=true reads cached features with the head only; set "
+                           "train_layers=0 and cache_features=true")
     if cfg.lora.enabled and cfg.train_layers != -1:
         raise AmbientError("rm: lora.enabled=true needs train_layers=-1 (LoRA adapts every layer)")
     if cfg.max_ranked < 2:

@@ -24,8 +24,8 @@ from ambient_rlhf.train.common import (apply_lora, make_optimizer, make_schedule
                                         warmup_count)
 from ambient_rlhf.train.reward.batching import epoch_batches, loss_share, rank_share, shard_rows
 from ambient_rlhf.train.reward.config import RewardConfig, _auto_lr, _validate, input_spec
-from ambient_rlhf.train.reward.scoring import (CovariateModel, Scorer, ScoreRows, batch_loss, pair_accuracy, raw_rewards,
-                                               unit_covariates)
+from ambient_rlhf.train.reward.scoring import (CovariateModel, Scorer, ScoreRows, batch_loss, feature_moments,
+                                               pair_accuracy, raw_rewards, unit_covariates)
 from ambient_rlhf.train.reward.units import (balance_by_length, index_units, load_units, reference_units,
                                              subset_threads)
 from ambient_rlhf.train.trackers import make_trackers
@@ -151,6 +151,11 @@ def train_reward(cfg: RewardConfig) -> Path:
                 store.save()
         accelerator.wait_for_everyone()
 
+    if cfg.standardize_features and mode == "head":  # from the training texts' features
+        train_rows = sorted({r for u in train for r in u.rows if r in scorer.cache})
+        mean, std = feature_moments([scorer.cache[r] for r in train_rows], gather_object if world > 1 else None)
+        scorer.module.standardize(mean.to(device), std.to(device))
+
     # step 4. the training loop
     lr = _auto_lr(cfg)
     # the covariate model (pairwise with covariates): trained with the reward, its
@@ -247,6 +252,8 @@ def train_reward(cfg: RewardConfig) -> Path:
         bar.close()
     metrics.close()
     loop_seconds = time.perf_counter() - t_loop
+    if mode == "head":
+        scorer.module.fold()  # standardisation into the head: raw features from here on
     opt = sched = step_fn = None  # free the optimizer state before the evaluation loads the saved model
     accelerator.free_memory()  # (the accelerator's references too)
 
@@ -272,6 +279,8 @@ def train_reward(cfg: RewardConfig) -> Path:
                "pairs": cfg.pairs, "length_decorrelation": cfg.length_decorrelation}
     if cfg.pooling != "last":
         rm.meta["pooling"] = cfg.pooling
+    if cfg.standardize_features:
+        rm.meta["standardize_features"] = True  # provenance: the saved head has it folded in
     if covm is not None:  # the non-text part of the preference model: for reading, not for scoring
         rm.meta["covariate_model"] = covm.describe()
     rm.cpu()

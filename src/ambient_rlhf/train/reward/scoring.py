@@ -32,14 +32,52 @@ class _Stop(Exception):
 
 
 class HeadOnFeatures(nn.Module):
-    """Head-only model on cached pooled features: (n, d) -> (n, n_out)."""
+    """Head-only model on cached pooled features: (n, d) -> (n, n_out).
+
+    With :meth:`standardize` the head reads ``(x - mean) / std`` (constants from the
+    training features), so that weight decay acts like an L2 penalty on equally scaled
+    inputs (a backbone's states have a few dimensions hundreds of times larger than the
+    rest); :meth:`fold` then moves the constants into the head -- ``w' = w / std``,
+    ``b' = b - w' . mean`` -- which is what is saved: the same function of raw features."""
 
     def __init__(self, head: nn.Linear):
         super().__init__()
         self.head = head
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+
+    def standardize(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean, self.std = mean, std.clamp(min=1e-6)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        if self.mean is None:
+            return
+        w = self.head.weight.double() / self.std.double().to(self.head.weight.device)  # (n_out, d)
+        self.head.bias.copy_((self.head.bias.double() - w @ self.mean.double().to(w.device)).to(self.head.bias.dtype))
+        self.head.weight.copy_(w.to(self.head.weight.dtype))
+        self.mean = self.std = None
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.mean is not None:
+            feats = (feats - self.mean.to(feats.device, feats.dtype)) / self.std.to(feats.device, feats.dtype)
         return self.head(feats)
+
+
+def feature_moments(feats: list[torch.Tensor], gather=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (population) standard deviation of features, float64 sums; ``gather``
+    (e.g. accelerate's ``gather_object``) combines the sums of several processes so that
+    every process standardises alike."""
+    x = torch.stack(feats).double() if feats else torch.zeros(0, 1, dtype=torch.float64)
+    parts = [(x.shape[0], x.sum(0), (x * x).sum(0))]
+    if gather is not None:
+        parts = [p for p in gather(parts) if p[0] > 0]
+    n = sum(p[0] for p in parts)
+    s1 = sum(p[1] for p in parts)
+    s2 = sum(p[2] for p in parts)
+    mean = s1 / n
+    var = (s2 / n - mean * mean).clamp(min=0.0)
+    return mean.float(), var.sqrt().float()
 
 
 class TopLayers(nn.Module):
