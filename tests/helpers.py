@@ -91,3 +91,14 @@ def save_earlier_format(rm, out: str | Path, tokenizer) -> Path:
            "norm_mean": rm.norm_mean, "norm_std": rm.norm_std, **rm.meta}
     (out / "reward_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
+
+
+def head_rm_config(data, out, *more: str, eval_steps: int = 0):
+    """``ambient rm`` config of a head-only tiny-random reward model on ``data`` (no final
+    evaluation), with ``more`` overrides."""
+    from ambient_rlhf.config import load_config
+    from ambient_rlhf.train.reward import RewardConfig
+
+    return load_config(RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={out}", "eval_split=",
+                                            f"eval_steps={eval_steps}", "train_layers=0", "learning_rate=1e-2",
+                                            *more])

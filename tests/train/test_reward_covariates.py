@@ -7,10 +7,9 @@ import shutil
 
 import pytest
 import torch
-from helpers import make_data_dir
+from helpers import head_rm_config, make_data_dir
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.config import load_config
 from ambient_rlhf.logging import read_jsonl
 from ambient_rlhf.train import reward as R
 from ambient_rlhf.train.reward.scoring import CovariateModel, batch_loss, length_correlation_penalty
@@ -75,8 +74,7 @@ def data(tmp_path_factory):
 
 
 def cfg(data, out, *more):
-    return load_config(R.RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={out}", "eval_split=",
-                                              "eval_steps=2", "train_layers=0", "learning_rate=1e-2", *more])
+    return head_rm_config(data, out, *more, eval_steps=2)
 
 
 def test_all_pairs_with_covariates_train_save_and_resume(data, tmp_path):

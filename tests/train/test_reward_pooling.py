@@ -7,10 +7,9 @@ import json
 
 import pytest
 import torch
-from helpers import make_data_dir
+from helpers import head_rm_config, make_data_dir
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.config import load_config
 from ambient_rlhf.eval.reward_eval import evaluate_reward
 from ambient_rlhf.models.heads import ScalarHeadModel, pool_states
 from ambient_rlhf.models.load import load_causal_lm, load_tokenizer
@@ -69,8 +68,7 @@ def data(tmp_path_factory):
 
 
 def cfg(data, out, *more):
-    return load_config(R.RewardConfig, None, [f"data={data}", "model=tiny-random", f"out={out}", "eval_split=",
-                                              "eval_steps=0", "train_layers=0", "learning_rate=1e-2", *more])
+    return head_rm_config(data, out, *more, eval_steps=0)
 
 
 def test_trained_mean_pooled_model_scores_as_the_hand_average_everywhere(data, tmp_path):

@@ -12,10 +12,11 @@ sum is taken over its replies in the order they were read, starting from ``0.0``
 same float additions as scoring inline.
 
 The worker -- a plain ``python -c`` subprocess reading length-prefixed batches of texts on
-its stdin and writing the scores as doubles on its stdout -- starts with the first full batch, so a small input never pays for a process.
-Where none can be started, or with ``labels.sentiment_process=false``, the same batches
-are scored in the reading process.  A worker that fails or dies raises an
-:class:`~ambient_rlhf.io.AmbientError` in the reader; it never hangs it.
+its stdin and writing the scores as doubles on its stdout -- starts with the first full
+batch, so a small input never pays for a process.  Where none can be started, or with
+``labels.sentiment_process=false``, the same batches are scored in the reading process.
+A worker that fails or dies raises an :class:`~ambient_rlhf.AmbientError` in the reader;
+it never hangs it.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ class ReplyScorer:
         self._results: dict[int, list] = {}  # batch -> [scores, tickets not yet taken]
         self._dropped: dict[int, int] = {}  # batch not back yet -> tickets dropped from it
         self._proc: subprocess.Popen | None = None
-        self._outq = None
+        self._outq: queue.SimpleQueue | None = None
+        self._reader: threading.Thread | None = None
         self.mode = "inline"
 
     # ------------------------------------------------------------------ feeding

@@ -2,9 +2,9 @@
 
 A head-only reward model (``train_layers=0``) reads one feature per text: the backbone's
 hidden state at the last real token (or, with ``pooling=mean``, the mean of the response
-tokens' states: another file, keys that include the prompt length).  The backbone never changes, so the feature can be
-computed once and reused by every reward model of that backbone (another objective,
-another seed) and by their evaluation."""
+tokens' states: another file, keys that include the prompt length).  The backbone never
+changes, so the feature can be computed once and reused by every reward model of that
+backbone (another objective, another seed) and by their evaluation."""
 
 from __future__ import annotations
 

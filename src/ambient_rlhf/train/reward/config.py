@@ -225,13 +225,12 @@ def _validate(cfg: RewardConfig) -> None:
         raise AmbientError(f"rm: batch_size={cfg.batch_size} must be >= 1")
     if cfg.backbone_layers and cfg.train_layers > cfg.backbone_layers:
         raise AmbientError(f"rm: train_layers={cfg.train_layers} exceeds backbone_layers={cfg.backbone_layers}")
-    if cfg.pooling != "last" and (cfg.train_layers != 0 or not cfg.cache_features):
-        raise AmbientError(f"rm: pooling={cfg.pooling} reads cached features with the head only; set "
+    head_only = [o for o, on in (("pooling=mean", cfg.pooling != "last"),
+                                 ("standardize_features=true", cfg.standardize_features)) if on]
+    if head_only and (cfg.train_layers != 0 or not cfg.cache_features):
+        raise AmbientError(f"rm: {', '.join(head_only)}: the head alone reads cached features here; set "
                            f"train_layers=0 and cache_features=true (got train_layers={cfg.train_layers}, "
                            f"cache_features={str(cfg.cache_features).lower()})")
-    if cfg.standardize_features and (cfg.train_layers != 0 or not cfg.cache_features):
-        raise AmbientError("rm: standardize_features=true reads cached features with the head only; set "
-                           "train_layers=0 and cache_features=true")
     if cfg.lora.enabled and cfg.train_layers != -1:
         raise AmbientError("rm: lora.enabled=true needs train_layers=-1 (LoRA adapts every layer)")
     if cfg.max_ranked < 2:
