@@ -156,5 +156,28 @@ def test_a_build_scored_beside_the_reader_is_the_same_build(shared_data, tmp_pat
     b = _build(src, tmp_path / "inline", base + ["labels.sentiment_process=false"])
     assert modes == ["process"]
     assert a.reply_sentiment.notna().sum() > 1000
+    if not keep_damaged:  # independently of the reader: responses whose every direct reply was used
+        _check_against_vader_sentiment(a, shared_data / "reddit-askacademia")
     assert (tmp_path / "proc" / "responses.parquet").read_bytes() == (tmp_path / "inline" / "responses.parquet").read_bytes()
     assert a.equals(b)
+
+
+def _check_against_vader_sentiment(resp: pd.DataFrame, dump) -> None:
+    """For responses with n used replies and exactly n direct replies in the raw dump, the
+    column must be the mean of ``vaderSentiment``'s compound over those replies."""
+    sia = SentimentIntensityAnalyzer()
+    direct: dict[str, list[str]] = {}
+    with open(dump / "AskAcademia_comments.ndjson.zst", "rb") as fh:
+        for line in io.TextIOWrapper(zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(fh),
+                                     encoding="utf-8"):
+            o = json.loads(line)
+            if str(o.get("parent_id", "")).startswith("t1_"):
+                direct.setdefault(o["parent_id"][3:], []).append(o.get("body") or "")
+    checked = 0
+    for rid, n, got in zip(resp.response_id, resp.num_replies, resp.reply_sentiment):
+        bodies = direct.get(rid, [])
+        if n >= 1 and len(bodies) == n:
+            want = sum(sia.polarity_scores(b)["compound"] for b in bodies) / n
+            assert got == pytest.approx(want, abs=1e-12), rid
+            checked += 1
+    assert checked > 1000
