@@ -217,8 +217,9 @@ def main() -> int:
     p.add_argument("--wait-policy", default="ACTIVE", help="OMP_WAIT_POLICY for both sides")
     p.add_argument("--trl112-path", help="a directory holding trl==1.12.0 (pip install --target), used instead "
                    "of creating .bench/trl112 (for machines without network)")
-    p.add_argument("--baseline", action="store_true", help="also run ours with reuse_forward=false (a separate "
-                   "no-grad forward for the old log-probs, the code path before that shortcut) in the same run")
+    p.add_argument("--baseline", nargs="*", metavar="KEY=VALUE", help="also run ours with these rl overrides in "
+                   "the same run (bare --baseline: reuse_forward=false, the separate no-grad forward for the old "
+                   "log-probs; e.g. --baseline share_prompts=false for the prompts computed once per sample)")
     p.add_argument("--peer-repeats", type=int, default=1, help="run the peer this many times, alternating with "
                    "ours (2 brackets our runs: on a shared machine the spread shows the contention)")
     p.add_argument("--extra", help=argparse.SUPPRESS)
@@ -262,7 +263,8 @@ def main() -> int:
             else:
                 peer_name = "TRL 1.12 PPOTrainer"
                 run_peer = lambda: run_side(trl112, "trl-ppo", a, paths, ppo_env)  # noqa: E731
-            ours_runs = [("ours", [])] + ([("ours, reuse_forward=false", ["reuse_forward=false"])] if a.baseline else [])
+            base = (a.baseline or ["reuse_forward=false"]) if a.baseline is not None else []
+            ours_runs = [("ours", [])] + ([("ours, " + " ".join(base), base)] if base else [])
             peers, results = [], {}
             for i in range(max(a.peer_repeats, len(ours_runs))):  # peer, ours, peer, ours baseline, ...
                 if i < a.peer_repeats:

@@ -148,6 +148,7 @@ class PolicyWithValue(nn.Module):
         super().__init__()
         self.lm = lm
         self.value_head = None
+        self.share_prompts = False  # see response_states
         if value_head:
             # zero init: V = 0 until trained (a random head adds noise to every advantage)
             self.value_head = nn.Linear(lm.config.hidden_size, 1)
@@ -157,18 +158,44 @@ class PolicyWithValue(nn.Module):
     def forward(self, query_response: torch.Tensor, mask: torch.Tensor, n_prompt: int,
                 adapter: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, Tp + R) ids and mask -> logits (B, R, V) for the response tokens, values (B, R) or None."""
-        return response_logits(self.lm, query_response, mask, n_prompt, self.value_head)
+        return response_logits(self.lm, query_response, mask, n_prompt, self.value_head, self.share_prompts)
+
+
+def response_states(lm: nn.Module, query_response: torch.Tensor, mask: torch.Tensor, n_prompt: int,
+                    share_prompts: bool = False) -> torch.Tensor:
+    """The last hidden states that predict each response token: (B, Tp + R) -> (B, R, d).
+
+    ``share_prompts``: rows whose prompt (ids and mask) repeats an earlier row's -- RLOO's
+    k samples of a prompt -- run the prompt through the body once; its keys/values are
+    copied to each of its rows, and only the response tokens are computed per row.  The
+    same function of the weights (gradients included: they flow into the one prompt
+    computation from all its rows); only the float rounding of differently shaped matrix
+    products differs (tests/train/test_rl_speed.py)."""
+    decoder = lm.get_decoder()
+    shared = distinct_rows(query_response[:, :n_prompt], mask[:, :n_prompt]) if share_prompts else None
+    pos = position_ids_from_mask(mask)
+    if shared is None:
+        out = decoder(input_ids=query_response, attention_mask=mask, position_ids=pos, use_cache=False)
+        return out.last_hidden_state[:, n_prompt - 1:-1]  # (B, R, d)
+    first, inverse = shared
+    pre = decoder(input_ids=query_response[first, :n_prompt], attention_mask=mask[first, :n_prompt],
+                  position_ids=pos[first, :n_prompt], use_cache=True)
+    cache = cache_out(pre)
+    cache.batch_select_indices(inverse)  # (G, ...) -> (B, ...) keys/values of every layer
+    out = decoder(input_ids=query_response[:, n_prompt:-1], attention_mask=mask[:, :-1],
+                  position_ids=pos[:, n_prompt:-1], use_cache=True, **cache_kw(decoder, cache))
+    last = pre.last_hidden_state[inverse, -1:]  # (B, 1, d): predicts response token 0
+    return torch.cat([last, out.last_hidden_state], 1)  # (B, R, d)
 
 
 def response_logits(lm: nn.Module, query_response: torch.Tensor, mask: torch.Tensor, n_prompt: int,
-                    value_head: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    value_head: nn.Module | None = None,
+                    share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits predicting each response token (and values), from one forward of ``lm``.
 
-    Shapes: query_response, mask (B, Tp + R); n_prompt = Tp -> (B, R, V), (B, R) or None."""
-    decoder = lm.get_decoder()
-    out = decoder(input_ids=query_response, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                  use_cache=False)
-    h = out.last_hidden_state[:, n_prompt - 1:-1]  # (B, R, d) the states that predict response tokens
+    Shapes: query_response, mask (B, Tp + R); n_prompt = Tp -> (B, R, V), (B, R) or None.
+    ``share_prompts``: see :func:`response_states`."""
+    h = response_states(lm, query_response, mask, n_prompt, share_prompts)
     logits = lm.get_output_embeddings()(h)
     values = value_head(h).squeeze(-1).float() if value_head is not None else None
     return logits, values

@@ -90,6 +90,12 @@ class RLConfig:
     separate no-grad forward before it: one policy (and value) forward fewer per
     iteration, the same numbers (tests/train/test_rl_speed.py).  false runs the separate
     forward; ignored with several minibatches."""
+    share_prompts: bool = True
+    """RLOO: run each prompt through a model once for its ``rloo_k`` samples -- in sampling,
+    in the reference forward and in the training forward and backward -- and copy its
+    keys/values to the k rows (the same computation up to float rounding; with the
+    default model's chat template it cut the forward and backward by a third on a CPU,
+    docs/rl.md).  With ``prompt_tuning`` only sampling shares."""
     rloo_k: Annotated[int, at_least(1)] = 4
     """RLOO: samples per prompt for the leave-one-out baseline; 4, as in Ahmadian et al.
     2024 (k=4 recovered most of the gain of larger k)."""

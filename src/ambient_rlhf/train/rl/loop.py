@@ -75,6 +75,10 @@ def train_rl(cfg: RLConfig) -> Path:
                                "plain model (the reference must be the policy without a prompt)")
         lm = apply_prompt_tuning(lm, cfg.prompt_tuning, tok, [DEFAULT])
     policy = PolicyWithValue(lm, value_head=(cfg.algo == "ppo" and cfg.value_model == "shared")).to(device).eval()
+    # RLOO's k rows of a prompt share its keys/values in the forwards (the soft prompt's
+    # wrapper has no cache there; sampling shares through its forward, which has)
+    share = cfg.share_prompts and cfg.algo == "rloo" and cfg.rloo_k > 1 and not cfg.prompt_tuning.enabled
+    policy.share_prompts = share
     scorer, rm = make_scorer(cfg, tok, prompts, device)
     # reward normalisation: score = gain * scorer output + bias (gain 1, bias 0 unless
     # reward_normalize=reference); a resumed run takes them from its checkpoint
@@ -157,7 +161,7 @@ def train_rl(cfg: RLConfig) -> Path:
         t0 = time.perf_counter()
         with acc.autocast():
             smp = sample(acc.unwrap_model(policy_ddp).lm, q, q_mask, cfg.max_response_tokens, T, eos_id, pad_id,
-                         cfg.top_k, cfg.top_p)
+                         cfg.top_k, cfg.top_p, share_prompts=cfg.share_prompts)
         resp, r_mask = smp.response, smp.mask  # (N, R)
         qr = torch.cat([q, resp], 1)  # (N, Tp + R)
         qr_mask = torch.cat([q_mask, r_mask], 1)
@@ -177,10 +181,10 @@ def train_rl(cfg: RLConfig) -> Path:
         with torch.no_grad(), acc.autocast():
             base = acc.unwrap_model(policy_ddp)
             if ref_lm is not None:
-                ref_logits, _ = response_logits(ref_lm, qr, qr_mask, Tp)
+                ref_logits, _ = response_logits(ref_lm, qr, qr_mask, Tp, share_prompts=share)
             else:
                 with base.lm.disable_adapter():
-                    ref_logits, _ = response_logits(base.lm, qr, qr_mask, Tp)
+                    ref_logits, _ = response_logits(base.lm, qr, qr_mask, Tp, share_prompts=share)
             ref_logp = logprobs_from_logits(ref_logits, resp, T)
             del ref_logits
         timings["time/reference"] = time.perf_counter() - t0
