@@ -123,6 +123,8 @@ def test_method_places_dpo_beside_rl(tmp_path, method, expected):
         assert (d.config.data, d.config.model, d.config.out) == (str(tmp_path / "data"), str(tmp_path / "sft"),
                                                                  str(tmp_path / "dpo"))
         assert d.config.beta == 0.2 and d.config.overwrite and not d.config.resume
+        # DPO learns from the proxy's half: the gold judge's pairs stay unseen
+        assert d.config.train_half == "a" == stages["rm-proxy"].config.train_half != stages["rm-gold"].config.train_half
         e = stages["eval-dpo"]
         assert e.config.policy == str(tmp_path / "dpo") and "dpo" in e.deps
         assert (e.config.reference, e.config.judge) == (str(tmp_path / "sft"), str(tmp_path / "rm-gold"))

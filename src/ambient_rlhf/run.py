@@ -162,7 +162,8 @@ def plan(cfg: RunConfig) -> list[Stage]:
         stages.append(Stage("rl", "rl", _volatile_off(rl), ["data", "sft", "rm-proxy"], resumable=hasattr(rl, "resume")))
         stages.append(Stage("eval", "eval", ev, ["data", "sft", "rm-proxy", "rm-gold", "rl"]))
     if cfg.method in ("dpo", "both"):
-        dpo = r(cfg.dpo, data=d["data"], model=d["sft"], out=d["dpo"], resume=False, overwrite=True)
+        # half a, as the proxy RL optimises: the gold judge (half b) never saw DPO's pairs
+        dpo = r(cfg.dpo, data=d["data"], model=d["sft"], out=d["dpo"], resume=False, overwrite=True, train_half="a")
         stages.append(Stage("dpo", "dpo", dpo, ["data", "sft"], resumable=True))
         stages.append(Stage("eval-dpo", "eval", r(ev, policy=d["dpo"], out=d["eval-dpo"]),
                             ["data", "sft", "rm-proxy", "rm-gold", "dpo"]))

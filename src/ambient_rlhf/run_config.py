@@ -158,6 +158,7 @@ RUN_SET = {
            "reference": "the run's sft/ (later rounds start from the last policy)",
            "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
     "dpo": {"data": "the run's data/", "model": "the run's sft/", "out": "the run's dpo/",
+            "train_half": "a, the proxy's half (the gold judge learns from b)",
             "resume": "the run resumes an interrupted stage by itself", "overwrite": "the run decides"},
     "eval": {"policy": "rl/, dpo/ or sft-tier/", "reference": "the run's sft/ (sft-tier/ for eval-steer/)",
              "judge": "the run's rm-gold/", "proxy": "the run's rm-proxy/", "data": "the run's data/",

@@ -74,6 +74,26 @@ def test_time_rule_pairs_are_pairs_parquet(data_dir):
     assert counts["train_pairs"] == 128
 
 
+def test_train_half_keeps_one_half_of_the_train_threads(data_dir):
+    """train_half=a|b: the train pairs of the threads whose salted SHA-256 (computed here,
+    as docs/reward.md describes the halves) puts them in that half; the halves split the
+    train pairs between them; valid pairs are all kept."""
+    import hashlib
+
+    def half(t):
+        return "a" if hashlib.sha256(("ambient-half:" + t).encode()).digest()[0] % 2 == 0 else "b"
+
+    full = load_pairs(_cfg(data_dir, "x"), "train", {})
+    got = {}
+    for h in ("a", "b"):
+        counts = {}
+        got[h] = load_pairs(_cfg(data_dir, "x", f"train_half={h}"), "train", counts)
+        assert {p.thread for p in got[h]} == {p.thread for p in full if half(p.thread) == h}
+        assert counts["train_other_half_pairs"] == len(full) - len(got[h]) and counts["train_pairs"] == len(got[h])
+        assert load_pairs(_cfg(data_dir, "x", f"train_half={h}"), "valid", {}) == load_pairs(_cfg(data_dir, "x"), "valid", {})
+    assert 0 < len(got["a"]) < len(full) and len(got["a"]) + len(got["b"]) == len(full)
+
+
 def test_ranking_pairs_weigh_each_thread_once(data_dir):
     counts = {}
     pairs = load_pairs(_cfg(data_dir, "x", "pairs=ranking"), "train", counts)

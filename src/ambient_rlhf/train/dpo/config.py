@@ -51,6 +51,11 @@ class DPOConfig:
     every ordered pair of each thread's ranking in rankings.parquet (by the adjusted rank,
     which corrects for posting time), weighted so every thread weighs the same (the
     ranking reward model's normalisation)."""
+    train_half: Literal["all", "a", "b"] = "all"
+    """Train on the pairs of one half of the train threads (``data.splits.half_of``, the
+    halves ``ambient rm train_half`` uses); valid pairs are all kept.  ``ambient run``
+    sets ``a``: the half its RL proxy learns from, so that the gold judge (half ``b``)
+    never saw the pairs DPO trained on."""
     all_pairs_min_ratio: Annotated[float, at_least(1.0)] = 2.0
     """``pairs=all``: the preferred answer's score is at least this times the other's."""
     all_pairs_min_score: Annotated[int, at_least(0)] = 2

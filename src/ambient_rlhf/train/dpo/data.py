@@ -63,6 +63,12 @@ def load_pairs(cfg: DPOConfig, split: str, counts: dict) -> list[Pair]:
         pairs = _all_pairs(cfg, split, counts)
     else:
         pairs = _ranking_pairs(cfg, split, counts)
+    if split == "train" and cfg.train_half != "all":
+        from ambient_rlhf.data.splits import half_of
+
+        kept = [p for p in pairs if half_of(p.thread) == cfg.train_half]
+        counts["train_other_half_pairs"] = len(pairs) - len(kept)
+        pairs = kept
     ok = [all(isinstance(t, str) and t.strip() for t in (p.prompt, p.chosen, p.rejected)) for p in pairs]
     counts[f"{split}_skipped_empty_text"] = ok.count(False)
     pairs = [p for p, k in zip(pairs, ok) if k]
