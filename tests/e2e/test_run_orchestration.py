@@ -132,6 +132,42 @@ def test_keys_are_relative_to_the_run_directory(tmp_path):
     assert k == stage_key(Stage("b", "b", Cfg(2, str(run / "b"), resume=True)), run, ["x"])  # resume is volatile
 
 
+def test_a_rebuilt_data_stage_that_wrote_the_same_tables_keeps_its_dependents(tmp_path):
+    """The data stage reruns when its config (here: its sources' identity) changes; the
+    stages after it rerun only when the tables it wrote changed too."""
+    run = tmp_path / "run"
+    calls: list[str] = []
+    tables = {"rows": "1,2,3"}
+
+    def runner(kind):
+        def go(cfg, resume, out):
+            calls.append(kind)
+            Path(out).mkdir(parents=True, exist_ok=True)
+            if kind == "data":
+                (Path(out) / "responses.csv").write_text(tables["rows"])
+            write_manifest(out, kind, to_dict(cfg))  # a new 'created' time each run
+        return go
+
+    def stages(source_mtime):
+        return [Stage("data", "data", Cfg(source_mtime, str(run / "data"))),
+                Stage("sft", "b", Cfg(2, str(run / "sft")), ["data"]),
+                Stage("eval", "c", Cfg(3, str(run / "eval")), ["sft"])]
+
+    runners = {"data": runner("data"), "b": runner("b"), "c": runner("c")}
+    execute(run, stages(1), runners)
+    assert calls == ["data", "b", "c"]
+    calls.clear()
+    execute(run, stages(2), runners)  # the dump was touched: data reruns, the same tables
+    assert calls == ["data"] and _statuses(run) == {"data": "ran", "sft": "skipped", "eval": "skipped"}
+    calls.clear()
+    tables["rows"] = "1,2,4"
+    execute(run, stages(3), runners)  # touched and changed: everything after data reruns
+    assert calls == ["data", "b", "c"]
+    calls.clear()
+    execute(run, stages(3), runners)  # and then all is up to date
+    assert calls == []
+
+
 def test_stage_without_manifest_is_an_error(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(AmbientError, match="without writing"):
@@ -188,10 +224,15 @@ def test_two_processes_share_the_training_stages_only(tmp_path):
     assert sorted(p.name for p in (run / "sft").glob("rank*")) == ["rank0", "rank1"]
     assert sorted(p.name for p in (run / "eval").glob("rank*")) == ["rank0"]
     assert _statuses(run) == {"data": "ran", "sft": "ran", "eval": "ran"}
+    # the markers of the training stages go (data's stay: the stages after data key on
+    # the files it wrote, run.CONTENT_KEYED); a stage that runs again writes them anew
+    data_marker = (run / "data" / "rank0").stat().st_mtime_ns
     for f in run.glob("*/rank*"):
-        f.unlink()
+        if f.parent.name != "data":
+            f.unlink()
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
-    assert not list(run.glob("*/rank*"))  # nothing ran again, on either process
+    assert not list(run.glob("[!d]*/rank*"))  # nothing ran again, on either process
+    assert (run / "data" / "rank0").stat().st_mtime_ns == data_marker
     assert _statuses(run) == {"data": "skipped", "sft": "skipped", "eval": "skipped"}
 
 
