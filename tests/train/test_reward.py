@@ -190,6 +190,35 @@ def test_shared_prompt_pass_equals_full_sequences(tiny_model_path):
     assert len(ga) == len(gb) and all(torch.allclose(x, y, atol=1e-4) for x, y in zip(ga, gb))
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_cached_features_with_shared_prompts_equal_the_plain_ones(tiny_model_path, pooling):
+    """Head-only features (last token, or mean of the response states) computed with each
+    thread's prompt run once per batch equal those of the full sequences; the embedding
+    layer saw the 3 distinct prompts once, then the 6 responses alone."""
+    torch.manual_seed(0)
+    tok = load_tokenizer(tiny_model_path)
+    rm = ScalarHeadModel(load_causal_lm(tiny_model_path), meta={"pooling": pooling}).eval()
+    t = R.TextTable.of(tok, 48, 16, "auto")
+    rows = [t.add(q, a) for q, a in [("what is it?", "a stone"), ("a longer question, what is it really?", "no"),
+                                     ("what is it?", "a bridge over the water and more"), ("x?", "alone"),
+                                     ("a longer question, what is it really?", "yes it is"), ("x?", "not alone")]]
+    seen = []
+    hook = rm.lm.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    feats = {}
+    for share in (False, True):
+        seen.clear()
+        sc = R.Scorer(rm, t, "head", 0, "cpu", tok.pad_token_id)
+        sc.share_prompts = share
+        assert sc.prepare(rows, 8, save=False) == len(rows)
+        feats[share] = (torch.stack([sc.cache[r] for r in rows]), list(seen))
+    hook.remove()
+    (plain, seen_plain), (shared, seen_shared) = feats[False], feats[True]
+    assert len(seen_plain) == 1 and seen_plain[0][0] == 6
+    assert len(seen_shared) == 2 and seen_shared[0][0] == 3 and seen_shared[1][0] == 6
+    assert seen_shared[1][1] < seen_plain[0][1]  # the responses ran without their prompts
+    assert torch.allclose(plain, shared, atol=1e-5) and plain.std() > 1e-3
+
+
 def test_balance_by_length_by_hand():
     from ambient_rlhf.train.reward import Unit, balance_by_length
 

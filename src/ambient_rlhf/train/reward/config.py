@@ -155,10 +155,12 @@ class RewardConfig:
     reuse it every step (exact: the frozen part never changes).  What makes a reward
     model practical on a CPU.  Off: run the frozen part each step (no gradient through it)."""
     share_prompts: bool = True
-    """When the whole network runs each step (no cached features), run each distinct prompt
-    of a batch once and the responses of that prompt on top of its keys/values (exact:
-    same outputs and gradients).  Batches keep a thread's units together, so its responses
-    share one prompt pass.  Off: every sequence runs in full."""
+    """Run each distinct prompt of a batch once and the responses of that prompt on top of
+    its keys/values (the same outputs and gradients up to float rounding): when the whole
+    network runs each step (no cached features) -- batches keep a thread's units
+    together, so its responses share one prompt pass --, and when head-only features are
+    cached (``train_layers=0``; the texts to cache are batched by prompt).  Off: every
+    sequence runs in full."""
     feature_cache: str = ""
     """Directory in which head-only runs (``train_layers=0``) keep the backbone's
     last-token features, keyed by model and token ids, so further reward models from the

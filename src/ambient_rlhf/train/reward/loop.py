@@ -121,7 +121,7 @@ def train_reward(cfg: RewardConfig) -> Path:
             log.warning("rm: cached top-layer path differs from the model by %.2g; not caching", err)
             scorer = Scorer(rm, table, "full", cfg.train_layers, device, tok.pad_token_id)
             mode = "full"
-    scorer.share_prompts = mode == "full" and cfg.share_prompts
+    scorer.share_prompts = mode in ("full", "head") and cfg.share_prompts
     counts["mode"] = mode
     params = [p for p in scorer.module.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)

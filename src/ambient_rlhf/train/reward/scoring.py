@@ -112,23 +112,24 @@ class TopLayers(nn.Module):
         return self.head(last)
 
 
-def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torch.Tensor:
-    """Head outputs of ``rows`` through the whole model, each distinct prompt run once.
+def shared_prompt_states(rm, table: TextTable, rows: list[int], device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Last hidden states of the response tokens of ``rows``, each distinct prompt run once.
 
     Rows that share a prompt (the responses of one thread) reuse its keys and values: the
     prompts run first (right-padded, with a cache), the cache is gathered per row, and the
     responses run on top with positions continuing after their prompt; gradients flow
-    into the prompt pass through the cache.  Same numbers as scoring each full sequence
-    (a test checks outputs and gradients), for a fraction of the prompt compute when a
-    thread's responses share a batch.  Returns (len(rows), n_outputs)."""
+    into the prompt pass through the cache.  Returns ``(h, mask)``, (len(rows), Tr, d) and
+    (len(rows), Tr) in the order of ``rows``, the responses right-padded -- or None when
+    no two rows share a prompt (or a prompt or response is empty): then one plain pass
+    over the full sequences is as cheap."""
     from ambient_rlhf.models.heads import body_of
 
     groups: dict[tuple[int, ...], list[int]] = {}
     for r in rows:
         groups.setdefault(tuple(table.ids[r][: table.prompt_len[r]]), []).append(r)
-    if len(groups) == len(rows) or any(len(p) == 0 for p in groups):  # nothing shared: one plain pass
-        ids, mask = _padded([table.ids[r] for r in rows], device)
-        return rm(ids, mask)
+    if (len(groups) == len(rows) or any(len(p) == 0 for p in groups)
+            or any(len(table.ids[r]) <= table.prompt_len[r] for r in rows)):
+        return None
     body = body_of(rm.lm)
     prompts = list(groups)
     p_ids, p_mask = _padded(list(prompts), device)  # (G, Tp)
@@ -144,10 +145,23 @@ def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torc
     full_mask = torch.cat([p_mask[g], r_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
     h = body(input_ids=r_ids, attention_mask=full_mask, position_ids=r_pos, **cache_kw(body, cache),
              use_cache=True).last_hidden_state  # (B, Tr, d)
-    last = h[torch.arange(len(order), device=device), r_mask.sum(1) - 1]  # (B, d) last real response token
-    res = rm.head(last.to(rm.head.weight.dtype))
     where = {r: i for i, r in enumerate(order)}
-    return res[torch.tensor([where[r] for r in rows], device=device)]
+    back = torch.tensor([where[r] for r in rows], device=device)
+    return h[back], r_mask[back]
+
+
+def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torch.Tensor:
+    """Head outputs of ``rows`` through the whole model (the last real token), each
+    distinct prompt run once (:func:`shared_prompt_states`).  Same numbers as scoring each
+    full sequence (a test checks outputs and gradients), for a fraction of the prompt
+    compute when a thread's responses share a batch.  Returns (len(rows), n_outputs)."""
+    got = shared_prompt_states(rm, table, rows, device)
+    if got is None:  # nothing shared: one plain pass
+        ids, mask = _padded([table.ids[r] for r in rows], device)
+        return rm(ids, mask)
+    h, r_mask = got
+    last = h[torch.arange(len(rows), device=device), r_mask.sum(1) - 1]  # (B, d) last real response token
+    return rm.head(last.to(rm.head.weight.dtype))
 
 
 class Scorer:
@@ -180,11 +194,17 @@ class Scorer:
         """Output of the frozen bottom for each row (CPU float32)."""
         from ambient_rlhf.models.heads import body_of
 
-        ids, mask = self._ids(rows)
         if self.mode == "head":
-            h = self.rm.hidden_states(ids, mask)  # (n, T, d)
-            pooled = self.rm.pool(h, mask, self._prompt_lens(rows))  # last token, or mean of the response
+            got = shared_prompt_states(self.rm, self.table, rows, self.device) if self.share_prompts else None
+            if got is not None:  # the response tokens' states alone: the prompt is 0 tokens of them
+                h, mask = got
+                pooled = self.rm.pool(h, mask, torch.zeros(len(rows), dtype=torch.long, device=self.device))
+            else:
+                ids, mask = self._ids(rows)
+                h = self.rm.hidden_states(ids, mask)  # (n, T, d)
+                pooled = self.rm.pool(h, mask, self._prompt_lens(rows))  # last token, or mean of the response
             return [x.float().cpu() for x in pooled]
+        ids, mask = self._ids(rows)
         body = body_of(self.rm.lm)
         layer = body.layers[len(body.layers) - self.n_top]
         got: dict[str, torch.Tensor] = {}
@@ -215,6 +235,11 @@ class Scorer:
                 if f is not None:
                     self.cache[r] = f
         todo = sorted({r for r in rows if r not in self.cache}, key=lambda r: len(self.table.ids[r]))
+        if self.mode == "head" and self.share_prompts:
+            # a thread's responses in the same batches, so their prompt runs once per batch:
+            # by prompt length, then prompt, then length (little padding on either side)
+            t = self.table
+            todo.sort(key=lambda r: (t.prompt_len[r], t.ids[r][: t.prompt_len[r]], len(t.ids[r])))
         bar = progress(total=len(todo), desc=desc, unit="text")
         last_save = time.monotonic()
         for i in range(0, len(todo), batch_size):
