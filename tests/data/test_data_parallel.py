@@ -313,3 +313,21 @@ def test_the_same_table_under_two_spellings_runs_once_and_is_all_duplicates(cfg,
     assert_same_dir(tmp_path / "one", tmp_path / "par")
     th = m1["counts"]["threads"]
     assert th["duplicate_id"] > 0 and 2 * th["duplicate_id"] == th["assembled"]  # every thread of the 2nd input
+
+
+def test_a_local_cluster_on_every_core_scores_sentiment_in_the_tasks(cfg):
+    """Each reader's sentiment worker needs a spare core: with a local worker per core
+    the tasks score in their own process; with fewer workers, or a remote cluster (0),
+    the config is left as it is.  Where the scoring runs changes no part's key."""
+    from ambient_rlhf.data.parallel import task_config
+    from ambient_rlhf.data.parts import code_digest, part_key
+    from ambient_rlhf.data.sources import Input
+
+    assert cfg.labels.sentiment_process and cfg.labels.reply_sentiment
+    assert task_config(cfg, 2, 2).labels.sentiment_process is False
+    assert task_config(cfg, 4, 2).labels.sentiment_process is False
+    assert task_config(cfg, 1, 2) is cfg and task_config(cfg, 0, 2) is cfg and task_config(cfg, 2, None) is cfg
+    off = task_config(cfg, 2, 2)
+    assert off.labels.reply_sentiment and cfg.labels.sentiment_process  # a copy: the caller's config is kept
+    inp = Input("table", [__file__])
+    assert part_key(inp, cfg, [], code_digest()) == part_key(inp, off, [], code_digest())

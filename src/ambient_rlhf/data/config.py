@@ -123,7 +123,7 @@ class LabelConfig:
     sentiment_process: bool = True
     """Score reply sentiment in a second process while the reader parses (the same numbers;
     uses a second core).  false scores in the reading process (e.g. when each core already
-    runs a build)."""
+    runs a build; a local ``--workers N`` on N cores or fewer sets it by itself)."""
     min_score: Annotated[int, at_least(1)] = 2
     """Pairs: both responses need at least this score (SHP: 2)."""
     min_prompt_score: int = 10

@@ -22,6 +22,8 @@ Steps:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import shutil
 import time
 from pathlib import Path
@@ -73,6 +75,20 @@ def dask_client(workers: int = 0, cluster: str | None = None) -> Iterator[Any]:
         yield client
 
 
+def task_config(cfg: DataConfig, local_workers: int, cores: int | None) -> DataConfig:
+    """The config the Dask tasks build with.  Each reader scores reply sentiment beside it
+    in a second process (``labels.sentiment_process``) to use a spare core; a local
+    cluster with a worker on every core has none to spare, so there the tasks score in
+    their own process (the same numbers).  ``local_workers``: 0 for a remote cluster,
+    whose machines this process cannot see (set the option there yourself)."""
+    lab = cfg.labels
+    if local_workers and cores and local_workers >= cores and lab.reply_sentiment and lab.sentiment_process:
+        log.info("--workers %d on %d cores: each task scores reply sentiment in its own process "
+                 "(labels.sentiment_process=false)", local_workers, cores)
+        return dataclasses.replace(cfg, labels=dataclasses.replace(lab, sentiment_process=False))
+    return cfg
+
+
 def build_parallel(sources: list[str], out: str, cfg: DataConfig, overwrite: bool = False, workers: int = 2,
                    cluster: str | None = None, parts_dir: str | None = None, client: Any = None,
                    timings: dict[str, float] | None = None) -> dict:
@@ -95,7 +111,8 @@ def build_parallel(sources: list[str], out: str, cfg: DataConfig, overwrite: boo
         with contextlib.ExitStack() as stack:
             if client is None:
                 client = stack.enter_context(dask_client(workers, cluster))
-            metas = _run_parts(client, inputs, cfg, parts)
+            local = workers if (client is None and not cluster) else 0
+            metas = _run_parts(client, inputs, task_config(cfg, local, os.cpu_count()), parts)
         t1 = time.time()
         ran = [m for m in metas if not m.get("reused")]
         log.info("%d inputs in %.1f s (%d run: %.1f s of worker CPU, %.1f s of task wall time; %d from an earlier run)",

@@ -67,13 +67,15 @@ def code_digest() -> str:
 
 def part_key(inp: Input, cfg: DataConfig, preseen: list[str], code: str) -> str:
     """What a part depends on: the input's files (path, size, mtime), the resolved config
-    (but ``max_bad_fraction``), the thread ids counted as already seen, and the code."""
+    (but ``max_bad_fraction`` and ``labels.sentiment_process``), the thread ids counted as already seen, and the code."""
     files = []
     for p in inp.paths:
         st = Path(p).stat()
         files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
     # max_bad_fraction is checked after the merge and changes no part: raising it reuses them
     config = {k: v for k, v in to_dict(cfg).items() if k != "max_bad_fraction"}
+    # where reply sentiment is scored (this process or a second one) changes no number either
+    config["labels"] = {k: v for k, v in config["labels"].items() if k != "sentiment_process"}
     blob = json.dumps({"kind": inp.kind, "files": files, "config": config,
                        "preseen": sorted(preseen), "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
