@@ -47,6 +47,7 @@ def plan(model: str, quick: bool, threads: int, data: str) -> list[tuple[str, li
                     "--repeats", "1" if quick else "2", *t]),
         ("features", ["features.py", "--data", data, "--model", model, "--texts", "32" if quick else "64",
                       "--batch", "16", "--layers", "8" if not quick else "1", "--repeats", "1" if quick else "2", *t]),
+        ("recipe", ["recipe.py", "--data", data, "--train-threads", "30" if quick else "120", *t]),
         ("rl-rloo", ["rl.py", "--model", model, "--algo", "rloo", "--prompts", "4", "--length", "16" if quick else "32",
                      "--steps", "3" if quick else "4", "--warmup", "1", *t]),
         ("rl-ppo", ["rl.py", "--model", model, "--algo", "ppo", "--prompts", "4", "--length", "16" if quick else "32",
