@@ -115,6 +115,21 @@ def test_shared_prompt_forward_equals_the_plain_one(tiny_model_path):
         assert torch.allclose(g_plain[n], g_shared[n], rtol=1e-4, atol=1e-6), n
 
 
+def test_shared_prompt_forward_with_one_response_token(tiny_model_path):
+    """Every sample ended at its first token (R = 1): the prompt pass alone predicts it."""
+    from ambient_rlhf.models.load import load_causal_lm
+    from ambient_rlhf.train.rollout import response_logits
+
+    lm = load_causal_lm(tiny_model_path).eval()
+    ids, mask, tp = _rloo_batch(torch.Generator().manual_seed(2))
+    ids, mask = ids[:, :tp + 1], mask[:, :tp + 1]
+    with torch.no_grad():
+        a, _ = response_logits(lm, ids, mask, tp)
+        b, _ = response_logits(lm, ids, mask, tp, share_prompts=True)
+    assert a.shape == b.shape == (9, 1, lm.config.vocab_size)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_shared_prompt_forward_without_repeats_is_the_plain_one(tiny_model_path):
     """Every prompt distinct (PPO's batches): nothing to share, the same single forward."""
     from ambient_rlhf.models.load import load_causal_lm

@@ -180,11 +180,13 @@ def response_states(lm: nn.Module, query_response: torch.Tensor, mask: torch.Ten
     first, inverse = shared
     pre = decoder(input_ids=query_response[first, :n_prompt], attention_mask=mask[first, :n_prompt],
                   position_ids=pos[first, :n_prompt], use_cache=True)
+    last = pre.last_hidden_state[inverse, -1:]  # (B, 1, d): predicts response token 0
+    if query_response.shape[1] == n_prompt + 1:  # one response token: nothing runs on top
+        return last
     cache = cache_out(pre)
     cache.batch_select_indices(inverse)  # (G, ...) -> (B, ...) keys/values of every layer
     out = decoder(input_ids=query_response[:, n_prompt:-1], attention_mask=mask[:, :-1],
                   position_ids=pos[:, n_prompt:-1], use_cache=True, **cache_kw(decoder, cache))
-    last = pre.last_hidden_state[inverse, -1:]  # (B, 1, d): predicts response token 0
     return torch.cat([last, out.last_hidden_state], 1)  # (B, R, d)
 
 
