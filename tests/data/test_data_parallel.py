@@ -331,3 +331,15 @@ def test_a_local_cluster_on_every_core_scores_sentiment_in_the_tasks(cfg):
     assert off.labels.reply_sentiment and cfg.labels.sentiment_process  # a copy: the caller's config is kept
     inp = Input("table", [__file__])
     assert part_key(inp, cfg, [], code_digest()) == part_key(inp, off, [], code_digest())
+
+
+def test_a_local_cluster_made_for_the_build_uses_the_task_config(sources, cfg, reference, tmp_path, caplog):
+    """``--workers N`` with N = the cores: the build's own local cluster gets the in-task
+    scoring (said in the log), and writes the one-process directory all the same."""
+    from ambient_rlhf.data.parallel import build_parallel
+
+    out = tmp_path / "par"
+    with caplog.at_level(logging.INFO, logger="ambient_rlhf"):
+        build_parallel(sources, str(out), cfg, workers=os.cpu_count() or 1, parts_dir=str(tmp_path / "parts"))
+    assert any("scores reply sentiment in its own process" in r.getMessage() for r in caplog.records)
+    assert_same_dir(reference, out)

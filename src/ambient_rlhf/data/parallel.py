@@ -108,10 +108,11 @@ def build_parallel(sources: list[str], out: str, cfg: DataConfig, overwrite: boo
     parts = Path(parts_dir) if parts_dir else default_parts_dir(out)
     with atomic_dir(out, overwrite) as tmp:  # refuses an existing --out before any work
         parts.mkdir(parents=True, exist_ok=True)
+        # a local cluster made here: its workers' cores are this machine's
+        local = workers if (client is None and not cluster) else 0
         with contextlib.ExitStack() as stack:
             if client is None:
                 client = stack.enter_context(dask_client(workers, cluster))
-            local = workers if (client is None and not cluster) else 0
             metas = _run_parts(client, inputs, task_config(cfg, local, os.cpu_count()), parts)
         t1 = time.time()
         ran = [m for m in metas if not m.get("reused")]

@@ -67,7 +67,8 @@ def code_digest() -> str:
 
 def part_key(inp: Input, cfg: DataConfig, preseen: list[str], code: str) -> str:
     """What a part depends on: the input's files (path, size, mtime), the resolved config
-    (but ``max_bad_fraction`` and ``labels.sentiment_process``), the thread ids counted as already seen, and the code."""
+    (but ``max_bad_fraction`` and ``labels.sentiment_process``), the thread ids counted as
+    already seen, and the code."""
     files = []
     for p in inp.paths:
         st = Path(p).stat()
