@@ -85,7 +85,7 @@ def test_draw_matches_the_distribution():
 
 
 def test_distinct_rows_by_hand():
-    from ambient_rlhf.train.rollout import distinct_rows
+    from ambient_rlhf.models.kv import distinct_rows
 
     ids = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9], [0, 5, 6], [7, 8, 9]])
     mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1]])

@@ -2,7 +2,12 @@
 from 5.24 on (``past_key_values`` still works there but warns that it goes in 5.40),
 ``past_key_values`` before.  Decoding loops pass the cache with :func:`cache_kw` and read
 it back with :func:`cache_out`, so they run without the warning on every version the
-package allows."""
+package allows.
+
+Shared prefixes: RL's k samples of a prompt (sampling, reference and training forwards)
+and the reward model's responses of one thread run their common prompt once
+(:func:`distinct_rows`, :func:`prefix_once`) and only their own tokens on top of its
+copied keys/values (:func:`continue_cached`)."""
 
 from __future__ import annotations
 
@@ -29,3 +34,46 @@ def cache_out(out: Any) -> Any:
     """The KV cache a forward returned (``out.cache`` on new versions, else ``out.past_key_values``)."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+def distinct_rows(ids, mask):
+    """Rows that repeat an earlier row (ids and mask alike), as RLOO's k samples of a prompt
+    or the responses of one thread do.
+
+    Shapes: (B, T), (B, T) -> (first, inverse): ``first`` (G,) the index of each distinct
+    row's first occurrence, ``inverse`` (B,) which distinct row each row is; None when
+    every row is distinct."""
+    import torch
+
+    seen: dict[tuple, int] = {}
+    first, inverse = [], []
+    for i, key in enumerate(zip(ids.tolist(), mask.tolist())):
+        key = (tuple(key[0]), tuple(key[1]))
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(i)
+        inverse.append(seen[key])
+    if len(first) == ids.shape[0]:
+        return None
+    return torch.tensor(first, device=ids.device), torch.tensor(inverse, device=ids.device)
+
+
+def prefix_once(model, ids, mask, pos, inverse, **kwargs) -> tuple[Any, Any]:
+    """Run G distinct prefixes through ``model`` once, with a cache, and copy each prefix's
+    keys/values to the rows that continue it.
+
+    Shapes: ids, mask, pos (G, Tp) -> (out, cache): ``out`` the prefixes' own outputs
+    (G rows), ``cache`` holding (B, ...) keys/values of every layer, row b those of prefix
+    ``inverse[b]``.  Continue with :func:`continue_cached`; gradients reach the one prefix
+    computation from all its rows through the cache."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
+    cache = cache_out(out)
+    cache.batch_select_indices(inverse)  # (G, ...) -> (B, ...)
+    return out, cache
+
+
+def continue_cached(model, cache, ids, mask, pos, **kwargs) -> Any:
+    """The tokens ``ids`` (B, Tc) on top of ``cache``: ``mask`` (B, Tp + Tc) covers the
+    cached prefix and the new tokens, ``pos`` (B, Tc) their positions."""
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_kw(model, cache),
+                 **kwargs)

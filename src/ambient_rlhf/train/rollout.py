@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ambient_rlhf.models.kv import cache_kw, cache_out
+from ambient_rlhf.models.kv import cache_kw, cache_out, continue_cached, distinct_rows, prefix_once
 from ambient_rlhf.rl.logprobs import logprobs_from_logits
 
 
@@ -66,25 +66,6 @@ class Samples:
     """(B,) bool: the response ended with EOS within the budget"""
 
 
-def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Rows that repeat an earlier row (ids and mask alike), as RLOO's k samples of a prompt do.
-
-    Shapes: (B, T), (B, T) -> (first, inverse): ``first`` (G,) the index of each distinct
-    row's first occurrence, ``inverse`` (B,) which distinct row each row is; None when
-    every row is distinct."""
-    seen: dict[tuple, int] = {}
-    first, inverse = [], []
-    for i, key in enumerate(zip(ids.tolist(), mask.tolist())):
-        key = (tuple(key[0]), tuple(key[1]))
-        if key not in seen:
-            seen[key] = len(first)
-            first.append(i)
-        inverse.append(seen[key])
-    if len(first) == ids.shape[0]:
-        return None
-    return torch.tensor(first, device=ids.device), torch.tensor(inverse, device=ids.device)
-
-
 @torch.no_grad()
 def sample(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
            temperature: float, eos_id: int, pad_id: int, top_k: int = 0, top_p: float = 1.0,
@@ -108,10 +89,7 @@ def sample(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, m
         logits = out.logits[:, -1].float()  # (B, V)
     else:
         first, inverse = shared
-        out = lm(input_ids=prompt_ids[first], attention_mask=mask[first], position_ids=pos[first], use_cache=True,
-                 logits_to_keep=1)
-        cache = cache_out(out)
-        cache.batch_select_indices(inverse)  # every layer's keys/values: (G, ...) -> (B, ...)
+        out, cache = prefix_once(lm, prompt_ids[first], mask[first], pos[first], inverse, logits_to_keep=1)
         logits = out.logits[inverse, -1].float()  # (B, V)
     next_pos = pos[:, -1:] + 1  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
@@ -178,15 +156,12 @@ def response_states(lm: nn.Module, query_response: torch.Tensor, mask: torch.Ten
         out = decoder(input_ids=query_response, attention_mask=mask, position_ids=pos, use_cache=False)
         return out.last_hidden_state[:, n_prompt - 1:-1]  # (B, R, d)
     first, inverse = shared
-    pre = decoder(input_ids=query_response[first, :n_prompt], attention_mask=mask[first, :n_prompt],
-                  position_ids=pos[first, :n_prompt], use_cache=True)
+    pre, cache = prefix_once(decoder, query_response[first, :n_prompt], mask[first, :n_prompt],
+                             pos[first, :n_prompt], inverse)
     last = pre.last_hidden_state[inverse, -1:]  # (B, 1, d): predicts response token 0
     if query_response.shape[1] == n_prompt + 1:  # one response token: nothing runs on top
         return last
-    cache = cache_out(pre)
-    cache.batch_select_indices(inverse)  # (G, ...) -> (B, ...) keys/values of every layer
-    out = decoder(input_ids=query_response[:, n_prompt:-1], attention_mask=mask[:, :-1],
-                  position_ids=pos[:, n_prompt:-1], use_cache=True, **cache_kw(decoder, cache))
+    out = continue_cached(decoder, cache, query_response[:, n_prompt:-1], mask[:, :-1], pos[:, n_prompt:-1])
     return torch.cat([last, out.last_hidden_state], 1)  # (B, R, d)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ambient_rlhf.logging import progress
 from ambient_rlhf.models.features import FeatureStore
-from ambient_rlhf.models.kv import cache_kw, cache_out
+from ambient_rlhf.models.kv import continue_cached, prefix_once
 from ambient_rlhf.models.tokenize import pad_batch
 from ambient_rlhf.models.reward_inputs import TextTable
 from ambient_rlhf.rl import reward_losses as L
@@ -133,18 +133,14 @@ def shared_prompt_states(rm, table: TextTable, rows: list[int], device) -> tuple
     body = body_of(rm.lm)
     prompts = list(groups)
     p_ids, p_mask = _padded(list(prompts), device)  # (G, Tp)
-    out = body(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-               use_cache=True)
-    cache = cache_out(out)
     order = [r for p in prompts for r in groups[p]]
     g = torch.tensor([i for i, p in enumerate(prompts) for _ in groups[p]], device=device)  # (B,) prompt of each row
-    cache.batch_select_indices(g)  # every layer's keys/values: (G, ...) -> (B, ...)
+    _, cache = prefix_once(body, p_ids, p_mask, (p_mask.cumsum(-1) - 1).clamp(min=0), g)
     r_ids, r_mask = _padded([table.ids[r][table.prompt_len[r]:] for r in order], device)  # (B, Tr)
     p_len = torch.tensor([table.prompt_len[r] for r in order], device=device)
     r_pos = p_len.unsqueeze(1) + torch.arange(r_ids.shape[1], device=device).unsqueeze(0)  # (B, Tr)
     full_mask = torch.cat([p_mask[g], r_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
-    h = body(input_ids=r_ids, attention_mask=full_mask, position_ids=r_pos, **cache_kw(body, cache),
-             use_cache=True).last_hidden_state  # (B, Tr, d)
+    h = continue_cached(body, cache, r_ids, full_mask, r_pos).last_hidden_state  # (B, Tr, d)
     where = {r: i for i, r in enumerate(order)}
     back = torch.tensor([where[r] for r in rows], device=device)
     return h[back], r_mask[back]
