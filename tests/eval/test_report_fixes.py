@@ -176,3 +176,14 @@ def test_progress_written_to_a_file_is_plain_lines(tmp_path):
     assert "\r" not in text and "\x1b[" not in text, repr(text)
     lines = text.splitlines()
     assert lines[0].startswith("stage:   0%") and "3/3" in lines[-1] and len(lines) >= 4
+
+
+def test_length_change_flags_moves_beyond_the_bound():
+    from ambient_rlhf.eval.report.results import length_change
+
+    # 60.3125 / 44.75 = 1.3478: +35%, beyond 30%
+    flagged = length_change(60.3125, 44.75)
+    assert flagged.startswith(" (+35%") and "more than 30%" in flagged
+    assert length_change(50.0, 45.0) == " (+11%)"   # 50 / 45 = 1.111
+    assert length_change(26.0, 45.0).startswith(" (-42%, more than 30%")  # 26 / 45 = 0.578
+    assert length_change(None, 45.0) == "" and length_change(10.0, 0.0) == ""

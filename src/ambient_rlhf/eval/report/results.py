@@ -85,9 +85,9 @@ def headline(run: dict[str, list[StageDir]]) -> str:
         lc = e.get("length_controlled_win_rate")
         if isinstance(lc, dict) and _val(lc) is not None:
             ln = e.get("length") or {}
+            lp, lr = (ln.get("policy") or {}).get("mean_tokens"), (ln.get("reference") or {}).get("mean_tokens")
             txt += (f" Length-controlled (the win rate at equal length, AlpacaEval 2.0's regression): {interval(lc)}; "
-                    f"mean length {fnum((ln.get('policy') or {}).get('mean_tokens'), 1)} tokens against "
-                    f"{fnum((ln.get('reference') or {}).get('mean_tokens'), 1)}.")
+                    f"mean length {fnum(lp, 1)} tokens against {fnum(lr, 1)}{length_change(lp, lr)}.")
         d = (e.get("judge_score") or {}).get("difference")
         if d:
             txt += f" Mean gold score difference {interval(d)}."
@@ -103,6 +103,24 @@ def headline(run: dict[str, list[StageDir]]) -> str:
             txt += f" The hidden true utility of the simulated community: the policy {verdict_tu} it ({interval(du)})."
         parts.append(txt + "</li>")
     return "<ul class='headline'>" + "".join(parts + rm_parts) + "</ul>"
+
+
+LENGTH_BOUND = 0.30
+"""A policy whose mean answer length moved more than this fraction from its reference's
+is flagged: a gold judge's win may then be length (Singhal et al. 2023)."""
+
+
+def length_change(policy_tokens, reference_tokens) -> str:
+    """`` (+35%, beyond the 30% ...)`` for the report's sentence; empty when unknown."""
+    if not isinstance(policy_tokens, (int, float)) or not isinstance(reference_tokens, (int, float)) \
+            or reference_tokens <= 0:
+        return ""
+    ch = policy_tokens / reference_tokens - 1.0
+    txt = f" ({ch:+.0%}"
+    if abs(ch) > LENGTH_BOUND:
+        txt += (f", more than {LENGTH_BOUND:.0%}: part of any gain may be length; read the length-controlled "
+                "win rate")
+    return txt + ")"
 
 
 def frontier_section(run, figs: Figures) -> str:
