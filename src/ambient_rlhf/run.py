@@ -176,7 +176,8 @@ def plan(cfg: RunConfig) -> list[Stage]:
                  "split": cfg.eval.split, "batch_size": cfg.eval.batch_size}
         stages.append(Stage("truth", "truth", truth, ["data", "rm-proxy", "rm-gold"]))
     ev = r(cfg.eval, policy=d["rl"], reference=d["sft"], judge=d["rm-gold"], proxy=d["rm-proxy"], data=d["data"],
-           out=d["eval"], goal=None, reference_goal=None, overwrite=True)
+           out=d["eval"], goal=None, reference_goal=None, overwrite=True,
+           sample_cache=cfg.eval.sample_cache or str(run / "cache" / "eval-samples"))
     if cfg.method in ("rl", "both"):
         rl = r(cfg.rl, policy=d["sft"], reward=d["rm-proxy"], data=d["data"], out=d["rl"])
         stages.append(Stage("rl", "rl", _volatile_off(rl), ["data", "sft", "rm-proxy"], resumable=hasattr(rl, "resume")))

@@ -88,6 +88,16 @@ def test_every_stage_wrote_its_directory(run_dir):
     steer = json.loads((run_dir / "eval-steer" / "manifest.json").read_text())["config"]
     assert steer["policy"] == steer["reference"] and steer["policy"].endswith("sft-tier")
     assert (steer["goal"], steer["reference_goal"]) == ("good", "bad")
+    # the run's sample cache: eval's SFT side read back by eval-goal, eval-goal's goal side
+    # by eval-steer -- four distinct sides sampled, six read
+    assert goal["sample_cache"] == steer["sample_cache"] == ev["sample_cache"] == str(run_dir / "cache" / "eval-samples")
+    assert len(list((run_dir / "cache" / "eval-samples").glob("*.json"))) == 4
+
+    def side(stage, key):
+        return [json.loads(x)[key] for x in (run_dir / stage / "samples.jsonl").read_text().splitlines()]
+
+    assert side("eval-goal", "reference") == side("eval", "reference")
+    assert side("eval-steer", "policy") == side("eval-goal", "policy")
     st = json.loads((run_dir / "eval-steer" / "eval.json").read_text())
     assert st["steering"]["by"] == "true_utility" and "token_shift" in st
     assert (run_dir / "simulate" / "truth" / "utility.parquet").is_file()

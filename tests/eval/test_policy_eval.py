@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -222,3 +224,37 @@ def test_verdict_reads_the_interval():
     assert verdict({"value": 0.4, "low": 0.3, "high": 0.49}) == "worse"
     assert verdict({"value": 0.6, "low": 0.5, "high": 0.7}) == "unclear"
     assert verdict({"value": math.nan, "low": math.nan, "high": math.nan}) == "unclear"
+
+
+def test_sample_cache_reads_back_what_sampling_would_give(models, tmp_path):
+    cache = tmp_path / "cache"
+
+    def answers(out):
+        rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+        return [r["policy"] for r in rows], [r["reference"] for r in rows]
+
+    evaluate_policy(_cfg(models, tmp_path / "a", sample_cache=str(cache)))  # samples both sides
+    assert len(list(cache.glob("*.json"))) == 2
+    # sides swapped: both are read back, and equal what sampling without a cache gives
+    evaluate_policy(_cfg(models, tmp_path / "b", policy=models["reference"], reference=models["policy"],
+                         sample_cache=str(cache)))
+    evaluate_policy(_cfg(models, tmp_path / "plain", policy=models["reference"], reference=models["policy"]))
+    assert len(list(cache.glob("*.json"))) == 2
+    assert answers(tmp_path / "b") == answers(tmp_path / "plain")
+    pol_a, ref_a = answers(tmp_path / "a")
+    assert answers(tmp_path / "b") == (ref_a, pol_a) and pol_a != ref_a
+    # what is read back is the file: mark the policy directory's entry
+    entry = next(f for f in cache.glob("*.json") if json.loads(f.read_text())["model"] == models["policy"])
+    got = json.loads(entry.read_text())
+    got["answers"] = ["marked"] * len(got["answers"])
+    entry.write_text(json.dumps(got))
+    evaluate_policy(_cfg(models, tmp_path / "c", sample_cache=str(cache)))
+    assert answers(tmp_path / "c")[0] == ["marked"] * 8
+    # another seed, or a rewritten model directory, is another key: sampled again
+    evaluate_policy(_cfg(models, tmp_path / "d", sample_cache=str(cache), seed=1))
+    assert len(list(cache.glob("*.json"))) == 4
+    w = next(p for p in Path(models["policy"]).iterdir() if p.suffix == ".safetensors")
+    st = w.stat()
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    evaluate_policy(_cfg(models, tmp_path / "e", sample_cache=str(cache)))
+    assert answers(tmp_path / "e")[0] == pol_a and len(list(cache.glob("*.json"))) == 5

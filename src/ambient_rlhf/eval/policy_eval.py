@@ -120,6 +120,13 @@ class EvalConfig:
     (``ambient_rlhf.data.simulate.true_utility``): ``auto`` when the data directory
     comes from ``ambient data simulate``, ``on`` always (an error when unavailable),
     ``off`` never."""
+    sample_cache: str | None = None
+    """Directory of sampled answers, keyed by model (its files' names, sizes and times),
+    goal, prompts and sampling settings: a side sampled before under the same key is read
+    back instead of sampled again -- the same text, since each side samples from ``seed``
+    alone. ``ambient run`` points its evaluations at ``OUT/cache/eval-samples``, where
+    the SFT reference of eval/, eval-dpo/ and eval-goal/ (and the goal-conditioned side of
+    eval-goal/ and eval-steer/) is sampled once. None: always sample."""
     n_table: Annotated[int, at_least(0)] = 8
     """Prompts shown in the side-by-side sample table of eval.json (all samples are in
     samples.jsonl)."""
@@ -259,7 +266,7 @@ def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) ->
         # samples.  One language model in memory at a time.
         t = time.time()
         pol = _load_side(cfg.policy, cfg, cfg.goal, device)
-        pol_text = _sample(pol, prompts, cfg)
+        pol_text = _sample(pol, prompts, cfg, cfg.policy)
         timings["generate_s"] = time.time() - t
         t = time.time()
         lp_pol, _ = response_logprobs(pol, prompts, pol_text, cfg)
@@ -274,7 +281,7 @@ def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) ->
             gc.collect()
             ref = _load_side(cfg.reference, cfg, cfg.reference_goal, device)
         t = time.time()
-        ref_text = _sample(ref, prompts, cfg)
+        ref_text = _sample(ref, prompts, cfg, cfg.reference)
         timings["generate_s"] += time.time() - t
         t = time.time()
         lp_ref, _ = response_logprobs(ref, prompts, pol_text, cfg)

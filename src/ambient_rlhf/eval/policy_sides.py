@@ -10,6 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from ambient_rlhf.logging import get_logger
+
+log = get_logger(__name__)
+
 EvalConfig = Any  # ambient_rlhf.eval.policy_eval.EvalConfig (not imported: that module imports this one)
 
 
@@ -38,12 +42,68 @@ def _load_side(path: str, cfg: EvalConfig, goal: str | None, device) -> Side:
     return Side(model, load_tokenizer(path, padding_side="left"), template, goal)
 
 
-def _sample(side: Side, prompts: list[str], cfg: EvalConfig) -> list[str]:
+def _sample(side: Side, prompts: list[str], cfg: EvalConfig, path: str | None = None) -> list[str]:
+    """The side's answers to ``prompts``; with ``cfg.sample_cache`` and the model's ``path``,
+    read back when the same model, goal, prompts and sampling settings were sampled before
+    (each side samples from ``cfg.seed`` alone, so that is the same text)."""
     from ambient_rlhf.train.generate import generate
 
-    return generate((side.model, side.tok), prompts, goal=side.goal, max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed, template=side.template,
-                    max_prompt_tokens=cfg.max_prompt_tokens)
+    file = None
+    if getattr(cfg, "sample_cache", None) and path is not None:
+        file = Path(cfg.sample_cache) / f"{sample_key(path, side, prompts, cfg)}.json"
+        if file.is_file():
+            got = _read_cached(file, prompts)
+            if got is not None:
+                log.info("%s: %d answers read back from the sample cache (%s)", path, len(got), file.name)
+                return got
+    texts = generate((side.model, side.tok), prompts, goal=side.goal, max_new_tokens=cfg.max_new_tokens,
+                     temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed, template=side.template,
+                     max_prompt_tokens=cfg.max_prompt_tokens)
+    if file is not None:
+        from ambient_rlhf.io import write_json
+
+        write_json(file, {"model": str(path), "goal": side.goal, "prompts": prompts, "answers": texts})
+    return texts
+
+
+def model_identity(path: str) -> str:
+    """A model name as it is; a model directory as the names, sizes and modification times
+    of its files (a stage that rewrites its weights changes it; hashing 500 MB would not
+    pay for the seconds a hit saves)."""
+    p = Path(path)
+    if not p.is_dir():
+        return str(path)
+    parts = [str(p.resolve())]
+    for f in sorted(p.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+def sample_key(path: str, side: Side, prompts: list[str], cfg: EvalConfig) -> str:
+    """sha256 of everything the sampled text depends on."""
+    import hashlib
+    import json
+
+    what = {"model": model_identity(path), "goal": side.goal, "template": side.template, "prompts": prompts,
+            "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "batch_size": cfg.batch_size,
+            "seed": cfg.seed, "max_prompt_tokens": cfg.max_prompt_tokens}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read_cached(file: Path, prompts: list[str]) -> list[str] | None:
+    import json
+
+    try:
+        got = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable sample cache entry (%s); sampling again", file, e)
+        return None
+    if got.get("prompts") != prompts or len(got.get("answers", [])) != len(prompts):
+        log.warning("%s: sample cache entry does not match its key; sampling again", file)
+        return None
+    return list(got["answers"])
 
 
 def _encode(tok, prompt: str, response: str, cfg: EvalConfig, template: str, goal: str | None):
