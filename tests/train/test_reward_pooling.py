@@ -110,11 +110,65 @@ def test_trained_mean_pooled_model_scores_as_the_hand_average_everywhere(data, t
     assert len(list(fc.glob("*.features.safetensors"))) == 2
 
 
-def test_mean_pooling_needs_the_head_only(data, tmp_path):
+@pytest.mark.parametrize("mode,n_top,share", [("top", 1, False), ("top", 2, False), ("full", -1, False),
+                                              ("full", -1, True)])
+def test_trained_layers_pool_the_mean_as_by_hand(tiny_model_path, mode, n_top, share):
+    """Top layers on cached states and the whole network (plain or each prompt once) read
+    the mean of the response states: outputs and gradients against a hand average."""
+    torch.manual_seed(0)
+    tok = load_tokenizer(tiny_model_path)
+    rm = ScalarHeadModel(load_causal_lm(tiny_model_path), meta={"pooling": "mean"}).eval()
+    t = R.TextTable.of(tok, 48, 16, "auto")
+    rows = [t.add(q, a) for q, a in [("what is it?", "a stone"), ("a longer question, what is it really?", "no"),
+                                     ("what is it?", "a bridge over the water and more"), ("x?", "alone")]]
+
+    def hand():
+        out = []
+        for r in rows:
+            ids = torch.tensor([t.ids[r]])
+            h = rm.hidden_states(ids, torch.ones_like(ids))[0]  # (T, d)
+            out.append(rm.head(h[t.prompt_len[r]:].mean(0)))
+        return torch.stack(out)
+
+    def grads(fn):
+        rm.zero_grad()
+        out = fn()
+        (out * torch.arange(1.0, 5.0).unsqueeze(1)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in rm.named_parameters() if p.grad is not None}
+
+    sc = R.Scorer(rm, t, mode, n_top, torch.device("cpu"), tok.pad_token_id)
+    sc.share_prompts = share
+    sc.prepare(rows, 4)
+    got, g_got = grads(lambda: sc.outputs(rows))
+    want, g_want = grads(hand)
+    assert torch.allclose(got, want, atol=1e-5)
+    # the last token reads something else: the comparison can fail
+    last = ScalarHeadModel(rm.lm)
+    last.head.load_state_dict(rm.head.state_dict())
+    with torch.no_grad():
+        assert (last(*pad_batch([t.ids[r] for r in rows], tok.pad_token_id, "right")) - want).abs().max() > 1e-3
+    assert set(g_got) <= set(g_want) and len(g_got) > 2  # the trained part (top layers + head, or all)
+    for n, g in g_got.items():
+        assert torch.allclose(g, g_want[n], atol=1e-4), n
+
+
+def test_standardized_features_need_the_head_only(data, tmp_path):
     with pytest.raises(AmbientError, match="train_layers=0 and cache_features=true"):
-        R.train_reward(cfg(data, tmp_path / "x", "pooling=mean", "train_layers=-1"))
-    with pytest.raises(AmbientError, match="train_layers=0 and cache_features=true"):
-        R.train_reward(cfg(data, tmp_path / "y", "pooling=mean", "cache_features=false"))
+        R.train_reward(cfg(data, tmp_path / "x", "standardize_features=true", "train_layers=-1"))
+
+
+def test_full_fine_tuning_with_mean_pooling_saves_and_scores_it(data, tmp_path):
+    out = R.train_reward(cfg(data, tmp_path / "rm", "pooling=mean", "train_layers=-1", "max_steps=2"))
+    assert json.loads((out / "reward_config.json").read_text())["pooling"] == "mean"
+    rm = load_reward_model(out)
+    assert rm.pooling == "mean"
+    inputs = RewardInputs.from_pretrained(out)
+    e = inputs.encode("What is a good first paper to read?", "Start with a survey of the field.")
+    got = RewardFunction(rm).texts(["What is a good first paper to read?"], ["Start with a survey of the field."])
+    with torch.no_grad():
+        h = rm.hidden_states(torch.tensor([e.input_ids]), torch.ones(1, len(e.input_ids), dtype=torch.long))[0]
+        raw = rm.head(h[e.prompt_len:].mean(0))[0]
+    assert float(got[0]) == pytest.approx(float((raw - rm.norm_mean) / rm.norm_std), abs=1e-5)
 
 
 def test_feature_moments_by_hand_and_across_processes():

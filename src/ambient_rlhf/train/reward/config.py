@@ -142,9 +142,9 @@ class RewardConfig:
     """What the head reads: ``last`` = the state at the last real token (as transformers'
     sequence-classification models do); ``mean`` = the mean of the response tokens' states
     (EOS included), which carried preference information beyond length where the last token
-    did not (docs/reward.md, "Mean-pooled features").  ``mean`` needs the head only
-    (``train_layers=0``, ``cache_features=true``); it is saved with the model and every
-    ambient-rlhf scorer applies it, but transformers alone reads the last token."""
+    did not (docs/reward.md, "Mean-pooled features").  Any ``train_layers`` (head only on
+    cached features, top layers, full fine-tuning); saved with the model and applied by
+    every ambient-rlhf scorer, but transformers alone reads the last token."""
     standardize_features: bool = False
     """Head only (``train_layers=0``): the head reads the cached features standardised with
     the training texts' mean and standard deviation, folded into the saved head at the end
@@ -227,8 +227,7 @@ def _validate(cfg: RewardConfig) -> None:
         raise AmbientError(f"rm: batch_size={cfg.batch_size} must be >= 1")
     if cfg.backbone_layers and cfg.train_layers > cfg.backbone_layers:
         raise AmbientError(f"rm: train_layers={cfg.train_layers} exceeds backbone_layers={cfg.backbone_layers}")
-    head_only = [o for o, on in (("pooling=mean", cfg.pooling != "last"),
-                                 ("standardize_features=true", cfg.standardize_features)) if on]
+    head_only = [o for o, on in (("standardize_features=true", cfg.standardize_features),) if on]
     if head_only and (cfg.train_layers != 0 or not cfg.cache_features):
         raise AmbientError(f"rm: {', '.join(head_only)}: the head alone reads cached features here; set "
                            f"train_layers=0 and cache_features=true (got train_layers={cfg.train_layers}, "

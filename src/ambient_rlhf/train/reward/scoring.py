@@ -95,9 +95,11 @@ class TopLayers(nn.Module):
         self.layers = nn.ModuleList(list(body.layers)[len(body.layers) - n:])
         self.norm = body.norm
         self.head = rm.head
+        self.pooling = rm.pooling
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from ambient_rlhf.models.heads import last_token_index
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                prompt_lens: torch.Tensor | None = None) -> torch.Tensor:
+        from ambient_rlhf.models.heads import pool_states
 
         body = self._body
         full = body.layers
@@ -108,8 +110,7 @@ class TopLayers(nn.Module):
         finally:
             body.layers = full
         h = out.last_hidden_state  # (n, T, d)
-        last = h[torch.arange(h.shape[0], device=h.device), last_token_index(attention_mask)]
-        return self.head(last)
+        return self.head(pool_states(h, attention_mask, prompt_lens, self.pooling))
 
 
 def shared_prompt_states(rm, table: TextTable, rows: list[int], device) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -147,17 +148,17 @@ def shared_prompt_states(rm, table: TextTable, rows: list[int], device) -> tuple
 
 
 def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torch.Tensor:
-    """Head outputs of ``rows`` through the whole model (the last real token), each
+    """Head outputs of ``rows`` through the whole model (pooled as ``rm`` pools), each
     distinct prompt run once (:func:`shared_prompt_states`).  Same numbers as scoring each
     full sequence (a test checks outputs and gradients), for a fraction of the prompt
     compute when a thread's responses share a batch.  Returns (len(rows), n_outputs)."""
     got = shared_prompt_states(rm, table, rows, device)
     if got is None:  # nothing shared: one plain pass
         ids, mask = _padded([table.ids[r] for r in rows], device)
-        return rm(ids, mask)
-    h, r_mask = got
-    last = h[torch.arange(len(rows), device=device), r_mask.sum(1) - 1]  # (B, d) last real response token
-    return rm.head(last.to(rm.head.weight.dtype))
+        return rm(ids, mask, torch.tensor([table.prompt_len[r] for r in rows], device=device))
+    h, r_mask = got  # the response tokens' states alone: the prompt is 0 tokens of them
+    pooled = rm.pool(h, r_mask, torch.zeros(len(rows), dtype=torch.long, device=device))  # (B, d)
+    return rm.head(pooled.to(rm.head.weight.dtype))
 
 
 class Scorer:
@@ -259,11 +260,11 @@ class Scorer:
             return self.module(torch.stack([self.cache[r] for r in rows]).to(self.device))
         if self.mode == "top":
             h, mask = _padded([self.cache[r] for r in rows], self.device)
-            return self.module(h, mask)
+            return self.module(h, mask, self._prompt_lens(rows))
         if self.share_prompts:
             return shared_prompt_outputs(self.rm, self.table, rows, self.device)
         ids, mask = self._ids(rows)
-        return self.module(ids, mask)
+        return self.module(ids, mask, self._prompt_lens(rows))
 
     def check(self, rows: list[int]) -> float:
         """Largest difference between the cached path and the plain full model."""
