@@ -40,6 +40,12 @@ def test_preset_loads_and_plans(name, warnings_seen):
     stages = [s.name for s in plan(cfg)]
     assert stages[-1] == "report" and "rl" in stages and "eval" in stages
     assert ("simulate" in stages) == (not cfg.sources)
+    # the reward stages' settings pass the rm stage's own checks (e.g. what pooling needs)
+    from ambient_rlhf.train.reward.config import _validate as check_rm
+
+    for s in plan(cfg):
+        if s.kind == "rm":
+            check_rm(s.config)
     # by name, and by the old path under configs/, it is the same preset
     stem = name[: -len(".yaml")]
     for alias in (stem, name, f"configs/{name}"):
@@ -76,7 +82,7 @@ def test_demo_is_the_default_and_its_only_source():
 def test_unknown_config_names_the_presets(tmp_path):
     from ambient_rlhf.run import load_run_config
 
-    with pytest.raises(AmbientError, match=r"nope.yaml: no such file and no such preset.*askacademia, demo"):
+    with pytest.raises(AmbientError, match=r"nope.yaml: no such file and no such preset.*askacademia, askacademia-gpu, demo"):
         load_run_config("nope.yaml")
     mine = tmp_path / "demo.yaml"  # a file of the user's own wins over the preset of that name
     mine.write_text("rl: {max_steps: 3}\n")
