@@ -95,6 +95,9 @@
   }
 
   function start(name) {
+    // the name field is about to be hidden: give its focus back now, or the first shortcut
+    // key can still land in the (hidden) input and be ignored as typing
+    $("name").blur();
     labeller = name;
     localStorage.setItem(KEY, name);
     $("who").textContent = "labeller: " + name;
