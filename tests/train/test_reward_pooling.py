@@ -111,7 +111,7 @@ def test_trained_mean_pooled_model_scores_as_the_hand_average_everywhere(data, t
 
 
 @pytest.mark.parametrize("mode,n_top,share", [("top", 1, False), ("top", 2, False), ("full", -1, False),
-                                              ("full", -1, True)])
+                                              ("full", -1, True), ("top", 1, True), ("top", 2, True)])
 def test_trained_layers_pool_the_mean_as_by_hand(tiny_model_path, mode, n_top, share):
     """Top layers on cached states and the whole network (plain or each prompt once) read
     the mean of the response states: outputs and gradients against a hand average."""
@@ -212,3 +212,57 @@ def test_standardised_training_saves_a_folded_head(data, tmp_path):
     assert json.loads((out / "reward_config.json").read_text())["standardize_features"] is True
     with pytest.raises(AmbientError, match="standardize_features"):
         R.train_reward(cfg(data, tmp_path / "z", "standardize_features=true", "train_layers=1"))
+
+
+@pytest.mark.parametrize("pooling,n_top", [("last", 1), ("mean", 1), ("last", 2)])
+def test_top_layers_run_each_shared_prompt_once(tiny_model_path, pooling, n_top):
+    """Top layers on cached states with ``share_prompts``: a thread's responses attend to
+    one pass of their prompt through the top layers.  Outputs and gradients against each
+    text scored alone through the whole model, by hand; the top layer must see the
+    distinct prompts once and then the responses alone (else nothing was shared)."""
+    torch.manual_seed(1)
+    tok = load_tokenizer(tiny_model_path)
+    rm = ScalarHeadModel(load_causal_lm(tiny_model_path), meta={"pooling": pooling}).eval()
+    t = R.TextTable.of(tok, 48, 16, "auto")
+    qa = [("what is it?", "a stone"), ("a longer question, what is it really?", "no"),
+          ("what is it?", "a bridge over the water and more"), ("a longer question, what is it really?", "yes it is"),
+          ("what is it?", "hm")]
+    rows = [t.add(q, a) for q, a in qa]
+
+    def hand():
+        out = []
+        for r in rows:
+            ids = torch.tensor([t.ids[r]])
+            h = rm.hidden_states(ids, torch.ones_like(ids))[0]  # (T, d), this text alone
+            out.append(rm.head(h[-1] if pooling == "last" else h[t.prompt_len[r]:].mean(0)))
+        return torch.stack(out)
+
+    def grads(fn):
+        rm.zero_grad()
+        out = fn()
+        (out * torch.arange(1.0, 6.0).unsqueeze(1)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in rm.named_parameters() if p.grad is not None}
+
+    sc = R.Scorer(rm, t, "top", n_top, torch.device("cpu"), tok.pad_token_id)
+    assert sc.module.can_share_prompts
+    sc.share_prompts = True
+    sc.prepare(rows, 8)
+    top = sc.module.layers[-1]
+    shapes = []
+    handle = top.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append(tuple((a[0] if a else kw["hidden_states"]).shape[:2])), with_kwargs=True)
+    try:
+        got, g_got = grads(lambda: sc.outputs(rows))
+    finally:
+        handle.remove()
+    want, g_want = grads(hand)
+    longest_prompt = max(t.prompt_len[r] for r in rows)
+    longest_response = max(len(t.ids[r]) - t.prompt_len[r] for r in rows)
+    assert shapes == [(2, longest_prompt), (5, longest_response)]  # 2 prompts once, then 5 responses
+    assert torch.allclose(got, want, atol=1e-5)
+    assert len(g_got) > 2 and set(g_got) <= set(g_want)
+    for n, g in g_got.items():
+        assert torch.allclose(g, g_want[n], atol=1e-4), n
+    # the layer indices the shared path borrows (the cut layers index the cache from 0) are given back
+    n = len(rm.lm.model.layers)
+    assert [layer.self_attn.layer_idx for layer in sc.module.layers] == list(range(n - n_top, n))

@@ -158,9 +158,10 @@ class RewardConfig:
     """Run each distinct prompt of a batch once and the responses of that prompt on top of
     its keys/values (the same outputs and gradients up to float rounding): when the whole
     network runs each step (no cached features) -- batches keep a thread's units
-    together, so its responses share one prompt pass --, and when head-only features are
-    cached (``train_layers=0``; the texts to cache are batched by prompt).  Off: every
-    sequence runs in full."""
+    together, so its responses share one prompt pass --, when the top layers train on
+    cached states (``train_layers>0``: the prompt runs through them once per step; Llama-like
+    bodies, else off), and when head-only features are cached (``train_layers=0``; the
+    texts to cache are batched by prompt).  Off: every sequence runs in full."""
     feature_cache: str = ""
     """Directory in which head-only runs (``train_layers=0``) keep the backbone's
     last-token features, keyed by model and token ids, so further reward models from the

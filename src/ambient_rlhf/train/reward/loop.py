@@ -113,15 +113,17 @@ def train_reward(cfg: RewardConfig) -> Path:
     store = (FeatureStore(cfg.feature_cache, resolve_model(cfg.model), cfg.backbone_layers, cfg.pooling)
              if (mode == "head" and cfg.feature_cache) else None)
     scorer = Scorer(rm, table, mode, cfg.train_layers, device, tok.pad_token_id, store)
+    # a thread's responses run their common prompt once (top layers: where the body's cache allows)
+    scorer.share_prompts = cfg.share_prompts and (mode != "top" or scorer.module.can_share_prompts)
     if mode == "top":
-        probe = train[0].rows[:2]
+        probe = train[0].rows[:2]  # one unit's texts: with share_prompts the shared path is the one checked
         scorer.prepare(probe, cfg.batch_size)
         err = max(gather_object([scorer.check(probe)]))  # every process decides alike
         if err > 1e-3:
             log.warning("rm: cached top-layer path differs from the model by %.2g; not caching", err)
             scorer = Scorer(rm, table, "full", cfg.train_layers, device, tok.pad_token_id)
+            scorer.share_prompts = cfg.share_prompts
             mode = "full"
-    scorer.share_prompts = mode in ("full", "head") and cfg.share_prompts
     counts["mode"] = mode
     params = [p for p in scorer.module.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)

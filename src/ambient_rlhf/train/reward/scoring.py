@@ -97,20 +97,67 @@ class TopLayers(nn.Module):
         self.head = rm.head
         self.pooling = rm.pooling
 
+    def _attention_modules(self) -> list[nn.Module] | None:
+        """The top layers' attention modules when each indexes the KV cache by its own
+        ``layer_idx`` (Llama-like bodies), else None (no prompt sharing)."""
+        mods = [getattr(layer, "self_attn", None) for layer in self.layers]
+        return mods if all(m is not None and isinstance(getattr(m, "layer_idx", None), int) for m in mods) else None
+
+    @property
+    def can_share_prompts(self) -> bool:
+        return self._attention_modules() is not None
+
+    def _run(self, **kwargs):
+        """The body's forward with its layer list cut to the top layers.  With a cache the
+        cut layers index it as 0..n-1 (their own indices are L-n..L-1, and the body reads
+        the cached length from layer 0), restored afterwards."""
+        body = self._body
+        full = body.layers
+        mods = self._attention_modules() if kwargs.get("use_cache") else None
+        idx = [m.layer_idx for m in mods] if mods else []
+        body.layers = self.layers
+        try:
+            for i, m in enumerate(mods or ()):
+                m.layer_idx = i
+            return body(**kwargs)
+        finally:
+            body.layers = full
+            for m, i in zip(mods or (), idx):
+                m.layer_idx = i
+
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
                 prompt_lens: torch.Tensor | None = None) -> torch.Tensor:
         from ambient_rlhf.models.heads import pool_states
 
-        body = self._body
-        full = body.layers
-        body.layers = self.layers
-        try:
-            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = body(inputs_embeds=hidden, attention_mask=attention_mask, position_ids=pos, use_cache=False)
-        finally:
-            body.layers = full
-        h = out.last_hidden_state  # (n, T, d)
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        h = self._run(inputs_embeds=hidden, attention_mask=attention_mask, position_ids=pos,
+                      use_cache=False).last_hidden_state  # (n, T, d)
         return self.head(pool_states(h, attention_mask, prompt_lens, self.pooling))
+
+    def forward_shared(self, prompt_h: torch.Tensor, prompt_mask: torch.Tensor, inverse: torch.Tensor,
+                       resp_h: torch.Tensor, resp_mask: torch.Tensor) -> torch.Tensor:
+        """Head outputs of B rows whose G distinct prompts run through the top layers once.
+
+        Shapes: prompt_h (G, Tp, d) and prompt_mask (G, Tp) the prompts' cached states,
+        right-padded; inverse (B,) each row's prompt; resp_h (B, Tr, d) and resp_mask
+        (B, Tr) the rows' response states, right-padded -> (B, n_outputs).  The responses
+        attend to their prompt's keys/values (copied per row; gradients reach the one prompt
+        pass through them) at positions continuing after the prompt, so this is the same
+        function as :meth:`forward` on the full rows, up to float rounding."""
+        from ambient_rlhf.models.heads import pool_states
+        from ambient_rlhf.models.kv import cache_kw, cache_out
+
+        p_pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = cache_out(self._run(inputs_embeds=prompt_h, attention_mask=prompt_mask, position_ids=p_pos,
+                                    use_cache=True))
+        cache.batch_select_indices(inverse)  # (G, ...) -> (B, ...)
+        p_len = prompt_mask.long().sum(1)[inverse]  # (B,)
+        r_pos = p_len.unsqueeze(1) + torch.arange(resp_h.shape[1], device=resp_h.device).unsqueeze(0)
+        mask = torch.cat([prompt_mask[inverse], resp_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
+        h = self._run(inputs_embeds=resp_h, attention_mask=mask, position_ids=r_pos, use_cache=True,
+                      **cache_kw(self._body, cache)).last_hidden_state  # (B, Tr, d)
+        zero = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)  # the response tokens alone
+        return self.head(pool_states(h, resp_mask, zero, self.pooling))
 
 
 def shared_prompt_states(rm, table: TextTable, rows: list[int], device) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -259,12 +306,31 @@ class Scorer:
         if self.mode == "head":
             return self.module(torch.stack([self.cache[r] for r in rows]).to(self.device))
         if self.mode == "top":
+            if self.share_prompts:
+                got = self._top_shared(rows)
+                if got is not None:
+                    return got
             h, mask = _padded([self.cache[r] for r in rows], self.device)
             return self.module(h, mask, self._prompt_lens(rows))
         if self.share_prompts:
             return shared_prompt_outputs(self.rm, self.table, rows, self.device)
         ids, mask = self._ids(rows)
         return self.module(ids, mask, self._prompt_lens(rows))
+
+    def _top_shared(self, rows: list[int]) -> torch.Tensor | None:
+        """Top-layer outputs with each distinct prompt of ``rows`` run once
+        (:meth:`TopLayers.forward_shared`); None when no two rows share a prompt or a
+        prompt or response is empty (then the plain pass is as cheap)."""
+        t = self.table
+        groups: dict[tuple[int, ...], int] = {}
+        inverse = [groups.setdefault(tuple(t.ids[r][: t.prompt_len[r]]), len(groups)) for r in rows]
+        if (len(groups) == len(rows) or any(t.prompt_len[r] == 0 or len(t.ids[r]) <= t.prompt_len[r] for r in rows)):
+            return None
+        first = {g: r for r, g in zip(reversed(rows), reversed(inverse))}  # each prompt's first row
+        p_h, p_mask = _padded([self.cache[first[g]][: t.prompt_len[first[g]]] for g in range(len(groups))],
+                              self.device)
+        r_h, r_mask = _padded([self.cache[r][t.prompt_len[r]:] for r in rows], self.device)
+        return self.module.forward_shared(p_h, p_mask, torch.tensor(inverse, device=self.device), r_h, r_mask)
 
     def check(self, rows: list[int]) -> float:
         """Largest difference between the cached path and the plain full model."""
