@@ -246,7 +246,18 @@ def test_top_layers_run_each_shared_prompt_once(tiny_model_path, pooling, n_top)
     sc = R.Scorer(rm, t, "top", n_top, torch.device("cpu"), tok.pad_token_id)
     assert sc.module.can_share_prompts
     sc.share_prompts = True
-    sc.prepare(rows, 8)
+    emb_shapes = []
+    h_emb = rm.lm.get_input_embeddings().register_forward_hook(lambda m, a, o: emb_shapes.append(tuple(a[0].shape)))
+    try:
+        sc.prepare(rows, 8)  # the states into the top layers: each prompt once, its responses on top
+    finally:
+        h_emb.remove()
+    assert [s[0] for s in emb_shapes] == [2, 5]
+    plain = R.Scorer(rm, t, "top", n_top, torch.device("cpu"), tok.pad_token_id)
+    plain.prepare(rows, 8)
+    for r in rows:
+        assert sc.cache[r].shape == plain.cache[r].shape == (len(t.ids[r]), rm.lm.config.hidden_size)
+        assert torch.allclose(sc.cache[r], plain.cache[r], atol=1e-5)
     top = sc.module.layers[-1]
     shapes = []
     handle = top.register_forward_pre_hook(

@@ -248,7 +248,6 @@ class Scorer:
                 h = self.rm.hidden_states(ids, mask)  # (n, T, d)
                 pooled = self.rm.pool(h, mask, self._prompt_lens(rows))  # last token, or mean of the response
             return [x.float().cpu() for x in pooled]
-        ids, mask = self._ids(rows)
         body = body_of(self.rm.lm)
         layer = body.layers[len(body.layers) - self.n_top]
         got: dict[str, torch.Tensor] = {}
@@ -257,15 +256,55 @@ class Scorer:
             got["h"] = args[0] if args else kwargs["hidden_states"]
             raise _Stop
 
-        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            self.rm.hidden_states(ids, mask)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
+        def states_into_top(fn) -> torch.Tensor:
+            """The states entering the top layers in the forward ``fn`` runs (stopped there)."""
+            handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+            try:
+                fn()
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+            return got.pop("h")
+
+        shared = self._shared_prompts(rows) if self.share_prompts and self.module.can_share_prompts else None
+        if shared is not None:  # each distinct prompt once, its responses on top of its keys/values
+            from transformers import DynamicCache
+
+            from ambient_rlhf.models.kv import cache_kw
+
+            t, inverse, first = self.table, *shared
+            p_ids, p_mask = _padded([t.ids[r][: t.prompt_len[r]] for r in first], self.device)  # (G, Tp)
+            r_ids, r_mask = _padded([t.ids[r][t.prompt_len[r]:] for r in rows], self.device)  # (B, Tr)
+            g = torch.tensor(inverse, device=self.device)
+            cache = DynamicCache(config=body.config)  # filled below the top layers, where the pass stops
+            p_h = states_into_top(lambda: body(input_ids=p_ids, attention_mask=p_mask, use_cache=True,
+                                               position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                                               **cache_kw(body, cache)))
+            cache.batch_select_indices(g)
+            p_len = p_mask.sum(1)[g]  # (B,)
+            r_pos = p_len.unsqueeze(1) + torch.arange(r_ids.shape[1], device=self.device).unsqueeze(0)
+            r_h = states_into_top(lambda: body(input_ids=r_ids, attention_mask=torch.cat([p_mask[g], r_mask], 1),
+                                               position_ids=r_pos, use_cache=True, **cache_kw(body, cache)))
+            return [torch.cat([p_h[gi, : int(p_len[b])], r_h[b, : int(r_mask[b].sum())]]).float().cpu()
+                    for b, gi in enumerate(inverse)]
+        ids, mask = self._ids(rows)
+        h = states_into_top(lambda: self.rm.hidden_states(ids, mask))
         lens = mask.sum(1).tolist()
-        return [got["h"][i, : lens[i]].float().cpu() for i in range(len(rows))]
+        return [h[i, : lens[i]].float().cpu() for i in range(len(rows))]
+
+    def _shared_prompts(self, rows: list[int]) -> tuple[list[int], list[int]] | None:
+        """``(inverse, first)``: each row's distinct prompt and each prompt's first row;
+        None when no two rows share a prompt or a prompt or response is empty."""
+        t = self.table
+        groups: dict[tuple[int, ...], int] = {}
+        inverse = [groups.setdefault(tuple(t.ids[r][: t.prompt_len[r]]), len(groups)) for r in rows]
+        if len(groups) == len(rows) or any(t.prompt_len[r] == 0 or len(t.ids[r]) <= t.prompt_len[r] for r in rows):
+            return None
+        first: dict[int, int] = {}
+        for r, g in zip(rows, inverse):
+            first.setdefault(g, r)
+        return inverse, [first[g] for g in range(len(groups))]
 
     def prepare(self, rows: list[int], batch_size: int, desc: str = "caching features", save: bool = True) -> int:
         """Fill the cache for ``rows`` (length-sorted batches, so little padding); return
@@ -279,7 +318,7 @@ class Scorer:
                 if f is not None:
                     self.cache[r] = f
         todo = sorted({r for r in rows if r not in self.cache}, key=lambda r: len(self.table.ids[r]))
-        if self.mode == "head" and self.share_prompts:
+        if self.share_prompts:
             # a thread's responses in the same batches, so their prompt runs once per batch:
             # by prompt length, then prompt, then length (little padding on either side)
             t = self.table
@@ -321,14 +360,11 @@ class Scorer:
         """Top-layer outputs with each distinct prompt of ``rows`` run once
         (:meth:`TopLayers.forward_shared`); None when no two rows share a prompt or a
         prompt or response is empty (then the plain pass is as cheap)."""
-        t = self.table
-        groups: dict[tuple[int, ...], int] = {}
-        inverse = [groups.setdefault(tuple(t.ids[r][: t.prompt_len[r]]), len(groups)) for r in rows]
-        if (len(groups) == len(rows) or any(t.prompt_len[r] == 0 or len(t.ids[r]) <= t.prompt_len[r] for r in rows)):
+        shared = self._shared_prompts(rows)
+        if shared is None:
             return None
-        first = {g: r for r, g in zip(reversed(rows), reversed(inverse))}  # each prompt's first row
-        p_h, p_mask = _padded([self.cache[first[g]][: t.prompt_len[first[g]]] for g in range(len(groups))],
-                              self.device)
+        t, (inverse, first) = self.table, shared
+        p_h, p_mask = _padded([self.cache[r][: t.prompt_len[r]] for r in first], self.device)
         r_h, r_mask = _padded([self.cache[r][t.prompt_len[r]:] for r in rows], self.device)
         return self.module.forward_shared(p_h, p_mask, torch.tensor(inverse, device=self.device), r_h, r_mask)
 
