@@ -101,6 +101,40 @@ def test_every_path_gives_the_same_reward(rms):
             assert diff < 1e-6, (name, path, got, want)
 
 
+@pytest.mark.parametrize("name", ["pair", "tiers"])
+def test_responses_to_one_prompt_share_its_pass_and_score_as_alone(rms, name):
+    """RewardFunction batches a prompt's responses together and runs the prompt once: the
+    rewards equal each text scored alone (by hand), and the embedding layer sees each
+    distinct prompt once, then the responses alone (else nothing was shared)."""
+    qa = [(LONG_Q, "Wait one more week."), ("Is a stone alive?", "No."), (LONG_Q, LONG_A),
+          ("Is a stone alive?", "Only in stories, and those are not evidence."), (LONG_Q, "No.")]
+    want = [by_hand(rms[name], p, r) for p, r in qa]
+    rm = load_reward_model(rms[name])
+    seen = []
+    hook = rm.lm.get_input_embeddings().register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))
+    try:
+        got = RewardFunction(rm, batch_size=8).texts([p for p, _ in qa], [r for _, r in qa], ["askfoo"] * 5)
+    finally:
+        hook.remove()
+    assert [s[0] for s in seen] == [2, 5]  # two distinct prompts, then the five responses
+    plain = RewardFunction(rm, batch_size=8, share_prompts=False).texts([p for p, _ in qa], [r for _, r in qa],
+                                                                        ["askfoo"] * 5)
+    # rm eval's scoring of a text table, the same way
+    from ambient_rlhf.eval.reward_eval import score_rows
+
+    table = TextTable(reward_inputs_of(rm))
+    rows = [table.add(p, r, "askfoo") for p, r in qa]
+    seen.clear()
+    hook = rm.lm.get_input_embeddings().register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))
+    try:
+        ev = score_rows(rm, table, rows, batch_size=8)["reward"]
+    finally:
+        hook.remove()
+    assert [s[0] for s in seen] == [2, 5]
+    for g in (got, plain, torch.tensor([ev[r] for r in rows])):
+        assert (g - torch.tensor(want)).abs().max().item() * rm.norm_std < 1e-6, (g, want)
+
+
 def test_combined_model_sums_members_each_with_its_own_rendering(rms):
     from ambient_rlhf.eval.policy_eval import score
     from ambient_rlhf.eval.reward_eval import score_rows

@@ -104,7 +104,9 @@ def test_trained_mean_pooled_model_scores_as_the_hand_average_everywhere(data, t
                         feature_cache=str(fc), n_boot=50)
     b = evaluate_reward(out, data, split="test", out=tmp_path / "ev_model", loglik_model="none", plots=False,
                         n_boot=50)
-    assert a["accuracy"] == b["accuracy"] and a["length_correlation"] == b["length_correlation"]
+    # (the same up to float rounding: the model path runs each thread's prompt once, in other batches)
+    assert a["accuracy"] == b["accuracy"]
+    assert a["length_correlation"] == pytest.approx(b["length_correlation"], rel=1e-5)
     # a last-token model from the same cache directory uses another file
     R.train_reward(cfg(data, tmp_path / "rm_last", f"feature_cache={fc}"))
     assert len(list(fc.glob("*.features.safetensors"))) == 2

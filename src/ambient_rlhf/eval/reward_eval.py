@@ -129,9 +129,20 @@ def score_rows(rm, table, rows: list[int], batch_size: int = 8, loglik: Any = No
         res["reward"].update(zip(rows, got.tolist()))
         if loglik is None:
             return res
+    # rewards alone: a thread's texts batched together, each prompt run once
+    share = isinstance(rm, ScalarHeadModel) and loglik is None and store is None
+    if share:
+        rows.sort(key=lambda r: (table.prompt_len[r], table.ids[r][: table.prompt_len[r]], len(table.ids[r])))
     bar = progress(total=len(rows), desc="scoring", unit="text")
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
+        got = rm.shared_prompt_outputs([table.ids[r] for r in chunk], [table.prompt_len[r] for r in chunk]) \
+            if share else None
+        if got is not None:
+            rew = (rm.raw_reward(got) - rm.norm_mean) / rm.norm_std
+            res["reward"].update(zip(chunk, rew.float().tolist()))
+            bar.update(len(chunk))
+            continue
         ids, mask = pad_batch([table.ids[r] for r in chunk], 0, "right")  # (n, T); the pad value is never attended to
         ids, mask = ids.to(dev), mask.to(dev)
         h = None

@@ -184,6 +184,54 @@ class ScalarHeadModel(nn.Module):
         h = self.hidden_states(input_ids, attention_mask)  # (B, T, d)
         return self.head(self.pool(h, attention_mask, prompt_lens).to(self.head.weight.dtype))
 
+    def shared_prompt_states(self, seqs: list[list[int]], prompt_lens: list[int]
+                             ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Last hidden states of the response tokens of ``seqs`` (token ids, each a prompt
+        of ``prompt_lens[i]`` tokens and its response), each distinct prompt run once.
+
+        Sequences that share a prompt (the responses of one thread, RLOO's k samples)
+        reuse its keys and values: the prompts run first (right-padded, with a cache), the
+        cache is gathered per sequence, and the responses run on top with positions
+        continuing after their prompt; gradients flow into the prompt pass through the
+        cache.  Returns ``(h, mask)``, (B, Tr, d) and (B, Tr) in the order of ``seqs``, the
+        responses right-padded -- or None when no two sequences share a prompt (or a
+        prompt or response is empty): then one plain pass is as cheap."""
+        from ambient_rlhf.models.kv import continue_cached, prefix_once
+        from ambient_rlhf.models.tokenize import pad_batch
+
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (s, n) in enumerate(zip(seqs, prompt_lens)):
+            groups.setdefault(tuple(s[:n]), []).append(i)
+        if len(groups) == len(seqs) or any(len(p) == 0 for p in groups) or any(len(s) <= n for s, n in
+                                                                              zip(seqs, prompt_lens)):
+            return None
+        device = next(self.parameters()).device
+        body = body_of(self.lm)
+        prompts = list(groups)
+        p_ids, p_mask = (x.to(device) for x in pad_batch([list(p) for p in prompts], 0, "right"))  # (G, Tp)
+        order = [i for p in prompts for i in groups[p]]
+        g = torch.tensor([k for k, p in enumerate(prompts) for _ in groups[p]], device=device)  # (B,) prompt of each
+        _, cache = prefix_once(body, p_ids, p_mask, (p_mask.cumsum(-1) - 1).clamp(min=0), g)
+        r_ids, r_mask = (x.to(device) for x in pad_batch([seqs[i][prompt_lens[i]:] for i in order], 0, "right"))
+        p_len = torch.tensor([prompt_lens[i] for i in order], device=device)
+        r_pos = p_len.unsqueeze(1) + torch.arange(r_ids.shape[1], device=device).unsqueeze(0)  # (B, Tr)
+        full_mask = torch.cat([p_mask[g], r_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
+        h = continue_cached(body, cache, r_ids, full_mask, r_pos).last_hidden_state  # (B, Tr, d)
+        back = torch.empty(len(order), dtype=torch.long, device=device)
+        back[torch.tensor(order, device=device)] = torch.arange(len(order), device=device)
+        return h[back], r_mask[back]
+
+    def shared_prompt_outputs(self, seqs: list[list[int]], prompt_lens: list[int]) -> torch.Tensor | None:
+        """Head outputs (B, n_outputs) of ``seqs`` with each distinct prompt run once
+        (:meth:`shared_prompt_states`; the same numbers as :meth:`forward` up to float
+        rounding), or None when nothing is shared."""
+        got = self.shared_prompt_states(seqs, prompt_lens)
+        if got is None:
+            return None
+        h, r_mask = got  # the response tokens' states alone: the prompt is 0 tokens of them
+        pooled = self.pool(h, r_mask, torch.zeros(h.shape[0], dtype=torch.long, device=h.device))
+        return self.head(pooled.to(self.head.weight.dtype))
+
     def raw_reward(self, outputs: torch.Tensor) -> torch.Tensor:
         """(B, n_outputs) head outputs -> (B,) unnormalised reward."""
         if self.kind == "tiers":

@@ -197,10 +197,14 @@ class RewardFunction:
     ``rm``: a single reward model or a combined one (``models.reward_model.CompositeReward``:
     the weighted sum of its members' rewards, each member scoring its own rendering).
     ``drop_ids``: token ids the policy has and the reward model lacks (goal tokens),
-    removed from token-id responses before scoring."""
+    removed from token-id responses before scoring.  ``share_prompts``: responses to the
+    same prompt (a thread's answers, RLOO's k samples) are batched together and their
+    prompt runs once (:meth:`ScalarHeadModel.shared_prompt_outputs`; the same rewards up
+    to float rounding)."""
 
-    def __init__(self, rm, device=None, batch_size: int = 8, drop_ids: Sequence[int] = ()):
+    def __init__(self, rm, device=None, batch_size: int = 8, drop_ids: Sequence[int] = (), share_prompts: bool = True):
         self.rm = rm
+        self.share_prompts = share_prompts
         self.batch_size = max(int(batch_size), 1)
         self.drop = set(int(i) for i in drop_ids)
         members = getattr(rm, "members", None)
@@ -216,13 +220,23 @@ class RewardFunction:
         from ambient_rlhf.models.tokenize import pad_batch
 
         out = torch.zeros(len(encodings))
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))  # little padding
+        share = self.share_prompts and hasattr(model, "shared_prompt_outputs")
+        if share:  # a prompt's responses in one batch (it runs once), little padding on either side
+            order = sorted(range(len(encodings)), key=lambda i: (encodings[i].prompt_len,
+                           encodings[i].input_ids[: encodings[i].prompt_len], len(encodings[i].input_ids)))
+        else:
+            order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))  # little padding
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            ids, mask = pad_batch([encodings[i].input_ids for i in idx], pad_id, side="right")
-            p_len = torch.tensor([encodings[i].prompt_len for i in idx], device=self.device)
             with torch.no_grad():
-                r = model.reward(ids.to(self.device), mask.to(self.device), p_len).float().cpu()
+                got = (model.shared_prompt_outputs([encodings[i].input_ids for i in idx],
+                                                   [encodings[i].prompt_len for i in idx]) if share else None)
+                if got is not None:
+                    r = ((model.raw_reward(got) - model.norm_mean) / model.norm_std).float().cpu()
+                else:
+                    ids, mask = pad_batch([encodings[i].input_ids for i in idx], pad_id, side="right")
+                    p_len = torch.tensor([encodings[i].prompt_len for i in idx], device=self.device)
+                    r = model.reward(ids.to(self.device), mask.to(self.device), p_len).float().cpu()
             out[torch.tensor(idx)] = r
         return out
 

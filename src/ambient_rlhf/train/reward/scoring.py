@@ -161,37 +161,9 @@ class TopLayers(nn.Module):
 
 
 def shared_prompt_states(rm, table: TextTable, rows: list[int], device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Last hidden states of the response tokens of ``rows``, each distinct prompt run once.
-
-    Rows that share a prompt (the responses of one thread) reuse its keys and values: the
-    prompts run first (right-padded, with a cache), the cache is gathered per row, and the
-    responses run on top with positions continuing after their prompt; gradients flow
-    into the prompt pass through the cache.  Returns ``(h, mask)``, (len(rows), Tr, d) and
-    (len(rows), Tr) in the order of ``rows``, the responses right-padded -- or None when
-    no two rows share a prompt (or a prompt or response is empty): then one plain pass
-    over the full sequences is as cheap."""
-    from ambient_rlhf.models.heads import body_of
-
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for r in rows:
-        groups.setdefault(tuple(table.ids[r][: table.prompt_len[r]]), []).append(r)
-    if (len(groups) == len(rows) or any(len(p) == 0 for p in groups)
-            or any(len(table.ids[r]) <= table.prompt_len[r] for r in rows)):
-        return None
-    body = body_of(rm.lm)
-    prompts = list(groups)
-    p_ids, p_mask = _padded(list(prompts), device)  # (G, Tp)
-    order = [r for p in prompts for r in groups[p]]
-    g = torch.tensor([i for i, p in enumerate(prompts) for _ in groups[p]], device=device)  # (B,) prompt of each row
-    _, cache = prefix_once(body, p_ids, p_mask, (p_mask.cumsum(-1) - 1).clamp(min=0), g)
-    r_ids, r_mask = _padded([table.ids[r][table.prompt_len[r]:] for r in order], device)  # (B, Tr)
-    p_len = torch.tensor([table.prompt_len[r] for r in order], device=device)
-    r_pos = p_len.unsqueeze(1) + torch.arange(r_ids.shape[1], device=device).unsqueeze(0)  # (B, Tr)
-    full_mask = torch.cat([p_mask[g], r_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
-    h = continue_cached(body, cache, r_ids, full_mask, r_pos).last_hidden_state  # (B, Tr, d)
-    where = {r: i for i, r in enumerate(order)}
-    back = torch.tensor([where[r] for r in rows], device=device)
-    return h[back], r_mask[back]
+    """:meth:`ScalarHeadModel.shared_prompt_states` of the text rows ``rows``: the
+    response tokens' last hidden states, each distinct prompt run once, or None."""
+    return rm.shared_prompt_states([table.ids[r] for r in rows], [table.prompt_len[r] for r in rows])
 
 
 def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torch.Tensor:
@@ -199,13 +171,11 @@ def shared_prompt_outputs(rm, table: TextTable, rows: list[int], device) -> torc
     distinct prompt run once (:func:`shared_prompt_states`).  Same numbers as scoring each
     full sequence (a test checks outputs and gradients), for a fraction of the prompt
     compute when a thread's responses share a batch.  Returns (len(rows), n_outputs)."""
-    got = shared_prompt_states(rm, table, rows, device)
+    got = rm.shared_prompt_outputs([table.ids[r] for r in rows], [table.prompt_len[r] for r in rows])
     if got is None:  # nothing shared: one plain pass
         ids, mask = _padded([table.ids[r] for r in rows], device)
         return rm(ids, mask, torch.tensor([table.prompt_len[r] for r in rows], device=device))
-    h, r_mask = got  # the response tokens' states alone: the prompt is 0 tokens of them
-    pooled = rm.pool(h, r_mask, torch.zeros(len(rows), dtype=torch.long, device=device))  # (B, d)
-    return rm.head(pooled.to(rm.head.weight.dtype))
+    return got
 
 
 class Scorer:
