@@ -68,8 +68,32 @@ def prefix_once(model, ids, mask, pos, inverse, **kwargs) -> tuple[Any, Any]:
     computation from all its rows through the cache."""
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
     cache = cache_out(out)
-    cache.batch_select_indices(inverse)  # (G, ...) -> (B, ...)
+    select_rows(cache, inverse)  # (G, ...) -> (B, ...)
     return out, cache
+
+
+def select_rows(cache, index) -> None:
+    """Replace the batch of every layer of ``cache`` by its rows ``index`` (B,), in place,
+    with ``index_select``: its backward (``index_add``) sums a repeated row's gradients in a
+    fixed order, where the advanced indexing of ``Cache.batch_select_indices`` accumulates
+    them with atomic adds across CPU threads -- a different last bit from run to run."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        cache.batch_select_indices(index)
+        return
+    for layer in layers:
+        if type(layer) not in _plain_layers():
+            layer.batch_select_indices(index)  # a layer with more state than keys/values: its own method
+        elif layer.keys is not None and layer.keys.numel() > 0:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+
+
+@lru_cache(maxsize=1)
+def _plain_layers() -> tuple[type, ...]:
+    """Cache layers whose batch is their ``keys`` and ``values`` alone."""
+    from transformers import cache_utils
+
+    return tuple(getattr(cache_utils, n) for n in ("DynamicLayer", "DynamicSlidingWindowLayer") if hasattr(cache_utils, n))
 
 
 def continue_cached(model, cache, ids, mask, pos, **kwargs) -> Any:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ambient_rlhf.logging import progress
 from ambient_rlhf.models.features import FeatureStore
-from ambient_rlhf.models.kv import continue_cached, prefix_once
+from ambient_rlhf.models.kv import continue_cached, prefix_once, select_rows
 from ambient_rlhf.models.tokenize import pad_batch
 from ambient_rlhf.models.reward_inputs import TextTable
 from ambient_rlhf.rl import reward_losses as L
@@ -150,7 +150,7 @@ class TopLayers(nn.Module):
         p_pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
         cache = cache_out(self._run(inputs_embeds=prompt_h, attention_mask=prompt_mask, position_ids=p_pos,
                                     use_cache=True))
-        cache.batch_select_indices(inverse)  # (G, ...) -> (B, ...)
+        select_rows(cache, inverse)  # (G, ...) -> (B, ...)
         p_len = prompt_mask.long().sum(1)[inverse]  # (B,)
         r_pos = p_len.unsqueeze(1) + torch.arange(resp_h.shape[1], device=resp_h.device).unsqueeze(0)
         mask = torch.cat([prompt_mask[inverse], resp_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
@@ -251,7 +251,7 @@ class Scorer:
             p_h = states_into_top(lambda: body(input_ids=p_ids, attention_mask=p_mask, use_cache=True,
                                                position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
                                                **cache_kw(body, cache)))
-            cache.batch_select_indices(g)
+            select_rows(cache, g)
             p_len = p_mask.sum(1)[g]  # (B,)
             r_pos = p_len.unsqueeze(1) + torch.arange(r_ids.shape[1], device=self.device).unsqueeze(0)
             r_h = states_into_top(lambda: body(input_ids=r_ids, attention_mask=torch.cat([p_mask[g], r_mask], 1),
