@@ -23,27 +23,120 @@ from ambient_rlhf.logging import get_logger
 log = get_logger("simulate")
 
 
-def model_responder(cfg: SimulateConfig) -> Callable[[list[str]], list[str]]:
+PACKAGED_ANSWERS = Path(__file__).parent / "presets" / "demo-answers.json.gz"
+"""The demo community's answers (``ambient run``'s 200 x 4), as SmolLM2 samples them on a
+2-core AVX2 CPU with the pinned torch: read back instead of sampled again (5 minutes of a
+fresh machine's first run) when the key matches, i.e. when sampling here would give them."""
+
+
+def answers_key(model_dir: str, gen_prompts: list[str], cfg: SimulateConfig) -> tuple[str, dict]:
+    """The key of sampled answers: what decides them -- the model's files (SHA-256 of
+    their content), the generation prompts, the sampling settings and seed, and the
+    versions and CPU kind that fix the float rounding.  Returns (hex key, its parts)."""
+    import hashlib
+    import json
+
+    import torch
+    import transformers
+
+    from ambient_rlhf.io import sha256_file
+    from ambient_rlhf.models.load import default_device
+
+    d = Path(model_dir)
+    files = {f.name: sha256_file(f) for f in sorted(d.iterdir()) if f.is_file()} if d.is_dir() else {"name": str(d)}
+    device = default_device()
+    device = str(device.type if hasattr(device, "type") else device)
+    parts = {
+        "model_files": files,
+        "prompts": hashlib.sha256(json.dumps(gen_prompts).encode()).hexdigest(),
+        "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "batch_size": cfg.batch_size,
+        "seed": cfg.seed, "torch": torch.__version__, "transformers": transformers.__version__,
+        "device": device if device != "cpu" else f"cpu-{torch.backends.cpu.get_cpu_capability()}",
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts
+
+
+def _read_answers(file: Path, key: str, n: int) -> list[str] | None:
+    """The answers stored in ``file`` under ``key`` (n of them), else None (said why)."""
+    import gzip
+    import json
+
+    try:
+        got = json.loads(gzip.decompress(file.read_bytes()))
+    except (OSError, ValueError, EOFError) as e:
+        log.warning("%s: unreadable (%s); the answers are sampled again", file, e)
+        return None
+    if got.get("key") != key:
+        return None
+    answers = got.get("answers")
+    if not isinstance(answers, list) or len(answers) != n or not all(isinstance(a, str) for a in answers):
+        log.warning("%s: %s answers stored for %d prompts; the answers are sampled again", file,
+                    len(answers) if isinstance(answers, list) else "no", n)
+        return None
+    return answers
+
+
+def write_answers(file: Path, key: str, parts: dict, answers: list[str]) -> None:
+    """Store sampled answers under their key (gzip JSON, written atomically)."""
+    import gzip
+    import json
+    import os
+
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_bytes(gzip.compress(json.dumps({"key": key, "parts": parts, "answers": answers}).encode(), mtime=0))
+    os.replace(tmp, file)
+
+
+def model_responder(cfg: SimulateConfig, info: dict | None = None) -> Callable[[list[str]], list[str]]:
     """A responder sampling one answer per generation prompt from ``cfg.model`` (in
     batches of ``cfg.batch_size``, seeded by ``cfg.seed``; generate's progress bar shows
-    the batches)."""
+    the batches).  With ``cfg.reuse_answers``, answers sampled before under the same key
+    (:func:`answers_key`) are read back instead: the package's demo answers, or
+    ``cfg.answer_cache`` (``$AMBIENT_CACHE/answers/``), where every sampling is stored.  ``info`` (a dict) gets
+    where the answers came from (``answers_from``: package, cache or sampled) and the key."""
     from ambient_rlhf.train.generate import generate, load_for_generation
 
-    def respond(gen_prompts: list[str]) -> list[str]:
-        from ambient_rlhf.models.load import resolve_model
+    info = {} if info is None else info
 
-        model = load_for_generation(resolve_model(cfg.model))
+    def respond(gen_prompts: list[str]) -> list[str]:
+        from ambient_rlhf.models.load import cache_dir, resolve_model
+
+        path = resolve_model(cfg.model)
+        key = parts = store = None
+        if cfg.reuse_answers:
+            key, parts = answers_key(path, gen_prompts, cfg)
+            store = Path(cfg.answer_cache or cache_dir() / "answers") / f"{key[:32]}.json.gz"
+            for source, file in (("package", PACKAGED_ANSWERS), ("cache", store)):
+                got = _read_answers(file, key, len(gen_prompts)) if file.is_file() else None
+                if got is not None:
+                    log.info("%d answers of %s read back from %s (same model files, prompts, sampling settings, "
+                             "versions and CPU kind; simulate.reuse_answers=false samples them)", len(got),
+                             cfg.model, "the package" if source == "package" else file)
+                    info.update(answers_from=source, answers_key=key)
+                    return got
+        model = load_for_generation(path)
         log.info("sampling %d answers from %s", len(gen_prompts), cfg.model)
-        return generate(model, gen_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        batch_size=cfg.batch_size, seed=cfg.seed)
+        answers = generate(model, gen_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                           batch_size=cfg.batch_size, seed=cfg.seed)
+        if store is not None:
+            try:
+                write_answers(store, key, parts, answers)
+            except OSError as e:  # a read-only cache costs the next run the sampling, nothing else
+                log.warning("could not store the sampled answers in %s: %s", store, e)
+        info.update(answers_from="sampled", answers_key=key)
+        return answers
 
     return respond
 
 
 def simulate(out: str | Path, cfg: SimulateConfig, overwrite: bool = False) -> Path:
-    """Simulate a community into ``out``, with answers from ``cfg.model`` (or templates)."""
-    respond = template_responder(cfg.seed) if cfg.model == "template" else model_responder(cfg)
-    return simulate_with(out, cfg, respond=respond, overwrite=overwrite)
+    """Simulate a community into ``out``, with answers from ``cfg.model`` (or templates);
+    the manifest says where the answers came from (``answers_from``)."""
+    if cfg.model == "template":
+        return simulate_with(out, cfg, respond=template_responder(cfg.seed), overwrite=overwrite)
+    info: dict = {}
+    return simulate_with(out, cfg, respond=model_responder(cfg, info), overwrite=overwrite, extra=info)
 
 
 def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: str | Path, split: str = "test",

@@ -152,6 +152,14 @@ class SimulateConfig:
     batch_size: int = 32
     """Generation batch size. SmolLM2's tokens/s on a 2-core CPU rise with the batch:
     32 answers of 32 tokens took 54 CPU-s at batch 32 against 85 at batch 8 (1.6x)."""
+    reuse_answers: bool = True
+    """Read the answers back instead of sampling them when the same model files (SHA-256),
+    generation prompts, sampling settings, seed, torch/transformers versions and CPU kind
+    sampled them before: the demo's 800 ship with the package (sampled on a 2-core AVX2
+    CPU with the pinned torch), and every sampling is stored in
+    ``answer_cache``.  The same answers as sampling here; false samples anyway."""
+    answer_cache: str = ""
+    """Where sampled answers are stored by key; empty = ``$AMBIENT_CACHE/answers``."""
     community: str = "AmbientSim"
     """Subreddit name written into the dump (file names and the ``subreddit`` field)."""
     start_utc: int = 1_700_000_000
@@ -303,17 +311,30 @@ def thread_records(cfg: SimulateConfig, tid: str, slug: str, p: dict, resp: list
     return sub, comments, rows
 
 
+def _questions(cfg: SimulateConfig):
+    """The seeded draws before the answers: (rng to continue with, questions, each
+    question's K hidden styles, the K x questions generation prompts in order)."""
+    rng = np.random.default_rng([cfg.seed, 3])
+    prompts = compose_prompts(cfg.threads, cfg.seed)
+    style_names = [name for name, _ in STYLES] if cfg.styles else ["plain"]
+    styles = [[str(rng.choice(style_names)) for _ in range(cfg.responses)] for _ in prompts]
+    gen_prompts = [generation_prompt(prompt_text(p["title"], p["body"]), s) for p, ss in zip(prompts, styles) for s in ss]
+    return rng, prompts, styles, gen_prompts
+
+
+def generation_prompts(cfg: SimulateConfig) -> list[str]:
+    """What the answering model is asked, in the order ``respond`` gets it: each
+    question with each of its answers' hidden style."""
+    return _questions(cfg)[3]
+
+
 def simulate_threads(cfg: SimulateConfig, respond: Callable[[list[str]], list[str]]) -> tuple[list[dict], list[dict], pd.DataFrame]:
     """Simulate the community: returns (submissions, comments, utility table).
 
     ``respond`` is called once with every generation prompt (the K answers of a question
     are consecutive) and returns one answer per prompt."""
     vc = cfg.votes
-    rng = np.random.default_rng([cfg.seed, 3])
-    prompts = compose_prompts(cfg.threads, cfg.seed)
-    style_names = [name for name, _ in STYLES] if cfg.styles else ["plain"]
-    styles = [[str(rng.choice(style_names)) for _ in range(cfg.responses)] for _ in prompts]
-    gen_prompts = [generation_prompt(prompt_text(p["title"], p["body"]), s) for p, ss in zip(prompts, styles) for s in ss]
+    rng, prompts, styles, gen_prompts = _questions(cfg)
     answers = [a.strip() for a in respond(gen_prompts)]
     if len(answers) != len(gen_prompts):
         raise AmbientError(f"responder returned {len(answers)} answers for {len(gen_prompts)} prompts")
@@ -363,11 +384,12 @@ def write_dump(out: Path, cfg: SimulateConfig, subs: list[dict], comments: list[
 
 
 def simulate(out: str | Path, cfg: SimulateConfig, respond: Callable[[list[str]], list[str]] | None = None,
-             overwrite: bool = False) -> Path:
+             overwrite: bool = False, extra: dict | None = None) -> Path:
     """Simulate a community into ``out`` (a Pushshift-format dump + truth/utility.parquet).
 
     ``respond`` produces the answers; when omitted, ``cfg.model`` must be ``template``
-    (model answers need :func:`ambient_rlhf.simulate.simulate`, outside ``data/``)."""
+    (model answers need :func:`ambient_rlhf.simulate.simulate`, outside ``data/``).
+    ``extra``: more manifest fields, read after ``respond`` has run (it may fill them)."""
     if respond is None:
         if cfg.model != "template":
             raise AmbientError(f"model={cfg.model!r} needs a model responder: use ambient_rlhf.simulate.simulate "
@@ -376,7 +398,7 @@ def simulate(out: str | Path, cfg: SimulateConfig, respond: Callable[[list[str]]
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         subs, comments, table = simulate_threads(cfg, respond)
-        write_dump(tmp, cfg, subs, comments, table)
+        write_dump(tmp, cfg, subs, comments, table, extra)
     log.info("simulated %d threads, %d answers into %s", len(subs), len(table), out)
     return out
 
