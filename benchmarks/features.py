@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("AMBIENT_PROGRESS", "0")
     import torch
 
-    from ambient_rlhf.models.heads import keep_first_layers
+    from ambient_rlhf.models.bodies import keep_first_layers
     from ambient_rlhf.models.load import load_causal_lm
 
     if args.threads:

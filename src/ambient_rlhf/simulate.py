@@ -24,40 +24,73 @@ log = get_logger("simulate")
 
 
 PACKAGED_ANSWERS = Path(__file__).parent / "presets" / "demo-answers.json.gz"
-"""The demo community's answers (``ambient run``'s 200 x 4), as SmolLM2 samples them on a
-2-core AVX2 CPU with the pinned torch: read back instead of sampled again (5 minutes of a
-fresh machine's first run) when the key matches, i.e. when sampling here would give them."""
+"""The demo community's answers (``ambient run``'s 200 x 4) as SmolLM2 sampled them on a
+2-core AVX2 CPU (``parts.stack`` in the file): read back instead of sampled again (5-8
+minutes of a fresh machine's first run) when their key matches."""
+
+_LOADING_ONLY = {"transformers_version", "local_files_only", "_commit_hash", "_name_or_path"}
+"""Config keys that record how a file was written or loaded, not what the model computes."""
 
 
-def answers_key(model_dir: str, gen_prompts: list[str], cfg: SimulateConfig) -> tuple[str, dict]:
-    """The key of sampled answers: what decides them -- the model's files (SHA-256 of
-    their content), the generation prompts, the sampling settings and seed, and the
-    versions and CPU kind that fix the float rounding.  Returns (hex key, its parts)."""
+def _json_digest(file: Path) -> str:
     import hashlib
     import json
 
+    d = json.loads(file.read_text())
+    d = {k: v for k, v in d.items() if k not in _LOADING_ONLY} if isinstance(d, dict) else d
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def answers_key(model_dir: str, gen_prompts: list[str], cfg: SimulateConfig) -> tuple[str, dict]:
+    """The key of sampled answers: what decides them -- the model's weights (SHA-256 of
+    every ``*.safetensors``), its ``config.json`` and ``generation_config.json`` (without
+    the keys that only record the writing transformers version), the token ids the model
+    is fed (the generation prompts as :func:`~ambient_rlhf.train.generate.generate`
+    renders them with the model's tokenizer and template), the sampling settings and seed.
+    Returns (hex key, its parts); ``parts["stack"]`` (torch, transformers, device and CPU
+    kind, which fix the float rounding) is recorded beside the key, not in it."""
+    import hashlib
+    import json
+
+    from ambient_rlhf.io import sha256_file
+    from ambient_rlhf.models.load import load_tokenizer
+    from ambient_rlhf.train.generate import encode_prompts
+
+    d = Path(model_dir)
+    model: dict[str, str] = {}
+    for f in sorted(d.glob("*.safetensors")):
+        model[f.name] = sha256_file(f)
+    for name in ("config.json", "generation_config.json"):
+        if (d / name).is_file():
+            model[name] = _json_digest(d / name)
+    ids = encode_prompts(load_tokenizer(str(d), padding_side="left"), str(d), gen_prompts)
+    parts = {
+        "model": model,
+        "prompt_ids": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
+        "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+    }
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    parts["stack"] = sampling_stack()
+    return key, parts
+
+
+def sampling_stack() -> dict[str, str]:
+    """What fixes the float rounding of sampling here: torch and transformers versions and
+    the device (on a CPU, its instruction set)."""
     import torch
     import transformers
 
-    from ambient_rlhf.io import sha256_file
     from ambient_rlhf.models.load import default_device
 
-    d = Path(model_dir)
-    files = {f.name: sha256_file(f) for f in sorted(d.iterdir()) if f.is_file()} if d.is_dir() else {"name": str(d)}
     device = default_device()
-    device = str(device.type if hasattr(device, "type") else device)
-    parts = {
-        "model_files": files,
-        "prompts": hashlib.sha256(json.dumps(gen_prompts).encode()).hexdigest(),
-        "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "batch_size": cfg.batch_size,
-        "seed": cfg.seed, "torch": torch.__version__, "transformers": transformers.__version__,
-        "device": device if device != "cpu" else f"cpu-{torch.backends.cpu.get_cpu_capability()}",
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "device": device.type if device.type != "cpu" else f"cpu-{torch.backends.cpu.get_cpu_capability()}"}
 
 
-def _read_answers(file: Path, key: str, n: int) -> list[str] | None:
-    """The answers stored in ``file`` under ``key`` (n of them), else None (said why)."""
+def _read_answers(file: Path, key: str, n: int) -> tuple[list[str], dict] | None:
+    """The answers stored in ``file`` under ``key`` (n of them) and their key's parts
+    (with the stack that sampled them), else None (said why when the file is damaged)."""
     import gzip
     import json
 
@@ -66,14 +99,14 @@ def _read_answers(file: Path, key: str, n: int) -> list[str] | None:
     except (OSError, ValueError, EOFError) as e:
         log.warning("%s: unreadable (%s); the answers are sampled again", file, e)
         return None
-    if got.get("key") != key:
+    if not isinstance(got, dict) or got.get("key") != key:
         return None
     answers = got.get("answers")
     if not isinstance(answers, list) or len(answers) != n or not all(isinstance(a, str) for a in answers):
         log.warning("%s: %s answers stored for %d prompts; the answers are sampled again", file,
                     len(answers) if isinstance(answers, list) else "no", n)
         return None
-    return answers
+    return answers, got.get("parts") or {}
 
 
 def write_answers(file: Path, key: str, parts: dict, answers: list[str]) -> None:
@@ -93,8 +126,9 @@ def model_responder(cfg: SimulateConfig, info: dict | None = None) -> Callable[[
     batches of ``cfg.batch_size``, seeded by ``cfg.seed``; generate's progress bar shows
     the batches).  With ``cfg.reuse_answers``, answers sampled before under the same key
     (:func:`answers_key`) are read back instead: the package's demo answers, or
-    ``cfg.answer_cache`` (``$AMBIENT_CACHE/answers/``), where every sampling is stored.  ``info`` (a dict) gets
-    where the answers came from (``answers_from``: package, cache or sampled) and the key."""
+    ``cfg.answer_cache`` (``$AMBIENT_CACHE/answers/``), where every sampling is stored.
+    ``info`` (a dict) gets where the answers came from (``answers_from``: package, cache
+    or sampled), the key and the stack that sampled them (``answers_stack``)."""
     from ambient_rlhf.train.generate import generate, load_for_generation
 
     info = {} if info is None else info
@@ -109,12 +143,17 @@ def model_responder(cfg: SimulateConfig, info: dict | None = None) -> Callable[[
             store = Path(cfg.answer_cache or cache_dir() / "answers") / f"{key[:32]}.json.gz"
             for source, file in (("package", PACKAGED_ANSWERS), ("cache", store)):
                 got = _read_answers(file, key, len(gen_prompts)) if file.is_file() else None
-                if got is not None:
-                    log.info("%d answers of %s read back from %s (same model files, prompts, sampling settings, "
-                             "versions and CPU kind; simulate.reuse_answers=false samples them)", len(got),
-                             cfg.model, "the package" if source == "package" else file)
-                    info.update(answers_from=source, answers_key=key)
-                    return got
+                if got is None:
+                    continue
+                answers, stored = got
+                log.info("%d answers of %s read back from %s: the same model, fed tokens, sampling settings and "
+                         "seed (simulate.reuse_answers=false samples them)", len(answers), cfg.model,
+                         "the package" if source == "package" else file)
+                if stored.get("stack") != parts["stack"]:
+                    log.info("they were sampled with %s; sampling with %s may differ in rare tokens (float rounding)",
+                             stored.get("stack"), parts["stack"])
+                info.update(answers_from=source, answers_key=key, answers_stack=stored.get("stack"))
+                return answers
         model = load_for_generation(path)
         log.info("sampling %d answers from %s", len(gen_prompts), cfg.model)
         answers = generate(model, gen_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
@@ -124,7 +163,7 @@ def model_responder(cfg: SimulateConfig, info: dict | None = None) -> Callable[[
                 write_answers(store, key, parts, answers)
             except OSError as e:  # a read-only cache costs the next run the sampling, nothing else
                 log.warning("could not store the sampled answers in %s: %s", store, e)
-        info.update(answers_from="sampled", answers_key=key)
+        info.update(answers_from="sampled", answers_key=key, answers_stack=sampling_stack())
         return answers
 
     return respond

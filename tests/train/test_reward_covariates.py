@@ -12,7 +12,7 @@ from helpers import head_rm_config, make_data_dir
 from ambient_rlhf import AmbientError
 from ambient_rlhf.logging import read_jsonl
 from ambient_rlhf.train import reward as R
-from ambient_rlhf.train.reward.scoring import CovariateModel, batch_loss, length_correlation_penalty
+from ambient_rlhf.train.reward.objective import CovariateModel, batch_loss, length_correlation_penalty
 
 
 class Raw:

@@ -61,6 +61,7 @@ from torch import nn
 from ambient_rlhf import AmbientError
 from ambient_rlhf.data.schema import TIERS
 from ambient_rlhf.logging import get_logger
+from ambient_rlhf.models.bodies import body_of
 from ambient_rlhf.rl.masking import last_token_index
 
 HEAD_FILE = "reward_head.safetensors"  # the earlier format's head
@@ -96,38 +97,6 @@ def pool_states(h: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torc
     m = real & (pos >= prompt_lens.to(pos.device).long().unsqueeze(1))  # (B, T) response tokens
     w = m.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
     return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
-
-
-def body_of(lm: nn.Module) -> nn.Module:
-    """The transformer body (no LM head) of a HF causal LM (also through a peft wrapper)."""
-    base = lm
-    if hasattr(base, "get_base_model"):
-        base = base.get_base_model()
-    prefix = getattr(base, "base_model_prefix", "model")
-    body = getattr(base, prefix, None)
-    if body is None:
-        raise AmbientError(f"cannot find the transformer body ('{prefix}') of {type(base).__name__}")
-    return body
-
-
-def keep_first_layers(model, n: int):
-    """Cut a decoder-only model to its first ``n`` transformer layers, in place.
-
-    The config says so (``num_hidden_layers``, and ``layer_types`` where the architecture
-    has one), so ``save_pretrained`` writes a model that ``from_pretrained`` loads as the
-    same smaller network.  ``n`` = 0 or >= the layer count leaves the model as it is."""
-    body = body_of(model)
-    total = len(body.layers)
-    if n <= 0 or n >= total:
-        return model
-    body.layers = body.layers[:n]
-    cfg = model.config
-    cfg.num_hidden_layers = n
-    for attr in ("layer_types", "sliding_window_pattern_types"):
-        v = getattr(cfg, attr, None)
-        if isinstance(v, list) and len(v) == total:
-            setattr(cfg, attr, v[:n])
-    return model
 
 
 class ScalarHeadModel(nn.Module):

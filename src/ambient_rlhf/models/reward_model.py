@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ambient_rlhf import AmbientError
-from ambient_rlhf.models.heads import CONFIG_FILE, ScalarHeadModel, body_of, is_reward_dir
+from ambient_rlhf.models.bodies import body_of
+from ambient_rlhf.models.heads import CONFIG_FILE, ScalarHeadModel, is_reward_dir
 
 
 COMPOSITE_KIND = "composite"

@@ -34,6 +34,23 @@ def model_info(path: str | Path) -> dict[str, Any]:
     return {}
 
 
+def encode_prompts(tok, path: str, prompts: list[str], goal: str | None = None, template: str = "auto",
+                   max_prompt_tokens: int = 256) -> list[list[int]]:
+    """The token ids :func:`generate` feeds the model for ``prompts``: each rendered with
+    ``template`` (``auto``: the one the model at ``path`` was trained with, recorded in its
+    ``ambient_model.json``, else the tokenizer's chat template, else plain) and cut to
+    ``max_prompt_tokens``."""
+    from ambient_rlhf.models.tokenize import encode_prompt
+
+    info = model_info(path) if Path(str(path)).is_dir() else {}
+    if template == "auto" and info.get("template"):
+        template = info["template"]
+    try:
+        return [encode_prompt(tok, p, max_prompt_tokens, template, goal)[0] for p in prompts]
+    except ValueError as e:
+        raise AmbientError(str(e)) from None
+
+
 def load_for_generation(name: str):
     """(model, tokenizer) ready for sampling: eval mode, left padding."""
     from ambient_rlhf.models.load import default_device, load_causal_lm, load_tokenizer
@@ -61,16 +78,14 @@ def generate(model, prompts: list[str], goal: str | None = None, max_new_tokens:
             caller's global RNG state is left untouched.
         return_ids: return the new token ids (EOS and what follows removed) instead of text.
     Returns: the new text of each prompt (special tokens removed), in prompt order."""
-    from ambient_rlhf.models.tokenize import encode_prompt, goal_token_ids, has_goal_tokens, pad_batch
+    from ambient_rlhf.models.tokenize import goal_token_ids, has_goal_tokens, pad_batch
 
     if isinstance(model, (tuple, list)):
         lm, tok = model
-        info = model_info(getattr(lm.config, "_name_or_path", "") or ".")
+        path = getattr(lm.config, "_name_or_path", "") or "."
     else:
-        info = model_info(model) if Path(str(model)).is_dir() else {}
-        lm, tok = load_for_generation(str(model))
-    if template == "auto" and info.get("template"):
-        template = info["template"]
+        path = str(model)
+        lm, tok = load_for_generation(path)
     from ambient_rlhf.models.soft_prompt import select_goal
 
     goal = select_goal(lm, goal)  # a soft-prompt model: the goal picks its prompt, no token
@@ -80,10 +95,7 @@ def generate(model, prompts: list[str], goal: str | None = None, max_new_tokens:
         return []
     if max_new_tokens < 1:
         raise AmbientError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    try:
-        encoded = [encode_prompt(tok, p, max_prompt_tokens, template, goal)[0] for p in prompts]
-    except ValueError as e:
-        raise AmbientError(str(e)) from None
+    encoded = encode_prompts(tok, path, prompts, goal, template, max_prompt_tokens)
     device = next(lm.parameters()).device
     was_training = lm.training
     lm.eval()

@@ -198,7 +198,7 @@ class ValueModel(nn.Module):
 
     def forward(self, query_response: torch.Tensor, mask: torch.Tensor, n_prompt: int) -> torch.Tensor:
         """(B, Tp + R) -> (B, R) values of the states before each response token."""
-        from ambient_rlhf.models.heads import body_of
+        from ambient_rlhf.models.bodies import body_of
 
         body = body_of(self.model.lm)
         out = body(input_ids=query_response, attention_mask=mask, position_ids=position_ids_from_mask(mask),

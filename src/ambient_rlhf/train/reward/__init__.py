@@ -31,8 +31,9 @@ from ambient_rlhf.train.reward.batching import epoch_batches, loss_share, rank_s
 from ambient_rlhf.train.reward.combine import combine
 from ambient_rlhf.train.reward.config import OBJECTIVES, RewardConfig
 from ambient_rlhf.train.reward.loop import train_reward
-from ambient_rlhf.train.reward.scoring import (HeadOnFeatures, Scorer, ScoreRows, TopLayers, batch_loss,
-                                               pair_accuracy, raw_rewards, shared_prompt_outputs)
+from ambient_rlhf.train.reward.objective import batch_loss
+from ambient_rlhf.train.reward.scoring import (HeadOnFeatures, Scorer, ScoreRows, TopLayers, pair_accuracy,
+                                               raw_rewards, shared_prompt_outputs)
 from ambient_rlhf.train.reward.units import (Unit, balance_by_length, half_of, index_units, load_units,
                                              reference_units, subset_threads)
 

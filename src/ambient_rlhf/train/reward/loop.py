@@ -24,8 +24,8 @@ from ambient_rlhf.train.common import (apply_lora, make_optimizer, make_schedule
                                         warmup_count)
 from ambient_rlhf.train.reward.batching import epoch_batches, loss_share, rank_share, shard_rows
 from ambient_rlhf.train.reward.config import RewardConfig, _auto_lr, _validate, input_spec
-from ambient_rlhf.train.reward.scoring import (CovariateModel, Scorer, ScoreRows, batch_loss, feature_moments,
-                                               pair_accuracy, raw_rewards, unit_covariates)
+from ambient_rlhf.train.reward.objective import CovariateModel, batch_loss, unit_covariates
+from ambient_rlhf.train.reward.scoring import Scorer, ScoreRows, feature_moments, pair_accuracy, raw_rewards
 from ambient_rlhf.train.reward.units import (balance_by_length, index_units, load_units, reference_units,
                                              subset_threads)
 from ambient_rlhf.train.trackers import make_trackers
@@ -35,7 +35,8 @@ log = get_logger("rm")
 
 def train_reward(cfg: RewardConfig) -> Path:
     """Train a reward model as configured; return its directory."""
-    from ambient_rlhf.models.heads import ScalarHeadModel, body_of, keep_first_layers
+    from ambient_rlhf.models.bodies import body_of, keep_first_layers
+    from ambient_rlhf.models.heads import ScalarHeadModel
     from accelerate.utils import gather_object
 
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer, resolve_model
