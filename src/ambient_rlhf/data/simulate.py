@@ -153,11 +153,12 @@ class SimulateConfig:
     """Generation batch size. SmolLM2's tokens/s on a 2-core CPU rise with the batch:
     32 answers of 32 tokens took 54 CPU-s at batch 32 against 85 at batch 8 (1.6x)."""
     reuse_answers: bool = True
-    """Read the answers back instead of sampling them when the same model files (SHA-256),
-    generation prompts, sampling settings, seed, torch/transformers versions and CPU kind
-    sampled them before: the demo's 800 ship with the package (sampled on a 2-core AVX2
-    CPU with the pinned torch), and every sampling is stored in
-    ``answer_cache``.  The same answers as sampling here; false samples anyway."""
+    """Read the answers back instead of sampling them when the same model (weights and
+    configs), fed token ids, sampling settings and seed sampled them before: the demo's
+    800 ship with the package, and every sampling is stored in ``answer_cache``.  The
+    torch/transformers versions and CPU kind that sampled them are recorded, not keyed
+    (float rounding may pick another token elsewhere, rarely; a mismatch is logged).
+    false = always sample here (docs/simulate.md)."""
     answer_cache: str = ""
     """Where sampled answers are stored by key; empty = ``$AMBIENT_CACHE/answers``."""
     community: str = "AmbientSim"
