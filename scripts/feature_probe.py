@@ -43,7 +43,7 @@ def extract(a) -> None:
     import torch
 
     from ambient_rlhf.logging import progress
-    from ambient_rlhf.models.heads import keep_first_layers
+    from ambient_rlhf.models.bodies import keep_first_layers
     from ambient_rlhf.models.load import load_causal_lm, load_tokenizer, resolve_model
     from ambient_rlhf.models.reward_inputs import RewardInputs, RewardInputSpec
 

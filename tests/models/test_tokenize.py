@@ -98,3 +98,24 @@ def test_encode_pairs_equals_encode_pair(tok):
     one = [encode_pair(tok, p, r, 40, 20, goal=g) for p, r, g in rows]
     assert many == one
     assert many[0].prompt_truncated and many[1].response_truncated and not many[2].response_truncated
+
+
+def test_prompts_start_with_bos_when_the_tokenizer_adds_one(tiny_model_path):
+    """Base models whose tokenizer starts every text with BOS (Gemma, Llama) must see it in
+    the plain template too; SmolLM2's tokenizer adds none and its ids stay as they were."""
+    from transformers import AutoTokenizer
+
+    plain = load_tokenizer(tiny_model_path)
+    assert plain("a")["input_ids"] == plain("a", add_special_tokens=False)["input_ids"]  # no BOS of its own
+    with_bos = AutoTokenizer.from_pretrained(tiny_model_path, add_bos_token=True, bos_token="<|endoftext|>")
+    bos = with_bos.convert_tokens_to_ids("<|endoftext|>")
+    text_ids = plain("Prompt: Why?\nResponse: ", add_special_tokens=False)["input_ids"]
+    assert encode_prompt(plain, "Why?", 64, "plain") == (text_ids, False)
+    assert encode_prompt(with_bos, "Why?", 64, "plain") == ([bos] + text_ids, False)
+    # cut to the budget, BOS included and kept first
+    ids, cut = encode_prompt(with_bos, "Why? " * 30, 12, "plain")
+    assert cut and len(ids) == 12 and ids[0] == bos and ids.count(bos) == 1
+    # a template whose text already starts with the BOS token gets no second one
+    with_bos.chat_template = "<|endoftext|>{% for m in messages %}{{ m['content'] }}{% endfor %}A: "
+    ids, _ = encode_prompt(with_bos, "Why?", 64, "chat")
+    assert ids[0] == bos and ids[1] != bos

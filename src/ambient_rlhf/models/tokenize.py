@@ -122,15 +122,33 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def leading_bos(tokenizer) -> list[int]:
+    """``[bos_id]`` when the tokenizer starts every text with its BOS token (Gemma, Llama
+    base models: their states are off without it), else ``[]`` (SmolLM2, GPT-2 style)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    ids = tokenizer("a")["input_ids"]
+    return [bos] if len(ids) > len(_ids(tokenizer, "a")) and ids[0] == bos else []
+
+
+def _prompt_ids(tokenizer, text: str, lead: list[int]) -> list[int]:
+    """A rendered prompt's ids: the start of a sequence, so it gets the BOS the model was
+    trained with (``lead``) unless the template's text already begins with it."""
+    ids = _ids(tokenizer, text)
+    return ids if not lead or ids[:1] == lead else lead + ids
+
+
 def encode_prompt(tokenizer, prompt: str, max_tokens: int, template: str = "auto", goal: str | None = None) -> tuple[list[int], bool]:
     """Token ids of the rendered prompt, the prompt text cut from the left to fit.
 
     Returns ``(ids, truncated)``.  The template's own tokens (system header, answer
     header, goal token) are kept; only the user's text is shortened."""
-    ids = _ids(tokenizer, render_prompt(tokenizer, prompt, template, goal))
+    lead = leading_bos(tokenizer)
+    ids = _prompt_ids(tokenizer, render_prompt(tokenizer, prompt, template, goal), lead)
     if len(ids) <= max_tokens:
         return ids, False
-    overhead = len(_ids(tokenizer, render_prompt(tokenizer, "", template, goal)))
+    overhead = len(_prompt_ids(tokenizer, render_prompt(tokenizer, "", template, goal), lead))
     if overhead >= max_tokens:
         raise PromptBudgetError(f"max_prompt_tokens={max_tokens} leaves no room for the prompt: the template alone "
                          f"takes {overhead} tokens; raise max_prompt_tokens")
@@ -138,7 +156,7 @@ def encode_prompt(tokenizer, prompt: str, max_tokens: int, template: str = "auto
     budget = max_tokens - overhead
     while True:
         cut = tokenizer.decode(text_ids[-budget:], skip_special_tokens=False)
-        ids = _ids(tokenizer, render_prompt(tokenizer, cut, template, goal))
+        ids = _prompt_ids(tokenizer, render_prompt(tokenizer, cut, template, goal), lead)
         # re-tokenising at the seam can add a token or two; shrink the text, never the template
         if len(ids) <= max_tokens or budget <= 1:
             break
