@@ -131,3 +131,70 @@ def test_covariate_model_starts_at_the_covariates_only_fit():
         g, h = -(d * p).sum() + w, (d * d * p * (1 - p)).sum() + 1.0
         w -= g / h
     assert m.w.item() == pytest.approx(w, rel=1e-4) and w < -0.5  # later answers lose
+
+
+def _valid_loss_by_hand(model_dir, data) -> float:
+    """Mean -log sigmoid(margin) over the valid time-rule pairs of ``data``, scored by the
+    saved model through plain transformers (full forward, not the run's cached features);
+    margin = raw reward difference + the saved length weight x log1p(words) difference."""
+    import numpy as np
+    import pandas as pd
+    from transformers import AutoModelForSequenceClassification
+
+    from ambient_rlhf.models.reward_inputs import RewardInputs
+
+    meta = json.loads((model_dir / "reward_config.json").read_text())
+    std = json.loads((model_dir / "config.json").read_text())["ambient_reward"]["norm_std"]
+    w_len = meta["covariate_model"]["per_unit"]["length"]
+    hf = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    inputs = RewardInputs.from_pretrained(model_dir)
+    p = pd.read_parquet(data / "pairs.parquet")
+    p = p[p["split"] == "valid"]
+    assert len(p) >= 6
+
+    def logits(texts):
+        b = inputs.batch(list(p["prompt"]), texts)
+        with torch.no_grad():
+            return hf(**b).logits[:, 0].double().numpy()
+
+    def words(texts):
+        return np.log1p([len(str(t).split()) for t in texts])
+
+    m = std * (logits(list(p["chosen"])) - logits(list(p["rejected"]))) + \
+        w_len * (words(p["chosen"]) - words(p["rejected"]))
+    return float(np.mean(np.logaddexp(0.0, -m)))
+
+
+def test_weight_decay_grid_keeps_the_value_with_the_lowest_valid_loss(data, tmp_path):
+    # two strengths far apart: 0 (a free head) and 19 (AdamW's decay step, lr x 19 = 0.95 of the
+    # weights each step, leaves the head near 0)
+    extra = ["pairs=all", "covariates=[delay,order,length]", "max_steps=6", "standardize_features=true",
+             "eval_max_pairs=0", "learning_rate=0.05"]
+    grid = R.train_reward(cfg(data, tmp_path / "grid", *extra, "weight_decay_grid=[19.0,0.0]"))
+    sel = json.loads((grid / "manifest.json").read_text())["counts"]["weight_decay_selection"]
+    assert sel["grid"] == [19.0, 0.0] and set(sel["tried"]) == {"19.0", "0.0"}
+    # each candidate trained on its own (weight_decay=w) and scored by hand gives the loss
+    # that the selection recorded for it
+    by_hand = {}
+    for w in (19.0, 0.0):
+        d = R.train_reward(cfg(data, tmp_path / f"wd{w:g}", *extra, f"weight_decay={w}"))
+        by_hand[w] = _valid_loss_by_hand(d, data)
+        assert sel["tried"][repr(w)]["valid_log_loss"] == pytest.approx(by_hand[w], abs=1e-4)
+    assert by_hand[0.0] != pytest.approx(by_hand[19.0], abs=1e-3)  # the choice is not a tie
+    best = min(by_hand, key=by_hand.get)
+    assert sel["chosen"] == best
+    assert json.loads((grid / "reward_config.json").read_text())["weight_decay"] == best
+    # the saved model is the one trained with the chosen value: selection left no trace
+    from safetensors.torch import load_file
+
+    a, b = load_file(grid / "model.safetensors"), load_file(tmp_path / f"wd{best:g}" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_decay_grid_is_validated(data, tmp_path):
+    with pytest.raises(AmbientError, match="weight_decay_grid"):
+        R.train_reward(cfg(data, tmp_path / "a", "weight_decay_grid=[1.0]", "train_layers=1"))
+    with pytest.raises(AmbientError, match="weight_decay_grid"):
+        R.train_reward(cfg(data, tmp_path / "b", "weight_decay_grid=[-1.0]"))
+    with pytest.raises(AmbientError, match="pairwise"):
+        R.train_reward(cfg(data, tmp_path / "c", "weight_decay_grid=[1.0]", "objective=tiers"))

@@ -115,6 +115,14 @@ class RewardConfig:
     1e-4 LoRA, 1e-5 full (InstructGPT used 9e-6 for its full 6B reward model)."""
     weight_decay: Annotated[float, at_least(0)] = 0.0
     """AdamW weight decay (not on biases/norms).  0: short runs, the data is the regulariser."""
+    weight_decay_grid: list[float] = field(default_factory=list)
+    """Head only on cached features (``train_layers=0``, pairwise): train the head once per
+    value and keep the weight decay whose text reward -- plus the preference model's length
+    term when ``length`` is a covariate -- has the lowest log-loss on the valid time-rule
+    pairs (the ``eval_max_pairs`` that the valid accuracy uses); the saved model is then
+    trained with it and says so (``reward_config.json`` ``weight_decay``, manifest
+    ``counts.weight_decay_selection``).  Lets a new community choose its own strength
+    instead of inheriting one tuned elsewhere.  Empty: ``weight_decay`` as given."""
     lr_scheduler_type: Literal["constant", "linear", "cosine"] = "linear"
     """LR schedule after warmup; linear decay to 0 as in InstructGPT's reward model."""
     warmup_steps: Annotated[float, at_least(0)] = 0.05
@@ -228,7 +236,8 @@ def _validate(cfg: RewardConfig) -> None:
         raise AmbientError(f"rm: batch_size={cfg.batch_size} must be >= 1")
     if cfg.backbone_layers and cfg.train_layers > cfg.backbone_layers:
         raise AmbientError(f"rm: train_layers={cfg.train_layers} exceeds backbone_layers={cfg.backbone_layers}")
-    head_only = [o for o, on in (("standardize_features=true", cfg.standardize_features),) if on]
+    head_only = [o for o, on in (("standardize_features=true", cfg.standardize_features),
+                                 ("weight_decay_grid", bool(cfg.weight_decay_grid))) if on]
     if head_only and (cfg.train_layers != 0 or not cfg.cache_features):
         raise AmbientError(f"rm: {', '.join(head_only)}: the head alone reads cached features here; set "
                            f"train_layers=0 and cache_features=true (got train_layers={cfg.train_layers}, "
@@ -253,6 +262,11 @@ def _validate(cfg: RewardConfig) -> None:
             raise AmbientError(f"rm: data_weights applies to objective=pairwise, not {cfg.objective}")
         if min(cfg.data_weights) < 0 or max(cfg.data_weights) <= 0:
             raise AmbientError(f"rm: data_weights={cfg.data_weights}: each >= 0 and at least one > 0")
+    if cfg.weight_decay_grid:
+        if cfg.objective != "pairwise":
+            raise AmbientError(f"rm: weight_decay_grid chooses on valid pairs: objective=pairwise, not {cfg.objective}")
+        if min(cfg.weight_decay_grid) < 0:
+            raise AmbientError(f"rm: weight_decay_grid={cfg.weight_decay_grid}: every value >= 0")
     bad = [c for c in cfg.covariates if c not in COVARIATES]
     if bad:
         raise AmbientError(f"rm: covariates={cfg.covariates}: unknown {bad}; choose from {list(COVARIATES)}")

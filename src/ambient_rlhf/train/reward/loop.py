@@ -77,6 +77,11 @@ def train_reward(cfg: RewardConfig) -> Path:
     valid_pairs = index_units(subset_threads(load_units(plain, "valid", objective="pairwise", counts=counts),
                                              cfg.eval_max_pairs, cfg.seed), table)
     norm_units = index_units(subset_threads(reference_units(cfg), cfg.norm_max_responses, cfg.seed), table)
+    # weight_decay_grid chooses on the same valid pairs, with the covariates of each answer
+    select_pairs = (index_units(subset_threads(load_units(dataclasses.replace(cfg, pairs="time_rule"), "valid",
+                                                          objective="pairwise", counts={}),
+                                               cfg.eval_max_pairs, cfg.seed), table)
+                    if cfg.weight_decay_grid else [])
     counts.update(train_units=len(train), train_threads=len({u.thread for u in train}), texts=len(table),
                   valid_pairs=len(valid_pairs), reference_responses=len(norm_units),
                   prompt_truncated=table.prompt_truncated, response_truncated=table.response_truncated)
@@ -136,8 +141,11 @@ def train_reward(cfg: RewardConfig) -> Path:
     lengths = [len(x) for x in table.ids]
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
+    if cfg.weight_decay_grid and world > 1:
+        raise AmbientError("rm: weight_decay_grid runs in one process (the head on cached features takes seconds); "
+                           "drop the launcher or give weight_decay")
     if world == 1:
-        need = sorted({r for u in train + valid_pairs + norm_units for r in u.rows})
+        need = sorted({r for u in train + valid_pairs + norm_units + select_pairs for r in u.rows})
     else:
         need_set = set(shard_rows(table, [r for u in valid_pairs for r in u.rows], rank, world))
         need_set |= set(shard_rows(table, [u.rows[0] for u in norm_units], rank, world))
@@ -159,13 +167,30 @@ def train_reward(cfg: RewardConfig) -> Path:
         mean, std = feature_moments([scorer.cache[r] for r in train_rows], gather_object if world > 1 else None)
         scorer.module.standardize(mean.to(device), std.to(device))
 
-    # step 4. the training loop
+    logwords: dict[int, float] = {}
+
+    def logwords_of(rows_: list[int]) -> torch.Tensor | None:
+        if cfg.length_decorrelation <= 0:
+            return None
+        for r_ in rows_:
+            if r_ not in logwords:
+                logwords[r_] = math.log1p(len(table.texts[r_][1].split()))
+        return torch.tensor([logwords[r_] for r_ in rows_], device=device)
+
+    # step 4. the training loop (after choosing the weight decay, when asked to)
     lr = _auto_lr(cfg)
+    weight_decay = cfg.weight_decay
+    if cfg.weight_decay_grid:
+        if not select_pairs:
+            raise AmbientError(f"rm: weight_decay_grid needs valid time-rule pairs to choose on; {cfg.data} has "
+                               f"none in its valid split (give weight_decay instead)")
+        weight_decay, counts["weight_decay_selection"] = _select_weight_decay(
+            cfg, scorer, rm, train, select_pairs, lengths, steps_per_epoch, total, lr, device, logwords_of)
     # the covariate model (pairwise with covariates): trained with the reward, its
     # standardisation from the training pairs
     covm = CovariateModel.fit(cfg.covariates, train).to(device) if cfg.covariates else None
     trained = torch.nn.ModuleDict({"model": scorer.module, **({"covariates": covm} if covm is not None else {})})
-    opt = make_optimizer(trained, lr=lr, weight_decay=cfg.weight_decay)  # fused AdamW
+    opt = make_optimizer(trained, lr=lr, weight_decay=weight_decay)  # fused AdamW
     params = [p for p in trained.parameters() if p.requires_grad]  # (gradient clipping)
     sched = make_scheduler(opt, cfg.lr_scheduler_type, warmup_count(cfg.warmup_steps, total), total)
     step = 0
@@ -181,15 +206,6 @@ def train_reward(cfg: RewardConfig) -> Path:
         log.warning("rm: resuming from %s (step %d of %d)", ckpt, step, total)
     # DDP around the trained part when there are several processes (else the module as is)
     step_fn, opt = accelerator.prepare(ScoreRows(scorer, covm), opt)
-    logwords: dict[int, float] = {}
-
-    def logwords_of(rows_: list[int]) -> torch.Tensor | None:
-        if cfg.length_decorrelation <= 0:
-            return None
-        for r_ in rows_:
-            if r_ not in logwords:
-                logwords[r_] = math.log1p(len(table.texts[r_][1].split()))
-        return torch.tensor([logwords[r_] for r_ in rows_], device=device)
     metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main,
                             trackers=make_trackers(cfg.report_to, out, to_dict(cfg)) if main else ())
 
@@ -209,15 +225,8 @@ def train_reward(cfg: RewardConfig) -> Path:
             epoch_cache = (epoch, epoch_batches(train, lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouped))
         units = epoch_cache[1][k]  # the global batch, the same in every process
         t0 = time.perf_counter()
-        mine, rows = rank_share(units, world, rank)  # one process: all of it
-        pos = {r: i for i, r in enumerate(rows)}
-        cov = unit_covariates(mine, device) if covm is not None and mine else None
-        out_rows, g = step_fn(rows, cov)  # each distinct text of the share scored once
-        if mine:
-            loss, acc = batch_loss(cfg.objective, rm, out_rows.float(), pos, mine, g, logwords_of(rows),
-                                   cfg.length_decorrelation)
-        else:
-            loss, acc = out_rows.float().sum() * 0.0, torch.tensor(float("nan"))
+        mine, rows, out_rows, loss, acc = _batch_forward(cfg, rm, step_fn, covm, units, world, rank, device,
+                                                         logwords_of)
         opt.zero_grad(set_to_none=True)
         if world > 1:
             # DDP averages gradients over processes: weigh each share so that the average
@@ -284,6 +293,8 @@ def train_reward(cfg: RewardConfig) -> Path:
         rm.meta["pooling"] = cfg.pooling
     if cfg.standardize_features:
         rm.meta["standardize_features"] = True  # provenance: the saved head has it folded in
+    if cfg.weight_decay_grid:
+        rm.meta["weight_decay"] = weight_decay  # chosen on the valid pairs (manifest: every candidate's loss)
     if covm is not None:  # the non-text part of the preference model: for reading, not for scoring
         rm.meta["covariate_model"] = covm.describe()
     rm.cpu()
@@ -306,3 +317,82 @@ def train_reward(cfg: RewardConfig) -> Path:
                    normalization={"mean": mean, "std": std}, trainable_parameters=n_params, steps=total,
                    timings={"total_seconds": round(time.time() - t_start, 2), "loop_seconds": round(loop_seconds, 2)})
     return out
+
+
+def _batch_forward(cfg: RewardConfig, rm, step_fn, covm, units: list, world: int, rank: int, device, logwords_of):
+    """This process's share of a global batch scored and its loss: ``(mine, rows,
+    out_rows, loss, accuracy)`` (each distinct text of the share scored once)."""
+    mine, rows = rank_share(units, world, rank)  # one process: all of it
+    pos = {r: i for i, r in enumerate(rows)}
+    cov = unit_covariates(mine, device) if covm is not None and mine else None
+    out_rows, g = step_fn(rows, cov)
+    if mine:
+        loss, acc = batch_loss(cfg.objective, rm, out_rows.float(), pos, mine, g, logwords_of(rows),
+                               cfg.length_decorrelation)
+    else:
+        loss, acc = out_rows.float().sum() * 0.0, torch.tensor(float("nan"))
+    return mine, rows, out_rows, loss, acc
+
+
+def valid_log_loss(pairs: list, reward: dict[int, float], covm: CovariateModel | None) -> float:
+    """Mean ``-log sigmoid(margin)`` over pairwise units (chosen first), the margin being the
+    text rewards' difference plus -- when the preference model has a ``length`` covariate --
+    its length term's difference: the text reward as RL uses it, with length added back as
+    ``rm eval``'s beyond-length test does (exposure terms are left out: on time-rule pairs,
+    where the later answer is always chosen, they point the wrong way by construction)."""
+    j = covm.names.index("length") if covm is not None and "length" in covm.names else None
+    total = 0.0
+    for u in pairs:
+        m = reward[u.rows[0]] - reward[u.rows[1]]
+        if j is not None:
+            m += float(covm.w[j].detach()) * (u.cov[0][j] - u.cov[1][j]) / float(covm.std[j])
+        total += math.log1p(math.exp(-m)) if m > -30 else -m
+    return total / len(pairs)
+
+
+def _select_weight_decay(cfg: RewardConfig, scorer: Scorer, rm, train: list, pairs: list, lengths: list[int],
+                         steps_per_epoch: int, total: int, lr: float, device, logwords_of) -> tuple[float, dict]:
+    """Train the head from the same start once per ``cfg.weight_decay_grid`` value (the run's
+    batches, schedule and covariate warm start) and return the value with the lowest
+    :func:`valid_log_loss`, with every candidate's loss and accuracy.  The head's start and the
+    RNG are restored afterwards, so the run then trains as if given the chosen value."""
+    import copy
+
+    start, rng = copy.deepcopy(scorer.module.state_dict()), rng_state()
+    rows = sorted({r for u in pairs for r in u.rows})
+    bs = max(cfg.batch_size * 2, 8)
+    tried: dict[str, dict] = {}
+    bar = progress(total=len(cfg.weight_decay_grid) * total, desc="rm weight_decay_grid", unit="step")
+    for wd in cfg.weight_decay_grid:
+        scorer.module.load_state_dict(start)
+        covm = CovariateModel.fit(cfg.covariates, train).to(device) if cfg.covariates else None
+        trained = torch.nn.ModuleDict({"model": scorer.module, **({"covariates": covm} if covm is not None else {})})
+        opt = make_optimizer(trained, lr=lr, weight_decay=wd)
+        params = [p for p in trained.parameters() if p.requires_grad]
+        sched = make_scheduler(opt, cfg.lr_scheduler_type, warmup_count(cfg.warmup_steps, total), total)
+        step_fn, batches = ScoreRows(scorer, covm), (-1, [])
+        for step in range(total):
+            epoch, k = divmod(step, steps_per_epoch)
+            if batches[0] != epoch:
+                batches = (epoch, epoch_batches(train, lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouped))
+            loss = _batch_forward(cfg, rm, step_fn, covm, batches[1][k], 1, 0, device, logwords_of)[3]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            bar.update(1)
+        with torch.no_grad():
+            r = raw_rewards(scorer, rows, bs)
+        tried[repr(wd)] = {"valid_log_loss": round(valid_log_loss(pairs, r, covm), 6),
+                           "valid_accuracy": round(sum(r[u.rows[0]] > r[u.rows[1]] for u in pairs) / len(pairs), 4)}
+        log.info("rm: weight_decay=%g -> valid log-loss %.4f, text-reward accuracy %.3f (%d pairs)", wd,
+                 tried[repr(wd)]["valid_log_loss"], tried[repr(wd)]["valid_accuracy"], len(pairs))
+    bar.close()
+    best = min(cfg.weight_decay_grid, key=lambda w: tried[repr(w)]["valid_log_loss"])  # first of ties
+    scorer.module.load_state_dict(start)
+    set_rng_state(rng)
+    log.warning("rm: weight_decay=%g chosen on %d valid pairs (grid %s)", best, len(pairs), cfg.weight_decay_grid)
+    return float(best), {"grid": list(cfg.weight_decay_grid), "pairs": len(pairs), "chosen": float(best),
+                         "criterion": "valid log-loss of the text reward plus the length term", "tried": tried}
