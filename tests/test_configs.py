@@ -189,3 +189,27 @@ def test_multi_gpu_preset_and_its_accelerate_config():
     assert str(acc.distributed_type).endswith("DEEPSPEED") and acc.num_processes == 4
     assert acc.deepspeed_config["zero_stage"] == 2
     assert "configs/accelerate-deepspeed-zero2.yaml" in (PRESET_DIR / "multi-gpu-deepspeed.yaml").read_text()
+
+
+def test_extends_layers_a_yaml_on_a_preset_or_a_file(tmp_path):
+    from ambient_rlhf.run import load_run_config
+
+    # the askacademia preset is the reddit recipe with AskAcademia's own values on top
+    aa, rd = load_run_config("askacademia"), load_run_config("reddit")
+    assert rd.rm.weight_decay_grid and not aa.rm.weight_decay_grid and aa.rm.weight_decay == 10.0
+    assert (aa.rm.pooling, aa.rm.pairs, aa.sft.max_steps) == (rd.rm.pooling, rd.rm.pairs, rd.sft.max_steps)
+    assert aa.data.filters.subreddit == "AskAcademia" and rd.data.filters.subreddit is None
+    # a user's file extends a preset by name, then another file next to it; sections merge key by key
+    (tmp_path / "mine.yaml").write_text("extends: reddit\nsources: [d]\nrl: {max_steps: 3}\n")
+    (tmp_path / "more.yaml").write_text("extends: mine.yaml\nrl: {batch_size: 4}\n")
+    cfg = load_run_config(tmp_path / "more.yaml")
+    assert (cfg.rl.max_steps, cfg.rl.batch_size, cfg.rl.rloo_k, cfg.sources) == (3, 4, rd.rl.rloo_k, ["d"])
+    assert cfg.rm.weight_decay_grid == rd.rm.weight_decay_grid
+    # a cycle and a missing base are errors that name the file
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(AmbientError, match="cycle"):
+        load_run_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere\n")
+    with pytest.raises(AmbientError, match="nowhere: no such file and no such preset"):
+        load_run_config(tmp_path / "c.yaml")

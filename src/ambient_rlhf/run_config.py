@@ -183,15 +183,12 @@ def load_run_config(config_file: str | Path | None = None, overrides: list[str] 
     """The demo preset <- YAML (a path or a preset name) <- ``key=value``.  Sections start
     from the demo's, so ``sft.learning_rate=1e-4`` changes the learning rate and keeps the demo's
     schedule.  A key the run sets itself (:data:`RUN_SET`) is refused."""
-    from ambient_rlhf.config import deep_merge, from_dict, overrides_to_dict, read_yaml, upgrade_keys
+    from ambient_rlhf.config import deep_merge, from_dict, overrides_to_dict, upgrade_keys
 
     stage_config_types()
     data = to_dict(RunConfig())
     if config_file is not None:
-        path = find_preset(config_file)
-        given = upgrade_keys(RunConfig, read_yaml(path))  # old key names -> new, before merging
-        _refuse_run_set(given, str(path))
-        data = deep_merge(data, given)
+        data = deep_merge(data, _read_run_yaml(find_preset(config_file)))
     if overrides:
         given = upgrade_keys(RunConfig, overrides_to_dict(overrides))
         _refuse_run_set(given, "the command line")
@@ -200,6 +197,27 @@ def load_run_config(config_file: str | Path | None = None, overrides: list[str] 
     if isinstance(sec, dict) and "sources" in sec and "sources" not in _field_names(DataConfig):  # noqa: F821
         data = dict(data, data={k: v for k, v in sec.items() if k != "sources"}, sources=sec["sources"])
     return from_dict(RunConfig, data)
+
+
+def _read_run_yaml(path: Path, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A run YAML's values, on top of the file it ``extends`` (a preset name, or a path
+    relative to this file), recursively: ``extends: reddit`` then only what differs."""
+    from ambient_rlhf.config import deep_merge, read_yaml, upgrade_keys
+
+    raw = dict(read_yaml(path))
+    base = raw.pop("extends", None)
+    given = upgrade_keys(RunConfig, raw)  # old key names -> new, before merging
+    _refuse_run_set(given, str(path))
+    if base is None:
+        return given
+    if not isinstance(base, str) or not base:
+        raise AmbientError(f"{path}: extends must name one preset or YAML file, not {base!r}")
+    here = str(path.resolve())
+    if here in chain:
+        raise AmbientError(f"{path}: extends forms a cycle ({' -> '.join(chain + (here,))})")
+    near = path.parent / base
+    parent = near if near.is_file() else find_preset(base)
+    return deep_merge(_read_run_yaml(parent, chain + (here,)), given)
 
 
 RESOLVED_FILE = "config.resolved.yaml"
