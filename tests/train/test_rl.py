@@ -198,6 +198,64 @@ def test_reward_model_scores_policy_tokens_and_inits_value_model(tmp_path, data_
         assert got[i].item() == pytest.approx(expect.item(), abs=1e-5)
 
 
+def _word_level_reward_model(path):
+    """A reward model over its own vocabulary: a word-level tokenizer trained here (ids
+    unrelated to SmolLM2's) under a randomly initialised 1-layer Llama with a scalar head."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from ambient_rlhf.models.heads import ScalarHeadModel
+
+    words = "Prompt: Response: why is the sky blue name a colour red green because light scatters".split()
+    tk = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[EOS]"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2))
+    rm = ScalarHeadModel(lm)
+    with torch.no_grad():
+        rm.head.weight.normal_()
+    rm.set_normalization(0.5, 2.0)
+    rm.save_pretrained(path, tok)
+    return tok
+
+
+def test_reward_model_with_another_tokenizer_scores_the_decoded_text(tmp_path, tiny_model_path):
+    """A reward model over another vocabulary (Gemma for a SmolLM2 policy): the policy's
+    samples are decoded and the reward model reads the text in its own tokens; a sample
+    without EOS is scored as unfinished (no EOS appended)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ambient_rlhf.models.load import load_tokenizer
+    from ambient_rlhf.train.rl import make_scorer, policy_only_ids
+
+    rm_tok = _word_level_reward_model(tmp_path / "rm")
+    pol = load_tokenizer(tiny_model_path)
+    assert policy_only_ids(rm_tok, pol) is None  # not readable token by token
+    prompts = ["why is the sky blue", "name a colour"]
+    scorer, _ = make_scorer(RLConfig(reward=str(tmp_path / "rm")), pol, prompts, torch.device("cpu"))
+    answers = [("because light scatters", True), ("red green", False)]
+    rows = [pol(" " + a, add_special_tokens=False)["input_ids"] + ([pol.eos_token_id] if ended else [])
+            for a, ended in answers]
+    n = max(map(len, rows))
+    resp = torch.tensor([r + [0] * (n - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows])
+    got = scorer([0, 1], resp, mask)
+    # by hand: the plain template in the reward model's words, its EOS only after a finished
+    # answer; transformers' score at the last token plus the saved offset is the normalised reward
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    offset = json.loads((tmp_path / "rm" / "reward_config.json").read_text())["offset"]
+    for i, ((a, ended), q) in enumerate(zip(answers, prompts)):
+        ids = rm_tok(f"Prompt: {q}\nResponse: ", add_special_tokens=False)["input_ids"] + \
+            rm_tok(a, add_special_tokens=False)["input_ids"] + ([rm_tok.eos_token_id] if ended else [])
+        assert rm_tok.unk_token_id not in ids  # every word known: the text arrived intact
+        with torch.no_grad():
+            want = hf(input_ids=torch.tensor([ids])).logits[0, 0].item() + offset
+        assert got[i].item() == pytest.approx(want, abs=1e-5)
+
+
 def test_config_is_documented_and_rejects_unknown_keys():
     assert check_documented(RLConfig) == []
     from ambient_rlhf.config import ConfigError

