@@ -213,3 +213,13 @@ def test_extends_layers_a_yaml_on_a_preset_or_a_file(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: nowhere\n")
     with pytest.raises(AmbientError, match="nowhere: no such file and no such preset"):
         load_run_config(tmp_path / "c.yaml")
+
+
+def test_rm_model_gives_the_reward_models_another_base():
+    from ambient_rlhf.run import load_run_config, plan
+
+    rms = {s.name: s for s in plan(load_run_config("reddit", ["rm_model=gemma3-270m"])) if s.kind == "rm"}
+    assert set(rms) == {"rm-proxy", "rm-gold"}
+    assert all(s.config.model == "gemma3-270m" and s.deps == ["data"] for s in rms.values())
+    default = [s for s in plan(load_run_config("reddit")) if s.kind == "rm"]
+    assert all(s.config.model.endswith("sft") and "sft" in s.deps for s in default)  # rm_init: sft

@@ -164,6 +164,8 @@ def plan(cfg: RunConfig) -> list[Stage]:
     if cfg.goal_model:
         stages.append(Stage("sft-tier", "sft", r(sft, condition="tier", out=d["sft-tier"]), ["data"], resumable=True))
     rm_model, rm_deps = (d["sft"], ["data", "sft"]) if cfg.rm_init == "sft" else (cfg.model, ["data"])
+    if cfg.rm_model:
+        rm_model, rm_deps = cfg.rm_model, ["data"]
     # head-only reward models share one on-disk feature cache per run (keyed by backbone
     # and token ids): the two halves' common texts and the evaluations are computed once
     rm_cache = cfg.rm.feature_cache or (str(run / "cache" / "rm-features") if cfg.rm.train_layers == 0 else "")

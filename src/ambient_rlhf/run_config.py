@@ -112,6 +112,10 @@ class RunConfig:
     rm_init: Literal["sft", "base"] = field(default_factory=_demo("rm_init"))
     """Reward models start from the ``sft`` model (InstructGPT/Stiennon et al.: the
     reward model shares the policy's view of the text) or from the ``base`` model."""
+    rm_model: str = field(default_factory=_demo("rm_model", fallback=""))
+    """Another base model for the reward models (e.g. ``gemma3-270m``), instead of
+    ``rm_init``'s; RL reads a reward model over another vocabulary through the decoded text
+    (docs/rl.md, "Rewards").  Empty: ``rm_init`` decides."""
     simulate: SimulateConfig = field(default_factory=_demo("simulate", "SimulateConfig"))
     """The simulated community (used when ``sources`` is empty); see ``ambient data simulate --help-config``."""
     data: DataConfig = field(default_factory=_demo("data", "DataConfig"))  # noqa: F821

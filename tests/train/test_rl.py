@@ -256,6 +256,16 @@ def test_reward_model_with_another_tokenizer_scores_the_decoded_text(tmp_path, t
         assert got[i].item() == pytest.approx(want, abs=1e-5)
 
 
+def test_ppo_with_a_reward_model_over_another_vocabulary(tmp_path, data_dir, tiny_model_path, caplog):
+    """PPO with such a reward model runs; its value model starts from the policy (the reward
+    model's body cannot read the policy's tokens) with a zero head."""
+    _word_level_reward_model(tmp_path / "rm")
+    rows, _ = _run(tmp_path, data_dir, tiny_model_path, "ppo", "max_steps=1", "batch_size=2",
+                   f"reward={tmp_path / 'rm'}", *EXACT_PPO)
+    assert "re-tokenised" in caplog.text and "initialising the value model from the policy" in caplog.text
+    assert math.isfinite(rows[0]["objective/score"]) and rows[0]["ppo/value_loss"] > 0
+
+
 def test_config_is_documented_and_rejects_unknown_keys():
     assert check_documented(RLConfig) == []
     from ambient_rlhf.config import ConfigError

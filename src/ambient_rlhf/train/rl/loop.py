@@ -92,7 +92,9 @@ def train_rl(cfg: RLConfig) -> Path:
     gain, bias = reward_norm["gain"], reward_norm["bias"]
     value = None
     if cfg.algo == "ppo" and cfg.value_model != "shared":
-        value = _value_model(cfg, rm, len(tok), gain, bias).to(device).eval()
+        # a reward model over another vocabulary cannot read the policy's tokens: the value model is the policy's
+        readable = getattr(scorer, "decode_with", None) is None
+        value = _value_model(cfg, rm if readable else None, len(tok), gain, bias).to(device).eval()
 
     # optimizers: one per trained model, linear decay over all optimizer steps (2019)
     per_proc = cfg.batch_size // acc.num_processes

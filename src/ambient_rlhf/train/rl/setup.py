@@ -126,8 +126,8 @@ def _value_model(cfg: RLConfig, rm, n_tokens: int, gain: float, bias: float) -> 
             torch.nn.init.zeros_(vm.head.bias)
     else:
         if cfg.value_model == "reward":
-            log.warning("value_model=reward but the reward is not a single reward model; initialising the "
-                        "value model from the policy")
+            log.warning("value_model=reward but the reward is not a single reward model over the policy's "
+                        "vocabulary; initialising the value model from the policy")
         vm = ScalarHeadModel(load_causal_lm(cfg.policy))
         torch.nn.init.zeros_(vm.head.weight)  # a fresh head starts at V = 0 (see value_model)
     if vm.lm.get_input_embeddings().num_embeddings < n_tokens:  # the policy's goal tokens
