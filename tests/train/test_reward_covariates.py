@@ -198,3 +198,50 @@ def test_weight_decay_grid_is_validated(data, tmp_path):
         R.train_reward(cfg(data, tmp_path / "b", "weight_decay_grid=[-1.0]"))
     with pytest.raises(AmbientError, match="pairwise"):
         R.train_reward(cfg(data, tmp_path / "c", "weight_decay_grid=[1.0]", "objective=tiers"))
+
+
+def test_linear_bradley_terry_fit_equals_ridge_logistic_regression():
+    """fit_linear_bradley_terry against scikit-learn's L2 logistic regression (no
+    intercept) on the pair differences, signs flipped at random: the same problem with
+    C = 1 / (l2 P).  Unpenalised covariates: scaled by 1000 in scikit-learn, where the
+    penalty on their coefficient (v / 1000)^2 vanishes."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from ambient_rlhf.train.reward.objective import fit_linear_bradley_terry
+
+    rng = np.random.default_rng(0)
+    n, d, P, l2 = 60, 5, 300, 0.01
+    x = rng.normal(size=(n, d))
+    c = rng.integers(0, n, P)
+    j = (c + 1 + rng.integers(0, n - 1, P)) % n
+    true_w = rng.normal(size=d)
+    cov = rng.normal(size=(P, 2))
+    s = rng.uniform(0.5, 2.0, P)
+    sign = np.where(np.arange(P) % 2 == 0, 1.0, -1.0)
+
+    def sk(X):
+        m = LogisticRegression(fit_intercept=False, C=1 / (l2 * P), tol=1e-12, max_iter=100000)
+        return m.fit(X * sign[:, None], (sign > 0).astype(int), sample_weight=s).coef_[0]
+
+    w, v = fit_linear_bradley_terry(torch.tensor(x @ np.diag(true_w)), torch.tensor(c), torch.tensor(j),
+                                    weight=torch.tensor(s), l2=l2)
+    assert v.numel() == 0
+    assert np.abs(w.numpy() - sk(x[c] @ np.diag(true_w) - x[j] @ np.diag(true_w))).max() < 1e-5
+    w, v = fit_linear_bradley_terry(torch.tensor(x), torch.tensor(c), torch.tensor(j), torch.tensor(cov),
+                                    torch.tensor(s), l2=l2)
+    want = sk(np.hstack([x[c] - x[j], cov * 1000.0]))
+    assert np.abs(w.numpy() - want[:d]).max() < 1e-4 and np.abs(v.numpy() - want[d:] * 1000.0).max() < 1e-3
+
+
+def test_head_fit_lbfgs_trains_the_head_without_steps(data, tmp_path):
+    out = R.train_reward(cfg(data, tmp_path / "lb", "head_fit=lbfgs", "covariates=[length]", "standardize_features=true",
+                             "weight_decay=0.01", "eval_split=train"))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["head_fit"] == "lbfgs" and m["steps"] == 0
+    # the data's signal: the two MARKER answers of every thread outscore the rest
+    assert json.loads((out / "eval.json").read_text())["accuracy"]["value"] > 0.95
+    with pytest.raises(AmbientError, match="head_fit=lbfgs"):
+        R.train_reward(cfg(data, tmp_path / "x", "head_fit=lbfgs", "objective=tiers"))
+    with pytest.raises(AmbientError, match="head_fit=lbfgs"):
+        R.train_reward(cfg(data, tmp_path / "y", "head_fit=lbfgs", "train_layers=1"))

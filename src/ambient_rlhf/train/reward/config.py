@@ -115,6 +115,14 @@ class RewardConfig:
     1e-4 LoRA, 1e-5 full (InstructGPT used 9e-6 for its full 6B reward model)."""
     weight_decay: Annotated[float, at_least(0)] = 0.0
     """AdamW weight decay (not on biases/norms).  0: short runs, the data is the regulariser."""
+    head_fit: Literal["adamw", "lbfgs"] = "adamw"
+    """How a head alone on cached features (``train_layers=0``) is fitted: ``adamw`` = the
+    same steps, batches and schedule as any reward model; ``lbfgs`` (pairwise) = the ridge
+    Bradley-Terry fit to convergence, full batch, as a linear probe is fitted (no learning
+    rate, epochs or batch order): ``weight_decay`` is then the L2 coefficient on the mean
+    pair loss (on the text weights; the covariate weights are not penalised; 1e-3 - 1 is the
+    useful range) and
+    ``weight_decay_grid`` chooses it on the valid pairs the same way."""
     weight_decay_grid: list[float] = field(default_factory=list)
     """Head only on cached features (``train_layers=0``, pairwise): train the head once per
     value and keep the weight decay whose text reward -- plus the preference model's length
@@ -237,7 +245,8 @@ def _validate(cfg: RewardConfig) -> None:
     if cfg.backbone_layers and cfg.train_layers > cfg.backbone_layers:
         raise AmbientError(f"rm: train_layers={cfg.train_layers} exceeds backbone_layers={cfg.backbone_layers}")
     head_only = [o for o, on in (("standardize_features=true", cfg.standardize_features),
-                                 ("weight_decay_grid", bool(cfg.weight_decay_grid))) if on]
+                                 ("weight_decay_grid", bool(cfg.weight_decay_grid)),
+                                 ("head_fit=lbfgs", cfg.head_fit == "lbfgs")) if on]
     if head_only and (cfg.train_layers != 0 or not cfg.cache_features):
         raise AmbientError(f"rm: {', '.join(head_only)}: the head alone reads cached features here; set "
                            f"train_layers=0 and cache_features=true (got train_layers={cfg.train_layers}, "
@@ -262,6 +271,9 @@ def _validate(cfg: RewardConfig) -> None:
             raise AmbientError(f"rm: data_weights applies to objective=pairwise, not {cfg.objective}")
         if min(cfg.data_weights) < 0 or max(cfg.data_weights) <= 0:
             raise AmbientError(f"rm: data_weights={cfg.data_weights}: each >= 0 and at least one > 0")
+    if cfg.head_fit == "lbfgs" and (cfg.objective != "pairwise" or cfg.length_decorrelation > 0 or cfg.lora.enabled):
+        raise AmbientError("rm: head_fit=lbfgs fits a pairwise Bradley-Terry head (objective=pairwise, no "
+                           "length_decorrelation, no LoRA); use head_fit=adamw for the rest")
     if cfg.weight_decay_grid:
         if cfg.objective != "pairwise":
             raise AmbientError(f"rm: weight_decay_grid chooses on valid pairs: objective=pairwise, not {cfg.objective}")

@@ -24,7 +24,8 @@ from ambient_rlhf.train.common import (apply_lora, make_optimizer, make_schedule
                                         warmup_count)
 from ambient_rlhf.train.reward.batching import epoch_batches, loss_share, rank_share, shard_rows
 from ambient_rlhf.train.reward.config import RewardConfig, _auto_lr, _validate, input_spec
-from ambient_rlhf.train.reward.objective import CovariateModel, batch_loss, unit_covariates
+from ambient_rlhf.train.reward.objective import (CovariateModel, batch_loss, fit_linear_bradley_terry,
+                                                  unit_covariates)
 from ambient_rlhf.train.reward.scoring import Scorer, ScoreRows, feature_moments, pair_accuracy, raw_rewards
 from ambient_rlhf.train.reward.units import (balance_by_length, index_units, load_units, reference_units,
                                              subset_threads)
@@ -141,9 +142,9 @@ def train_reward(cfg: RewardConfig) -> Path:
     lengths = [len(x) for x in table.ids]
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
-    if cfg.weight_decay_grid and world > 1:
-        raise AmbientError("rm: weight_decay_grid runs in one process (the head on cached features takes seconds); "
-                           "drop the launcher or give weight_decay")
+    if (cfg.weight_decay_grid or cfg.head_fit == "lbfgs") and world > 1:
+        raise AmbientError("rm: weight_decay_grid and head_fit=lbfgs run in one process (the head on cached "
+                           "features takes seconds); drop the launcher")
     if world == 1:
         need = sorted({r for u in train + valid_pairs + norm_units + select_pairs for r in u.rows})
     else:
@@ -206,6 +207,10 @@ def train_reward(cfg: RewardConfig) -> Path:
         log.warning("rm: resuming from %s (step %d of %d)", ckpt, step, total)
     # DDP around the trained part when there are several processes (else the module as is)
     step_fn, opt = accelerator.prepare(ScoreRows(scorer, covm), opt)
+    if cfg.head_fit == "lbfgs":  # the whole fit, here; no steps
+        _fit_head_lbfgs(scorer, train, covm, weight_decay)
+        total = step = 0
+        counts["head_fit"] = "lbfgs"
     metrics = MetricsWriter(out, resume_step=step if ckpt is not None else None, enabled=main,
                             trackers=make_trackers(cfg.report_to, out, to_dict(cfg)) if main else ())
 
@@ -366,23 +371,11 @@ def _select_weight_decay(cfg: RewardConfig, scorer: Scorer, rm, train: list, pai
     for wd in cfg.weight_decay_grid:
         scorer.module.load_state_dict(start)
         covm = CovariateModel.fit(cfg.covariates, train).to(device) if cfg.covariates else None
-        trained = torch.nn.ModuleDict({"model": scorer.module, **({"covariates": covm} if covm is not None else {})})
-        opt = make_optimizer(trained, lr=lr, weight_decay=wd)
-        params = [p for p in trained.parameters() if p.requires_grad]
-        sched = make_scheduler(opt, cfg.lr_scheduler_type, warmup_count(cfg.warmup_steps, total), total)
-        step_fn, batches = ScoreRows(scorer, covm), (-1, [])
-        for step in range(total):
-            epoch, k = divmod(step, steps_per_epoch)
-            if batches[0] != epoch:
-                batches = (epoch, epoch_batches(train, lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouped))
-            loss = _batch_forward(cfg, rm, step_fn, covm, batches[1][k], 1, 0, device, logwords_of)[3]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            bar.update(1)
+        if cfg.head_fit == "lbfgs":
+            _fit_head_lbfgs(scorer, train, covm, wd)
+            bar.update(total)
+        else:
+            _adamw_head(cfg, scorer, rm, train, covm, wd, lengths, steps_per_epoch, total, lr, device, logwords_of, bar)
         with torch.no_grad():
             r = raw_rewards(scorer, rows, bs)
         tried[repr(wd)] = {"valid_log_loss": round(valid_log_loss(pairs, r, covm), 6),
@@ -396,3 +389,51 @@ def _select_weight_decay(cfg: RewardConfig, scorer: Scorer, rm, train: list, pai
     log.warning("rm: weight_decay=%g chosen on %d valid pairs (grid %s)", best, len(pairs), cfg.weight_decay_grid)
     return float(best), {"grid": list(cfg.weight_decay_grid), "pairs": len(pairs), "chosen": float(best),
                          "criterion": "valid log-loss of the text reward plus the length term", "tried": tried}
+
+
+def _adamw_head(cfg: RewardConfig, scorer: Scorer, rm, train: list, covm, wd: float, lengths: list[int],
+                steps_per_epoch: int, total: int, lr: float, device, logwords_of, bar) -> None:
+    """The run's AdamW steps on the head alone (one process), for one weight decay."""
+    trained = torch.nn.ModuleDict({"model": scorer.module, **({"covariates": covm} if covm is not None else {})})
+    opt = make_optimizer(trained, lr=lr, weight_decay=wd)
+    params = [p for p in trained.parameters() if p.requires_grad]
+    sched = make_scheduler(opt, cfg.lr_scheduler_type, warmup_count(cfg.warmup_steps, total), total)
+    step_fn, batches = ScoreRows(scorer, covm), (-1, [])
+    for step in range(total):
+        epoch, k = divmod(step, steps_per_epoch)
+        if batches[0] != epoch:
+            batches = (epoch, epoch_batches(train, lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouped))
+        loss = _batch_forward(cfg, rm, step_fn, covm, batches[1][k], 1, 0, device, logwords_of)[3]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        bar.update(1)
+
+
+def _fit_head_lbfgs(scorer: Scorer, train: list, covm: CovariateModel | None, l2: float) -> None:
+    """``head_fit=lbfgs``: set the head (and the covariate weights) to the ridge
+    Bradley-Terry fit on the cached features of the training pairs
+    (:func:`~.objective.fit_linear_bradley_terry`), in the head's input space (standardised
+    when ``standardize_features``); the head's bias, which cancels in every pair, is 0."""
+    rows = sorted({r for u in train for r in u.rows})
+    at = {r: i for i, r in enumerate(rows)}
+    module = scorer.module
+    x = torch.stack([scorer.cache[r] for r in rows]).double()
+    if module.mean is not None:
+        x = (x - module.mean.double().cpu()) / module.std.double().cpu()
+    c = torch.tensor([at[u.rows[0]] for u in train])
+    j = torch.tensor([at[u.rows[1]] for u in train])
+    cov = None
+    if covm is not None:
+        both = torch.tensor([v for u in train for v in u.cov], dtype=torch.float64)  # (2P, k)
+        cov = (both[0::2] - both[1::2]) / covm.std.double().cpu()
+    weight = torch.tensor([u.weight for u in train], dtype=torch.float64)
+    w, v = fit_linear_bradley_terry(x, c, j, cov, weight, l2=l2)
+    with torch.no_grad():
+        module.head.weight.copy_(w[None].to(module.head.weight))
+        module.head.bias.zero_()
+        if covm is not None:
+            covm.w.copy_(v.to(covm.w))

@@ -125,3 +125,40 @@ def _objective_loss(objective: str, rm, out: torch.Tensor, pos: dict[int, int], 
     y = torch.tensor([u.target for u in units], dtype=out.dtype, device=out.device)
     pred = out[i, 0]
     return L.sentiment_loss(pred, y), torch.corrcoef(torch.stack([pred, y]))[0, 1] if len(units) > 1 else torch.tensor(float("nan"))
+
+
+def fit_linear_bradley_terry(x: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
+                             cov: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                             l2: float = 1e-3, max_iter: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ridge Bradley-Terry fit of a linear text reward on fixed features, to convergence.
+
+    Minimises ``sum_p s_p softplus(-(x_c . w - x_j . w + d_p . v)) / P + l2/2 |w|^2``
+    over ``w`` (d,) and ``v`` (k,) with L-BFGS, full batch, in float64: ``x`` (n, d) features
+    of the texts, ``chosen``/``rejected`` (P,) row indices into ``x``, ``cov`` (P, k)
+    covariate differences chosen - rejected (or None), ``weight`` (P,) pair weights ``s``.
+    Only the text weights are penalised: the few covariate weights (exposure, length) take
+    what they explain at full strength, instead of leaving it to the many text features.
+    Without covariates: L2 logistic regression without intercept on the pair differences
+    with ``C = 1 / (l2 P)``.  Returns ``(w, v)`` as float32."""
+    X = x.double()
+    d, P = X.shape[1], len(chosen)
+    k = cov.shape[1] if cov is not None else 0
+    D = cov.double() if cov is not None else None
+    s = weight.double() if weight is not None else torch.ones(P, dtype=torch.float64)
+    beta = torch.zeros(d + k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([beta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        r = X @ beta[:d]
+        m = r[chosen] - r[rejected]
+        if D is not None:
+            m = m + D @ beta[d:]
+        loss = (s * torch.nn.functional.softplus(-m)).sum() / P + 0.5 * l2 * (beta[:d] * beta[:d]).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    b = beta.detach()
+    return b[:d].float(), b[d:].float()
