@@ -74,15 +74,12 @@ def train_reward(cfg: RewardConfig) -> Path:
     if not train:
         raise AmbientError(f"rm: no training {cfg.objective} units in {cfg.data} (split train, half {cfg.train_half})")
     # valid accuracy on the time-rule pairs, the text reward alone (what rm eval and RL see)
-    plain = dataclasses.replace(cfg, pairs="time_rule", covariates=[])
+    # (with weight_decay_grid, which chooses on these pairs, each answer keeps its covariates)
+    plain = dataclasses.replace(cfg, pairs="time_rule", covariates=cfg.covariates if cfg.weight_decay_grid else [])
     valid_pairs = index_units(subset_threads(load_units(plain, "valid", objective="pairwise", counts=counts),
                                              cfg.eval_max_pairs, cfg.seed), table)
     norm_units = index_units(subset_threads(reference_units(cfg), cfg.norm_max_responses, cfg.seed), table)
-    # weight_decay_grid chooses on the same valid pairs, with the covariates of each answer
-    select_pairs = (index_units(subset_threads(load_units(dataclasses.replace(cfg, pairs="time_rule"), "valid",
-                                                          objective="pairwise", counts={}),
-                                               cfg.eval_max_pairs, cfg.seed), table)
-                    if cfg.weight_decay_grid else [])
+    select_pairs = valid_pairs if cfg.weight_decay_grid else []
     counts.update(train_units=len(train), train_threads=len({u.thread for u in train}), texts=len(table),
                   valid_pairs=len(valid_pairs), reference_responses=len(norm_units),
                   prompt_truncated=table.prompt_truncated, response_truncated=table.response_truncated)
@@ -146,7 +143,7 @@ def train_reward(cfg: RewardConfig) -> Path:
         raise AmbientError("rm: weight_decay_grid and head_fit=lbfgs run in one process (the head on cached "
                            "features takes seconds); drop the launcher")
     if world == 1:
-        need = sorted({r for u in train + valid_pairs + norm_units + select_pairs for r in u.rows})
+        need = sorted({r for u in train + valid_pairs + norm_units for r in u.rows})
     else:
         need_set = set(shard_rows(table, [r for u in valid_pairs for r in u.rows], rank, world))
         need_set |= set(shard_rows(table, [u.rows[0] for u in norm_units], rank, world))
