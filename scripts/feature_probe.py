@@ -120,12 +120,15 @@ def fit(a) -> None:
     with open(a.features + ".json") as fh:
         meta = json.load(fh)
     r = pd.read_parquet(f"{a.train}/responses.parquet")
-    tr = r[(r["split"] == "train") & r["thread_id"].isin(set(meta["train_threads"]))].reset_index(drop=True)
+    threads = list(meta["train_threads"])
+    if a.thread_frac < 1.0:  # how much does the result depend on which threads were sampled?
+        threads = list(np.random.default_rng(a.thread_seed).permutation(threads)[:int(a.thread_frac * len(threads))])
+    tr = r[(r["split"] == "train") & r["thread_id"].isin(set(threads))].reset_index(drop=True)
     xc = response_covariates(tr, COVARIATES)
     mu, sd = xc.mean(0), np.where(xc.std(0) > 0, xc.std(0), 1.0)
     allp = candidate_pairs(tr)
     tp = pd.read_parquet(f"{a.train}/pairs.parquet")
-    tp = tp[(tp["split"] == "train") & tp["thread_id"].isin(set(meta["train_threads"]))]
+    tp = tp[(tp["split"] == "train") & tp["thread_id"].isin(set(threads))]
     print(f"{len(tr)} train texts, {len(tp)} time-rule pairs, {len(allp)} candidate pairs")
     rng = np.random.default_rng(a.seed)
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=100_000, sublinear_tf=True,
@@ -227,6 +230,9 @@ def main() -> None:
     f.add_argument("--eval", nargs="+", required=True)
     f.add_argument("--sets", default="mean8,mean12,last12,tfidf")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--thread-frac", type=float, default=1.0,
+                   help="fit on a seeded random fraction of the extracted train threads (stability check)")
+    f.add_argument("--thread-seed", type=int, default=0)
     a = ap.parse_args()
     (extract if a.cmd == "extract" else fit)(a)
 
