@@ -223,3 +223,20 @@ def test_rm_model_gives_the_reward_models_another_base():
     assert all(s.config.model == "gemma3-270m" and s.deps == ["data"] for s in rms.values())
     default = [s for s in plan(load_run_config("reddit")) if s.kind == "rm"]
     assert all(s.config.model.endswith("sft") and "sft" in s.deps for s in default)  # rm_init: sft
+
+
+def test_reddit_gemma_preset_is_the_measured_reward_recipe():
+    """The rm settings of docs/reward.md's all-pairs Gemma row (written out here by hand),
+    on each half, everything else the reddit preset's."""
+    from ambient_rlhf.run import load_run_config, plan
+
+    cfg, base = load_run_config("reddit-gemma"), load_run_config("reddit")
+    rms = [s.config for s in plan(cfg) if s.kind == "rm"]
+    assert [c.train_half for c in rms] == ["a", "b"]
+    for c in rms:
+        assert (c.model, c.pooling, c.backbone_layers, c.train_layers, c.pairs) == ("gemma3-270m", "mean", 12, 0, "all")
+        assert c.covariates == ["delay", "order", "length"] and c.standardize_features
+        assert (c.head_fit, c.weight_decay_grid, c.max_train_units) == ("lbfgs", [0.03, 0.1, 0.3, 1.0], 0)
+        assert (c.max_prompt_tokens, c.max_response_tokens) == (64, 64)
+    assert to_dict(cfg.sft) == to_dict(base.sft) and to_dict(cfg.rl) == to_dict(base.rl)
+    assert cfg.model == base.model == "default" and cfg.out == "runs/reddit-gemma"
