@@ -234,6 +234,8 @@ def main() -> None:
                    help="fit on a seeded random fraction of the extracted train threads (stability check)")
     f.add_argument("--thread-seed", type=int, default=0)
     a = ap.parse_args()
+    if a.cmd == "fit" and not 0.0 < a.thread_frac <= 1.0:
+        ap.error(f"--thread-frac must be in (0, 1], not {a.thread_frac}")
     (extract if a.cmd == "extract" else fit)(a)
 
 
