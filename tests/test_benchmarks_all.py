@@ -72,3 +72,21 @@ def test_all_runs_one_benchmark_end_to_end(tmp_path):
     assert row["same_float"] == row["texts"] > 10_000
     assert row["ratio"] == pytest.approx(row["ours"] / row["peer"])
     assert "| sentiment | replies/s (CPU) |" in r.stdout and "machine: " in r.stdout
+
+
+def test_recipe_benchmark_times_the_presets_own_reward_settings(tmp_path):
+    # benchmarks/recipe.py runs what `ambient run PRESET` would give its reward models (the
+    # values below are read off the preset YAMLs by hand), on all threads, without a test eval
+    spec = importlib.util.spec_from_file_location("bench_recipe", BENCH / "recipe.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    cfg, model = recipe.recipe("reddit-gemma", tmp_path / "fc")
+    assert model == "gemma3-270m" and cfg["model"] == "gemma3-270m"
+    assert cfg["head_fit"] == "lbfgs" and cfg["weight_decay_grid"] == [0.03, 0.1, 0.3, 1.0]
+    assert cfg["max_train_units"] == 0 and cfg["pairs"] == "all" and cfg["covariates"] == ["delay", "order", "length"]
+    assert (cfg["pooling"], cfg["backbone_layers"], cfg["train_layers"]) == ("mean", 12, 0)
+    assert cfg["train_half"] == "all" and cfg["eval_split"] == "" and cfg["feature_cache"] == str(tmp_path / "fc")
+    assert "data" not in cfg and "out" not in cfg
+    cfg, model = recipe.recipe("askacademia", tmp_path / "fc")
+    assert model == "default" and cfg["weight_decay"] == 10.0 and cfg["head_fit"] == "adamw"
+    assert cfg["max_prompt_tokens"] == cfg["max_response_tokens"] == 64

@@ -172,6 +172,7 @@ def test_weight_decay_grid_keeps_the_value_with_the_lowest_valid_loss(data, tmp_
              "eval_max_pairs=0", "learning_rate=0.05"]
     grid = R.train_reward(cfg(data, tmp_path / "grid", *extra, "weight_decay_grid=[19.0,0.0]"))
     sel = json.loads((grid / "manifest.json").read_text())["counts"]["weight_decay_selection"]
+    assert json.loads((grid / "manifest.json").read_text())["timings"]["weight_decay_selection_seconds"] > 0
     assert sel["grid"] == [19.0, 0.0] and set(sel["tried"]) == {"19.0", "0.0"}
     # each candidate trained on its own (weight_decay=w) and scored by hand gives the loss
     # that the selection recorded for it
@@ -239,6 +240,8 @@ def test_head_fit_lbfgs_trains_the_head_without_steps(data, tmp_path):
                              "weight_decay=0.01", "eval_split=train"))
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["head_fit"] == "lbfgs" and m["steps"] == 0
+    # the fit is timed although it takes no steps (benchmarks/recipe.py counts it); no grid here
+    assert m["timings"]["loop_seconds"] > 0 and m["timings"]["weight_decay_selection_seconds"] < 0.05
     # the data's signal: the two MARKER answers of every thread outscore the rest
     assert json.loads((out / "eval.json").read_text())["accuracy"]["value"] > 0.95
     with pytest.raises(AmbientError, match="head_fit=lbfgs"):

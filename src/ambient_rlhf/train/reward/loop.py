@@ -178,12 +178,14 @@ def train_reward(cfg: RewardConfig) -> Path:
     # step 4. the training loop (after choosing the weight decay, when asked to)
     lr = _auto_lr(cfg)
     weight_decay = cfg.weight_decay
+    t_select = time.perf_counter()
     if cfg.weight_decay_grid:
         if not select_pairs:
             raise AmbientError(f"rm: weight_decay_grid needs valid time-rule pairs to choose on; {cfg.data} has "
                                f"none in its valid split (give weight_decay instead)")
         weight_decay, counts["weight_decay_selection"] = _select_weight_decay(
             cfg, scorer, rm, train, select_pairs, lengths, steps_per_epoch, total, lr, device, logwords_of)
+    select_seconds = time.perf_counter() - t_select
     # the covariate model (pairwise with covariates): trained with the reward, its
     # standardisation from the training pairs
     covm = CovariateModel.fit(cfg.covariates, train).to(device) if cfg.covariates else None
@@ -204,6 +206,7 @@ def train_reward(cfg: RewardConfig) -> Path:
         log.warning("rm: resuming from %s (step %d of %d)", ckpt, step, total)
     # DDP around the trained part when there are several processes (else the module as is)
     step_fn, opt = accelerator.prepare(ScoreRows(scorer, covm), opt)
+    t_loop = time.perf_counter()  # the fit: the training loop, or L-BFGS
     if cfg.head_fit == "lbfgs":  # the whole fit, here; no steps
         _fit_head_lbfgs(scorer, train, covm, weight_decay)
         total = step = 0
@@ -220,7 +223,6 @@ def train_reward(cfg: RewardConfig) -> Path:
 
     bar = progress(total=total, initial=step, desc=f"rm {cfg.objective}", unit="step") if main else None
     epoch_cache: tuple[int, list] = (-1, [])
-    t_loop = time.perf_counter()
     while step < total:
         epoch, k = divmod(step, steps_per_epoch)
         if epoch_cache[0] != epoch:
@@ -317,7 +319,8 @@ def train_reward(cfg: RewardConfig) -> Path:
         write_json(out / "eval.json", result)
     write_manifest(out, "rm", to_dict(cfg), inputs=[*cfg.data, resolve_model(cfg.model)], counts=counts,
                    normalization={"mean": mean, "std": std}, trainable_parameters=n_params, steps=total,
-                   timings={"total_seconds": round(time.time() - t_start, 2), "loop_seconds": round(loop_seconds, 2)})
+                   timings={"total_seconds": round(time.time() - t_start, 2), "loop_seconds": round(loop_seconds, 3),
+                            "weight_decay_selection_seconds": round(select_seconds, 3)})
     return out
 
 
