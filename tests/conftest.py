@@ -16,6 +16,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+# what Dask's nanny writes into the process starting a local cluster, for its workers
+_DASK_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+_ENV_AT_START = {k: os.environ.get(k) for k in _DASK_ENV}
+
+
+@pytest.fixture(autouse=True)
+def _thread_env_restored():
+    """After each test, the thread-count variables are as the session found them: Dask's
+    local clusters (the parallel-build tests make their own, some in module fixtures) set
+    OMP_NUM_THREADS=1 here and leave it, and every subprocess a later test starts would then
+    run torch on one thread and round differently from the in-process run it is compared
+    with (tests/e2e/test_rounds.py failed that way after tests/data)."""
+    yield
+    for k, v in _ENV_AT_START.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     d = SHARED / "data"

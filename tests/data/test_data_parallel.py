@@ -333,13 +333,20 @@ def test_a_local_cluster_on_every_core_scores_sentiment_in_the_tasks(cfg):
     assert part_key(inp, cfg, [], code_digest()) == part_key(inp, off, [], code_digest())
 
 
-def test_a_local_cluster_made_for_the_build_uses_the_task_config(sources, cfg, reference, tmp_path, caplog):
+def test_a_local_cluster_made_for_the_build_uses_the_task_config(sources, cfg, reference, tmp_path, caplog,
+                                                                monkeypatch):
     """``--workers N`` with N = the cores: the build's own local cluster gets the in-task
-    scoring (said in the log), and writes the one-process directory all the same."""
+    scoring (said in the log), and writes the one-process directory all the same; and it
+    leaves this process's environment as it was (Dask's nanny writes OMP_NUM_THREADS=1 and
+    MKL_NUM_THREADS=1 into it for its workers)."""
     from ambient_rlhf.data.parallel import build_parallel
 
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(k, raising=False)
+    before = dict(os.environ)
     out = tmp_path / "par"
     with caplog.at_level(logging.INFO, logger="ambient_rlhf"):
         build_parallel(sources, str(out), cfg, workers=os.cpu_count() or 1, parts_dir=str(tmp_path / "parts"))
     assert any("scores reply sentiment in its own process" in r.getMessage() for r in caplog.records)
     assert_same_dir(reference, out)
+    assert dict(os.environ) == before

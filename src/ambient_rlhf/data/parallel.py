@@ -69,10 +69,27 @@ def dask_client(workers: int = 0, cluster: str | None = None) -> Iterator[Any]:
     # one thread per worker: the readers are pure Python (the GIL), so processes are the unit;
     # saturation 1.0: a worker holds one input at a time, the others wait on the scheduler for
     # whichever worker frees up first (with the default 1.1 a busy worker could queue a second)
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), \
+    with _environ_kept(), dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                          dashboard_address=None) as lc, Client(lc) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _environ_kept() -> Iterator[None]:
+    """Undo, on exit, what starting a local cluster writes into this process's environment:
+    Dask's nanny sets ``OMP_NUM_THREADS=1`` (and MKL's, OpenBLAS's) here for its workers and
+    leaves them, so every process started after the build -- a training stage, a launcher
+    -- would run torch on one thread (and round differently from this one)."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for k in set(os.environ) - set(before):
+            del os.environ[k]
+        for k, v in before.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
 
 
 def task_config(cfg: DataConfig, local_workers: int, cores: int | None) -> DataConfig:
