@@ -34,8 +34,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import yaml
 from bench_env import describe, result
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def recipe(preset: str, feature_cache: Path) -> tuple[dict, str]:
@@ -59,7 +64,7 @@ def recipe(preset: str, feature_cache: Path) -> tuple[dict, str]:
     return d, model
 
 
-def train_responses(data: Path) -> "pd.Series":
+def train_responses(data: Path) -> pd.Series:
     """thread_id of every train response of a data directory (what a recipe with
     ``pairs=all`` can pair), one row per response."""
     import pandas as pd
@@ -143,8 +148,6 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="recipe-") as work:
         work = Path(work)
         n = subset(data, work / "data", a.train_threads, a.seed)
-        import yaml
-
         rm_cfg, model_name = recipe(a.preset, work / "fc")
         (work / "rm.yaml").write_text(yaml.safe_dump(rm_cfg, sort_keys=False))
         ambient = Path(sys.executable).with_name("ambient")
