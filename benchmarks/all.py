@@ -47,6 +47,8 @@ def plan(model: str, quick: bool, threads: int, data: str) -> list[tuple[str, li
                     "--repeats", "1" if quick else "2", *t]),
         ("features", ["features.py", "--data", data, "--model", model, "--texts", "32" if quick else "64",
                       "--batch", "16", "--layers", "8" if not quick else "1", "--repeats", "1" if quick else "2", *t]),
+        ("judges", ["judges.py", "--data", data, "--model", model, "--texts", "32" if quick else "96",
+                    "--top", "1" if quick else "2", "--repeats", "1" if quick else "2", *t]),
         ("recipe", ["recipe.py", "--data", data, "--train-threads", "30" if quick else "120", *t]),
         ("rl-rloo", ["rl.py", "--model", model, "--algo", "rloo", "--prompts", "4", "--length", "16" if quick else "32",
                      "--steps", "3" if quick else "4", "--warmup", "1", *t]),
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(n for n, _ in steps)}")
     steps = [s for s in steps if not only or s[0] in only]
-    if a.data is None and any(n in ("reward", "features") for n, _ in steps):
+    if a.data is None and any(n in ("reward", "features", "judges") for n, _ in steps):
         ensure_data(ROOT / ".bench" / "aa-data")
     print(describe(a.threads), flush=True)
     print(f"model {model}{' (quick)' if a.quick else ''}; {len(steps)} benchmarks, one at a time", flush=True)

@@ -90,3 +90,21 @@ def test_recipe_benchmark_times_the_presets_own_reward_settings(tmp_path):
     cfg, model = recipe.recipe("askacademia", tmp_path / "fc")
     assert model == "default" and cfg["weight_decay"] == 10.0 and cfg["head_fit"] == "adamw"
     assert cfg["max_prompt_tokens"] == cfg["max_response_tokens"] == 64
+
+
+def test_judges_benchmark_scores_jointly_and_equals_each_model_alone(tmp_path):
+    # two reward models made from the tiny model with their top layer moved: one shared layer
+    # of two, the joint rewards equal each model's own bit for bit and the peer's (transformers)
+    from helpers import make_data_dir
+
+    data = make_data_dir(tmp_path / "askfoo", n_threads=12, k=3)
+    r = subprocess.run([sys.executable, str(BENCH / "judges.py"), "--data", str(data), "--model", "tiny-random",
+                        "--top", "1", "--texts", "12", "--repeats", "1", "--split", ""],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads(r.stdout[r.stdout.index("{"): r.stdout.index("\n}") + 2])
+    assert report["model_layers"] == 2 and report["shared_layers"] == 1 and report["texts"] == 12
+    assert report["ours_equals_each_alone_bit_for_bit"] and report["max_abs_reward_diff_vs_peer"] < 1e-3
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith(bench_env.RESULT_PREFIX))
+    res = json.loads(line[len(bench_env.RESULT_PREFIX):])
+    assert res["name"] == "judges" and res["unit"] == "texts/s" and res["ratio"] == pytest.approx(res["ours"] / res["peer"])

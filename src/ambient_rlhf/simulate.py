@@ -202,7 +202,7 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
     from ambient_rlhf.data.schema import RESPONSES_FILE
     from ambient_rlhf.data.simulate import compare_recovery, recovery_stats, true_utility
     from ambient_rlhf.data.tables import community_name
-    from ambient_rlhf.eval.policy_eval import load_judge, score
+    from ambient_rlhf.eval.policy_eval import Judges, load_judge
     from ambient_rlhf.io import atomic_dir, write_json, write_manifest
 
     t0 = time.time()
@@ -216,12 +216,13 @@ def evaluate_recovery(data_dir: str | Path, reward_models: dict[str, str], out: 
     result["baselines"] = {"length": recovery_stats(held, ["length"], "true_utility")["length"]}
     result["comparisons"] = {}
     community = community_name(data_dir)
-    for name, path in reward_models.items():
-        rm, _ = load_judge(path)
-        held[name] = score(rm, held["prompt"].tolist(), held["response"].tolist(), community, batch_size=batch_size)
+    # all the models at once: layers they share (a proxy and a gold model from one base) run once
+    scored = Judges([load_judge(path)[0] for path in reward_models.values()], batch_size).score(
+        held["prompt"].tolist(), held["response"].tolist(), community)
+    for name, values in zip(reward_models, scored):
+        held[name] = values
         result["reward_models"][name] = recovery_stats(held, [name], "true_utility")[name]
         result["comparisons"][name] = {f"vs_{o}": compare_recovery(held, name, o, "true_utility") for o in ("length", "score")}
-        del rm
     result["seconds"] = round(time.time() - t0, 1)
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / "eval.json", result)

@@ -194,6 +194,35 @@ def score(rm, prompts: list[str], responses: list[str], community: str | None = 
     return fn.texts(prompts, responses, [community] * len(prompts), ended_l).double().numpy()
 
 
+class Judges:
+    """Several reward models scoring the same texts (:meth:`score`): the same numbers as
+    :func:`score` with each alone, with the bottom layers they share (a proxy and a gold
+    model trained from one base) run once per batch (``RewardFunction.of_models``; its
+    one-time check is shared by every call).  Combined models score on their own (their
+    members share among themselves)."""
+
+    def __init__(self, rms: list, batch_size: int = 8, device=None):
+        from ambient_rlhf.models.reward_inputs import RewardFunction
+
+        self.rms, self.batch_size, self.device = rms, batch_size, device
+        self.single = [k for k, rm in enumerate(rms) if getattr(rm, "members", None) is None]
+        self.fn = (RewardFunction.of_models([rms[k] for k in self.single], device=device, batch_size=batch_size)
+                   if self.single else None)
+
+    def score(self, prompts: list[str], responses: list[str], community: str | None = None,
+              ended: list[bool] | np.ndarray | None = None) -> list[np.ndarray]:
+        """Each model's normalised rewards (N,) of the (prompt, response) pairs."""
+        out: list = [None] * len(self.rms)
+        if self.fn is not None:
+            ended_l = [bool(e) for e in ended] if ended is not None else None
+            for k, r in zip(self.single, self.fn.each_texts(prompts, responses, [community] * len(prompts), ended_l)):
+                out[k] = r.double().numpy()
+        for k, rm in enumerate(self.rms):
+            if out[k] is None:
+                out[k] = score(rm, prompts, responses, community, ended, self.batch_size, self.device)
+        return out
+
+
 # ---- step 5: the simulated community's hidden utility -------------------------------------
 def is_simulated(data_dir: str | Path) -> bool:
     """Whether a data directory was built from ``ambient data simulate`` output: its
@@ -302,15 +331,15 @@ def evaluate_policy(cfg: EvalConfig, true_utility: TrueUtility | None = None) ->
 
         # step 4. judge (and proxy) scores
         t = time.time()
-        scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name, path in (("judge", cfg.judge), ("proxy", cfg.proxy)):
-            if not path:
-                continue
-            rm, _ = load_judge(path, device)
-            scores[name] = (score(rm, prompts, pol_text, community, stop_pol, cfg.batch_size, device),
-                            score(rm, prompts, ref_text, community, stop_ref, cfg.batch_size, device))
-            del rm
-            gc.collect()
+        judges = [(name, path) for name, path in (("judge", cfg.judge), ("proxy", cfg.proxy)) if path]
+        # together: the layers they share run once
+        both = Judges([load_judge(path, device)[0] for _, path in judges], cfg.batch_size, device)
+        on_pol = both.score(prompts, pol_text, community, stop_pol)
+        on_ref = both.score(prompts, ref_text, community, stop_ref)
+        scores: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            name: (a, b) for (name, _), a, b in zip(judges, on_pol, on_ref)}
+        del both
+        gc.collect()
         timings["score_s"] = time.time() - t
 
         # step 5. hidden utility of the simulated community

@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from ambient_rlhf import AmbientError
+from ambient_rlhf.logging import get_logger
+
+log = get_logger("models.reward_inputs")
 
 PROMPT_TRUNCATION = "left"
 RESPONSE_TRUNCATION = "right"
@@ -200,58 +203,138 @@ class RewardFunction:
     removed from token-id responses before scoring.  ``share_prompts``: responses to the
     same prompt (a thread's answers, RLOO's k samples) are batched together and their
     prompt runs once (:meth:`ScalarHeadModel.shared_prompt_outputs`; the same rewards up
-    to float rounding)."""
+    to float rounding).
 
-    def __init__(self, rm, device=None, batch_size: int = 8, drop_ids: Sequence[int] = (), share_prompts: bool = True):
+    Models that read the same inputs (tokenizer and :class:`RewardInputSpec`) and hold
+    the same bottom layers -- members of a combination trained from one base, or the
+    judges of :meth:`of_models` -- run those layers once per batch
+    (:mod:`ambient_rlhf.models.shared_bottom`).  Once per group, the first rows of its
+    first batch are scored both jointly and by each model on its own; the group is scored
+    jointly only when that gives the same numbers bit for bit (else each model alone, as
+    without the group).  Keep one instance for many calls: the check is done once."""
+
+    def __init__(self, rm, device=None, batch_size: int = 8, drop_ids: Sequence[int] = (), share_prompts: bool = True,
+                 joint: bool = True):
+        members = getattr(rm, "members", None)
+        weights = [float(w) for w in rm.weights] if members is not None else [1.0]
+        self._setup(rm, list(members) if members is not None else [rm], weights, device, batch_size, drop_ids,
+                    share_prompts, joint)
+
+    def _setup(self, rm, models: list, weights: list[float], device, batch_size: int, drop_ids: Sequence[int],
+               share_prompts: bool, joint: bool) -> None:
         self.rm = rm
         self.share_prompts = share_prompts
         self.batch_size = max(int(batch_size), 1)
         self.drop = set(int(i) for i in drop_ids)
-        members = getattr(rm, "members", None)
-        if members is not None:
-            self.parts = [(float(w), m, reward_inputs_of(m)) for w, m in zip(rm.weights, members)]
-        else:
-            self.parts = [(1.0, rm, reward_inputs_of(rm))]
-        self.device = device if device is not None else next(rm.parameters()).device
+        self.parts = [(w, m, reward_inputs_of(m)) for w, m in zip(weights, models)]
+        self.device = device if device is not None else next(models[0].parameters()).device
+        self.groups, self.groups_shared = _joint_groups(self.parts, joint)
+        self.joint_checked: dict[int, bool] = {}  # group's first part -> scored jointly (after its check)
+        self.check_rows = 4  # the check: the first rows of the first batch, jointly and each alone
 
-    def _score(self, model, encodings: list[RewardEncoding], pad_id: int):
+    @classmethod
+    def of_models(cls, models: Sequence, device=None, batch_size: int = 8, share_prompts: bool = True,
+                  joint: bool = True) -> "RewardFunction":
+        """Several single reward models scoring the same texts: :meth:`each_texts` gives
+        each model's rewards (``texts`` their sum)."""
+        self = cls.__new__(cls)
+        self._setup(None, list(models), [1.0] * len(models), device, batch_size, (), share_prompts, joint)
+        return self
+
+    def _order(self, encodings: list[RewardEncoding], share: bool) -> list[int]:
+        if share:  # a prompt's responses in one batch (it runs once), little padding on either side
+            return sorted(range(len(encodings)), key=lambda i: (encodings[i].prompt_len,
+                          encodings[i].input_ids[: encodings[i].prompt_len], len(encodings[i].input_ids)))
+        return sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))  # little padding
+
+    def _batch(self, model, encodings: list[RewardEncoding], idx: list[int], pad_id: int, share: bool):
+        """Normalised rewards (len(idx),) of one batch under one model, on the CPU."""
         import torch
 
         from ambient_rlhf.models.tokenize import pad_batch
 
-        out = torch.zeros(len(encodings))
-        share = self.share_prompts and hasattr(model, "shared_prompt_outputs")
-        if share:  # a prompt's responses in one batch (it runs once), little padding on either side
-            order = sorted(range(len(encodings)), key=lambda i: (encodings[i].prompt_len,
-                           encodings[i].input_ids[: encodings[i].prompt_len], len(encodings[i].input_ids)))
-        else:
-            order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))  # little padding
+        with torch.no_grad():
+            got = (model.shared_prompt_outputs([encodings[i].input_ids for i in idx],
+                                               [encodings[i].prompt_len for i in idx]) if share else None)
+            if got is not None:
+                return ((model.raw_reward(got) - model.norm_mean) / model.norm_std).float().cpu()
+            ids, mask = pad_batch([encodings[i].input_ids for i in idx], pad_id, side="right")
+            p_len = torch.tensor([encodings[i].prompt_len for i in idx], device=self.device)
+            return model.reward(ids.to(self.device), mask.to(self.device), p_len).float().cpu()
+
+    def _joint(self, models: list, group: list[int], encodings: list[RewardEncoding], idx: list[int], pad_id: int,
+               share: bool) -> list | None:
+        """Normalised rewards of one batch under each of ``models``, their shared bottom
+        layers run once; None where that cannot be done for this batch."""
+        import torch
+
+        from ambient_rlhf.models.shared_bottom import joint_outputs
+
+        with torch.no_grad():
+            raw = joint_outputs(models, self.groups_shared[group[0]], [encodings[i].input_ids for i in idx],
+                                [encodings[i].prompt_len for i in idx], pad_id, share)
+        if raw is None:
+            return None
+        return [((m.raw_reward(r) - m.norm_mean) / m.norm_std).float().cpu() for m, r in zip(models, raw)]
+
+    def _score_group(self, group: list[int], encodings: list[RewardEncoding], pad_id: int) -> list:
+        """Normalised rewards (N,) of ``encodings`` under each part of ``group`` (parts
+        with the same inputs; more than one when they share bottom layers)."""
+        import torch
+
+        models = [self.parts[k][1] for k in group]
+        outs = [torch.zeros(len(encodings)) for _ in models]
+        share = self.share_prompts and all(hasattr(m, "shared_prompt_outputs") for m in models)
+        order = self._order(encodings, share)
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            with torch.no_grad():
-                got = (model.shared_prompt_outputs([encodings[i].input_ids for i in idx],
-                                                   [encodings[i].prompt_len for i in idx]) if share else None)
-                if got is not None:
-                    r = ((model.raw_reward(got) - model.norm_mean) / model.norm_std).float().cpu()
-                else:
-                    ids, mask = pad_batch([encodings[i].input_ids for i in idx], pad_id, side="right")
-                    p_len = torch.tensor([encodings[i].prompt_len for i in idx], device=self.device)
-                    r = model.reward(ids.to(self.device), mask.to(self.device), p_len).float().cpu()
-            out[torch.tensor(idx)] = r
-        return out
+            rows = torch.tensor(idx)
+            got = None
+            if len(models) > 1 and group[0] not in self.joint_checked:  # once: a slice jointly and each alone
+                check = idx[:self.check_rows]
+                joint = self._joint(models, group, encodings, check, pad_id, share)
+                alone = [self._batch(m, encodings, check, pad_id, share) for m in models]
+                same = joint is not None and all(torch.equal(a, b) for a, b in zip(alone, joint))
+                self.joint_checked[group[0]] = same
+                if not same:
+                    log.info("reward models %s: scored jointly they differ from each alone (in the last bits); "
+                             "scoring each on its own", ", ".join(str(k) for k in group))
+            if len(models) > 1 and self.joint_checked[group[0]]:
+                got = self._joint(models, group, encodings, idx, pad_id, share)
+            if got is None:
+                got = [self._batch(m, encodings, idx, pad_id, share) for m in models]
+            for o, r in zip(outs, got):
+                o[rows] = r
+        return outs
+
+    def _each(self, encode) -> list:
+        """Each part's normalised rewards, (N,) per part in the order of ``self.parts``;
+        ``encode(inputs)`` renders the texts for one part's inputs."""
+        res: list = [None] * len(self.parts)
+        for group in self.groups:
+            inputs = self.parts[group[0]][2]
+            enc = encode(inputs)
+            for k, out in zip(group, self._score_group(group, enc, inputs.tok.pad_token_id)):
+                res[k] = out
+        return res
+
+    def each_texts(self, prompts: Sequence[str], responses: Sequence[str],
+                   communities: Sequence[str | None] | None = None, ended: Sequence[bool] | None = None) -> list:
+        """Each part's (N,) float32 rewards of text responses (``ended``: default all True)."""
+        n = len(prompts)
+        communities = communities if communities is not None else [None] * n
+        ended = ended if ended is not None else [True] * n
+        return self._each(lambda inputs: [inputs.encode(p, r, c, e)
+                                          for p, r, c, e in zip(prompts, responses, communities, ended)])
 
     def texts(self, prompts: Sequence[str], responses: Sequence[str], communities: Sequence[str | None] | None = None,
               ended: Sequence[bool] | None = None):
         """(N,) float32 tensor of rewards of text responses (``ended``: default all True)."""
         import torch
 
-        n = len(prompts)
-        communities = communities if communities is not None else [None] * n
-        ended = ended if ended is not None else [True] * n
-        total = torch.zeros(n)
-        for w, model, inputs in self.parts:
-            enc = [inputs.encode(p, r, c, e) for p, r, c, e in zip(prompts, responses, communities, ended)]
-            total += w * self._score(model, enc, inputs.tok.pad_token_id)
+        total = torch.zeros(len(prompts))
+        for (w, _, _), r in zip(self.parts, self.each_texts(prompts, responses, communities, ended)):
+            total += w * r
         return total
 
     def tokens(self, prompts: Sequence[str], responses: Sequence[Sequence[int]],
@@ -263,13 +346,44 @@ class RewardFunction:
         n = len(prompts)
         communities = communities if communities is not None else [None] * n
         resp = [[int(t) for t in r if int(t) not in self.drop] for r in responses]
-        total = torch.zeros(n)
-        for w, model, inputs in self.parts:
+
+        def encode(inputs):
             eos = inputs.tok.eos_token_id
             end = ended if ended is not None else [bool(r) and r[-1] == eos for r in resp]
-            enc = [inputs.encode_tokens(p, r, c, e) for p, r, c, e in zip(prompts, resp, communities, end)]
-            total += w * self._score(model, enc, inputs.tok.pad_token_id)
+            return [inputs.encode_tokens(p, r, c, e) for p, r, c, e in zip(prompts, resp, communities, end)]
+
+        total = torch.zeros(n)
+        for (w, _, _), r in zip(self.parts, self._each(encode)):
+            total += w * r
         return total
+
+
+def _joint_groups(parts, joint: bool = True) -> tuple[list[list[int]], dict[int, int]]:
+    """``(groups, shared)``: indices of ``parts`` in groups that can be scored together --
+    the same rendering (tokenizer vocabulary, EOS, pad and :class:`RewardInputSpec`) and at
+    least one shared bottom layer (:func:`~ambient_rlhf.models.shared_bottom.shared_bottom`),
+    the others alone -- and each group's shared layers by its first index."""
+    from ambient_rlhf.models.shared_bottom import shared_bottom
+
+    def key(inputs: "RewardInputs"):
+        tok = inputs.tok
+        return (inputs.spec, tuple(sorted(tok.get_vocab().items())), tok.eos_token_id, tok.pad_token_id)
+
+    by_key: dict = {}
+    for k, (_, m, inputs) in enumerate(parts):
+        if not joint or not hasattr(m, "shared_prompt_outputs") or len(parts) < 2:
+            by_key[("alone", k)] = [k]
+            continue
+        by_key.setdefault(key(inputs), []).append(k)
+    groups, shared = [], {}
+    for members in by_key.values():
+        n = shared_bottom([parts[k][1] for k in members]) if len(members) > 1 else 0
+        if n > 0:
+            groups.append(members)
+            shared[members[0]] = n
+        else:
+            groups.extend([k] for k in members)
+    return sorted(groups), shared
 
 
 class TextTable:

@@ -14,6 +14,7 @@ from torch import nn
 from ambient_rlhf.logging import progress
 from ambient_rlhf.models.features import FeatureStore
 from ambient_rlhf.models.kv import select_rows
+from ambient_rlhf.models.shared_bottom import TopLayers, states_into
 from ambient_rlhf.models.tokenize import pad_batch
 from ambient_rlhf.models.reward_inputs import TextTable
 from ambient_rlhf.train.reward.batching import shard_rows
@@ -28,10 +29,6 @@ def _padded(seqs, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``(values, mask)`` on ``device`` (``models.tokenize.pad_batch``)."""
     values, mask = pad_batch(seqs, 0, "right")
     return values.to(device), mask.to(device)
-
-
-class _Stop(Exception):
-    pass
 
 
 class HeadOnFeatures(nn.Module):
@@ -81,86 +78,6 @@ def feature_moments(feats: list[torch.Tensor], gather=None) -> tuple[torch.Tenso
     mean = s1 / n
     var = (s2 / n - mean * mean).clamp(min=0.0)
     return mean.float(), var.sqrt().float()
-
-
-class TopLayers(nn.Module):
-    """The top ``n`` layers + final norm + head, run on cached hidden states that enter
-    layer ``L - n``.  Runs the body's own forward with ``inputs_embeds`` = the cached
-    states and its layer list cut to the top ``n`` (so masks and rotary embeddings are
-    the body's own); checked against the full model before use."""
-
-    def __init__(self, rm, n: int):
-        super().__init__()
-        from ambient_rlhf.models.bodies import body_of
-
-        body = body_of(rm.lm)
-        self.__dict__["_body"] = body  # not a submodule: only the trained part is registered
-        self.layers = nn.ModuleList(list(body.layers)[len(body.layers) - n:])
-        self.norm = body.norm
-        self.head = rm.head
-        self.pooling = rm.pooling
-
-    def _attention_modules(self) -> list[nn.Module] | None:
-        """The top layers' attention modules when each indexes the KV cache by its own
-        ``layer_idx`` (Llama-like bodies), else None (no prompt sharing)."""
-        mods = [getattr(layer, "self_attn", None) for layer in self.layers]
-        return mods if all(m is not None and isinstance(getattr(m, "layer_idx", None), int) for m in mods) else None
-
-    @property
-    def can_share_prompts(self) -> bool:
-        return self._attention_modules() is not None
-
-    def _run(self, **kwargs):
-        """The body's forward with its layer list cut to the top layers.  With a cache the
-        cut layers index it as 0..n-1 (their own indices are L-n..L-1, and the body reads
-        the cached length from layer 0), restored afterwards."""
-        body = self._body
-        full = body.layers
-        mods = self._attention_modules() if kwargs.get("use_cache") else None
-        idx = [m.layer_idx for m in mods] if mods else []
-        body.layers = self.layers
-        try:
-            for i, m in enumerate(mods or ()):
-                m.layer_idx = i
-            return body(**kwargs)
-        finally:
-            body.layers = full
-            for m, i in zip(mods or (), idx):
-                m.layer_idx = i
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                prompt_lens: torch.Tensor | None = None) -> torch.Tensor:
-        from ambient_rlhf.models.heads import pool_states
-
-        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        h = self._run(inputs_embeds=hidden, attention_mask=attention_mask, position_ids=pos,
-                      use_cache=False).last_hidden_state  # (n, T, d)
-        return self.head(pool_states(h, attention_mask, prompt_lens, self.pooling))
-
-    def forward_shared(self, prompt_h: torch.Tensor, prompt_mask: torch.Tensor, inverse: torch.Tensor,
-                       resp_h: torch.Tensor, resp_mask: torch.Tensor) -> torch.Tensor:
-        """Head outputs of B rows whose G distinct prompts run through the top layers once.
-
-        Shapes: prompt_h (G, Tp, d) and prompt_mask (G, Tp) the prompts' cached states,
-        right-padded; inverse (B,) each row's prompt; resp_h (B, Tr, d) and resp_mask
-        (B, Tr) the rows' response states, right-padded -> (B, n_outputs).  The responses
-        attend to their prompt's keys/values (copied per row; gradients reach the one prompt
-        pass through them) at positions continuing after the prompt, so this is the same
-        function as :meth:`forward` on the full rows, up to float rounding."""
-        from ambient_rlhf.models.heads import pool_states
-        from ambient_rlhf.models.kv import cache_kw, cache_out
-
-        p_pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
-        cache = cache_out(self._run(inputs_embeds=prompt_h, attention_mask=prompt_mask, position_ids=p_pos,
-                                    use_cache=True))
-        select_rows(cache, inverse)  # (G, ...) -> (B, ...)
-        p_len = prompt_mask.long().sum(1)[inverse]  # (B,)
-        r_pos = p_len.unsqueeze(1) + torch.arange(resp_h.shape[1], device=resp_h.device).unsqueeze(0)
-        mask = torch.cat([prompt_mask[inverse], resp_mask], dim=1)  # (B, Tp + Tr): prompt padding masked out
-        h = self._run(inputs_embeds=resp_h, attention_mask=mask, position_ids=r_pos, use_cache=True,
-                      **cache_kw(self._body, cache)).last_hidden_state  # (B, Tr, d)
-        zero = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)  # the response tokens alone
-        return self.head(pool_states(h, resp_mask, zero, self.pooling))
 
 
 def shared_prompt_states(rm, table: TextTable, rows: list[int], device) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -223,22 +140,10 @@ class Scorer:
             return [x.float().cpu() for x in pooled]
         body = body_of(self.rm.lm)
         layer = body.layers[len(body.layers) - self.n_top]
-        got: dict[str, torch.Tensor] = {}
-
-        def grab(module, args, kwargs):
-            got["h"] = args[0] if args else kwargs["hidden_states"]
-            raise _Stop
 
         def states_into_top(fn) -> torch.Tensor:
             """The states entering the top layers in the forward ``fn`` runs (stopped there)."""
-            handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
-            try:
-                fn()
-            except _Stop:
-                pass
-            finally:
-                handle.remove()
-            return got.pop("h")
+            return states_into(layer, fn)
 
         shared = self._shared_prompts(rows) if self.share_prompts and self.module.can_share_prompts else None
         if shared is not None:  # each distinct prompt once, its responses on top of its keys/values
