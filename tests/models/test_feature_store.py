@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ambient_rlhf.checkpoint import safetensors_dtype, save_tensors_streaming
+from ambient_rlhf.tensor_files import safetensors_dtype, save_tensors_streaming
 from ambient_rlhf.models.features import FeatureStore
 
 

@@ -60,3 +60,15 @@ def test_copied_prefix_rows_are_the_prefix_and_their_gradients_sum_the_same_way_
             assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_prompt_groups_by_hand():
+    from ambient_rlhf.models.kv import prompt_groups
+
+    # prompts [1, 2] (rows 0, 2), [3] (rows 1, 3), [1, 2, 9] (row 4): grouped in order of first appearance
+    seqs = [[1, 2, 5], [3, 6, 6], [1, 2, 7, 7], [3, 8], [1, 2, 9, 4]]
+    lens = [2, 1, 2, 1, 3]
+    assert prompt_groups(seqs, lens) == ([(1, 2), (3,), (1, 2, 9)], [0, 2, 1, 3, 4], [0, 0, 1, 1, 2])
+    assert prompt_groups([[1, 5], [2, 5]], [1, 1]) is None  # nothing shared
+    assert prompt_groups([[1, 5], [1]], [1, 1]) is None  # an empty response
+    assert prompt_groups([[5], [6]], [0, 0]) is None  # empty prompts

@@ -50,7 +50,7 @@ class FeatureMap(MutableMapping):
 
     def spec(self, key: str) -> tuple[str, tuple[int, ...]]:
         """``(safetensors dtype, shape)`` of an entry, without reading it."""
-        from ambient_rlhf.checkpoint import safetensors_dtype
+        from ambient_rlhf.tensor_files import safetensors_dtype
 
         if key in self._new:
             t = self._new[key]
@@ -160,7 +160,7 @@ class FeatureStore:
         at a time; afterwards every entry is read from the new file."""
         import uuid
 
-        from ambient_rlhf.checkpoint import save_tensors_streaming
+        from ambient_rlhf.tensor_files import save_tensors_streaming
 
         self.features_path.parent.mkdir(parents=True, exist_ok=True)
         disk = self._open_features()

@@ -165,21 +165,17 @@ class ScalarHeadModel(nn.Module):
         cache.  Returns ``(h, mask)``, (B, Tr, d) and (B, Tr) in the order of ``seqs``, the
         responses right-padded -- or None when no two sequences share a prompt (or a
         prompt or response is empty): then one plain pass is as cheap."""
-        from ambient_rlhf.models.kv import continue_cached, prefix_once
+        from ambient_rlhf.models.kv import continue_cached, prefix_once, prompt_groups
         from ambient_rlhf.models.tokenize import pad_batch
 
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (s, n) in enumerate(zip(seqs, prompt_lens)):
-            groups.setdefault(tuple(s[:n]), []).append(i)
-        if len(groups) == len(seqs) or any(len(p) == 0 for p in groups) or any(len(s) <= n for s, n in
-                                                                              zip(seqs, prompt_lens)):
+        grouped = prompt_groups(seqs, prompt_lens)
+        if grouped is None:
             return None
+        prompts, order, g_list = grouped
         device = next(self.parameters()).device
         body = body_of(self.lm)
-        prompts = list(groups)
         p_ids, p_mask = (x.to(device) for x in pad_batch([list(p) for p in prompts], 0, "right"))  # (G, Tp)
-        order = [i for p in prompts for i in groups[p]]
-        g = torch.tensor([k for k, p in enumerate(prompts) for _ in groups[p]], device=device)  # (B,) prompt of each
+        g = torch.tensor(g_list, device=device)  # (B,) prompt of each
         _, cache = prefix_once(body, p_ids, p_mask, (p_mask.cumsum(-1) - 1).clamp(min=0), g)
         r_ids, r_mask = (x.to(device) for x in pad_batch([seqs[i][prompt_lens[i]:] for i in order], 0, "right"))
         p_len = torch.tensor([prompt_lens[i] for i in order], device=device)

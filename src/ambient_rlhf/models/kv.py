@@ -58,6 +58,24 @@ def distinct_rows(ids, mask):
     return torch.tensor(first, device=ids.device), torch.tensor(inverse, device=ids.device)
 
 
+def prompt_groups(seqs, prompt_lens):
+    """Sequences that share a prompt (token ids, each a prompt of ``prompt_lens[i]`` tokens
+    and its response), grouped: ``(prompts, order, g)`` -- the distinct prompts (tuples of
+    ids) in order of first appearance, the sequences' indices grouped by prompt, and the
+    prompt of each grouped sequence -- or None when no two share a prompt, or a prompt or
+    a response is empty (then one plain pass is as cheap)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (s, n) in enumerate(zip(seqs, prompt_lens)):
+        groups.setdefault(tuple(s[:n]), []).append(i)
+    if len(groups) == len(seqs) or any(len(p) == 0 for p in groups) or any(len(s) <= n for s, n in
+                                                                          zip(seqs, prompt_lens)):
+        return None
+    prompts = list(groups)
+    order = [i for p in prompts for i in groups[p]]
+    g = [k for k, p in enumerate(prompts) for _ in groups[p]]
+    return prompts, order, g
+
+
 def prefix_once(model, ids, mask, pos, inverse, **kwargs) -> tuple[Any, Any]:
     """Run G distinct prefixes through ``model`` once, with a cache, and copy each prefix's
     keys/values to the rows that continue it.

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ambient_rlhf.models.bodies import body_of
-from ambient_rlhf.models.kv import cache_kw, cache_out, select_rows
+from ambient_rlhf.models.kv import cache_kw, cache_out, prompt_groups, select_rows
 
 
 class _Stop(Exception):
@@ -171,23 +171,6 @@ def shared_bottom(models: Sequence[nn.Module]) -> int:
 
 
 # ---- a batch through the shared layers once --------------------------------------------------
-def _groups(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int]):
-    """As :meth:`ScalarHeadModel.shared_prompt_states` groups rows: ``(prompts, order, g)``
-    -- the distinct prompts in order of first appearance, the rows grouped by prompt, each
-    grouped row's prompt -- or None when no two rows share a prompt (or a prompt or
-    response is empty)."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (s, n) in enumerate(zip(seqs, prompt_lens)):
-        groups.setdefault(tuple(s[:n]), []).append(i)
-    if len(groups) == len(seqs) or any(len(p) == 0 for p in groups) or any(len(s) <= n for s, n in
-                                                                          zip(seqs, prompt_lens)):
-        return None
-    prompts = list(groups)
-    order = [i for p in prompts for i in groups[p]]
-    g = [k for k, p in enumerate(prompts) for _ in groups[p]]
-    return prompts, order, g
-
-
 @torch.no_grad()
 def joint_outputs(models: Sequence[nn.Module], n_shared: int, seqs: Sequence[Sequence[int]],
                   prompt_lens: Sequence[int], pad_id: int, share_prompts: bool) -> list[torch.Tensor] | None:
@@ -209,7 +192,7 @@ def joint_outputs(models: Sequence[nn.Module], n_shared: int, seqs: Sequence[Seq
     n_shared = min(n_shared, n_layers - 1)  # all layers but not the final norm: part before the last layer
     device = next(m0.parameters()).device
     zero = torch.zeros(len(seqs), dtype=torch.long, device=device)
-    grouped = _groups(seqs, prompt_lens) if share_prompts else None
+    grouped = prompt_groups(seqs, prompt_lens) if share_prompts else None
     if grouped is not None and whole:  # the response states once; each model pools and reads them
         h, r_mask = m0.shared_prompt_states(list(seqs), list(prompt_lens))
         return [m.head(m.pool(h, r_mask, zero).to(m.head.weight.dtype)) for m in models]
