@@ -168,7 +168,7 @@ class FeatureStore:
         other.attach(disk)
         mine = self.features
         entries = [(k, *mine.spec(k)) for k in mine]
-        entries += [(k, *other.spec(k)) for k in sorted(other._disk) if k not in mine]
+        entries += [(k, *other.spec(k)) for k in other if k not in mine]  # other holds only what is on disk
         tag = uuid.uuid4().hex[:6]
         tmp = self.features_path.with_name(f".{self.features_path.name}.{tag}")
         save_tensors_streaming(tmp, entries, lambda k: mine[k] if k in mine else other[k])

@@ -139,11 +139,7 @@ class Scorer:
                 pooled = self.rm.pool(h, mask, self._prompt_lens(rows))  # last token, or mean of the response
             return [x.float().cpu() for x in pooled]
         body = body_of(self.rm.lm)
-        layer = body.layers[len(body.layers) - self.n_top]
-
-        def states_into_top(fn) -> torch.Tensor:
-            """The states entering the top layers in the forward ``fn`` runs (stopped there)."""
-            return states_into(layer, fn)
+        layer = body.layers[len(body.layers) - self.n_top]  # the states entering it: where the passes stop
 
         shared = self._shared_prompts(rows) if self.share_prompts and self.module.can_share_prompts else None
         if shared is not None:  # each distinct prompt once, its responses on top of its keys/values
@@ -156,18 +152,18 @@ class Scorer:
             r_ids, r_mask = _padded([t.ids[r][t.prompt_len[r]:] for r in rows], self.device)  # (B, Tr)
             g = torch.tensor(inverse, device=self.device)
             cache = DynamicCache(config=body.config)  # filled below the top layers, where the pass stops
-            p_h = states_into_top(lambda: body(input_ids=p_ids, attention_mask=p_mask, use_cache=True,
-                                               position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-                                               **cache_kw(body, cache)))
+            p_h = states_into(layer, lambda: body(input_ids=p_ids, attention_mask=p_mask, use_cache=True,
+                                                  position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                                                  **cache_kw(body, cache)))
             select_rows(cache, g)
             p_len = p_mask.sum(1)[g]  # (B,)
             r_pos = p_len.unsqueeze(1) + torch.arange(r_ids.shape[1], device=self.device).unsqueeze(0)
-            r_h = states_into_top(lambda: body(input_ids=r_ids, attention_mask=torch.cat([p_mask[g], r_mask], 1),
-                                               position_ids=r_pos, use_cache=True, **cache_kw(body, cache)))
+            r_h = states_into(layer, lambda: body(input_ids=r_ids, attention_mask=torch.cat([p_mask[g], r_mask], 1),
+                                                  position_ids=r_pos, use_cache=True, **cache_kw(body, cache)))
             return [torch.cat([p_h[gi, : int(p_len[b])], r_h[b, : int(r_mask[b].sum())]]).float().cpu()
                     for b, gi in enumerate(inverse)]
         ids, mask = self._ids(rows)
-        h = states_into_top(lambda: self.rm.hidden_states(ids, mask))
+        h = states_into(layer, lambda: self.rm.hidden_states(ids, mask))
         lens = mask.sum(1).tolist()
         return [h[i, : lens[i]].float().cpu() for i in range(len(rows))]
 
